@@ -1,0 +1,235 @@
+"""Layer analysis: one :class:`LayerSpec` per compressible layer, from a real forward pass.
+
+Compressible layers are ``nn.Conv2d`` (``kind`` "conv", or "depthwise" when
+every group has one input channel) and ``nn.Linear``. Shapes come from forward
+hooks on a batch-1 input, so the numbers are what a forward pass implies:
+
+* ``params`` = weight + bias elements;
+* ``macs`` = output elements x (in_channels / groups) x kernel area (conv),
+  output elements x in_features (linear);
+* ``weight_bytes`` = params x 4 (fp32), ``activation_bytes`` = output elements x 4.
+
+Channel coupling comes from torch-pruning's dependency graph: layers whose
+output channels must be removed together (convolutions feeding one residual
+add, a depthwise convolution and its producer) share a ``group``; a layer whose
+outputs are the network's outputs is not ``prunable``. This module only reads
+a model; it never changes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+__all__ = ["LayerSpec", "ModelAnalysis", "analyze_model", "compressible_layers"]
+
+LayerKind = Literal["conv", "depthwise", "linear"]
+FP32_BYTES = 4
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One compressible layer as the searches and compressors see it."""
+
+    index: int
+    """Position in forward-execution order among compressible layers."""
+    name: str
+    kind: LayerKind
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    bias: bool
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    params: int
+    macs: int
+    weight_bytes: int
+    activation_bytes: int
+    group: int = -1
+    """Coupled-channel group id (the index of its first layer); equal ids must keep equal output channels."""
+    prunable: bool = True
+    """False where the output channels are the network's outputs (the classifier)."""
+    coupled_with: tuple[str, ...] = ()
+    """The other layers whose output channels are tied to this one's."""
+
+
+@dataclass
+class ModelAnalysis:
+    input_shape: tuple[int, ...]
+    layers: list[LayerSpec]
+    model_params: int
+    """Every parameter of the model (BatchNorm included), not only the compressible layers'."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {
+            "layers": len(self.layers),
+            "params": sum(s.params for s in self.layers),
+            "macs": sum(s.macs for s in self.layers),
+            "weight_bytes": sum(s.weight_bytes for s in self.layers),
+            "activation_bytes": sum(s.activation_bytes for s in self.layers),
+            "model_params": self.model_params,
+            "groups": len({s.group for s in self.layers}),
+        }
+
+    def groups(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for s in self.layers:
+            out.setdefault(s.group, []).append(s.name)
+        return out
+
+    def layer(self, name: str) -> LayerSpec:
+        for s in self.layers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape),
+            "layers": [asdict(s) for s in self.layers],
+            "totals": self.totals,
+            "groups": {str(k): v for k, v in self.groups().items()},
+            "notes": self.notes,
+        }
+
+
+def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv2d and Linear modules by qualified name, in definition order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[0]), int(v[1]))
+
+
+def _hw(t: torch.Tensor) -> tuple[int, int]:
+    return (int(t.shape[-2]), int(t.shape[-1])) if t.dim() == 4 else (1, 1)
+
+
+def _spec_for(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
+    params = sum(p.numel() for p in m.parameters(recurse=False))
+    out_elems = out[0].numel()
+    if isinstance(m, nn.Conv2d):
+        kh, kw = _pair(m.kernel_size)
+        depthwise = m.groups > 1 and m.groups == m.in_channels
+        return dict(
+            name=name, kind="depthwise" if depthwise else "conv", in_channels=m.in_channels,
+            out_channels=m.out_channels, kernel=(kh, kw), stride=_pair(m.stride), padding=_pair(m.padding),
+            groups=m.groups, bias=m.bias is not None, in_hw=_hw(inp), out_hw=_hw(out), params=params,
+            macs=out_elems * (m.in_channels // m.groups) * kh * kw,
+            weight_bytes=params * FP32_BYTES, activation_bytes=out_elems * FP32_BYTES,
+        )  # fmt: skip
+    assert isinstance(m, nn.Linear)
+    return dict(
+        name=name, kind="linear", in_channels=m.in_features, out_channels=m.out_features, kernel=(1, 1),
+        stride=(1, 1), padding=(0, 0), groups=1, bias=m.bias is not None, in_hw=_hw(inp), out_hw=_hw(out),
+        params=params, macs=out_elems * m.in_features,
+        weight_bytes=params * FP32_BYTES, activation_bytes=out_elems * FP32_BYTES,
+    )  # fmt: skip
+
+
+def _channel_groups(
+    model: nn.Module, example: torch.Tensor, names: list[str]
+) -> tuple[dict[str, int], dict[str, bool], list[str]]:
+    """Union the layers whose output channels torch-pruning says must be pruned together."""
+    import torch_pruning as tp
+
+    notes: list[str] = []
+    modules = dict(model.named_modules())
+    parent = {n: n for n in names}
+    order = {n: i for i, n in enumerate(names)}
+
+    def find(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    prunable = dict.fromkeys(names, True)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    name_of = {m: n for n, m in modules.items()}
+    for n in names:
+        m = modules[n]
+        pruner = dg.get_pruner_of_module(m)
+        if m not in dg.module2node or pruner is None:
+            notes.append(f"{n}: not in torch-pruning's dependency graph; treated as uncoupled")
+            continue
+        group = dg.get_pruning_group(m, pruner.prune_out_channels, idxs=[0])
+        consumers = 0
+        for item in group:
+            dep = item.dep
+            target = name_of.get(dep.target.module)
+            if target is None or target not in parent:
+                continue
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                a, b = find(n), find(target)
+                if a != b:
+                    # Keep the earliest layer as the root so group ids are forward-order indices.
+                    if order[a] < order[b]:
+                        parent[b] = a
+                    else:
+                        parent[a] = b
+            elif dg.is_in_channel_pruning_fn(dep.handler):
+                consumers += 1
+        if consumers == 0:
+            prunable[n] = False
+    # An output layer makes its whole group unprunable.
+    blocked = {find(n) for n in names if not prunable[n]}
+    root_index = {n: order[find(n)] for n in names}
+    return root_index, {n: find(n) not in blocked for n in names}, notes
+
+
+def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> ModelAnalysis:
+    """Analyse ``model`` on a zero input of ``input_shape`` (batch 1) without changing it."""
+    was_training = model.training
+    model.eval()
+    layers = compressible_layers(model)
+    records: dict[str, dict[str, Any]] = {}
+    calls: dict[str, int] = {}
+
+    def hook(name: str) -> Any:
+        def fn(m: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            if name not in records:
+                records[name] = _spec_for(name, m, inputs[0], output)
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    example = torch.zeros(input_shape)
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    notes = [f"{n}: defined but not used in the forward pass; left out" for n in layers if n not in records]
+    notes += [f"{n}: called {c} times; counted once" for n, c in calls.items() if c > 1]
+    names = list(records)  # forward-execution order (dicts keep insertion order)
+    group, prunable, graph_notes = _channel_groups(model, example, names)
+    notes += graph_notes
+    members: dict[int, list[str]] = {}
+    for n in names:
+        members.setdefault(group[n], []).append(n)
+    specs = [
+        LayerSpec(index=i, group=group[n], prunable=prunable[n],
+                  coupled_with=tuple(x for x in members[group[n]] if x != n), **records[n])
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    model.train(was_training)
+    return ModelAnalysis(
+        input_shape=tuple(input_shape),
+        layers=specs,
+        model_params=sum(p.numel() for p in model.parameters()),
+        notes=notes,
+    )

@@ -1,0 +1,120 @@
+"""Checkpoints: a state_dict plus a JSON model spec, loadable with ``weights_only=True``.
+
+The file is a plain dict ``{"format", "version", "spec", "state_dict"}`` where
+``spec`` is a JSON string, so ``torch.load(path, weights_only=True)`` reads it
+without unpickling any code. The spec names the model, its input shape, the
+dataset it was trained on, its measured accuracy and the software versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecompress.errors import CheckpointError
+from edgecompress.models import create_model
+
+__all__ = ["CHECKPOINT_FORMAT", "ModelSpec", "load_checkpoint", "save_checkpoint", "software_versions"]
+
+CHECKPOINT_FORMAT = "edgecompress.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def software_versions() -> dict[str, str]:
+    import torchvision
+
+    from edgecompress import __version__
+
+    return {
+        "edgecompress": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class ModelSpec:
+    """What a checkpoint holds: enough to rebuild the model and to say where its numbers came from."""
+
+    model: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    dataset: str
+    seed: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Measured accuracies, e.g. ``{"test_acc": 0.91, "val_acc": 0.92}``, on the named dataset's splits."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """The training settings and wall time that produced the weights."""
+    versions: dict[str, str] = field(default_factory=software_versions)
+    created: str = ""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.in_channels, self.input_size, self.input_size)
+
+    def build(self) -> nn.Module:
+        return create_model(self.model, self.num_classes, self.in_channels, input_size=self.input_size)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        known = set(cls.__dataclass_fields__)
+        missing = {"model", "num_classes", "in_channels", "input_size", "dataset", "seed"} - set(data)
+        if missing:
+            raise CheckpointError(f"model spec lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelSpec) -> Path:
+    """Write atomically (temp file, then rename) so a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": json.dumps(asdict(spec), sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model a checkpoint describes and load its weights (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an edgecompress checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {payload.get('version')!r}; this edgecompress reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    try:
+        spec = ModelSpec.from_dict(json.loads(payload["spec"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt model spec: {exc}") from exc
+    model = spec.build()
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {spec.model!r}: {exc}") from exc
+    model.eval()
+    return model, spec

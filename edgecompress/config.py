@@ -1,0 +1,176 @@
+"""Run configuration: YAML files validated into pydantic models.
+
+A config file has the sections below; every key is optional and defaults to the
+built-in demo (LeNet-5 on Fashion-MNIST). Command-line flags override file
+values through :func:`load_config`'s ``overrides`` (dotted keys). Unknown keys
+and bad values raise :class:`~edgecompress.errors.ConfigError` naming the key,
+the value and the valid choices. The resolved config is written into every run
+folder (:func:`write_resolved_config`) so a run folder describes itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgecompress.errors import ConfigError, did_you_mean
+
+__all__ = [
+    "CONFIG_VERSION",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "load_config",
+    "write_resolved_config",
+]
+
+CONFIG_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "lenet5"
+    """Model registry name, ``torchvision:NAME`` or ``package.module:factory``."""
+    checkpoint: str | None = None
+    """Trained base model. ``run`` trains one here when the file does not exist yet."""
+
+
+class DataConfig(_Section):
+    dataset: Literal["fashion-mnist", "cifar10", "imagefolder"] = "fashion-mnist"
+    data_dir: str | None = None
+    """Folder to look in first (else $EDGECOMPRESS_DATA, the Debian package's folder, torchvision's root)."""
+    val_size: int = Field(5000, ge=1)
+    """Training samples held out, with a fixed seed, as the validation split."""
+    val_samples: int = Field(2000, ge=1)
+    """How many validation samples a search scores each policy on."""
+    image_size: int = Field(32, ge=8)
+    """Side length images are resized to (imagefolder only)."""
+    seed: int = 0
+    """Seed of the validation split."""
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.05, gt=0)
+    """Peak learning rate; cosine-annealed to zero over all steps after a one-epoch-fraction warm-up."""
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False
+    """Random crop (pad 2) and horizontal flip, applied per batch."""
+    threads: int = Field(0, ge=0)
+    """torch intra-op threads; 0 keeps torch's default (all cores)."""
+    seed: int = 0
+
+
+class RunConfig(_Section):
+    """The whole run: what ``edgecompress run`` and, later, searches read."""
+
+    version: Literal[1] = 1
+    name: str = "demo"
+    out: str = "runs/demo"
+    """Run folder: resolved config, analysis, summaries and (later) search results go here."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = target
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the section an error location points into."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(err["loc"])
+            lines.append(
+                f"unknown key {key!r}.{did_you_mean(str(err['loc'][-1]), valid)} Valid keys here: {', '.join(valid)}"
+            )
+        else:
+            lines.append(f"{key} = {err.get('input')!r}: {err['msg']}")
+    return ConfigError(f"invalid config ({source}):\n  " + "\n  ".join(lines))
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read ``path`` (YAML; None for the defaults), apply dotted ``overrides`` whose value is not None."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted, value)
+            source = f"{source} + command line" if "command line" not in source else source
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def write_resolved_config(config: RunConfig, run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``config.yaml`` into the run folder, refusing to replace a different one."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "config.yaml"
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    if target.exists() and target.read_text() != text:
+        existing = yaml.safe_load(target.read_text()) or {}
+        changed = _diff_keys(existing, config.model_dump(mode="json"))
+        raise ConfigError(
+            f"{run_dir} already holds a run with a different config (changed: {', '.join(changed) or 'format'}). "
+            "Use another --out, or delete the folder to start over."
+        )
+    target.write_text(text)
+    return target
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _diff_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]

@@ -1,0 +1,12 @@
+"""Model zoo: ``create_model(name, num_classes, in_channels)`` and ``list_models()``.
+
+Built-in small-input models (lenet5, vgg11-small, resnet20, resnet56,
+mobilenetv2), any torchvision classification model as ``torchvision:NAME``,
+and user models as ``package.module:factory``. Models are created with random
+weights; nothing is downloaded.
+"""
+
+from edgecompress.models import small as _small  # noqa: F401  (registers the built-in models)
+from edgecompress.models._registry import create_model, list_models, model_descriptions, register_model
+
+__all__ = ["create_model", "list_models", "model_descriptions", "register_model"]

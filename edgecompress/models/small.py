@@ -1,0 +1,154 @@
+"""Built-in models for small inputs (28x28 Fashion-MNIST, 32x32 CIFAR).
+
+Shortcuts that change shape use a 1x1 convolution plus BatchNorm (He et al.'s
+option B) rather than zero padding, so every channel coupling is visible to
+torch-pruning's dependency graph and structured pruning stays exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torchvision.models.mobilenetv2 import MobileNetV2
+
+from edgecompress.models._registry import register_model
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. 1998, with ReLU and max pooling; 28x28 inputs keep their size in conv1 (padding 2)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
+        self.pool = nn.MaxPool2d(2)
+        # Makes the classifier independent of the input size (identity at 28x28).
+        self.resize = nn.AdaptiveAvgPool2d((5, 5))
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.resize(self.pool(self.act(self.conv2(x))))
+        x = torch.flatten(x, 1)
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+@register_model("lenet5", "LeNet-5 (61.7k params at 28x28); trains to ~90% on Fashion-MNIST in 3 epochs")
+def lenet5(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    return LeNet5(num_classes, in_channels)
+
+
+class VGGSmall(nn.Module):
+    """CIFAR-style VGG with BatchNorm, half the usual widths, four poolings, global average pooling."""
+
+    def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                assert isinstance(v, int)
+                layers += [
+                    nn.Conv2d(c, v, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(v),
+                    nn.ReLU(inplace=True),
+                ]
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+@register_model("vgg11-small", "CIFAR-style VGG-11 with BatchNorm at half width (2.3M params)")
+def vgg11_small(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    cfg: list[int | str] = [32, "M", 64, "M", 128, 128, "M", 256, 256, "M", 256, 256]
+    return VGGSmall(cfg, num_classes, in_channels)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. 2016's CIFAR ResNet (depth 6n+2, widths 16/32/64)."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        assert (depth - 2) % 6 == 0, "CIFAR ResNet depth must be 6n+2"
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.act = nn.ReLU(inplace=True)
+        blocks: list[nn.Module] = []
+        in_planes = 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.layers(x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model("resnet20", "CIFAR-style ResNet-20 (0.27M params, 1x1 projection shortcuts)")
+def resnet20(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    return CifarResNet(20, num_classes, in_channels)
+
+
+@register_model("resnet56", "CIFAR-style ResNet-56 (0.86M params, 1x1 projection shortcuts)")
+def resnet56(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    return CifarResNet(56, num_classes, in_channels)
+
+
+@register_model("mobilenetv2", "torchvision MobileNetV2 with a small-input stem (total stride 8)")
+def mobilenetv2(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    # torchvision's settings with the stem and the first stride-2 stage at stride 1,
+    # as CIFAR MobileNetV2 variants do: 28x28 ends at 4x4 instead of 1x1.
+    setting = [
+        [1, 16, 1, 1],
+        [6, 24, 2, 1],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]
+    model = MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
+    stem = model.features[0][0]
+    assert isinstance(stem, nn.Conv2d)
+    model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
+    return model

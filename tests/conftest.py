@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecompress.data import DataBundle, load_dataset
+from edgecompress.errors import DataError
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path: Path) -> Path:
+    """A Fashion-MNIST-format folder with 300 train and 50 test images: class k is a bright kth row band."""
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, k in enumerate(labels):
+            images[i, 2 * k + 4 : 2 * k + 6, :] = 255
+        return images, labels
+
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    tx, ty = make(300)
+    sx, sy = make(50)
+    write_idx(folder / "train-images-idx3-ubyte.gz", tx)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", ty)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", sx)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", sy)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fmnist() -> DataBundle:
+    """The real Fashion-MNIST (installed by `make test` through the Debian package)."""
+    try:
+        return load_dataset("fashion-mnist")
+    except DataError as exc:
+        pytest.skip(f"real Fashion-MNIST not installed: {exc}")

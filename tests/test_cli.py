@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from edgecompress.cli import main
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_analyze_json(capsys) -> None:
+    code, out, _ = run_cli(["analyze", "--model", "lenet5", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["totals"]["params"] == 61_706 and doc["totals"]["macs"] == 416_520
+    assert [row["name"] for row in doc["layers"]] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert doc["layers"][0]["out_hw"] == [28, 28]
+
+
+def test_analyze_table_shows_groups(capsys) -> None:
+    code, out, _ = run_cli(["analyze", "--model", "resnet20"], capsys)
+    assert code == 0
+    assert "group 0: conv1, layers.0.conv2, layers.1.conv2, layers.2.conv2" in out
+    assert "31,021,952" in out  # total MACs
+
+
+def test_unknown_model_is_one_clean_line(capsys) -> None:
+    code, _out, err = run_cli(["analyze", "--model", "lenet"], capsys)
+    assert code == 2
+    assert err.startswith("error: unknown model 'lenet'. Did you mean 'lenet5'?")
+    assert "Traceback" not in err
+
+
+def test_train_then_analyze_checkpoint(tmp_path, tiny_fmnist, capsys) -> None:
+    ckpt = tmp_path / "m.pt"
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("data:\n  val_size: 40\n")
+    args = ["train", "--model", "lenet5", "--dataset", "fashion-mnist", "--epochs", "1", "--out", str(ckpt),
+            "--data-dir", str(tiny_fmnist), "--max-batches", "2", "--seed", "3", "--config", str(cfg)]  # fmt: skip
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and ckpt.exists()
+    assert "test accuracy" in out and "measured after training on the test split" in out
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "already exists; pass --force to replace it" in err
+    code, out, _ = run_cli(["analyze", "--checkpoint", str(ckpt), "--json"], capsys)
+    assert code == 0 and json.loads(out)["model"] == f"lenet5 from {ckpt}"
+    code, _, err = run_cli(["analyze", "--checkpoint", str(ckpt), "--model", "resnet20"], capsys)
+    assert code == 2 and "does not match checkpoint" in err
+
+
+def test_run_pipeline_writes_a_self_describing_folder(tmp_path, tiny_fmnist, capsys) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "out": str(tmp_path / "run"),
+                "model": {"name": "lenet5", "checkpoint": str(tmp_path / "base.pt")},
+                "data": {"data_dir": str(tiny_fmnist), "val_size": 40, "val_samples": 20},
+                "train": {"epochs": 1, "batch_size": 32},
+            }
+        )
+    )
+    code, out, _ = run_cli(["run", "--config", str(cfg)], capsys)
+    assert code == 0
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "analysis.json", "summary.json"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trained_now"] is True and summary["params"] == 61_706
+    assert summary["val_subset_samples"] == 20 and "accuracy" in summary["sources"]
+    assert "measured now, full test split" in out
+    # Same command again: resumes, loading the checkpoint instead of retraining.
+    code, _, _ = run_cli(["run", "--config", str(cfg)], capsys)
+    assert code == 0 and json.loads((run / "summary.json").read_text())["trained_now"] is False
+    # A different config for the same folder is refused.
+    cfg.write_text(cfg.read_text().replace("epochs: 1", "epochs: 2"))
+    code, _, err = run_cli(["run", "--config", str(cfg)], capsys)
+    assert code == 2 and "different config (changed: train.epochs)" in err
+
+
+def test_python_dash_m_entry_point() -> None:
+    res = subprocess.run([sys.executable, "-m", "edgecompress", "models"], capture_output=True, text=True, check=True)
+    assert "resnet20" in res.stdout and "torchvision:NAME" in res.stdout
