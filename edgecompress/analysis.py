@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-__all__ = ["LayerSpec", "ModelAnalysis", "analyze_model", "compressible_layers"]
+__all__ = ["LayerSpec", "ModelAnalysis", "analyze_model", "compressible_layers", "measure_layers"]
 
 LayerKind = Literal["conv", "depthwise", "linear"]
 FP32_BYTES = 4
@@ -117,7 +117,10 @@ def _hw(t: torch.Tensor) -> tuple[int, int]:
 
 
 def _spec_for(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
-    params = sum(p.numel() for p in m.parameters(recurse=False))
+    # weight and bias, read as attributes so parametrized (compressed) layers count too
+    weight, bias = m.weight, getattr(m, "bias", None)
+    assert isinstance(weight, torch.Tensor)
+    params = weight.numel() + (bias.numel() if bias is not None else 0)
     out_elems = out[0].numel()
     if isinstance(m, nn.Conv2d):
         kh, kw = _pair(m.kernel_size)
@@ -189,11 +192,10 @@ def _channel_groups(
     return root_index, {n: find(n) not in blocked for n in names}, notes
 
 
-def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> ModelAnalysis:
-    """Analyse ``model`` on a zero input of ``input_shape`` (batch 1) without changing it."""
+def measure_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Shape, params and MACs of every conv/linear module, keyed by name, in forward-execution order."""
     was_training = model.training
     model.eval()
-    layers = compressible_layers(model)
     records: dict[str, dict[str, Any]] = {}
     calls: dict[str, int] = {}
 
@@ -202,21 +204,34 @@ def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28
             calls[name] = calls.get(name, 0) + 1
             if name not in records:
                 records[name] = _spec_for(name, m, inputs[0], output)
+                records[name]["_calls"] = 0
 
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    example = torch.zeros(input_shape)
+    handles = [m.register_forward_hook(hook(n)) for n, m in compressible_layers(model).items()]
     try:
         with torch.no_grad():
-            model(example)
+            model(torch.zeros(input_shape))
     finally:
         for h in handles:
             h.remove()
+        model.train(was_training)
+    for name, count in calls.items():
+        records[name]["_calls"] = count
+    return records
+
+
+def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> ModelAnalysis:
+    """Analyse ``model`` on a zero input of ``input_shape`` (batch 1) without changing it."""
+    was_training = model.training
+    model.eval()
+    layers = compressible_layers(model)
+    records = measure_layers(model, input_shape)
+    calls = {n: r.pop("_calls") for n, r in records.items()}
     notes = [f"{n}: defined but not used in the forward pass; left out" for n in layers if n not in records]
     notes += [f"{n}: called {c} times; counted once" for n, c in calls.items() if c > 1]
     names = list(records)  # forward-execution order (dicts keep insertion order)
-    group, prunable, graph_notes = _channel_groups(model, example, names)
+    group, prunable, graph_notes = _channel_groups(model, torch.zeros(input_shape), names)
     notes += graph_notes
     members: dict[int, list[str]] = {}
     for n in names:

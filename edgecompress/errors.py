@@ -16,6 +16,7 @@ __all__ = [
     "DataError",
     "EdgeCompressError",
     "ModelError",
+    "PolicyError",
     "did_you_mean",
 ]
 
@@ -38,6 +39,10 @@ class ModelError(EdgeCompressError, ValueError):
 
 class CheckpointError(EdgeCompressError, ValueError):
     """A checkpoint file is missing, corrupt, or for another model."""
+
+
+class PolicyError(EdgeCompressError, ValueError):
+    """A compression policy (file or object) has a bad field, value or layer name."""
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

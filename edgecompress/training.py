@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from edgecompress.checkpoint import ModelSpec, save_checkpoint
 from edgecompress.config import RunConfig, TrainConfig
 from edgecompress.data import DataBundle, batches, load_dataset, num_batches
 from edgecompress.models import create_model
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["EpochRecord", "TrainResult", "augment_batch", "evaluate", "train", "train_base_model"]
 
@@ -102,8 +105,13 @@ def train(
     val_set: Dataset | None = None,
     max_batches: int | None = None,
     progress: bool = True,
+    loss_fn: LossFn | None = None,
+    description: str = "train",
 ) -> TrainResult:
-    """Train ``model`` in place; ``max_batches`` caps each epoch (for tests and smoke runs)."""
+    """Train ``model`` in place; ``max_batches`` caps each epoch (for tests and smoke runs).
+
+    ``loss_fn(logits, inputs, targets)`` replaces cross-entropy (distillation uses it).
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -118,7 +126,7 @@ def train(
     result = TrainResult()
     start = time.perf_counter()
     with progress_bar(progress) as bar:
-        task = bar.add_task("train", total=total, status="")
+        task = bar.add_task(description, total=total, status="")
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             model.train()
@@ -130,7 +138,10 @@ def train(
                 if cfg.augment:
                     x = augment_batch(x, gen)
                 logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if loss_fn is None:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                else:
+                    loss = loss_fn(logits, x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,85 @@
+"""The one interface every technique implements, the context they share, and the registry.
+
+A technique is an object with a ``name`` and ``apply(ctx)``. ``apply`` changes
+``ctx.model`` (a private copy; never the caller's model) for the layers whose
+policy asks for it and records, for every layer it did not handle as asked,
+a :class:`Skip` with the reason. Techniques never print; ``compress`` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn as nn
+
+from edgecompress.analysis import ModelAnalysis
+from edgecompress.compressors.policy import Policy
+
+__all__ = ["TECHNIQUES", "CompressionContext", "Skip", "Technique", "register_technique", "weight_modules"]
+
+
+@dataclass(frozen=True)
+class Skip:
+    layer: str
+    technique: str
+    reason: str
+
+
+@dataclass
+class CompressionContext:
+    model: nn.Module
+    policy: Policy
+    analysis: ModelAnalysis
+    """Analysis of the *base* model: layer names, shapes and coupled groups the policy refers to."""
+    calibration: list[torch.Tensor] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per layer, what each technique did (e.g. ``{"lowrank": {"rank": 3, "rel_error": 0.2}}``)."""
+
+    def skip(self, layer: str, technique: str, reason: str) -> None:
+        self.skipped.append(Skip(layer, technique, reason))
+
+    def record(self, layer: str, technique: str, **info: Any) -> None:
+        self.details.setdefault(layer, {})[technique] = info
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.analysis.input_shape
+
+
+class Technique(Protocol):
+    name: str
+
+    def apply(self, ctx: CompressionContext) -> None: ...
+
+
+TECHNIQUES: dict[str, Technique] = {}
+
+
+def register_technique(cls: Callable[[], Technique]) -> Callable[[], Technique]:
+    inst = cls()
+    TECHNIQUES[inst.name] = inst
+    return cls
+
+
+def weight_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
+    """The conv/linear modules that now implement base layer ``name``.
+
+    Usually the layer itself; after low-rank factorisation, its two factors.
+    """
+    module = model.get_submodule(name)
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return [(name, module)]
+    return [(f"{name}.{n}", m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layers_asking(ctx: CompressionContext, predicate: Callable[[Any], bool]) -> Iterable[str]:
+    """Base layer names (forward order) whose policy satisfies ``predicate``."""
+    for spec in ctx.analysis.layers:
+        if predicate(ctx.policy.get(spec.name)):
+            yield spec.name

@@ -1,0 +1,169 @@
+"""``compress(model, policy)``: all techniques composed in one fixed, documented order.
+
+Order: structured pruning -> low-rank factorisation -> unstructured sparsity ->
+weight sharing (layers with ``clusters``) or weight quantization (``wbits``)
+-> activation quantization (``abits``, calibrated). Pruning first so later
+steps work on the surviving channels; factorisation before sparsity so masks
+apply to the factors actually run; sharing and quantization last because they
+encode the final values. The input model is never modified (a deep copy is
+compressed) and the same inputs give bit-identical outputs: every step is
+deterministic (stable sorts, linear k-means initialisation, no sampling).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+# Importing the technique modules registers them.
+import edgecompress.compressors.lowrank
+import edgecompress.compressors.quantization
+import edgecompress.compressors.sharing
+import edgecompress.compressors.structured
+import edgecompress.compressors.unstructured  # noqa: F401
+from edgecompress.analysis import ModelAnalysis, analyze_model, measure_layers
+from edgecompress.compressors.base import TECHNIQUES, CompressionContext, weight_modules
+from edgecompress.compressors.policy import Policy
+from edgecompress.compressors.report import CompressionReport, LayerReport, module_storage
+from edgecompress.errors import PolicyError
+
+__all__ = ["ORDER", "compress"]
+
+ORDER = ("structured", "lowrank", "unstructured", "sharing", "quantization")
+
+
+def _calibration_batches(data: Any, limit: int) -> list[torch.Tensor]:
+    if data is None:
+        return []
+    if isinstance(data, torch.Tensor):
+        return [data]
+    out: list[torch.Tensor] = []
+    for item in data:
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(x, torch.Tensor):
+            raise PolicyError(f"calibration_data must yield tensors or (input, target) pairs, got {type(x).__name__}")
+        out.append(x)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def compress(
+    model: nn.Module,
+    policy: Policy,
+    calibration_data: torch.Tensor | Iterable[Any] | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    analysis: ModelAnalysis | None = None,
+    importance: str = "l1",
+    round_to: int = 1,
+    unstructured: str = "magnitude",
+    calibration_batches: int = 4,
+) -> tuple[nn.Module, CompressionReport]:
+    """Apply ``policy`` to a copy of ``model``; return the compressed copy (eval mode) and its report.
+
+    ``input_shape`` defaults to the policy's ``base["input_shape"]``; pass the
+    base model's ``analysis`` to skip recomputing it (searches call this often).
+    ``calibration_data`` (input batches or (input, target) pairs; the first
+    ``calibration_batches`` are used) is required when a layer asks for 8-bit
+    activations.
+    """
+    if input_shape is None:
+        if analysis is not None:
+            input_shape = analysis.input_shape
+        elif "input_shape" in policy.base:
+            input_shape = tuple(policy.base["input_shape"])
+        else:
+            raise PolicyError("compress() needs input_shape (or a policy whose base names one)")
+    if analysis is None:
+        analysis = analyze_model(model, input_shape)
+    policy.check_layers([s.name for s in analysis.layers])
+    if round_to < 1:
+        raise PolicyError(f"round_to must be >= 1, got {round_to}")
+    new = copy.deepcopy(model).eval()
+    ctx = CompressionContext(
+        model=new,
+        policy=policy,
+        analysis=analysis,
+        calibration=_calibration_batches(calibration_data, calibration_batches),
+        options={"importance": importance, "round_to": round_to, "unstructured": unstructured},
+    )
+    # No torch.no_grad() here: torch-pruning traces the graph with autograd. Techniques detach themselves.
+    for name in ORDER:
+        TECHNIQUES[name].apply(ctx)
+    new.eval()
+    return new, _report(ctx, model)
+
+
+def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
+    model = ctx.model
+    after = measure_layers(model, ctx.input_shape)
+    layers: list[LayerReport] = []
+    peak_before = peak_after = 0
+    for spec in ctx.analysis.layers:
+        mods = weight_modules(model, spec.name)
+        names = [n for n, _ in mods]
+        recs = [after[n] for n in names if n in after]
+        stored = huff = params = nonzero = 0
+        encodings = []
+        for _, m in mods:
+            sizes, p, nz = module_storage(m)
+            stored += sizes.stored_bytes
+            huff += sizes.huffman_bytes
+            params += p
+            nonzero += nz
+            encodings.append(sizes.encoding)
+        lp = ctx.policy.get(spec.name)
+        out_after = recs[-1]["out_channels"] if recs else 0
+        layers.append(
+            LayerReport(
+                name=spec.name,
+                kind=spec.kind,
+                params_before=spec.params,
+                params_after=params,
+                nonzero_after=nonzero,
+                macs_before=spec.macs,
+                macs_after=sum(r["macs"] for r in recs),
+                dense_bytes_before=spec.weight_bytes,
+                dense_bytes_after=params * 4,
+                stored_bytes_after=stored,
+                huffman_bytes_after=huff,
+                out_channels_before=spec.out_channels,
+                out_channels_after=out_after,
+                encoding="+".join(encodings),
+                applied=ctx.details.get(spec.name, {}),
+            )
+        )
+        in_before = spec.in_channels * spec.in_hw[0] * spec.in_hw[1]
+        peak_before = max(peak_before, 4 * in_before + spec.activation_bytes)
+        if recs:
+            first, last = recs[0], recs[-1]
+            in_after = first["in_channels"] * first["in_hw"][0] * first["in_hw"][1]
+            in_bytes = -(-in_after * lp.abits // 8)
+            peak_after = max(peak_after, in_bytes + last["activation_bytes"])
+        _check_achieved(ctx, spec.name, spec.out_channels, out_after, lp)
+    return CompressionReport(
+        layers=layers,
+        peak_activation_bytes_before=peak_before,
+        peak_activation_bytes_after=peak_after,
+        model_params_before=sum(p.numel() for p in base.parameters()),
+        model_params_after=sum(p.numel() for p in model.parameters()),
+        skipped=list(ctx.skipped),
+        warnings=list(ctx.warnings),
+    )
+
+
+def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: int, lp: Any) -> None:
+    """Warn where what was achieved differs from what was asked by more than rounding explains."""
+    skipped = {s.technique for s in ctx.skipped if s.layer == name}
+    if lp.keep < 1 and "structured" not in skipped and c_before:
+        achieved = c_after / c_before
+        if abs(achieved - lp.keep) > 1.0 / c_before:
+            ctx.warnings.append(f"{name}: keep asked {lp.keep:.3f}, achieved {achieved:.3f} ({c_after}/{c_before})")
+    info = ctx.details.get(name, {}).get("unstructured")
+    if info and abs(info["achieved"] - lp.sparsity) > 1.0 / max(info["weights"], 1) + 1e-9:
+        ctx.warnings.append(f"{name}: sparsity asked {lp.sparsity:.3f}, achieved {info['achieved']:.3f}")

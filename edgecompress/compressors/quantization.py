@@ -1,0 +1,56 @@
+"""Quantization: per-layer fake quantization of weights and input activations.
+
+Weights: symmetric, per output channel, ``wbits`` in {8, 6, 4, 2} (2^(b-1)-1
+levels each side of zero) or fp16 rounding for 16. Activations: the layer's
+input, per tensor, asymmetric uint8 for ``abits`` 8 with the range calibrated
+on a few batches (min/max), fp16 rounding for 16. Both use the straight-through
+estimator so distillation fine-tunes through them. Real int8/fp16 kernels are
+the exporter's job; this module only simulates their numerics.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgecompress.compressors import constraints
+from edgecompress.compressors.base import CompressionContext, layers_asking, register_technique, weight_modules
+from edgecompress.errors import PolicyError
+
+
+@register_technique
+class Quantization:
+    name = "quantization"
+
+    def apply(self, ctx: CompressionContext) -> None:
+        for name in layers_asking(ctx, lambda lp: lp.wbits < 32 and lp.clusters == 0):
+            bits = ctx.policy.get(name).wbits
+            for _, m in weight_modules(ctx.model, name):
+                constraints.register(m, constraints.WeightFakeQuant(bits))
+            ctx.record(name, "wquant", wbits=bits)
+        act = list(layers_asking(ctx, lambda lp: lp.abits < 32))
+        if not act:
+            return
+        quantizers = []
+        for name in act:
+            bits = ctx.policy.get(name).abits
+            first = weight_modules(ctx.model, name)[0][1]  # the factor that consumes the layer's input
+            quantizers.append(constraints.attach_input_quantizer(first, bits))
+            ctx.record(name, "aquant", abits=bits)
+        to_calibrate = [q for q in quantizers if q.bits == 8]
+        if not to_calibrate:
+            return
+        if not ctx.calibration:
+            raise PolicyError(
+                f"layers {', '.join(n for n in act if ctx.policy.get(n).abits == 8)} ask for 8-bit activations: "
+                "pass calibration_data (a few input batches) to compress()"
+            )
+        was_training = ctx.model.training
+        ctx.model.eval()
+        for q in to_calibrate:
+            q.observing = True
+        with torch.no_grad():
+            for x in ctx.calibration:
+                ctx.model(x)
+        for q in to_calibrate:
+            q.observing = False
+        ctx.model.train(was_training)
