@@ -51,3 +51,4 @@ slow: install-test data
 
 benchmarks: install data
 	$(PY) benchmarks/train_base_models.py
+	$(PY) benchmarks/compressors.py

@@ -124,18 +124,92 @@ def analyze_cmd(
     in_channels: Annotated[int, typer.Option(min=1)] = 1,
     input_size: Annotated[int, typer.Option(min=1)] = 28,
     num_classes: Annotated[int, typer.Option(min=1)] = 10,
+    policy: Annotated[Path | None, typer.Option(help="Policy JSON: show before and after side by side.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Calibration data for 8-bit activations (default: the checkpoint's).")
+    ] = None,
 ) -> None:
     """Per-layer shapes, params, MACs, bytes and coupled channel groups (batch-1 forward pass)."""
     from edgecompress.analysis import analyze_model
 
     net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes)
     analysis = analyze_model(net, shape)
+    if policy is not None:
+        _analyze_policy(net, analysis, policy, dataset, checkpoint, what, as_json)
+        return
     if as_json:
         doc = analysis.to_dict()
         doc["model"] = what
         print(json.dumps(doc, indent=2))
         return
     print_analysis(analysis, f"{what}, input {tuple(shape)}")
+
+
+def _analyze_policy(
+    net: Any, analysis: Any, policy_path: Path, dataset: str | None, checkpoint: Path | None, what: str, as_json: bool
+) -> None:
+    from edgecompress.compressors import Policy, compress
+
+    pol = Policy.load(policy_path, net)
+    calibration = None
+    if any(lp.abits == 8 for lp in pol.layers.values()):
+        from edgecompress.checkpoint import load_checkpoint
+        from edgecompress.data import batches, load_dataset
+
+        name = dataset or (load_checkpoint(checkpoint)[1].dataset if checkpoint else None)
+        if name is None:
+            raise ConfigError(
+                "the policy quantizes activations to 8 bits: give --dataset (or --checkpoint) to calibrate"
+            )
+        bundle = load_dataset(name)
+        calibration = [x for x, _ in batches(bundle.train, 64, shuffle=True, seed=0)][:4]
+    _, report = compress(net, pol, calibration, analysis=analysis)
+    if as_json:
+        doc = report.to_dict()
+        doc["model"] = what
+        doc["policy"] = str(policy_path)
+        print(json.dumps(doc, indent=2))
+        return
+    print_report(report, f"{what} under {policy_path}")
+
+
+_SHOWN = ("kept", "rank", "achieved", "clusters", "wbits", "abits")
+
+
+def _brief(info: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items() if k in _SHOWN)
+
+
+def print_report(report: Any, title: str) -> None:
+    table = Table(title=title, caption="before -> after; sizes in bytes; computed from the compressed model")
+    for col in ("layer", "out ch", "params", "non-zero", "MACs", "dense fp32", "stored", "Huffman", "encoding",
+                "applied"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("layer", "encoding", "applied") else "right")
+    for r in report.layers:
+        applied = ", ".join(f"{k}({_brief(v)})" for k, v in r.applied.items())
+        table.add_row(
+            r.name, f"{r.out_channels_before}→{r.out_channels_after}", f"{r.params_before:,}→{r.params_after:,}",
+            f"{r.nonzero_after:,}", f"{r.macs_before:,}→{r.macs_after:,}", f"{r.dense_bytes_before:,}",
+            f"{r.stored_bytes_after:,}", f"{r.huffman_bytes_after:,}", r.encoding, applied,
+        )  # fmt: skip
+    t = report.totals
+    table.add_section()
+    table.add_row(
+        "total", "", f"{t['params_before']:,}→{t['params_after']:,}", f"{t['nonzero_after']:,}",
+        f"{t['macs_before']:,}→{t['macs_after']:,}", f"{t['dense_bytes_before']:,}", f"{t['stored_bytes_after']:,}",
+        f"{t['huffman_bytes_after']:,}", "", "",
+    )  # fmt: skip
+    console.print(table)
+    ratios = report.ratios()
+    console.print(
+        f"ratios: params {ratios['params']:.2f}x, MACs {ratios['macs']:.2f}x, stored size {ratios['stored']:.2f}x, "
+        f"with Huffman {ratios['huffman']:.2f}x (vs dense fp32 weights); peak activation memory "
+        f"{t['peak_activation_bytes_before']:,} -> {t['peak_activation_bytes_after']:,} bytes"
+    )
+    for s in report.skipped:
+        console.print(f"[yellow]skipped[/] {s.layer} ({s.technique}): {s.reason}")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
 
 
 def print_analysis(analysis: Any, title: str) -> None:

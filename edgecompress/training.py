@@ -155,9 +155,10 @@ def train(
             record = EpochRecord(epoch + 1, loss_sum / seen, correct / seen, val_acc, lr, time.perf_counter() - t0)
             result.history.append(record)
             if progress:
+                val = f"val acc {record.val_acc:.4f}  " if val_set is not None else ""
                 stderr_console.print(
                     f"epoch {record.epoch}: loss {record.train_loss:.4f}  train acc {record.train_acc:.4f}  "
-                    f"val acc {record.val_acc:.4f}  ({record.seconds:.1f}s)"
+                    f"{val}({record.seconds:.1f}s)"
                 )
     result.seconds = time.perf_counter() - start
     return result

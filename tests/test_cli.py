@@ -90,3 +90,25 @@ def test_run_pipeline_writes_a_self_describing_folder(tmp_path, tiny_fmnist, cap
 def test_python_dash_m_entry_point() -> None:
     res = subprocess.run([sys.executable, "-m", "edgecompress", "models"], capture_output=True, text=True, check=True)
     assert "resnet20" in res.stdout and "torchvision:NAME" in res.stdout
+
+
+def test_analyze_policy_side_by_side(tmp_path, capsys) -> None:
+    from edgecompress import Policy
+    from edgecompress.models import create_model
+
+    policy = Policy.uniform(create_model("lenet5"), keep=0.5, sparsity=0.5, wbits=4)
+    path = policy.save(tmp_path / "p.json")
+    code, out, _ = run_cli(["analyze", "--model", "lenet5", "--policy", str(path), "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["totals"]["params_before"] == 61_706 and doc["totals"]["params_after"] < 61_706 / 3
+    assert doc["skipped"] == [
+        {"layer": "fc3", "technique": "structured", "reason": "its output channels are the network's outputs "
+         "(classifier)"}
+    ]  # fmt: skip
+    code, out, _ = run_cli(["analyze", "--model", "lenet5", "--policy", str(path)], capsys)
+    assert code == 0 and "ratios: params" in out and "skipped fc3 (structured)" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text(path.read_text().replace('"wbits": 4', '"wbits": 5'))
+    code, _, err = run_cli(["analyze", "--model", "lenet5", "--policy", str(bad)], capsys)
+    assert code == 2 and "layer 'conv1': wbits = 5 is invalid; valid: 32, 16, 8, 6, 4, 2" in err

@@ -185,3 +185,16 @@ def transforms(module: nn.Module) -> list[nn.Module]:
     if not parametrize.is_parametrized(module, "weight"):
         return []
     return list(module.parametrizations.weight)  # type: ignore[union-attr,arg-type]
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Fold every weight parametrization into a plain weight, in place (values kept; constraints dropped).
+
+    Used to start a further compression stage from a fine-tuned compressed
+    model (prune -> fine-tune -> share -> fine-tune, as Deep Compression does),
+    and before export. Activation quantizers are left in place.
+    """
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model

@@ -8,15 +8,18 @@ elements with nnz non-zeros, stored with v bits per value:
 * v = 32 (fp32), ``wbits`` (quantized; plus one fp32 scale per output channel
   below 16 bits), or ceil(log2(k)) index bits with a k-entry fp32 codebook
   (weight sharing);
-* dense: N x v bits; sparse (nnz < N): the smaller of a bitmask (N bits +
-  nnz x v) and CSR over the (out, rest) matrix (nnz x v + nnz x ceil(log2(cols))
-  column indices + (rows + 1) x ceil(log2(nnz + 1)) row pointers); dense when
-  that is smaller still;
+* the smallest of: dense (N x v bits); a bitmask (N bits + nnz x v); CSR over
+  the (out, rest) matrix (nnz x v + nnz x ceil(log2(cols)) column indices +
+  (rows + 1) x ceil(log2(nnz + 1)) row pointers); and Deep Compression's
+  relative indexing with b = 1..8 bits (each entry stores the zeros skipped
+  since the previous one; a longer run inserts a filler entry holding an
+  explicit zero every 2^b positions);
 * biases stay fp32; every component is rounded up to whole bytes.
 
-Huffman bytes replace the fixed-width value stream of quantized and shared
-weights by its Huffman code (Deep Compression), plus a one-byte code length
-per symbol; where that is not smaller the fixed-width size stands.
+Huffman bytes Huffman-code the value stream of quantized and shared weights
+and the relative-index stream (Deep Compression), each with a one-byte code
+length per distinct symbol, over every encoding above; where that is not
+smaller the fixed-width size stands.
 
 Peak activation memory is the largest (input + output) activation of any
 compressible layer at batch 1, input at the layer's ``abits``, output at fp32:
@@ -64,14 +67,30 @@ def huffman_code_lengths(freqs: dict[Any, int]) -> dict[Any, int]:
     return lengths
 
 
+def huffman_bits_from_counts(counts: list[int]) -> int:
+    """Bits of an optimal prefix code for symbols with these counts (a lone symbol costs 1 bit each).
+
+    The total equals the sum of the weights of all merged nodes of Huffman's
+    construction, so no code table needs to be built.
+    """
+    heap = [c for c in counts if c > 0]
+    if len(heap) <= 1:
+        return sum(heap)
+    heapq.heapify(heap)
+    total = 0
+    while len(heap) > 1:
+        merged = heapq.heappop(heap) + heapq.heappop(heap)
+        total += merged
+        heapq.heappush(heap, merged)
+    return total
+
+
 def huffman_bits(symbols: torch.Tensor) -> int:
     """Bits of the Huffman-coded symbol stream (payload only)."""
     if symbols.numel() == 0:
         return 0
-    values, counts = torch.unique(symbols.flatten(), return_counts=True)
-    freqs = dict(zip(values.tolist(), counts.tolist(), strict=True))
-    lengths = huffman_code_lengths(freqs)
-    return sum(f * lengths[s] for s, f in freqs.items())
+    _, counts = torch.unique(symbols.flatten(), return_counts=True)
+    return huffman_bits_from_counts(counts.tolist())
 
 
 @dataclass
@@ -79,7 +98,13 @@ class SizeBreakdown:
     stored_bytes: int
     huffman_bytes: int
     encoding: str
-    """dense, bitmask or csr."""
+    """dense, bitmask, csr or relative-B (B-bit relative indices)."""
+
+
+def _coded_bytes(counts: list[int]) -> int:
+    """Huffman bytes of a stream with these symbol counts, plus one code-length byte per distinct symbol."""
+    present = [c for c in counts if c > 0]
+    return _bytes(huffman_bits_from_counts(present)) + len(present)
 
 
 def tensor_storage(
@@ -88,41 +113,60 @@ def tensor_storage(
     *,
     overhead_bits: int = 0,
     symbols: torch.Tensor | None = None,
-    codebook_entries: int = 0,
-    dense_value_bits: int | None = None,
+    zero_value_bits: int | None = None,
 ) -> SizeBreakdown:
     """Stored size of one weight tensor (see the module docstring for the rules).
 
-    ``symbols`` are the integer codes of the values (quantization levels or
-    codebook indices) that Huffman coding would compress. ``dense_value_bits``
-    is the value width when zeros must be coded in-line (a codebook without a
-    zero entry needs one more symbol); it defaults to ``value_bits``.
+    ``symbols`` (same shape as ``weight``) are the integer codes of the values
+    (quantization levels or codebook indices); without them every value is
+    its own symbol and Huffman coding is not counted. ``zero_value_bits`` is
+    the value width when explicit zeros must be coded in-line (a codebook
+    without a zero entry needs one more symbol); it defaults to ``value_bits``.
     """
     n = weight.numel()
-    nz = weight != 0
+    flat = weight.flatten()
+    nz = flat != 0
     nnz = int(nz.sum())
     rows = weight.shape[0]
     cols = n // max(rows, 1)
-    # encoding -> (structure bits, number of values in the value stream)
-    dense_bits = value_bits if dense_value_bits is None or nnz == n else dense_value_bits
-    options = {
-        "dense": (0, n),
-        "bitmask": (n, nnz),
-        "csr": (nnz * _bits_for(cols) + (rows + 1) * _bits_for(nnz + 1), nnz),
-    }
-    width = {"dense": dense_bits, "bitmask": value_bits, "csr": value_bits}
-    encoding = min(("dense", "bitmask", "csr"), key=lambda e: options[e][0] + options[e][1] * width[e])
-    structure_bits, stream_len = options[encoding]
-    value_stream = stream_len * width[encoding]
-    fixed = _bytes(structure_bits) + _bytes(value_stream) + _bytes(overhead_bits)
+    zbits = value_bits if zero_value_bits is None else zero_value_bits
+    positions = torch.nonzero(nz).flatten()
+    gaps = torch.diff(positions, prepend=torch.tensor([-1])) - 1  # zeros skipped before each non-zero
+    # Each candidate: (structure bytes, structure symbol counts if Huffman-codable, values, value width, zeros).
+    candidates: dict[str, tuple[int, list[int] | None, int, int, int]] = {}
+    candidates["dense"] = (0, None, n, zbits if nnz < n else value_bits, n - nnz)
+    candidates["bitmask"] = (_bytes(n), None, nnz, value_bits, 0)
+    csr = _bytes(nnz * _bits_for(cols) + (rows + 1) * _bits_for(nnz + 1))
+    candidates["csr"] = (csr, None, nnz, value_bits, 0)
+    # Deep Compression's relative indexing: each entry stores the zeros skipped since the last entry in
+    # b bits; a longer run inserts filler entries (an explicit zero) every 2^b positions.
+    for b in range(1, 9):
+        span = 2**b
+        n_fill = int((gaps // span).sum())
+        gap_counts = torch.bincount(gaps % span, minlength=span).tolist()
+        gap_counts[span - 1] += n_fill
+        entries = nnz + n_fill
+        candidates[f"relative-{b}"] = (
+            _bytes(entries * b),
+            gap_counts,
+            entries,
+            zbits if n_fill else value_bits,
+            n_fill,
+        )
+    best_fixed = min(candidates, key=lambda e: candidates[e][0] + _bytes(candidates[e][2] * candidates[e][3]))
+    s_fixed, _, n_vals, width, _ = candidates[best_fixed]
+    fixed = s_fixed + _bytes(n_vals * width) + _bytes(overhead_bits)
     huff = fixed
     if symbols is not None:
-        # In-line zeros get their own symbol (-1) in a dense stream.
-        syms = torch.where(nz, symbols, -1).flatten() if encoding == "dense" else symbols[nz].flatten()
-        table = codebook_entries or int(torch.unique(syms).numel())
-        coded = _bytes(structure_bits) + _bytes(huffman_bits(syms)) + table + _bytes(overhead_bits)
-        huff = min(fixed, coded)
-    return SizeBreakdown(fixed, huff, encoding)
+        nz_counts = torch.unique(symbols.flatten()[nz], return_counts=True)[1].tolist()
+        coded_values: dict[int, int] = {}  # in-line zeros -> Huffman bytes of the value stream
+        for s_fix, gap_counts, n_vals, width, zeros in candidates.values():
+            if zeros not in coded_values:
+                coded_values[zeros] = _coded_bytes([*nz_counts, zeros])
+            structure = s_fix if gap_counts is None else min(s_fix, _coded_bytes(gap_counts))
+            values = min(_bytes(n_vals * width), coded_values[zeros])
+            huff = min(huff, structure + values + _bytes(overhead_bits))
+    return SizeBreakdown(fixed, huff, best_fixed)
 
 
 @dataclass
@@ -199,9 +243,8 @@ def module_storage(module: nn.Module) -> tuple[SizeBreakdown, int, int]:
     if shared is not None:
         k = int(shared.centroids.numel())
         sizes = tensor_storage(
-            w, _bits_for(k), overhead_bits=32 * k, symbols=shared.index, codebook_entries=k,
-            dense_value_bits=_bits_for(k + 1),
-        )  # fmt: skip
+            w, _bits_for(k), overhead_bits=32 * k, symbols=shared.index, zero_value_bits=_bits_for(k + 1)
+        )
     elif wq is not None and wq.bits < 16:
         levels = _levels(module, wq.bits)
         sizes = tensor_storage(w, wq.bits, overhead_bits=32 * w.shape[0], symbols=levels)

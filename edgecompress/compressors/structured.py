@@ -71,6 +71,13 @@ class StructuredPruning:
                         ctx.skip(m, self.name, "its output channels are the network's outputs (classifier)")
                 continue
             group_keep = max(asked)
+            asking = [m for m in members if keep[m] < 1.0]
+            if group_keep == 1.0:
+                full = ", ".join(m for m in members if keep[m] == 1.0)
+                for m in asking:
+                    ctx.skip(m, self.name, f"output channels coupled (residual add / depthwise) with {full}, "
+                             "which keep all channels")  # fmt: skip
+                continue
             if len(set(asked)) > 1:
                 ctx.warnings.append(
                     f"structured: layers {', '.join(members)} share output channels (coupled); "
@@ -81,7 +88,7 @@ class StructuredPruning:
             channels = int(pruner.get_out_channels(root))
             n_keep = kept_channels(channels, group_keep, round_to)
             if n_keep >= channels:
-                for m in members:
+                for m in asking:
                     ctx.skip(m, self.name, f"keep {group_keep} of {channels} channels rounds to all of them")
                 continue
             if importance == "bn":

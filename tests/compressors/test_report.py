@@ -32,12 +32,19 @@ def test_hand_computed_sparse_fp32() -> None:
     # CSR 8 x 32 + 8 x 2-bit columns + 5 x 4-bit row pointers = 32 B + ceil(36 / 8) = 37 B.
     assert (s.encoding, s.stored_bytes) == ("bitmask", 34)
     assert tensor_storage(torch.ones(4, 4), 32).stored_bytes == 64
-    # Very sparse: CSR wins (1 non-zero in 64 x 64).
+    # Very sparse (1 non-zero in 64 x 64, at flat position 197): one 8-bit relative index + one value.
     big = torch.zeros(64, 64)
     big[3, 5] = 1.0
     s = tensor_storage(big, 32)
-    assert s.encoding == "csr"
-    assert s.stored_bytes == 4 + -(-(6 + 65 * 1) // 8)  # value + (6-bit column + 65 1-bit row pointers)
+    assert (s.encoding, s.stored_bytes) == ("relative-8", 1 + 4)
+    # Relative indexing with fillers (a run longer than 2^8 - 1):
+    col = torch.zeros(600, 1)
+    col[599, 0] = 1.0
+    s = tensor_storage(col, 8)
+    # b = 8: 599 // 256 = 2 fillers -> 3 entries x (8 + 8) bits = 6 B; bitmask 75 + 1 B; dense 600 B;
+    # CSR 1 B of value + ceil((1 + 601) / 8) = 76 B of indices
+    assert tensor_storage(col.T, 8).encoding == "csr"  # one row: CSR is 1 + ceil((10 + 2) / 8) = 3 B
+    assert (s.encoding, s.stored_bytes) == ("relative-8", 6)
 
 
 def test_hand_computed_layer_report() -> None:
@@ -77,3 +84,11 @@ def test_peak_activation_memory(lenet5) -> None:
     assert report.peak_activation_bytes_after == report.peak_activation_bytes_before
     _, report = compress(model, Policy.uniform(model, keep=0.5, abits=16), analysis=a)
     assert report.peak_activation_bytes_after == 2 * 28 * 28 + 4 * 3 * 28 * 28
+
+
+def test_huffman_total_matches_code_lengths() -> None:
+    from edgecompress.compressors.report import huffman_bits_from_counts
+
+    freqs = {0: 40, 1: 25, 2: 20, 3: 10, 4: 5}
+    lengths = huffman_code_lengths(freqs)
+    assert huffman_bits_from_counts(list(freqs.values())) == sum(f * lengths[s] for s, f in freqs.items())
