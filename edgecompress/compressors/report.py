@@ -160,10 +160,10 @@ def tensor_storage(
     if symbols is not None:
         nz_counts = torch.unique(symbols.flatten()[nz], return_counts=True)[1].tolist()
         coded_values: dict[int, int] = {}  # in-line zeros -> Huffman bytes of the value stream
-        for s_fix, gap_counts, n_vals, width, zeros in candidates.values():
+        for s_fix, structure_counts, n_vals, width, zeros in candidates.values():
             if zeros not in coded_values:
                 coded_values[zeros] = _coded_bytes([*nz_counts, zeros])
-            structure = s_fix if gap_counts is None else min(s_fix, _coded_bytes(gap_counts))
+            structure = s_fix if structure_counts is None else min(s_fix, _coded_bytes(structure_counts))
             values = min(_bytes(n_vals * width), coded_values[zeros])
             huff = min(huff, structure + values + _bytes(overhead_bits))
     return SizeBreakdown(fixed, huff, best_fixed)
