@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Find or download datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+latency_app = typer.Typer(
+    help="Predicted latency on a device; `latency calibrate` / `latency validate` for the device models."
+)
+app.add_typer(latency_app, name="latency")
 console = make_console()
 err_console = make_console(stderr=True)
 
@@ -251,6 +255,143 @@ def run_cmd(
     from edgecompress.pipeline import run_pipeline
 
     run_pipeline(config, {"out": out, "data.data_dir": data_dir}, console=console)
+
+
+@app.command("devices")
+def devices_cmd() -> None:
+    """List the device profiles with where their numbers come from and their validated error."""
+    from edgecompress.latency_models import list_devices, load_device
+
+    table = Table(title="device profiles (per-operator cost models)")
+    for col in ("name", "device", "precision", "source", "holdout validation"):
+        table.add_column(col)
+    for name in list_devices():
+        m = load_device(name)
+        v = m.validation
+        if "spearman" in v:
+            val = (
+                f"n={v['n']}: Spearman {v['spearman']:.3f} (FLOPs {v['flops_spearman']:.3f}), MAPE {v['mape_raw']:.1%}"
+            )
+        else:
+            val = "; ".join(f"{rt}: Spearman {r['spearman']:.3f}, MAPE {r['mape_raw']:.1%}" for rt, r in v.items())
+        table.add_row(name, m.device, m.precision, m.source, val)
+    console.print(table)
+
+
+@latency_app.callback(invoke_without_command=True)
+def latency_cmd(
+    ctx: typer.Context,
+    device: Annotated[str | None, typer.Option(help="Device profile (see `edgecompress devices`).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name; taken from the checkpoint if omitted.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option()] = None,
+    policy: Annotated[Path | None, typer.Option(help="Estimate the model compressed by this policy.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    in_channels: Annotated[int, typer.Option(min=1)] = 1,
+    input_size: Annotated[int, typer.Option(min=1)] = 28,
+    num_classes: Annotated[int, typer.Option(min=1)] = 10,
+) -> None:
+    """Predicted batch-1 latency of a model (optionally compressed by --policy) on --device, per layer."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgecompress.latency_models import estimate_latency
+
+    if device is None:
+        raise ConfigError("give --device NAME (see `edgecompress devices`)")
+    net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes)
+    if policy is not None:
+        from edgecompress.compressors import Policy, compress
+
+        pol = Policy.load(policy, net)
+        # Latency does not depend on calibrated activation ranges: calibrate on zeros.
+        net, _ = compress(net, pol, [__import__("torch").zeros(shape)], input_shape=shape)
+        what += f" under {policy}"
+    report = estimate_latency(net, shape, device)
+    if as_json:
+        print(json.dumps({"model": what, **report.to_dict()}, indent=2))
+        return
+    table = Table(title=f"{what} on {report.device}: {report.total_ms:.3f} ms predicted", caption=report.source)
+    for col in ("layer", "ops", "kinds", "ms", "source"):
+        table.add_column(col, justify="right" if col in ("ops", "ms") else "left")
+    for r in report.rows:
+        table.add_row(r.layer, str(r.ops), r.kinds, f"{r.ms:.4f}", r.source)
+    table.add_row("(per-inference overhead)", "", "", f"{report.overhead_ms:.4f}", f"device model {report.device}")
+    console.print(table)
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
+@latency_app.command("calibrate")
+def latency_calibrate(
+    data_dir: Annotated[Path | None, typer.Option(help="Folder with nb201_latency.csv (shared/latency-data).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the profiles (default: the package's).")] = None,
+) -> None:
+    """Refit every public device model on the calibration rows; validate on the holdout rows."""
+    from edgecompress.latency_models import calibrate
+    from edgecompress.latency_models.devices import PROFILE_DIR
+
+    models = calibrate(data_dir, out or PROFILE_DIR)
+    for name, m in models.items():
+        console.print(f"{name}: {m.fitted_on or m.source}")
+    console.print(f"wrote {len(models)} profiles to {out or PROFILE_DIR}")
+
+
+@latency_app.command("validate")
+def latency_validate(
+    device: Annotated[str, typer.Option(help="Device profile to check against the holdout rows.")],
+    data_dir: Annotated[Path | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a predicted-vs-measured scatter plot (PNG).")] = None,
+) -> None:
+    """Spearman, Kendall and MAPE (raw and after the best single scale) on the holdout rows only."""
+    from edgecompress.latency_models import load_device, validate
+    from edgecompress.latency_models.device_model import DEVICE_COLUMNS, PI5_COLUMNS, load_nb201_rows
+
+    model = load_device(device)
+    rows = load_nb201_rows(data_dir)
+    if device in DEVICE_COLUMNS:
+        columns = {DEVICE_COLUMNS[device]["precision"]: DEVICE_COLUMNS[device]["column"]}
+    elif device == "raspberry-pi-5":
+        columns = dict(PI5_COLUMNS)
+    else:
+        raise ConfigError(f"{device!r} has no public measurements to validate against")
+    results = {label: validate(model, rows, col) for label, col in columns.items()}
+    if plot is not None:
+        _scatter(results, device, plot)
+    if as_json:
+        print(json.dumps({k: {a: b for a, b in v.items() if a not in ("predicted", "measured")}
+                          for k, v in results.items()}, indent=2))  # fmt: skip
+        return
+    table = Table(title=f"{device}: predicted vs measured, holdout rows only")
+    for col in ("runtime / precision", "n", "Spearman", "Kendall", "FLOPs Spearman", "MAPE raw", "MAPE 1 scale"):
+        table.add_column(col, justify="left" if col.startswith("runtime") else "right")
+    for label, r in results.items():
+        table.add_row(
+            label, str(r["n"]), f"{r['spearman']:.3f}", f"{r['kendall']:.3f}", f"{r['flops_spearman']:.3f}",
+            f"{r['mape_raw']:.1%}", f"{r['mape_scaled']:.1%}",
+        )  # fmt: skip
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot: {plot}")
+
+
+def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.5), squeeze=False)
+    for ax, (label, r) in zip(axes[0], results.items(), strict=True):
+        ax.scatter(r["measured"], r["predicted"], s=3, alpha=0.4)
+        hi = max(max(r["measured"]), max(r["predicted"]))
+        ax.plot([0, hi], [0, hi], color="grey", lw=1)
+        ax.set_xlabel("measured ms")
+        ax.set_ylabel("predicted ms")
+        ax.set_title(f"{device} {label}: Spearman {r['spearman']:.3f}, MAPE {r['mape_raw']:.1%}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 @data_app.command("locate")

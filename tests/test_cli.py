@@ -112,3 +112,40 @@ def test_analyze_policy_side_by_side(tmp_path, capsys) -> None:
     bad.write_text(path.read_text().replace('"wbits": 4', '"wbits": 5'))
     code, _, err = run_cli(["analyze", "--model", "lenet5", "--policy", str(bad)], capsys)
     assert code == 2 and "layer 'conv1': wbits = 5 is invalid; valid: 32, 16, 8, 6, 4, 2" in err
+
+
+def test_devices_and_latency(capsys) -> None:
+    code, out, _ = run_cli(["devices"], capsys)
+    assert code == 0 and "raspberry-pi-4" in out and "Spearman" in out
+    code, out, _ = run_cli(["latency", "--model", "resnet20", "--device", "raspberry-pi-4", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["device"] == "raspberry-pi-4" and doc["total_ms"] > 0
+    assert doc["source"].startswith("predicted by device model raspberry-pi-4")
+    code, _, err = run_cli(["latency", "--model", "resnet20", "--device", "pi4"], capsys)
+    assert code == 2 and "unknown device 'pi4'" in err
+    code, _, err = run_cli(["latency", "--model", "resnet20"], capsys)
+    assert code == 2 and "give --device NAME" in err
+
+
+def test_latency_with_policy_is_lower(tmp_path, capsys) -> None:
+    from edgecompress import Policy
+    from edgecompress.models import create_model
+
+    path = Policy.uniform(create_model("resnet20"), keep=0.5, abits=8).save(tmp_path / "p.json")
+    base = ["latency", "--model", "resnet20", "--device", "jetson-nano", "--json"]
+    _, out, _ = run_cli(base, capsys)
+    _, out2, _ = run_cli([*base, "--policy", str(path)], capsys)
+    assert json.loads(out2)["total_ms"] < json.loads(out)["total_ms"]
+
+
+def test_latency_validate(tmp_path, capsys) -> None:
+    from edgecompress.latency_models.device_model import default_data_dir
+
+    if not (default_data_dir() / "nb201_latency.csv").is_file():
+        pytest.skip("shared/latency-data not present")
+    plot = tmp_path / "nano.png"
+    code, out, _ = run_cli(["latency", "validate", "--device", "jetson-nano", "--json", "--plot", str(plot)], capsys)
+    assert code == 0 and plot.stat().st_size > 10_000
+    doc = json.loads(out)["fp32"]
+    assert doc["rows"] == "holdout (arch_index % 5 == 0)" and doc["spearman"] > 0.9

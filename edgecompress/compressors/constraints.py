@@ -196,5 +196,27 @@ def bake(model: nn.Module) -> nn.Module:
     """
     for module in list(model.modules()):
         if parametrize.is_parametrized(module, "weight"):
+            # A deep copy of a parametrized module shares its generated class with the original, and
+            # removing a parametrization edits that class: give this module a class of its own first.
+            cls = module.__class__
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
+
+
+def float_view(model: nn.Module) -> nn.Module:
+    """A copy with every constraint folded away: baked weights, no activation quantizers.
+
+    What a float runtime executes; used to count operators and time layers
+    without the fake-quantization arithmetic, which no deployment runs.
+    """
+    import copy
+
+    view = bake(copy.deepcopy(model))
+    for module in view.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if hook is _quantize_input:
+                del module._forward_pre_hooks[key]
+        if isinstance(getattr(module, "input_quantizer", None), ActFakeQuant):
+            del module.input_quantizer
+    return view

@@ -1,0 +1,290 @@
+"""Per-operator device cost models, fitted on public whole-network measurements.
+
+A device model predicts one operator's latency as
+
+    ms = c_g + a_g * MMACs + b_g * MB moved        (g = the operator's group)
+
+and a network's latency as an intercept (runtime overhead per inference) plus
+the sum over its operators. Groups: ``conv_k3`` (3x3 and larger convolutions),
+``conv_k1`` (1x1 convolutions, linear layers), ``eltwise`` (pooling, adds,
+multiplies: memory-bound). Depthwise convolutions use the ``conv_k3``
+coefficients, which is an extrapolation: the calibration networks hold none.
+Coefficients are fitted by non-negative least squares on *relative* error
+(rows weighted by 1 / measured latency), on the ``calibration`` rows only;
+the ``holdout`` rows are only ever used by :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models.ops import OpRecord, trace_ops
+
+__all__ = [
+    "DEVICE_COLUMNS",
+    "GROUPS",
+    "DeviceModel",
+    "default_data_dir",
+    "fit_device_model",
+    "group_features",
+    "load_nb201_rows",
+    "nb201_features",
+]
+
+GROUPS = ("conv_k3", "conv_k1", "pool", "add")
+TERMS = ("count", "mmacs", "mbytes")
+KIND_TO_GROUP = {
+    "conv_k3": "conv_k3", "conv_kN": "conv_k3", "depthwise": "conv_k3",
+    "conv_k1": "conv_k1", "linear": "conv_k1",
+    "pool": "pool", "add": "add", "mul": "add",
+}  # fmt: skip
+EXTRAPOLATED_KINDS = {"depthwise": "no depthwise convolution in the calibration networks"}
+
+# Device profile name -> CSV column of shared/latency-data/nb201_latency.csv, and what it is.
+DEVICE_COLUMNS: dict[str, dict[str, str]] = {
+    "raspberry-pi-4": {
+        "column": "hwnb_raspi4_cifar10_ms", "device": "Raspberry Pi 4", "precision": "fp32",
+        "source": "HW-NAS-Bench (ICLR 2021) Raspberry Pi 4 measurements via the HELP repository", "licence": "MIT",
+    },
+    "jetson-nano": {
+        "column": "brpnas_jetson_nano_fp32_ms", "device": "Jetson Nano", "precision": "fp32",
+        "source": "BRP-NAS / Eagle LatBench (NeurIPS 2020) Jetson Nano fp32", "licence": "Apache-2.0",
+    },
+    "jetson-nano-fp16": {
+        "column": "brpnas_jetson_nano_fp16_ms", "device": "Jetson Nano", "precision": "fp16",
+        "source": "BRP-NAS / Eagle LatBench (NeurIPS 2020) Jetson Nano fp16", "licence": "Apache-2.0",
+    },
+    "jetson-tx2": {
+        "column": "hwnb_edgegpu_tx2_cifar10_ms", "device": "Jetson TX2", "precision": "fp32",
+        "source": "HW-NAS-Bench (ICLR 2021) Jetson TX2, torch2trt fp32, mean of 50 runs", "licence": "MIT",
+    },
+}  # fmt: skip
+# Validation-only columns (no licence: nothing may be fitted on them).
+PI5_COLUMNS = {
+    "onnxruntime": "pi5_onnx_cifar100_1thread_ms",
+    "litert": "pi5_litert_cifar100_1thread_ms",
+    "torch-mobile": "pi5_torchmobile_cifar100_1thread_ms",
+}
+# Raspberry Pi Ltd's launch figure for the Pi 5: "a 2-3x increase in CPU performance" over the Pi 4.
+# The Pi 5 profile divides Pi 4 predictions by the midpoint.
+PI5_SPEEDUP_OVER_PI4 = 2.5
+
+
+def default_data_dir() -> Path:
+    """$EDGECOMPRESS_LATENCY_DATA, else ../shared/latency-data beside the repository, else beside the cwd."""
+    env = os.environ.get("EDGECOMPRESS_LATENCY_DATA")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    for candidate in (repo.parent / "shared" / "latency-data", Path.cwd().parent / "shared" / "latency-data"):
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "latency-data"
+
+
+def group_features(ops: Sequence[OpRecord]) -> dict[str, float]:
+    """The cost model's inputs: per group, operator count, MMACs and MB moved."""
+    feats = {f"{g}.{t}": 0.0 for g in GROUPS for t in TERMS}
+    for op in ops:
+        g = KIND_TO_GROUP[op.kind]
+        feats[f"{g}.count"] += 1
+        feats[f"{g}.mmacs"] += op.macs / 1e6
+        feats[f"{g}.mbytes"] += op.bytes / 1e6
+    return feats
+
+
+@lru_cache(maxsize=1)
+def _nb201_parts() -> tuple[dict[str, float], dict[tuple[str, int], dict[str, float]]]:
+    """Features of the fixed part of a NAS-Bench-201 network and of each (edge op or add, stage).
+
+    A network's features are the fixed part (stem, reductions, head) plus, for
+    each of 5 cells per stage, the features of its live edges and node sums.
+    Tracing the parts once makes 15,625 networks cost milliseconds, not
+    minutes; ``tests/latency_models`` checks the sum against whole networks.
+    """
+    import torch
+    import torch.nn as nn
+
+    from edgecompress.latency_models.nb201 import OPS, NB201Network, _op
+
+    class _Add(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + x
+
+    identity_cells = "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"
+    fixed = group_features(trace_ops(NB201Network(identity_cells), (1, 3, 32, 32)))
+    parts: dict[tuple[str, int], dict[str, float]] = {}
+    for stage, (c, hw) in enumerate(((16, 32), (32, 16), (64, 8))):
+        for op in (*OPS, "add"):
+            module = _Add() if op == "add" else nn.Sequential(_op(op, c))
+            parts[(op, stage)] = group_features(trace_ops(module, (1, c, hw, hw)))
+    return fixed, parts
+
+
+def nb201_features(arch: str) -> dict[str, float]:
+    """Features of a NAS-Bench-201 network as deployed: dead and ``none`` edges folded away.
+
+    A network whose cells' outputs are disconnected computes a constant; all its
+    features are zero (only the intercept remains), as the ~0.01 ms
+    measurements of such networks show.
+    """
+    from edgecompress.latency_models.nb201 import live_edges, parse_arch
+
+    fixed, parts = _nb201_parts()
+    live = live_edges(parse_arch(arch))
+    if not live[2]:
+        return dict.fromkeys(fixed, 0.0)
+    feats = dict(fixed)
+    for edges in live:
+        for op, _ in edges:
+            for stage in range(3):
+                for k, v in parts[(op, stage)].items():
+                    feats[k] += 5 * v
+        for _ in range(max(0, len(edges) - 1)):
+            for stage in range(3):
+                for k, v in parts[("add", stage)].items():
+                    feats[k] += 5 * v
+    return feats
+
+
+def is_constant_network(arch: str) -> bool:
+    from edgecompress.latency_models.nb201 import live_edges, parse_arch
+
+    return not live_edges(parse_arch(arch))[2]
+
+
+def load_nb201_rows(data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, str]]:
+    path = Path(data_dir or default_data_dir()) / "nb201_latency.csv"
+    if not path.is_file():
+        raise EdgeCompressError(
+            f"latency data not found: {path}. Point --data-dir (or $EDGECOMPRESS_LATENCY_DATA) at the folder "
+            "holding nb201_latency.csv (the project's shared/latency-data)."
+        )
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@dataclass
+class DeviceModel:
+    """A fitted per-operator cost model for one device and precision."""
+
+    name: str
+    device: str
+    precision: str
+    intercept_ms: float
+    coefficients: dict[str, float]
+    """``"<group>.<term>"`` -> ms per operator, per MMAC or per MB."""
+    source: str
+    licence: str = ""
+    fitted_on: str = ""
+    scale: float = 1.0
+    """Multiplies every prediction (the Pi 5 profile is the Pi 4 model over a published speed-up)."""
+    validation: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    version: int = 1
+
+    def predict_features(self, feats: dict[str, float]) -> float:
+        return self.scale * (self.intercept_ms + sum(self.coefficients.get(k, 0.0) * v for k, v in feats.items()))
+
+    def op_ms(self, op: OpRecord) -> float:
+        g = KIND_TO_GROUP[op.kind]
+        c = self.coefficients
+        return self.scale * (
+            c.get(f"{g}.count", 0.0)
+            + c.get(f"{g}.mmacs", 0.0) * op.macs / 1e6
+            + c.get(f"{g}.mbytes", 0.0) * op.bytes / 1e6
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "edgecompress.device_model", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "device model") -> DeviceModel:
+        if data.get("format") != "edgecompress.device_model" or data.get("version") != 1:
+            raise EdgeCompressError(f"{source} is not a version-1 edgecompress device model")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> DeviceModel:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EdgeCompressError(f"cannot read device model {path}: {exc}") from exc
+        return cls.from_dict(data, str(path))
+
+
+def _design(rows: Sequence[dict[str, str]]) -> tuple[np.ndarray, list[str]]:
+    keys = [f"{g}.{t}" for g in GROUPS for t in TERMS]
+    cache: dict[str, dict[str, float]] = {}
+    x = np.zeros((len(rows), len(keys) + 1))
+    for i, row in enumerate(rows):
+        arch = row["arch_str"]
+        if arch not in cache:
+            cache[arch] = nb201_features(arch)
+        x[i, 0] = 1.0
+        x[i, 1:] = [cache[arch][k] for k in keys]
+    return x, keys
+
+
+def fit_device_model(name: str, rows: Sequence[dict[str, str]]) -> DeviceModel:
+    """Fit ``name``'s cost model on the *calibration* rows that have a measurement."""
+    from scipy.optimize import nnls
+
+    meta = DEVICE_COLUMNS[name]
+    col = meta["column"]
+    # Networks whose cells compute a constant fold to almost nothing (~0.01 ms on the Pi 4): a regime no
+    # compressed model reaches, left out so it does not pull the per-operator costs.
+    use = [r for r in rows if r["split"] == "calibration" and r.get(col) and not is_constant_network(r["arch_str"])]
+    if not use:
+        raise EdgeCompressError(f"no calibration rows with a {col} measurement")
+    x, keys = _design(use)
+    y = np.array([float(r[col]) for r in use])
+    # Relative-error fit: divide each row by its latency; scale columns for a well-conditioned NNLS.
+    xw = x / y[:, None]
+    norms = np.linalg.norm(xw, axis=0)
+    norms[norms == 0] = 1.0
+    coef, _ = nnls(xw / norms, np.ones_like(y))
+    coef = coef / norms
+    return DeviceModel(
+        name=name, device=meta["device"], precision=meta["precision"], intercept_ms=float(coef[0]),
+        coefficients={k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
+        source=meta["source"], licence=meta["licence"],
+        fitted_on=f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
+    )  # fmt: skip
+
+
+def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    """Rank agreement and error of predictions against measurements."""
+    from scipy.stats import kendalltau, spearmanr
+
+    # The single scale minimising MAPE: the median of measured/predicted weighted by predicted/measured.
+    ratio, weight = meas / pred, pred / meas
+    order = np.argsort(ratio)
+    cum = np.cumsum(weight[order])
+    scale = float(ratio[order][np.searchsorted(cum, cum[-1] / 2)])
+    return {
+        "n": len(meas),
+        "spearman": float(spearmanr(pred, meas).statistic),
+        "kendall": float(kendalltau(pred, meas).statistic),
+        "mape_raw": float(np.mean(np.abs(pred - meas) / meas)),
+        "mape_scaled": float(np.mean(np.abs(pred * scale - meas) / meas)),
+        "best_scale": scale,
+    }

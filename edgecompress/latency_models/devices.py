@@ -1,0 +1,121 @@
+"""Device profiles: the names ``--device`` accepts, how they are fitted, and how well they predict.
+
+Each shipped profile is a JSON :class:`DeviceModel` under ``profiles/``, fitted
+by :func:`calibrate` on the calibration rows of the public measurements and
+carrying its validation on the holdout rows (never used to fit or choose
+anything). ``raspberry-pi-5`` has no licensed data to fit on: it is the
+Raspberry Pi 4 model divided by Raspberry Pi Ltd's published 2-3x CPU
+speed-up (midpoint 2.5), validated against the Pi 5 measurements.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.errors import EdgeCompressError, did_you_mean
+from edgecompress.latency_models.device_model import (
+    DEVICE_COLUMNS,
+    PI5_COLUMNS,
+    PI5_SPEEDUP_OVER_PI4,
+    DeviceModel,
+    _design,
+    fit_device_model,
+    is_constant_network,
+    load_nb201_rows,
+    metrics,
+)
+
+__all__ = ["PROFILE_DIR", "calibrate", "list_devices", "load_device", "validate"]
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+PI5 = "raspberry-pi-5"
+
+
+def list_devices(profile_dir: Path = PROFILE_DIR) -> list[str]:
+    return sorted(p.stem for p in profile_dir.glob("*.json"))
+
+
+def load_device(name: str, profile_dir: Path = PROFILE_DIR) -> DeviceModel:
+    path = profile_dir / f"{name}.json"
+    if not path.is_file():
+        known = list_devices(profile_dir)
+        raise EdgeCompressError(
+            f"unknown device {name!r}.{did_you_mean(name, known)} Known devices: {', '.join(known) or 'none'}"
+        )
+    return DeviceModel.load(path)
+
+
+def _holdout(rows: list[dict[str, str]], column: str) -> list[dict[str, str]]:
+    return [r for r in rows if r["split"] == "holdout" and r.get(column)]
+
+
+def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dict[str, Any]:
+    """Holdout-only metrics of ``model`` against ``column``, with the FLOPs ranking as the baseline.
+
+    Rank metrics use every holdout row with a measurement; ``mape_*`` also
+    excludes the constant (fully folded) networks, whose ~0.01 ms no
+    per-operator model is meant to predict.
+    """
+    from scipy.stats import spearmanr
+
+    hold = _holdout(rows, column)
+    if not hold:
+        raise EdgeCompressError(f"no holdout rows with a {column} measurement")
+    x, keys = _design(hold)
+    y = np.array([float(r[column]) for r in hold])
+    pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
+    live = np.array([not is_constant_network(r["arch_str"]) for r in hold])
+    flops = sum(x[:, 1 + keys.index(k)] for k in keys if k.endswith(".mmacs"))
+    ranks = metrics(np.maximum(pred, 1e-9), y)
+    errors = metrics(pred[live], y[live])
+    return {
+        "column": column,
+        "rows": "holdout (arch_index % 5 == 0)",
+        "n": len(y),
+        "spearman": ranks["spearman"],
+        "kendall": ranks["kendall"],
+        "flops_spearman": float(spearmanr(flops, y).statistic),
+        "n_mape": int(live.sum()),
+        "mape_raw": errors["mape_raw"],
+        "mape_scaled": errors["mape_scaled"],
+        "best_scale": errors["best_scale"],
+        "predicted": pred.tolist(),
+        "measured": y.tolist(),
+    }
+
+
+def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PROFILE_DIR) -> dict[str, DeviceModel]:
+    """Fit every public device's model on the calibration rows, validate on holdout, write the profiles."""
+    import time
+
+    rows = load_nb201_rows(data_dir)
+    models: dict[str, DeviceModel] = {}
+    for name, meta in DEVICE_COLUMNS.items():
+        model = fit_device_model(name, rows)
+        report = validate(model, rows, meta["column"])
+        model.validation = {k: v for k, v in report.items() if k not in ("predicted", "measured")}
+        model.validation["date"] = time.strftime("%Y-%m-%d")
+        models[name] = model
+    pi4 = models["raspberry-pi-4"]
+    pi5 = replace(
+        pi4, name=PI5, device="Raspberry Pi 5", scale=1.0 / PI5_SPEEDUP_OVER_PI4, licence="",
+        source=f"raspberry-pi-4 model / {PI5_SPEEDUP_OVER_PI4} (Raspberry Pi Ltd: Pi 5 has 2-3x the Pi 4's CPU "
+        "performance); nothing fitted on Pi 5 data (it has no licence)",
+        validation={}, notes=list(pi4.notes),
+    )  # fmt: skip
+    pi5.validation = {
+        runtime: {k: v for k, v in validate(pi5, rows, col).items() if k not in ("predicted", "measured")}
+        for runtime, col in PI5_COLUMNS.items()
+    }
+    models[PI5] = pi5
+    for name, model in models.items():
+        model.notes = sorted(
+            {*model.notes, "depthwise convolutions use the 3x3-convolution coefficients (none in the calibration data)"}
+        )
+        model.save(out_dir / f"{name}.json")
+    return models

@@ -1,0 +1,135 @@
+"""Operator tracing: the list of operators a forward pass runs, with their costs' ingredients.
+
+``trace_ops`` runs one batch-1 forward pass under a ``TorchFunctionMode`` and
+records every convolution, linear layer, pooling and element-wise add or
+multiply, with MACs and bytes moved (input + output activations + weights,
+fp32). BatchNorm and ReLU are not listed: deployment runtimes (ONNX Runtime,
+TFLite, TensorRT) fold BatchNorm into the preceding convolution and fuse the
+activation, and in the calibration data they always accompany a convolution,
+so their cost is part of the convolution's fitted coefficients. One tracer
+serves both the device-model fit (NAS-Bench-201 networks) and prediction for
+user models, so the two can never disagree about what an operator is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+__all__ = ["OpRecord", "op_kind_features", "trace_ops"]
+
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    kind: str
+    """conv_k1, conv_k3, conv_kN (other kernels), depthwise, linear, pool, add, mul."""
+    macs: int
+    bytes: int
+    shape: tuple[int, ...]
+    """Output shape (batch 1)."""
+    layer: str = ""
+    """The innermost conv/linear module running when the operator ran ("" outside any)."""
+
+
+def _numel(t: Any) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def _conv_kind(weight: torch.Tensor, groups: int) -> str:
+    if groups > 1 and weight.shape[1] == 1:
+        return "depthwise"
+    k = weight.shape[-1]
+    return f"conv_k{k}" if k in (1, 3) else "conv_kN"
+
+
+class _Recorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[OpRecord] = []
+        self.stack: list[str] = []
+
+    def pop(self) -> None:  # a forward hook must return None, or it replaces the output
+        self.stack.pop()
+
+    def add(self, kind: str, macs: int, nbytes: int, out: torch.Tensor) -> None:
+        self.ops.append(OpRecord(kind, macs, nbytes, tuple(out.shape), self.stack[-1] if self.stack else ""))
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if not isinstance(out, torch.Tensor) or out.dim() == 0:
+            return out
+        if func in (F.conv2d, torch.conv2d) or name == "conv2d":
+            x, w = args[0], args[1]
+            groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+            macs = out.numel() * w[0].numel()
+            nbytes = FP32 * (x.numel() + out.numel() + w.numel())
+            self.add(_conv_kind(w, groups), macs, nbytes, out)
+        elif func in (F.linear,) or name == "linear":
+            x, w = args[0], args[1]
+            self.add("linear", out.numel() * w.shape[1], FP32 * (x.numel() + out.numel() + w.numel()), out)
+        elif name in (
+            "avg_pool2d",
+            "max_pool2d",
+            "adaptive_avg_pool2d",
+            "adaptive_max_pool2d",
+            "max_pool2d_with_indices",
+        ):
+            self.add("pool", 0, FP32 * (_numel(args[0]) + out.numel()), out)
+        elif name in ("add", "__add__", "__iadd__", "add_", "__radd__"):
+            if isinstance(args[0], torch.Tensor) and len(args) > 1 and isinstance(args[1], torch.Tensor):
+                self.add("add", 0, FP32 * 3 * out.numel(), out)
+        elif name in ("mul", "__mul__", "mul_", "__rmul__"):
+            self.add("mul", 0, FP32 * 2 * out.numel(), out)
+        return out
+
+
+def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[OpRecord]:
+    """The operators of one batch-1 forward pass of ``model`` in eval mode, in execution order.
+
+    A compressed model is traced through its float view (constraints baked in,
+    fake quantizers removed), so weight masks and quantizer arithmetic are not
+    mistaken for operators.
+    """
+    from edgecompress.compressors.constraints import float_view
+
+    if any(isinstance(m, (nn.utils.parametrize.ParametrizationList,)) for m in model.modules()) or any(
+        hasattr(m, "input_quantizer") for m in model.modules()
+    ):
+        model = float_view(model)
+    was_training = model.training
+    model.eval()
+    recorder = _Recorder()
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: recorder.stack.append(n)))
+            handles.append(m.register_forward_hook(lambda mod, args, out: recorder.pop()))
+    try:
+        with torch.no_grad(), recorder:
+            model(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return recorder.ops
+
+
+def op_kind_features(ops: list[OpRecord]) -> dict[str, dict[str, float]]:
+    """Per kind: number of operators, MACs (millions) and bytes moved (MB): the cost model's inputs."""
+    out: dict[str, dict[str, float]] = {}
+    for op in ops:
+        f = out.setdefault(op.kind, {"count": 0.0, "mmacs": 0.0, "mbytes": 0.0})
+        f["count"] += 1
+        f["mmacs"] += op.macs / 1e6
+        f["mbytes"] += op.bytes / 1e6
+    return out

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models import estimate_latency, list_devices, load_device
+from edgecompress.latency_models.device_model import (
+    DeviceModel,
+    _design,
+    fit_device_model,
+    metrics,
+    nb201_features,
+)
+from edgecompress.latency_models.devices import validate
+from edgecompress.models import create_model
+
+ARCHS = [
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+    "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|",
+    "|nor_conv_1x1~0|+|skip_connect~0|nor_conv_1x1~1|+|nor_conv_3x3~0|none~1|avg_pool_3x3~2|",
+    "|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|avg_pool_3x3~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+    "|skip_connect~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|",
+    "|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|",
+    "|avg_pool_3x3~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|",
+    "|nor_conv_3x3~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|nor_conv_3x3~2|",
+]
+
+
+def _synthetic_rows(truth: DeviceModel, split: str = "calibration") -> list[dict[str, str]]:
+    return [
+        {"arch_str": a, "split": split, "hwnb_raspi4_cifar10_ms": str(truth.predict_features(nb201_features(a)))}
+        for a in ARCHS
+    ]
+
+
+def test_fit_reproduces_known_latencies() -> None:
+    truth = DeviceModel(
+        "t", "t", "fp32", intercept_ms=1.5,
+        coefficients={"conv_k3.mbytes": 2.0, "conv_k1.count": 0.3, "pool.mbytes": 1.0, "add.count": 0.05},
+        source="synthetic",
+    )  # fmt: skip
+    rows = _synthetic_rows(truth)
+    fitted = fit_device_model("raspberry-pi-4", rows)
+    for a in ARCHS:
+        assert fitted.predict_features(nb201_features(a)) == pytest.approx(
+            truth.predict_features(nb201_features(a)), rel=1e-6
+        )
+    assert fitted.fitted_on.startswith("8 calibration rows")
+
+
+def test_fit_never_reads_holdout_rows() -> None:
+    truth = DeviceModel("t", "t", "fp32", 1.0, {"conv_k3.count": 0.2, "pool.count": 0.1}, "synthetic")
+    rows = _synthetic_rows(truth)
+    poisoned = rows + [{**r, "split": "holdout", "hwnb_raspi4_cifar10_ms": "9999"} for r in rows]
+    assert (
+        fit_device_model("raspberry-pi-4", poisoned).coefficients
+        == fit_device_model("raspberry-pi-4", rows).coefficients
+    )
+    with pytest.raises(EdgeCompressError, match="no calibration rows"):
+        fit_device_model("raspberry-pi-4", [{**r, "split": "holdout"} for r in rows])
+
+
+def test_validate_reads_only_holdout_rows() -> None:
+    truth = DeviceModel("t", "t", "fp32", 1.0, {"conv_k3.count": 0.2, "pool.count": 0.1}, "synthetic")
+    hold = _synthetic_rows(truth, "holdout")
+    report = validate(truth, hold + [{**r, "split": "calibration", "hwnb_raspi4_cifar10_ms": "9999"} for r in hold],
+                      "hwnb_raspi4_cifar10_ms")  # fmt: skip
+    assert report["n"] == len(ARCHS) and report["mape_raw"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_metrics_known_answer() -> None:
+    meas = np.array([1.0, 2.0, 3.0, 4.0])
+    m = metrics(2 * meas, meas)
+    assert m["spearman"] == pytest.approx(1.0) and m["kendall"] == pytest.approx(1.0)
+    assert m["mape_raw"] == pytest.approx(1.0) and m["mape_scaled"] == pytest.approx(0.0)
+    assert m["best_scale"] == pytest.approx(0.5)
+    rev = metrics(meas[::-1].copy(), meas)
+    assert rev["spearman"] == pytest.approx(-1.0)
+
+
+def test_shipped_profiles() -> None:
+    assert list_devices() == ["jetson-nano", "jetson-nano-fp16", "jetson-tx2", "raspberry-pi-4", "raspberry-pi-5"]
+    pi4 = load_device("raspberry-pi-4")
+    assert pi4.validation["rows"] == "holdout (arch_index % 5 == 0)" and pi4.licence == "MIT"
+    pi5 = load_device("raspberry-pi-5")
+    assert pi5.coefficients == pi4.coefficients and pi5.scale == pytest.approx(0.4)
+    assert "nothing fitted on Pi 5 data" in pi5.source
+    with pytest.raises(EdgeCompressError, match="unknown device 'raspberry-pi4'. Did you mean 'raspberry-pi-4'?"):
+        load_device("raspberry-pi4")
+
+
+def test_shipped_profiles_match_a_refit(nb201_rows, tmp_path) -> None:
+    """`latency calibrate` on the data reproduces the shipped coefficients exactly (deterministic NNLS)."""
+    from edgecompress.latency_models import calibrate
+
+    models = calibrate(None, tmp_path)
+    for name, model in models.items():
+        shipped = load_device(name)
+        assert model.coefficients == pytest.approx(shipped.coefficients, rel=1e-9, abs=1e-12)
+        assert model.validation.get("spearman") == pytest.approx(shipped.validation.get("spearman"))
+    assert models["jetson-nano"].validation["spearman"] > models["jetson-nano"].validation["flops_spearman"]
+
+
+def test_real_calibration_subset_is_stable(nb201_rows) -> None:
+    subset = [r for r in nb201_rows if r["split"] == "calibration"][:500]
+    model = fit_device_model("jetson-nano", subset)
+    x, keys = _design([r for r in subset if r["brpnas_jetson_nano_fp32_ms"]])
+    y = np.array([float(r["brpnas_jetson_nano_fp32_ms"]) for r in subset if r["brpnas_jetson_nano_fp32_ms"]])
+    pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
+    assert float(np.mean(np.abs(pred - y) / y)) < 0.08
+
+
+def test_estimate_latency_rows_and_sources() -> None:
+    report = estimate_latency(create_model("resnet20"), (1, 1, 28, 28), "jetson-nano")
+    assert report.total_ms == pytest.approx(report.overhead_ms + sum(r.ms for r in report.rows))
+    assert {r.layer for r in report.rows} >= {"conv1", "fc", "(other)"}
+    assert all(r.source.startswith("device model jetson-nano") for r in report.rows)
+    assert "validated on" in report.source and report.validated["n"] > 1000
+    mb = estimate_latency(create_model("mobilenetv2"), (1, 1, 28, 28), "raspberry-pi-4")
+    assert mb.warnings == ["depthwise operators are extrapolated: no depthwise convolution in the calibration networks"]
+    assert any("extrapolated" in r.source for r in mb.rows)
+
+
+def test_compressed_model_is_predicted_faster() -> None:
+    from edgecompress import Policy, compress
+
+    model = create_model("resnet20")
+    small, _ = compress(model, Policy.uniform(model, keep=0.5), input_shape=(1, 1, 28, 28))
+    for device in list_devices():
+        assert (
+            estimate_latency(small, (1, 1, 28, 28), device).total_ms
+            < estimate_latency(model, (1, 1, 28, 28), device).total_ms
+        )

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgecompress import Policy, compress
+from edgecompress.latency_models.device_model import group_features, is_constant_network, nb201_features
+from edgecompress.latency_models.nb201 import NB201Network, live_edges, parse_arch
+from edgecompress.latency_models.ops import op_kind_features, trace_ops
+from edgecompress.models import create_model
+
+
+def test_resnet20_operators() -> None:
+    ops = trace_ops(create_model("resnet20"), (1, 1, 28, 28))
+    kinds = op_kind_features(ops)
+    assert {k: int(v["count"]) for k, v in kinds.items()} == {
+        "conv_k3": 19,
+        "conv_k1": 2,
+        "add": 9,
+        "pool": 1,
+        "linear": 1,
+    }
+    assert kinds["conv_k3"]["mmacs"] * 1e6 + kinds["conv_k1"]["mmacs"] * 1e6 + 640 == pytest.approx(31_021_952)
+    assert ops[0].layer == "conv1" and ops[3].kind == "add" and ops[3].layer == ""
+    assert ops[0].bytes == 4 * (28 * 28 + 16 * 28 * 28 + 144)
+
+
+def test_compressed_model_traced_as_deployed_and_left_intact() -> None:
+    model = create_model("resnet20")
+    small, _ = compress(
+        model, Policy.uniform(model, keep=0.5, sparsity=0.5, wbits=4, abits=8), [torch.randn(4, 1, 28, 28)],
+        input_shape=(1, 1, 28, 28),
+    )  # fmt: skip
+    x = torch.randn(2, 1, 28, 28)
+    before = small(x)
+    kinds = op_kind_features(trace_ops(small, (1, 1, 28, 28)))
+    assert "mul" not in kinds  # masks and fake quantizers are not operators
+    assert int(kinds["conv_k3"]["count"]) == 19
+    assert torch.equal(small(x), before)  # tracing used a copy
+
+
+def test_parse_arch_errors() -> None:
+    with pytest.raises(ValueError, match="unknown NAS-Bench-201 op 'conv_5x5'"):
+        parse_arch("|conv_5x5~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+    with pytest.raises(ValueError, match="a cell has 3 computed nodes, got 2"):
+        parse_arch("|none~0|+|none~0|none~1|")
+
+
+def test_live_edges_fold_dead_and_none() -> None:
+    arch = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
+    # node 2 only gets none edges: it is constant, and so is anything computed from it.
+    assert live_edges(parse_arch(arch)) == [[("nor_conv_3x3", 0)], [], [("skip_connect", 0), ("nor_conv_1x1", 1)]]
+    dead = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|none~2|"
+    assert is_constant_network(dead) and not is_constant_network(arch)
+    assert all(v == 0 for v in nb201_features(dead).values())
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+        "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|",
+        "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|",
+    ],
+)
+def test_feature_decomposition_equals_tracing_the_whole_network(arch: str) -> None:
+    direct = group_features(trace_ops(NB201Network(arch), (1, 3, 32, 32)))
+    fast = nb201_features(arch)
+    assert direct.keys() == fast.keys()
+    assert all(fast[k] == pytest.approx(direct[k], abs=1e-9) for k in direct)
+
+
+def test_nb201_network_runs() -> None:
+    net = NB201Network(
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    )
+    assert net.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
