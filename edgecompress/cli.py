@@ -261,12 +261,27 @@ def run_cmd(
 def devices_cmd() -> None:
     """List the device profiles with where their numbers come from and their validated error."""
     from edgecompress.latency_models import list_devices, load_device
+    from edgecompress.latency_models.table import LatencyTable
 
     table = Table(title="device profiles (per-operator cost models)")
     for col in ("name", "device", "precision", "source", "holdout validation"):
         table.add_column(col)
     for name in list_devices():
         m = load_device(name)
+        if isinstance(m, LatencyTable):
+            v = m.meta.get("validation", {})
+            val = (
+                f"{v['n']} compressed models measured end to end: median |error| {v['median_abs_error']:.1%}, "
+                f"Spearman {v['spearman']:.3f}"
+                if v
+                else "not validated"
+            )
+            source = (
+                f"measured lookup table: {m.meta.get('runtime')} {m.meta.get('threads')} threads on "
+                f"{m.meta.get('device')} ({len(m.entries)} operators)"
+            )
+            table.add_row(name, str(m.meta.get("device")), ",".join(sorted(m.precisions())), source, val)
+            continue
         v = m.validation
         if "spearman" in v:
             val = (
@@ -286,6 +301,9 @@ def latency_cmd(
     checkpoint: Annotated[Path | None, typer.Option()] = None,
     policy: Annotated[Path | None, typer.Option(help="Estimate the model compressed by this policy.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    table: Annotated[Path | None, typer.Option(help="A measured table for --device (profiled on it).")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (tables).")] = "fp32",
+    force: Annotated[bool, typer.Option(help="Use a table for another device or without --precision.")] = False,
     in_channels: Annotated[int, typer.Option(min=1)] = 1,
     input_size: Annotated[int, typer.Option(min=1)] = 28,
     num_classes: Annotated[int, typer.Option(min=1)] = 10,
@@ -305,19 +323,119 @@ def latency_cmd(
         # Latency does not depend on calibrated activation ranges: calibrate on zeros.
         net, _ = compress(net, pol, [__import__("torch").zeros(shape)], input_shape=shape)
         what += f" under {policy}"
-    report = estimate_latency(net, shape, device)
+    report = estimate_latency(net, shape, device, table=table, precision=precision, force=force)
     if as_json:
         print(json.dumps({"model": what, **report.to_dict()}, indent=2))
         return
-    table = Table(title=f"{what} on {report.device}: {report.total_ms:.3f} ms predicted", caption=report.source)
+    view = Table(title=f"{what} on {report.device}: {report.total_ms:.3f} ms predicted", caption=report.source)
     for col in ("layer", "ops", "kinds", "ms", "source"):
-        table.add_column(col, justify="right" if col in ("ops", "ms") else "left")
+        view.add_column(col, justify="right" if col in ("ops", "ms") else "left")
     for r in report.rows:
-        table.add_row(r.layer, str(r.ops), r.kinds, f"{r.ms:.4f}", r.source)
-    table.add_row("(per-inference overhead)", "", "", f"{report.overhead_ms:.4f}", f"device model {report.device}")
-    console.print(table)
+        view.add_row(r.layer, str(r.ops), r.kinds, f"{r.ms:.4f}", r.source)
+    view.add_row("(per-inference overhead)", "", "", f"{report.overhead_ms:.4f}", f"device model {report.device}")
+    console.print(view)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
+
+
+@app.command("profile")
+def profile_cmd(
+    out: Annotated[Path, typer.Option(help="Table JSON to write (extended when it exists).")],
+    model: Annotated[list[str] | None, typer.Option(help="Model(s) whose reachable operators to measure.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option()] = None,
+    runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
+    precision: Annotated[list[str] | None, typer.Option(help="fp32, fp16, int8 (repeat for several).")] = None,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+    repeats: Annotated[int, typer.Option(min=1)] = 50,
+    warmup: Annotated[int, typer.Option(min=0)] = 20,
+    device: Annotated[str, typer.Option(help="Device name recorded in the table (default: host name).")] = "",
+    plan_only: Annotated[bool, typer.Option(help="Write the plan (signatures to measure) to --out and stop.")] = False,
+    fit_context: Annotated[
+        bool, typer.Option(help="Fit in-graph context factors on calibration models (needs this machine).")
+    ] = True,
+    in_channels: Annotated[int, typer.Option(min=1)] = 1,
+    input_size: Annotated[int, typer.Option(min=1)] = 28,
+    num_classes: Annotated[int, typer.Option(min=1)] = 10,
+) -> None:
+    """Measure every operator signature a search over the model(s) can reach, on this machine."""
+    from edgecompress.latency_models import profiler
+    from edgecompress.latency_models.ops import trace_ops
+    from edgecompress.latency_models.table import LatencyTable, reachable_keys, write_plan
+
+    precisions = precision or ["fp32"]
+    valid = profiler.PRECISIONS.get(runtime)
+    if valid is None:
+        raise ConfigError(f"--runtime {runtime!r} is not one of: {', '.join(profiler.PRECISIONS)}")
+    for p in precisions:
+        if p not in valid:
+            raise ConfigError(f"--precision {p!r} is not measurable with {runtime}; valid: {', '.join(valid)}")
+    names = model or ([] if checkpoint else ["resnet20"])
+    keys: list[str] = []
+    targets = [(n, None) for n in names] + ([(None, checkpoint)] if checkpoint else [])
+    for name, ckpt in targets:
+        net, shape, _ = _load_for_analysis(name, ckpt, in_channels, input_size, num_classes)
+        keys += reachable_keys(trace_ops(net, shape), precisions)
+    keys = list(dict.fromkeys(keys))
+    if plan_only:
+        write_plan(keys, out, ", ".join(names) or str(checkpoint))
+        console.print(f"plan with {len(keys)} operator signatures: {out}")
+        console.print(f"on the device: python3 profiler.py {out.name} --out TABLE.json --threads N")
+        console.print(f"(profiler.py is {profiler.__file__}; it needs only torch and onnxruntime)")
+        return
+    from edgecompress._progress import progress_bar
+
+    with progress_bar() as bar:
+        task = bar.add_task("profile", total=len(keys), status="")
+
+        def show(done: int, total: int, key: str, ms: float) -> None:
+            bar.update(task, total=total, completed=done, status=f"{key} {ms:.4f} ms")
+
+        try:
+            profiler.run(keys, out, runtime=runtime, threads=threads, warmup=warmup, repeats=repeats,
+                         device=device, progress=show)  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    table = LatencyTable.load(out)
+    console.print(f"{len(table.entries)} operators in {out} (overhead per call {table.overhead_ms:.4f} ms)")
+    if fit_context and runtime == "onnxruntime":
+        from edgecompress.latency_models.host import fit_context as fit
+
+        ctx = fit(table)
+        table.save(out)
+        console.print(f"in-graph context factors {ctx['factors']} ({ctx['fitted_on']})")
+
+
+@latency_app.command("validate-table")
+def latency_validate_table(
+    device: Annotated[str, typer.Option(help="A table profile name (host) or a table path.")] = "host",
+    per_model: Annotated[int, typer.Option(min=1, help="Random compressed models per base model.")] = 16,
+    round_to: Annotated[int, typer.Option(min=1, help="Channel multiple of the random models.")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    save: Annotated[bool, typer.Option(help="Store the result in the table's metadata.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Table sum vs measured end-to-end ONNX Runtime latency of random compressed resnet20 / mobilenetv2."""
+    from edgecompress.latency_models import load_device
+    from edgecompress.latency_models.host import validate_table
+    from edgecompress.latency_models.table import LatencyTable
+
+    table = LatencyTable.load(device) if device.endswith(".json") else load_device(device)
+    if not isinstance(table, LatencyTable):
+        raise ConfigError(f"{device!r} is a device model, not a measured table: use `edgecompress latency validate`")
+    result = validate_table(table, per_model=per_model, seed=seed, round_to=round_to)
+    summary = {k: v for k, v in result.items() if k != "rows"}
+    summary["round_to"] = round_to
+    if save:
+        table.meta["validation"] = summary
+        table.save(table.path)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(
+        f"{result['n']} compressed models (channels rounded to {round_to}), measured in ONNX Runtime with "
+        f"{result['threads']} threads, median of {result['repeats']}: table sum median |error| "
+        f"{result['median_abs_error']:.1%}, mean {result['mean_abs_error']:.1%}, Spearman {result['spearman']:.3f}"
+    )
 
 
 @latency_app.command("calibrate")
@@ -344,9 +462,13 @@ def latency_validate(
 ) -> None:
     """Spearman, Kendall and MAPE (raw and after the best single scale) on the holdout rows only."""
     from edgecompress.latency_models import load_device, validate
-    from edgecompress.latency_models.device_model import DEVICE_COLUMNS, PI5_COLUMNS, load_nb201_rows
+    from edgecompress.latency_models.device_model import DEVICE_COLUMNS, PI5_COLUMNS, DeviceModel, load_nb201_rows
 
     model = load_device(device)
+    if not isinstance(model, DeviceModel):
+        raise ConfigError(
+            f"{device!r} is a measured table: validate it with `edgecompress latency validate-table --device {device}`"
+        )
     rows = load_nb201_rows(data_dir)
     if device in DEVICE_COLUMNS:
         columns = {DEVICE_COLUMNS[device]["precision"]: DEVICE_COLUMNS[device]["column"]}

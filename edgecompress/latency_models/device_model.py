@@ -96,6 +96,8 @@ def group_features(ops: Sequence[OpRecord]) -> dict[str, float]:
     """The cost model's inputs: per group, operator count, MMACs and MB moved."""
     feats = {f"{g}.{t}": 0.0 for g in GROUPS for t in TERMS}
     for op in ops:
+        if op.kind not in KIND_TO_GROUP:
+            continue
         g = KIND_TO_GROUP[op.kind]
         feats[f"{g}.count"] += 1
         feats[f"{g}.mmacs"] += op.macs / 1e6
@@ -196,7 +198,10 @@ class DeviceModel:
     def predict_features(self, feats: dict[str, float]) -> float:
         return self.scale * (self.intercept_ms + sum(self.coefficients.get(k, 0.0) * v for k, v in feats.items()))
 
-    def op_ms(self, op: OpRecord) -> float:
+    def op_ms(self, op: OpRecord) -> float | None:
+        """Predicted ms of one operator; None for an operator kind the model has no coefficients for."""
+        if op.kind not in KIND_TO_GROUP:
+            return None
         g = KIND_TO_GROUP[op.kind]
         c = self.coefficients
         return self.scale * (

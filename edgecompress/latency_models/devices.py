@@ -29,6 +29,7 @@ from edgecompress.latency_models.device_model import (
     load_nb201_rows,
     metrics,
 )
+from edgecompress.latency_models.table import LatencyTable
 
 __all__ = ["PROFILE_DIR", "calibrate", "list_devices", "load_device", "validate"]
 
@@ -37,10 +38,14 @@ PI5 = "raspberry-pi-5"
 
 
 def list_devices(profile_dir: Path = PROFILE_DIR) -> list[str]:
-    return sorted(p.stem for p in profile_dir.glob("*.json"))
+    """Profile names: device models (``NAME.json``) and measured tables (``NAME.table.json``)."""
+    return sorted(p.name.removesuffix(".json").removesuffix(".table") for p in profile_dir.glob("*.json"))
 
 
-def load_device(name: str, profile_dir: Path = PROFILE_DIR) -> DeviceModel:
+def load_device(name: str, profile_dir: Path = PROFILE_DIR) -> DeviceModel | LatencyTable:
+    table = profile_dir / f"{name}.table.json"
+    if table.is_file():
+        return LatencyTable.load(table)
     path = profile_dir / f"{name}.json"
     if not path.is_file():
         known = list_devices(profile_dir)

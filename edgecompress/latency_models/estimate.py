@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +14,7 @@ import torch.nn as nn
 from edgecompress.latency_models.device_model import EXTRAPOLATED_KINDS, DeviceModel
 from edgecompress.latency_models.devices import load_device
 from edgecompress.latency_models.ops import trace_ops
+from edgecompress.latency_models.table import LatencyTable, op_key
 
 __all__ = ["LatencyReport", "LatencyRow", "estimate_latency"]
 
@@ -34,6 +38,8 @@ class LatencyReport:
     source: str = ""
     validated: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """Operator signatures neither the table nor a device model could price (not in ``total_ms``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,31 +63,124 @@ def _device_source(model: DeviceModel) -> tuple[str, dict[str, Any]]:
 
 
 def estimate_latency(
-    model: nn.Module, example_input: torch.Tensor | tuple[int, ...], device: str | DeviceModel
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[int, ...],
+    device: str | DeviceModel | LatencyTable,
+    *,
+    precision: str | Mapping[str, str] = "fp32",
+    table: str | os.PathLike[str] | LatencyTable | None = None,
+    force: bool = False,
 ) -> LatencyReport:
-    """Predicted batch-1 latency of ``model`` on ``device`` (a profile name or a loaded DeviceModel)."""
-    dm = load_device(device) if isinstance(device, str) else device
+    """Predicted batch-1 latency of ``model`` on ``device``, per layer, each number with its source.
+
+    ``device``: a profile name (``edgecompress devices``), a table path, or a
+    loaded DeviceModel / LatencyTable. With a table (``device`` or ``table``),
+    operators are looked up (exact, or interpolated over channels); misses
+    fall back to the device model when there is one, and are listed either
+    way. ``precision`` is one for all layers or a mapping layer -> precision
+    (layers not named run fp32). A table measured for another device, or
+    without the asked precision, is refused unless ``force``.
+    """
+    dm, tab = _resolve(device, table, precision, force)
     shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     shape = (1, *shape[1:])
     ops = trace_ops(model, shape)
-    source, validated = _device_source(dm)
+    source, validated = _device_source(dm) if dm is not None else ("", {})
+    if tab is not None:
+        source = (
+            f"looked up in {tab.path or 'a latency table'} (measured on {tab.meta.get('device')}, "
+            f"{tab.meta.get('runtime')} {tab.meta.get('versions', {}).get(tab.meta.get('runtime', ''), '')}, "
+            f"{tab.meta.get('threads')} threads, median of {tab.meta.get('repeats')})"
+            + (f"; misses from {source}" if dm is not None else "")
+        )
     by_layer: dict[str, list[Any]] = {}
     for op in ops:
         by_layer.setdefault(op.layer or "(other)", []).append(op)
-    rows = []
-    warnings = []
+    rows, warnings, missing = [], [], []
     for layer, layer_ops in by_layer.items():
+        p = precision if isinstance(precision, str) else precision.get(layer, "fp32")
+        total, sources = 0.0, set()
+        for op in layer_ops:
+            ms, src = _op_ms(op, p, dm, tab)
+            if ms is None:
+                missing.append(op_key(op, p) or f"{op.kind}:{op.detail}")
+                continue
+            total += ms
+            sources.add(src)
         kinds = sorted({op.kind for op in layer_ops})
-        row_source = f"device model {dm.name}"
-        extrapolated = [k for k in kinds if k in EXTRAPOLATED_KINDS]
-        if extrapolated:
-            row_source += f" (extrapolated: {'; '.join(EXTRAPOLATED_KINDS[k] for k in extrapolated)})"
-        rows.append(
-            LatencyRow(layer, len(layer_ops), ",".join(kinds), sum(dm.op_ms(op) for op in layer_ops), row_source)
-        )
+        rows.append(LatencyRow(layer, len(layer_ops), ",".join(kinds), total, " + ".join(sorted(sources)) or "missing"))
     for kind, why in EXTRAPOLATED_KINDS.items():
-        if any(op.kind == kind for op in ops):
+        if tab is None and any(op.kind == kind for op in ops):
             warnings.append(f"{kind} operators are extrapolated: {why}")
-    overhead = dm.scale * dm.intercept_ms
+    unknown = sorted({m for m in missing if m.startswith("unknown:")})
+    if unknown:
+        warnings.append(
+            f"operators the estimator does not know, not counted: {', '.join(u.split(':', 1)[1] for u in unknown)}"
+        )
+    unpriced = [m for m in missing if not m.startswith("unknown:")]
+    if unpriced:
+        warnings.append(
+            f"{len(unpriced)} operators are not in the table and have no device model to fall back on; "
+            f"not counted: {', '.join(sorted(set(unpriced)))}. Profile them with `edgecompress profile`."
+        )
+    overhead = tab.overhead_ms if tab is not None else (dm.scale * dm.intercept_ms if dm is not None else 0.0)
     total = overhead + sum(r.ms for r in rows)
-    return LatencyReport(dm.name, total, overhead, rows, source, validated, warnings)
+    name = dm.name if dm is not None else str(tab.meta.get("device") if tab else "")
+    return LatencyReport(name, total, overhead, rows, source, validated, warnings, sorted(set(missing)))
+
+
+def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | None) -> tuple[float | None, str]:
+    if tab is not None:
+        key = op_key(op, precision)
+        hit = tab.lookup(key) if key is not None else None
+        if hit is not None:
+            # Each isolated measurement paid the per-call overhead once; the model pays it once in total.
+            # In a whole graph the runtime keeps its blocked layout between operators and fuses some: the
+            # table's fitted context factor for this operator kind accounts for that (1 when not fitted).
+            factor = tab.context_factor(op.kind)
+            return factor * max(0.0, hit.ms - tab.overhead_ms), hit.source
+    if dm is not None and op.kind != "unknown":
+        src = f"device model {dm.name}"
+        if op.kind in EXTRAPOLATED_KINDS:
+            src += " (extrapolated)"
+        return dm.op_ms(op), src
+    return None, "missing"
+
+
+def _resolve(
+    device: str | DeviceModel | LatencyTable,
+    table: str | os.PathLike[str] | LatencyTable | None,
+    precision: Any,
+    force: bool,
+) -> tuple[DeviceModel | None, LatencyTable | None]:
+    from edgecompress.errors import EdgeCompressError
+
+    dm: DeviceModel | None = None
+    tab: LatencyTable | None = None
+    if isinstance(device, DeviceModel):
+        dm = device
+    elif isinstance(device, LatencyTable):
+        tab = device
+    elif str(device).endswith(".json") or Path(str(device)).is_file():
+        tab = LatencyTable.load(device)
+    else:
+        loaded = load_device(str(device))
+        if isinstance(loaded, LatencyTable):
+            tab = loaded
+        else:
+            dm = loaded
+    if table is not None:
+        tab = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
+        if dm is not None and tab.meta.get("device") not in (dm.name, dm.device) and not force:
+            raise EdgeCompressError(
+                f"table {tab.path} was measured on {tab.meta.get('device')!r}, not {dm.name!r}; pass --force to use it"
+            )
+    if tab is not None:
+        asked = {precision} if isinstance(precision, str) else set(precision.values()) | {"fp32"}
+        absent = sorted(asked - tab.precisions())
+        if absent and not force:
+            raise EdgeCompressError(
+                f"table {tab.path} holds precisions {sorted(tab.precisions())}, not {absent}; profile them or pass "
+                "--force to fall back"
+            )
+    return dm, tab

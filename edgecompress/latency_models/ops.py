@@ -30,13 +30,22 @@ FP32 = 4
 @dataclass(frozen=True)
 class OpRecord:
     kind: str
-    """conv_k1, conv_k3, conv_kN (other kernels), depthwise, linear, pool, add, mul."""
+    """conv_k1, conv_k3, conv_kN (other kernels), depthwise, linear, pool, add, mul; ``unknown`` for anything
+    else (the function's name in ``detail``)."""
     macs: int
     bytes: int
     shape: tuple[int, ...]
     """Output shape (batch 1)."""
     layer: str = ""
     """The innermost conv/linear module running when the operator ran ("" outside any)."""
+    cin: int = 0
+    cout: int = 0
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    in_hw: tuple[int, int] = (1, 1)
+    detail: str = ""
+    """For pooling: max, avg or global."""
 
 
 def _numel(t: Any) -> int:
@@ -50,6 +59,18 @@ def _conv_kind(weight: torch.Tensor, groups: int) -> str:
     return f"conv_k{k}" if k in (1, 3) else "conv_kN"
 
 
+# Functions that are not operators of their own in a deployed graph: folded (BatchNorm), fused into
+# the preceding operator (ReLU family), or free (views, shapes, dropout at inference).
+IGNORED = {
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "batch_norm", "dropout", "flatten", "view", "reshape",
+    "contiguous", "size", "dim", "__get__", "__getitem__", "__len__", "__setstate__", "detach", "float",
+    "numel", "shape", "dtype", "device", "__format__", "__bool__", "to", "clone", "t", "permute", "transpose",
+    "squeeze", "unsqueeze", "_has_compatible_shallow_copy_type", "requires_grad_", "is_floating_point",
+    "zeros_like", "__eq__", "__index__", "__int__", "__hash__", "storage_offset", "stride", "data_ptr",
+    "conv2d", "linear",
+}  # fmt: skip
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
@@ -59,8 +80,12 @@ class _Recorder(TorchFunctionMode):
     def pop(self) -> None:  # a forward hook must return None, or it replaces the output
         self.stack.pop()
 
-    def add(self, kind: str, macs: int, nbytes: int, out: torch.Tensor) -> None:
-        self.ops.append(OpRecord(kind, macs, nbytes, tuple(out.shape), self.stack[-1] if self.stack else ""))
+    def add(self, kind: str, macs: int, nbytes: int, out: torch.Tensor, x: torch.Tensor, **geometry: Any) -> None:
+        in_hw = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else (1, 1)
+        cin = int(x.shape[1]) if x.dim() >= 2 else int(x.numel())
+        cout = int(out.shape[1]) if out.dim() >= 2 else int(out.numel())
+        layer = self.stack[-1] if self.stack else ""
+        self.ops.append(OpRecord(kind, macs, nbytes, tuple(out.shape), layer, cin, cout, in_hw=in_hw, **geometry))
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -73,10 +98,13 @@ class _Recorder(TorchFunctionMode):
             groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
             macs = out.numel() * w[0].numel()
             nbytes = FP32 * (x.numel() + out.numel() + w.numel())
-            self.add(_conv_kind(w, groups), macs, nbytes, out)
+            stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
+            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+            self.add(_conv_kind(w, groups), macs, nbytes, out, x, kernel=int(w.shape[-1]), stride=int(stride),
+                     groups=int(groups))  # fmt: skip
         elif func in (F.linear,) or name == "linear":
             x, w = args[0], args[1]
-            self.add("linear", out.numel() * w.shape[1], FP32 * (x.numel() + out.numel() + w.numel()), out)
+            self.add("linear", out.numel() * w.shape[1], FP32 * (x.numel() + out.numel() + w.numel()), out, x)
         elif name in (
             "avg_pool2d",
             "max_pool2d",
@@ -84,12 +112,24 @@ class _Recorder(TorchFunctionMode):
             "adaptive_max_pool2d",
             "max_pool2d_with_indices",
         ):
-            self.add("pool", 0, FP32 * (_numel(args[0]) + out.numel()), out)
+            x = args[0]
+            if name.startswith("adaptive"):
+                detail, k, st = "global", 0, 0
+            else:
+                k = kwargs.get("kernel_size", args[1] if len(args) > 1 else 1)
+                st = kwargs.get("stride", args[2] if len(args) > 2 else None) or k
+                k = k[0] if isinstance(k, (tuple, list)) else k
+                st = st[0] if isinstance(st, (tuple, list)) else st
+                detail = "avg" if name.startswith("avg") else "max"
+            self.add("pool", 0, FP32 * (_numel(x) + out.numel()), out, x, kernel=int(k), stride=int(st), detail=detail)
         elif name in ("add", "__add__", "__iadd__", "add_", "__radd__"):
             if isinstance(args[0], torch.Tensor) and len(args) > 1 and isinstance(args[1], torch.Tensor):
-                self.add("add", 0, FP32 * 3 * out.numel(), out)
+                self.add("add", 0, FP32 * 3 * out.numel(), out, args[0])
         elif name in ("mul", "__mul__", "mul_", "__rmul__"):
-            self.add("mul", 0, FP32 * 2 * out.numel(), out)
+            self.add("mul", 0, FP32 * 2 * out.numel(), out, args[0] if isinstance(args[0], torch.Tensor) else out)
+        elif name not in IGNORED and out.numel() > 1:
+            # An operator no cost model or table knows: reported, never silently priced at zero.
+            self.add("unknown", 0, FP32 * out.numel(), out, out, detail=name)
         return out
 
 
@@ -114,9 +154,10 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[OpRecord]:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: recorder.stack.append(n)))
             handles.append(m.register_forward_hook(lambda mod, args, out: recorder.pop()))
+    example = torch.zeros(input_shape)
     try:
         with torch.no_grad(), recorder:
-            model(torch.zeros(input_shape))
+            model(example)
     finally:
         for h in handles:
             h.remove()

@@ -80,7 +80,14 @@ def test_metrics_known_answer() -> None:
 
 
 def test_shipped_profiles() -> None:
-    assert list_devices() == ["jetson-nano", "jetson-nano-fp16", "jetson-tx2", "raspberry-pi-4", "raspberry-pi-5"]
+    assert list_devices() == [
+        "host",
+        "jetson-nano",
+        "jetson-nano-fp16",
+        "jetson-tx2",
+        "raspberry-pi-4",
+        "raspberry-pi-5",
+    ]
     pi4 = load_device("raspberry-pi-4")
     assert pi4.validation["rows"] == "holdout (arch_index % 5 == 0)" and pi4.licence == "MIT"
     pi5 = load_device("raspberry-pi-5")

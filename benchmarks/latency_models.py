@@ -1,0 +1,89 @@
+"""Latency-model figures: device models on the public holdout rows, and the host table vs measurement.
+
+    python benchmarks/latency_models.py            # refits, re-profiles this machine, validates
+
+1. Refit every public device model on the calibration rows (`edgecompress latency
+   calibrate`) and report holdout Spearman / Kendall / MAPE next to the FLOPs ranking.
+2. Profile this machine (`host`): every operator signature reachable from lenet5,
+   resnet20 and mobilenetv2 in ONNX Runtime (2 threads, median), fit the in-graph
+   context factors on fixed calibration models, then compare the table's sum with
+   measured end-to-end latency of random compressed models (channels rounded to 8),
+   and of random models with unrounded channels (to show what odd widths cost).
+
+Writes the profiles under edgecompress/latency_models/profiles/ and
+benchmarks/results/latency_models.json. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_result
+
+from edgecompress._progress import make_console
+from edgecompress.latency_models import calibrate, profiler
+from edgecompress.latency_models.devices import PROFILE_DIR
+from edgecompress.latency_models.host import fit_context, validate_table
+from edgecompress.latency_models.ops import trace_ops
+from edgecompress.latency_models.table import LatencyTable, reachable_keys
+from edgecompress.models import create_model
+
+console = make_console()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-model", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/latency_models.json")
+    args = parser.parse_args()
+    result: dict[str, Any] = {}
+    console.print("[bold]1/2 device models[/]")
+    devices = {}
+    for name, model in calibrate().items():
+        devices[name] = model.validation
+        v = model.validation
+        if "spearman" in v:
+            console.print(
+                f"  {name:17s} holdout n={v['n']}: Spearman {v['spearman']:.3f} (FLOPs {v['flops_spearman']:.3f}), "
+                f"Kendall {v['kendall']:.3f}, MAPE {v['mape_raw']:.1%} raw / {v['mape_scaled']:.1%} one scale"
+            )
+        else:
+            for rt, r in v.items():
+                console.print(
+                    f"  {name:17s} {rt}: Spearman {r['spearman']:.3f} (FLOPs {r['flops_spearman']:.3f}), "
+                    f"MAPE {r['mape_raw']:.1%} raw / {r['mape_scaled']:.1%} one scale"
+                )
+    result["device_models"] = devices
+    console.print("[bold]2/2 host table[/]")
+    path = PROFILE_DIR / "host.table.json"
+    path.unlink(missing_ok=True)
+    keys: list[str] = []
+    for name in ("lenet5", "resnet20", "mobilenetv2"):
+        keys += reachable_keys(trace_ops(create_model(name), (1, 1, 28, 28)))
+    keys = list(dict.fromkeys(keys))
+    profiler.run(keys, path, threads=args.threads, device="host")
+    table = LatencyTable.load(path)
+    context = fit_context(table)
+    rounded = validate_table(table, per_model=args.per_model, round_to=8)
+    table.meta["validation"] = {k: v for k, v in rounded.items() if k != "rows"} | {"round_to": 8}
+    table.save(path)
+    odd = validate_table(table, per_model=max(4, args.per_model // 4), round_to=1, seed=1)
+    result["host"] = {
+        "signatures": len(keys), "overhead_ms": table.overhead_ms, "context": context,
+        "validation_round_to_8": rounded, "validation_unrounded": odd,
+    }  # fmt: skip
+    for label, r in (("channels rounded to 8", rounded), ("unrounded channels", odd)):
+        console.print(
+            f"  {label}: {r['n']} models, median |error| {r['median_abs_error']:.1%}, Spearman {r['spearman']:.3f}, "
+            f"median measured {r['median_measured_ms']:.3f} ms"
+        )
+    console.print(f"wrote {write_result(args.out, result)}")
+
+
+if __name__ == "__main__":
+    main()

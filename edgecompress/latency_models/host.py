@@ -1,0 +1,164 @@
+"""End-to-end latency measured on this machine, and validation of a lookup table against it.
+
+``measure_onnx_ms`` exports a (compressed) model's float view to ONNX and
+times whole inferences in ONNX Runtime: the ground truth a table's sum is
+checked against (``validate_table``) and, later, what replay reports.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecompress.latency_models.table import LatencyTable
+
+__all__ = ["fit_context", "measure_onnx_ms", "random_policy", "validate_table"]
+
+CALIBRATION_MODELS = ("lenet5", "resnet20", "mobilenetv2")
+CALIBRATION_POLICIES: tuple[dict[str, Any], ...] = (
+    {}, {"keep": 0.25}, {"keep": 0.5}, {"keep": 0.75}, {"rank": 0.5}, {"keep": 0.5, "rank": 0.5},
+)  # fmt: skip
+
+
+def export_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    from edgecompress.compressors.constraints import float_view
+    from edgecompress.latency_models.profiler import _export
+
+    return _export(float_view(model), torch.zeros(input_shape))
+
+
+def measure_onnx_ms(
+    model: nn.Module, input_shape: tuple[int, ...], *, threads: int = 2, warmup: int = 20, repeats: int = 100
+) -> float:
+    """Median ms of one ONNX Runtime inference (CPU provider, ``threads`` intra-op threads)."""
+    from edgecompress.latency_models.profiler import time_onnx
+
+    return time_onnx(export_onnx_bytes(model, input_shape), torch.randn(input_shape), threads, warmup, repeats)
+
+
+def random_policy(model: nn.Module, analysis: Any, rng: random.Random, *, rank_prob: float = 0.3) -> Any:
+    """A random structured policy: a keep ratio per coupled group, low-rank on some convolutions."""
+    from edgecompress.compressors import LayerPolicy, Policy
+
+    layers = {}
+    for members in analysis.groups().values():
+        keep = round(rng.uniform(0.25, 1.0), 3)
+        for name in members:
+            spec = analysis.layer(name)
+            rank = 1.0
+            if spec.kind != "depthwise" and spec.prunable and rng.random() < rank_prob:
+                rank = round(rng.uniform(0.25, 0.9), 3)
+            layers[name] = LayerPolicy(keep=keep if spec.prunable else 1.0, rank=rank)
+    return Policy(layers, base={"input_shape": list(analysis.input_shape)})
+
+
+def _kind_sums(model: nn.Module, shape: tuple[int, ...], table: LatencyTable) -> dict[str, float]:
+    from edgecompress.latency_models.ops import trace_ops
+    from edgecompress.latency_models.table import CONTEXT_GROUP, op_key
+
+    sums: dict[str, float] = {}
+    for op in trace_ops(model, shape):
+        key = op_key(op)
+        hit = table.lookup(key) if key else None
+        if hit is not None:
+            group = CONTEXT_GROUP.get(op.kind, "conv")
+            sums[group] = sums.get(group, 0.0) + max(0.0, hit.ms - table.overhead_ms)
+    return sums
+
+
+def fit_context(table: LatencyTable, repeats: int = 100, progress: Any = None) -> dict[str, Any]:
+    """Fit the isolated-to-in-graph factor per operator group on fixed calibration models.
+
+    Calibration models: lenet5, resnet20 and mobilenetv2, each as is, at
+    uniform keep 0.25 / 0.5 / 0.75, at rank 0.5, and at keep 0.5 + rank 0.5.
+    Non-negative least squares on relative error; stored in the table's
+    metadata. ``validate_table`` then checks other (random) models.
+    """
+    from scipy.optimize import nnls
+
+    from edgecompress.compressors import Policy, compress
+    from edgecompress.models import create_model
+
+    threads = int(table.meta.get("threads", 2))
+    groups = ("conv", "depthwise", "eltwise")
+    rows, targets = [], []
+    shape = (1, 1, 28, 28)
+    for name in CALIBRATION_MODELS:
+        torch.manual_seed(0)
+        base = create_model(name).eval()
+        for fields in CALIBRATION_POLICIES:
+            model = compress(base, Policy.uniform(base, **fields), input_shape=shape)[0] if fields else base
+            measured = measure_onnx_ms(model, shape, threads=threads, repeats=repeats)
+            sums = _kind_sums(model, shape, table)
+            rows.append([sums.get(g, 0.0) for g in groups])
+            targets.append(measured - table.overhead_ms)
+            if progress is not None:
+                progress(len(rows), len(CALIBRATION_MODELS) * len(CALIBRATION_POLICIES), name, measured)
+    a, y = np.array(rows), np.array(targets)
+    factors, _ = nnls(a / y[:, None], np.ones_like(y))
+    context = {
+        "factors": dict(zip(groups, (float(f) for f in factors), strict=True)),
+        "fitted_on": f"{len(y)} calibration models: {', '.join(CALIBRATION_MODELS)} x uniform policies "
+        f"{[p or 'unchanged' for p in CALIBRATION_POLICIES]}, measured end to end in ONNX Runtime",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    table.meta["context"] = context
+    return context
+
+
+def validate_table(
+    table: LatencyTable,
+    models: tuple[str, ...] = ("resnet20", "mobilenetv2"),
+    per_model: int = 16,
+    seed: int = 0,
+    repeats: int = 100,
+    progress: Any = None,
+    round_to: int = 1,
+) -> dict[str, Any]:
+    """Table sum vs measured end-to-end latency of randomly compressed models (none of them calibration models)."""
+    from scipy.stats import spearmanr
+
+    from edgecompress.analysis import analyze_model
+    from edgecompress.compressors import compress
+    from edgecompress.latency_models.estimate import estimate_latency
+    from edgecompress.models import create_model
+
+    threads = int(table.meta.get("threads", 2))
+    rng = random.Random(seed)
+    rows = []
+    for name in models:
+        torch.manual_seed(seed)
+        base = create_model(name).eval()
+        shape = (1, 1, 28, 28)
+        analysis = analyze_model(base, shape)
+        for i in range(per_model):
+            policy = random_policy(base, analysis, rng)
+            model = compress(base, policy, analysis=analysis, round_to=round_to)[0]
+            t0 = time.perf_counter()
+            measured = measure_onnx_ms(model, shape, threads=threads, repeats=repeats)
+            est = estimate_latency(model, shape, table)
+            rows.append({"model": name, "variant": i, "measured_ms": measured, "estimated_ms": est.total_ms,
+                         "missing": len(est.missing)})  # fmt: skip
+            if progress is not None:
+                progress(len(rows), len(models) * per_model, rows[-1], time.perf_counter() - t0)
+    meas = np.array([r["measured_ms"] for r in rows])
+    est_arr = np.array([r["estimated_ms"] for r in rows])
+    rel = np.abs(est_arr - meas) / meas
+    return {
+        "n": len(rows),
+        "models": list(models),
+        "median_abs_error": float(np.median(rel)),
+        "mean_abs_error": float(np.mean(rel)),
+        "spearman": float(spearmanr(est_arr, meas).statistic),
+        "threads": threads,
+        "repeats": repeats,
+        "seed": seed,
+        "rows": rows,
+        "median_measured_ms": float(statistics.median(meas.tolist())),
+    }

@@ -1,0 +1,282 @@
+"""Per-operator latency profiler: measures operator signatures in isolation on the machine it runs on.
+
+This file imports nothing from edgecompress and needs only torch and
+onnxruntime (plus onnx for int8), so it can be copied to a Raspberry Pi or a
+Jetson and run there on a plan written elsewhere:
+
+    edgecompress profile --model resnet20 --plan-only --out plan.json        # on your computer
+    python3 profiler.py plan.json --out pi4-table.json --threads 4            # on the device
+
+The plan lists operator signatures (``kind|cin|cout|k|s|g|h|w|precision``);
+the table is JSON: device metadata plus ``entries`` key -> median ms. Each
+operator is exported alone to ONNX (or run in PyTorch), warmed up, then timed
+``repeats`` times; the median is kept. The fixed cost of one inference call
+(an almost empty graph) is measured too and stored as ``overhead_ms``;
+estimates subtract it from every entry and add it once per model. Re-running
+with an existing ``--out`` extends the table and skips what is measured; the
+file is rewritten atomically every few entries, so an interrupted run loses
+almost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TABLE_FORMAT = "edgecompress.latency_table"
+TABLE_VERSION = 1
+PLAN_FORMAT = "edgecompress.profile_plan"
+KINDS = ("conv", "depthwise", "linear", "add", "pool-max", "pool-avg", "pool-global")
+PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32",)}
+
+
+def parse_key(key: str) -> dict[str, Any]:
+    """``conv|16|32|3|2|1|28|28|fp32`` -> fields (the inverse of ``make_key``)."""
+    parts = key.split("|")
+    if len(parts) != 9 or parts[0] not in KINDS:
+        raise ValueError(f"bad operator signature {key!r}: want kind|cin|cout|k|s|g|h|w|precision")
+    kind, *nums, precision = parts
+    cin, cout, k, s, g, h, w = (int(v) for v in nums)
+    return {"kind": kind, "cin": cin, "cout": cout, "k": k, "s": s, "g": g, "h": h, "w": w, "precision": precision}
+
+
+def make_key(kind: str, cin: int, cout: int, k: int, s: int, g: int, h: int, w: int, precision: str) -> str:
+    return f"{kind}|{cin}|{cout}|{k}|{s}|{g}|{h}|{w}|{precision}"
+
+
+def build_op(sig: dict[str, Any]):  # type: ignore[no-untyped-def]
+    """A one-operator module and an input for the signature."""
+    import torch
+    import torch.nn as nn
+
+    kind, cin, cout, k, s, g, h, w = (sig[x] for x in ("kind", "cin", "cout", "k", "s", "g", "h", "w"))
+    if kind in ("conv", "depthwise"):
+        return nn.Conv2d(cin, cout, k, s, k // 2, groups=g), torch.randn(1, cin, h, w)
+    if kind == "linear":
+        return nn.Linear(cin, cout), torch.randn(1, cin)
+    if kind == "add":
+
+        class Add(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.register_buffer("other", torch.randn(1, cin, h, w))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return x + self.get_buffer("other")  # one Add node of two full-size operands
+
+        return Add(), torch.randn(1, cin, h, w)
+    if kind == "pool-max":
+        return nn.MaxPool2d(k, s), torch.randn(1, cin, h, w)
+    if kind == "pool-avg":
+        return nn.AvgPool2d(k, s), torch.randn(1, cin, h, w)
+    if kind == "pool-global":
+        return nn.AdaptiveAvgPool2d(1), torch.randn(1, cin, h, w)
+    raise ValueError(f"unknown operator kind {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def _export(module, x) -> bytes:  # type: ignore[no-untyped-def]
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in torch 2.9+, but the dynamo one needs onnxscript,
+        # which a Pi or Jetson install need not have.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17, input_names=["x"])  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _to_int8(model_bytes: bytes, x) -> bytes:  # type: ignore[no-untyped-def]
+    import logging
+    import tempfile
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice, once per operator
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"x": x.numpy()}])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.items, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "op.onnx", Path(tmp) / "op.int8.onnx"
+        src.write_bytes(model_bytes)
+        quantize_static(
+            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        return dst.read_bytes()
+
+
+def _to_fp16(model_bytes: bytes) -> bytes:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=True)
+    return model.SerializeToString()
+
+
+def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def time_torch(module, x, threads: int, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.set_num_threads(threads)
+    module.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            module(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int) -> float:
+    """Median milliseconds of one operator signature in isolation."""
+    import torch
+
+    sig = parse_key(key)
+    torch.manual_seed(0)
+    module, x = build_op(sig)
+    if runtime == "torch":
+        return time_torch(module, x, threads, warmup, repeats)
+    model = _export(module, x)
+    if sig["precision"] == "int8":
+        model = _to_int8(model, x)
+    elif sig["precision"] == "fp16":
+        model = _to_fp16(model)
+    return time_onnx(model, x, threads, warmup, repeats)
+
+
+def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int) -> float:
+    """The fixed cost of one inference call: a graph with one ReLU on 8 values."""
+    import torch
+
+    module, x = torch.nn.ReLU(), torch.randn(1, 8)
+    if runtime == "torch":
+        return time_torch(module, x, threads, warmup, repeats)
+    return time_onnx(_export(module, x), x, threads, warmup, repeats)
+
+
+def _versions(runtime: str) -> dict[str, str]:
+    import torch
+
+    out = {"torch": torch.__version__, "python": sys.version.split()[0]}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    return out
+
+
+def _write(path: Path, table: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def run(
+    keys: list[str],
+    out: Path,
+    *,
+    runtime: str = "onnxruntime",
+    threads: int = 2,
+    warmup: int = 20,
+    repeats: int = 50,
+    device: str = "",
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Measure every key not yet in ``out`` (created if missing); return the table."""
+    if runtime not in PRECISIONS:
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(PRECISIONS)}")
+    bad = sorted({parse_key(k)["precision"] for k in keys} - set(PRECISIONS[runtime]))
+    if bad:
+        raise ValueError(f"runtime {runtime} cannot measure precision {', '.join(bad)}; valid: {PRECISIONS[runtime]}")
+    meta = {
+        "device": device or platform.node(), "machine": platform.machine(), "system": platform.platform(),
+        "runtime": runtime, "threads": threads, "batch": 1, "warmup": warmup, "repeats": repeats,
+        "statistic": "median", "measured_by": "edgecompress profiler", "versions": _versions(runtime),
+    }  # fmt: skip
+    if out.exists():
+        table = json.loads(out.read_text())
+        if table.get("format") != TABLE_FORMAT or table.get("version") != TABLE_VERSION:
+            raise ValueError(f"{out} is not a version-{TABLE_VERSION} latency table; refusing to extend it")
+        old = table["meta"]
+        for field in ("runtime", "threads", "machine"):
+            if old.get(field) != meta[field]:
+                raise ValueError(
+                    f"{out} was measured with {field}={old.get(field)!r}, this run has {meta[field]!r}; "
+                    "write to another --out"
+                )
+    else:
+        table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": meta, "entries": {}}
+    if "overhead_ms" not in table["meta"]:
+        table["meta"]["overhead_ms"] = overhead_ms(runtime, threads, warmup, max(repeats, 200))
+    todo = [k for k in dict.fromkeys(keys) if k not in table["entries"]]
+    for i, key in enumerate(todo):
+        ms = measure(key, runtime, threads, warmup, repeats)
+        table["entries"][key] = {"ms": ms, "date": time.strftime("%Y-%m-%d")}
+        if progress is not None:
+            progress(i + 1, len(todo), key, ms)
+        if (i + 1) % 10 == 0:
+            _write(out, table)
+    table["meta"]["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    _write(out, table)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Measure the operator signatures of a profile plan.")
+    parser.add_argument("plan", type=Path, help="plan JSON written by `edgecompress profile --plan-only`")
+    parser.add_argument("--out", type=Path, required=True, help="table JSON (extended if it exists)")
+    parser.add_argument("--runtime", choices=sorted(PRECISIONS), default="onnxruntime")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--device", default="", help="device name to record (default: the host name)")
+    args = parser.parse_args(argv)
+    plan = json.loads(args.plan.read_text())
+    if plan.get("format") != PLAN_FORMAT:
+        sys.exit(f"{args.plan} is not a profile plan")
+
+    def show(done: int, total: int, key: str, ms: float) -> None:
+        print(f"[{done}/{total}] {key}: {ms:.4f} ms", flush=True)
+
+    run(plan["keys"], args.out, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
+        repeats=args.repeats, device=args.device, progress=show)  # fmt: skip
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

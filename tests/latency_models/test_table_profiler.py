@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models import estimate_latency, load_device, profiler
+from edgecompress.latency_models.ops import trace_ops
+from edgecompress.latency_models.table import LatencyTable, reachable_keys
+from edgecompress.models import create_model
+
+
+def _table(entries: dict[str, float], **meta) -> LatencyTable:
+    base = {"device": "bench", "runtime": "onnxruntime", "threads": 2, "overhead_ms": 0.0, "repeats": 5}
+    return LatencyTable({**base, **meta}, {k: {"ms": v} for k, v in entries.items()})
+
+
+def test_lookup_exact_and_interpolated() -> None:
+    t = _table({
+        "conv|8|8|3|1|1|28|28|fp32": 1.0, "conv|8|16|3|1|1|28|28|fp32": 2.0,
+        "conv|16|8|3|1|1|28|28|fp32": 3.0, "conv|16|16|3|1|1|28|28|fp32": 5.0,
+        "depthwise|8|8|3|1|8|28|28|fp32": 0.4, "depthwise|16|16|3|1|16|28|28|fp32": 0.8,
+    })  # fmt: skip
+    hit = t.lookup("conv|8|16|3|1|1|28|28|fp32")
+    assert hit is not None and (hit.ms, hit.source) == (2.0, "table")
+    mid = t.lookup("conv|12|12|3|1|1|28|28|fp32")  # bilinear: mean of the four corners
+    assert mid is not None and mid.source == "interpolated" and mid.ms == pytest.approx(2.75)
+    edge = t.lookup("conv|8|12|3|1|1|28|28|fp32")
+    assert edge is not None and edge.ms == pytest.approx(1.5)
+    dw = t.lookup("depthwise|12|12|3|1|12|28|28|fp32")
+    assert dw is not None and dw.ms == pytest.approx(0.6)
+    assert t.lookup("conv|32|16|3|1|1|28|28|fp32") is None  # outside the measured range
+    assert t.lookup("conv|12|12|3|2|1|28|28|fp32") is None  # another stride
+    assert t.lookup("conv|12|12|3|1|1|28|28|int8") is None  # another precision
+
+
+def test_round_trip_and_bad_files(tmp_path) -> None:
+    t = _table({"linear|64|10|1|1|1|1|1|fp32": 0.01})
+    path = t.save(tmp_path / "t.json")
+    again = LatencyTable.load(path)
+    assert again.entries == t.entries and again.meta == t.meta
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(EdgeCompressError, match="is corrupt \\(not JSON\\)"):
+        LatencyTable.load(tmp_path / "bad.json")
+    doc = json.loads(path.read_text())
+    doc["version"] = 7
+    (tmp_path / "v7.json").write_text(json.dumps(doc))
+    with pytest.raises(EdgeCompressError, match="has table version 7; this edgecompress reads version 1"):
+        LatencyTable.load(tmp_path / "v7.json")
+    (tmp_path / "other.json").write_text('{"entries": {}}')
+    with pytest.raises(EdgeCompressError, match="is not an edgecompress latency table"):
+        LatencyTable.load(tmp_path / "other.json")
+    doc["version"] = 1
+    doc["entries"] = {"conv|x": {"ms": 1}}
+    (tmp_path / "key.json").write_text(json.dumps(doc))
+    with pytest.raises(EdgeCompressError, match="bad entry 'conv\\|x'"):
+        LatencyTable.load(tmp_path / "key.json")
+
+
+def test_profiler_measures_every_reachable_signature_and_resumes(tmp_path) -> None:
+    keys = reachable_keys(trace_ops(create_model("lenet5"), (1, 1, 28, 28)))
+    assert len(keys) == 161
+    out = tmp_path / "lenet.json"
+    calls: list[str] = []
+    profiler.run(keys, out, repeats=2, warmup=1, progress=lambda d, n, k, ms: calls.append(k))
+    table = LatencyTable.load(out)
+    assert set(table.entries) == set(keys) and len(calls) == len(keys)
+    assert all(e["ms"] > 0 for e in table.entries.values()) and table.overhead_ms > 0
+    assert table.meta["runtime"] == "onnxruntime" and table.meta["repeats"] == 2 and table.meta["statistic"] == "median"
+    calls.clear()
+    profiler.run(keys, out, repeats=2, warmup=1, progress=lambda d, n, k, ms: calls.append(k))
+    assert calls == []  # nothing re-measured
+    with pytest.raises(ValueError, match="was measured with threads=2, this run has 1"):
+        profiler.run(keys, out, threads=1, repeats=2, warmup=1)
+    with pytest.raises(ValueError, match="cannot measure precision int8"):
+        profiler.run(["linear|4|4|1|1|1|1|1|int8"], tmp_path / "t.json", runtime="torch")
+
+
+def test_profiler_int8_and_torch(tmp_path) -> None:
+    key = "conv|8|8|3|1|1|14|14|int8"
+    assert profiler.measure(key, "onnxruntime", threads=1, warmup=1, repeats=2) > 0
+    assert profiler.measure("conv|8|8|3|1|1|14|14|fp32", "torch", threads=1, warmup=1, repeats=2) > 0
+
+
+def test_estimator_names_each_source() -> None:
+    import torch
+
+    from edgecompress.latency_models.table import op_key
+
+    model = create_model("lenet5")
+    ops = trace_ops(model, (1, 1, 28, 28))
+    # Exactly the base model's signatures, without fc3's; fc1 also at 90 outputs.
+    entries = {op_key(op): 0.01 for op in ops if op.layer != "fc3"}
+    entries["linear|400|90|1|1|1|1|1|fp32"] = 0.005
+    table = _table(entries, device="raspberry-pi-4")
+    report = estimate_latency(model, (1, 1, 28, 28), table)
+    sources = {r.layer: r.source for r in report.rows}
+    assert sources["conv1"] == "table" and sources["fc3"] == "missing"
+    assert report.missing == ["linear|84|10|1|1|1|1|1|fp32"]
+    assert any("not in the table" in w for w in report.warnings)
+    # With the device model behind the table, the miss is priced by it.
+    both = estimate_latency(model, (1, 1, 28, 28), "raspberry-pi-4", table=table)
+    assert {r.layer: r.source for r in both.rows}["fc3"] == "device model raspberry-pi-4" and not both.missing
+    small = create_model("lenet5")
+    small.fc1 = torch.nn.Linear(400, 100)  # 100 outputs: between the measured 90 and 120
+    small.fc2 = torch.nn.Linear(100, 84)
+    interp = estimate_latency(small, (1, 1, 28, 28), "raspberry-pi-4", table=table)
+    rows = {r.layer: r for r in interp.rows}
+    assert rows["fc1"].source == "interpolated"
+    assert rows["fc1"].ms == pytest.approx(0.005 + (0.01 - 0.005) * (100 - 90) / 30)
+    assert rows["fc2"].source == "device model raspberry-pi-4"  # 100 inputs: nothing to interpolate from
+
+
+def test_estimator_refuses_mismatched_tables() -> None:
+    table = _table({"linear|84|10|1|1|1|1|1|fp32": 0.01}, device="jetson-nano")
+    with pytest.raises(EdgeCompressError, match="was measured on 'jetson-nano', not 'raspberry-pi-4'; pass --force"):
+        estimate_latency(create_model("lenet5"), (1, 1, 28, 28), "raspberry-pi-4", table=table)
+    with pytest.raises(EdgeCompressError, match="holds precisions \\['fp32'\\], not \\['int8'\\]"):
+        estimate_latency(create_model("lenet5"), (1, 1, 28, 28), table, precision="int8")
+    forced = estimate_latency(create_model("lenet5"), (1, 1, 28, 28), table, precision="int8", force=True)
+    assert forced.missing  # nothing at int8 in the table: listed, not invented
+
+
+def test_unknown_operators_are_reported() -> None:
+    report = estimate_latency(create_model("torchvision:mobilenet_v3_small", 10, 3), (1, 3, 64, 64), "jetson-nano")
+    assert any(w.startswith("operators the estimator does not know, not counted: hardsigmoid, hardswish")
+               for w in report.warnings)  # fmt: skip
+
+
+def test_shipped_host_table_prices_the_zoo() -> None:
+    host = load_device("host")
+    assert isinstance(host, LatencyTable) and "validation" in host.meta and "context" in host.meta
+    for name in ("lenet5", "resnet20", "mobilenetv2"):
+        report = estimate_latency(create_model(name), (1, 1, 28, 28), "host")
+        assert not report.missing and report.total_ms > 0
