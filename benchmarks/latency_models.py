@@ -82,6 +82,20 @@ def main() -> None:
             f"  {label}: {r['n']} models, median |error| {r['median_abs_error']:.1%}, Spearman {r['spearman']:.3f}, "
             f"median measured {r['median_measured_ms']:.3f} ms"
         )
+    # How much this machine drifts: the same model measured repeatedly, a few seconds apart.
+    import time
+
+    from edgecompress.latency_models.host import measure_onnx_ms
+
+    base = create_model("resnet20").eval()
+    drift = []
+    for _ in range(8):
+        drift.append(measure_onnx_ms(base, (1, 1, 28, 28), threads=args.threads, repeats=300))
+        time.sleep(2)
+    result["machine_drift_resnet20_ms"] = drift
+    console.print(
+        f"  drift: resnet20 measured 8 times 2 s apart (median of 300 each): {min(drift):.3f} - {max(drift):.3f} ms"
+    )
     console.print(f"wrote {write_result(args.out, result)}")
 
 

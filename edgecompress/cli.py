@@ -349,7 +349,13 @@ def profile_cmd(
     repeats: Annotated[int, typer.Option(min=1)] = 50,
     warmup: Annotated[int, typer.Option(min=0)] = 20,
     device: Annotated[str, typer.Option(help="Device name recorded in the table (default: host name).")] = "",
-    plan_only: Annotated[bool, typer.Option(help="Write the plan (signatures to measure) to --out and stop.")] = False,
+    plan_only: Annotated[
+        bool, typer.Option(help="Write the plan (signatures, or with --in-graph probe models) to --out and stop.")
+    ] = False,
+    in_graph: Annotated[
+        bool,
+        typer.Option(help="Profile operators inside whole probe models (ONNX Runtime's profiler) instead of alone."),
+    ] = False,
     fit_context: Annotated[
         bool, typer.Option(help="Fit in-graph context factors on calibration models (needs this machine).")
     ] = True,
@@ -370,6 +376,24 @@ def profile_cmd(
         if p not in valid:
             raise ConfigError(f"--precision {p!r} is not measurable with {runtime}; valid: {', '.join(valid)}")
     names = model or ([] if checkpoint else ["resnet20"])
+    if in_graph:
+        import tempfile
+
+        from edgecompress.latency_models.host import export_probes
+
+        if checkpoint is not None or runtime != "onnxruntime" or precisions != ["fp32"]:
+            raise ConfigError("--in-graph profiles zoo models (--model) in onnxruntime at fp32 only")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = out if plan_only else Path(tmp)
+            files = export_probes(tuple(names), folder, input_size=input_size)
+            if plan_only:
+                console.print(
+                    f"{len(files)} probe models in {out}; on the device: python3 profiler.py {out} --out T.json"
+                )
+                return
+            profiler.run_in_graph(files, out, threads=threads, warmup=warmup, repeats=repeats, device=device)
+        console.print(f"in-graph table from {len(files)} probe models: {out}")
+        return
     keys: list[str] = []
     targets = [(n, None) for n in names] + ([(None, checkpoint)] if checkpoint else [])
     for name, ckpt in targets:

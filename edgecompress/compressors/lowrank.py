@@ -4,7 +4,7 @@ A linear layer W (out x in) becomes two linears, in -> r (no bias) then r -> out
 (with the bias). A convolution's weight, reshaped to out x (in * kh * kw),
 becomes a kh x kw convolution with r outputs (same stride, padding, dilation)
 followed by a 1 x 1 convolution to out channels. The singular values are split
-evenly (sqrt) between the factors. r = round(rank x full rank), at least 1.
+evenly (sqrt) between the factors. r = round(rank x full rank), at least 1, rounded up to ``round_to`` like channels.
 Grouped and depthwise convolutions are skipped (their kernels are per group).
 """
 
@@ -21,12 +21,20 @@ class LowRank(nn.Sequential):
     """Two factors that replace one layer; ``[0]`` consumes the input, ``[1]`` produces the output."""
 
 
-def factorise(module: nn.Module, rank_ratio: float) -> tuple[LowRank, int, int, float]:
+def rank_for(rank_ratio: float, full: int, round_to: int = 1) -> int:
+    """round(rank_ratio x full), at least 1, rounded up to a multiple of ``round_to`` (capped at full)."""
+    r = max(1, round(rank_ratio * full))
+    if round_to > 1:
+        r = min(full, -(-r // round_to) * round_to)
+    return r
+
+
+def factorise(module: nn.Module, rank_ratio: float, round_to: int = 1) -> tuple[LowRank, int, int, float]:
     """Return (factorised module, r, full rank, relative Frobenius reconstruction error)."""
     weight = effective_weight(module)
     matrix = weight.reshape(weight.shape[0], -1)
     full = min(matrix.shape)
-    r = max(1, round(rank_ratio * full))
+    r = rank_for(rank_ratio, full, round_to)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     root = s[:r].sqrt()
     first_w = root[:, None] * vh[:r]
@@ -71,10 +79,11 @@ class LowRankApproximation:
                 continue
             matrix_shape = (module.weight.shape[0], module.weight[0].numel())
             full = min(matrix_shape)
-            if max(1, round(rank * full)) >= full:
+            round_to = int(ctx.options.get("round_to", 1))
+            if rank_for(rank, full, round_to) >= full:
                 ctx.skip(name, self.name, f"rank {rank} of full rank {full} rounds to full rank")
                 continue
-            new, r, full, err = factorise(module, rank)
+            new, r, full, err = factorise(module, rank, round_to)
             parent_name, _, attr = name.rpartition(".")
             parent = ctx.model.get_submodule(parent_name) if parent_name else ctx.model
             setattr(parent, attr, new)

@@ -123,17 +123,26 @@ def estimate_latency(
             f"{len(unpriced)} operators are not in the table and have no device model to fall back on; "
             f"not counted: {', '.join(sorted(set(unpriced)))}. Profile them with `edgecompress profile`."
         )
-    overhead = tab.overhead_ms if tab is not None else (dm.scale * dm.intercept_ms if dm is not None else 0.0)
+    if tab is not None:
+        # In-graph tables fit the per-inference overhead as a base plus a cost per priced operator.
+        priced = sum(1 for op in ops if op.kind not in ("add", "unknown"))
+        overhead = tab.overhead_ms + float(tab.meta.get("overhead_per_op_ms", 0.0)) * priced
+    else:
+        overhead = dm.scale * dm.intercept_ms if dm is not None else 0.0
     total = overhead + sum(r.ms for r in rows)
     name = dm.name if dm is not None else str(tab.meta.get("device") if tab else "")
     return LatencyReport(name, total, overhead, rows, source, validated, warnings, sorted(set(missing)))
 
 
 def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | None) -> tuple[float | None, str]:
+    if tab is not None and op.kind == "add" and tab.meta.get("fused_adds"):
+        return 0.0, "fused into the preceding convolution (in-graph table)"
     if tab is not None:
         key = op_key(op, precision)
         hit = tab.lookup(key) if key is not None else None
         if hit is not None:
+            if tab.meta.get("mode") == "in-graph":
+                return hit.ms, hit.source
             # Each isolated measurement paid the per-call overhead once; the model pays it once in total.
             # In a whole graph the runtime keeps its blocked layout between operators and fuses some: the
             # table's fitted context factor for this operator kind accounts for that (1 when not fitted).

@@ -18,7 +18,10 @@ import torch.nn as nn
 
 from edgecompress.latency_models.table import LatencyTable
 
-__all__ = ["fit_context", "measure_onnx_ms", "random_policy", "validate_table"]
+__all__ = ["export_probes", "fit_context", "measure_onnx_ms", "probe_policies", "random_policy", "validate_table"]
+
+PROBE_KEEPS = (0.25, 0.5, 0.75, 1.0)
+PROBE_RANKS = (0.25, 0.5)
 
 CALIBRATION_MODELS = ("lenet5", "resnet20", "mobilenetv2")
 CALIBRATION_POLICIES: tuple[dict[str, Any], ...] = (
@@ -40,6 +43,62 @@ def measure_onnx_ms(
     from edgecompress.latency_models.profiler import time_onnx
 
     return time_onnx(export_onnx_bytes(model, input_shape), torch.randn(input_shape), threads, warmup, repeats)
+
+
+def probe_policies(model: nn.Module, analysis: Any) -> list[tuple[str, Any]]:
+    """Policies whose compressed models cover the channel pairs and factorisations a search reaches.
+
+    Each coupled-channel group keeps ``a`` or ``b`` according to one bit of its
+    index; for every bit, a and b run over ``PROBE_KEEPS``. Any two groups
+    differ in some bit, so every layer is measured at every (input keep,
+    output keep) pair of the grid. Low-rank probes factorise every layer at
+    each of ``PROBE_RANKS``.
+    """
+    from edgecompress.compressors import LayerPolicy, Policy
+
+    base = {"input_shape": list(analysis.input_shape)}
+    groups = list(analysis.groups().values())
+    bits = max(1, (len(groups) - 1).bit_length())
+    out = []
+    for bit in range(bits):
+        for a in PROBE_KEEPS:
+            for b in PROBE_KEEPS:
+                if bit > 0 and a == b:
+                    continue  # the same model as at bit 0
+                layers = {}
+                for index, members in enumerate(groups):
+                    keep = b if (index >> bit) & 1 else a
+                    for name in members:
+                        layers[name] = LayerPolicy(keep=keep if analysis.layer(name).prunable else 1.0)
+                out.append((f"bit{bit}-keep{a}-{b}", Policy(layers, base=base)))
+    for keep in (0.5, 1.0):
+        for rank in PROBE_RANKS:
+            out.append((f"keep{keep}-rank{rank}", Policy.uniform(model, keep=keep, rank=rank, base=base)))
+    return out
+
+
+def export_probes(names: tuple[str, ...], folder: Any, *, round_to: int = 8, input_size: int = 28) -> list[Any]:
+    """Write the probe models of each named model as ONNX files into ``folder``; returns their paths."""
+    from pathlib import Path
+
+    from edgecompress.analysis import analyze_model
+    from edgecompress.compressors import compress
+    from edgecompress.models import create_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        torch.manual_seed(0)
+        base = create_model(name).eval()
+        shape = (1, 1, input_size, input_size)
+        analysis = analyze_model(base, shape)
+        for label, policy in probe_policies(base, analysis):
+            model = compress(base, policy, analysis=analysis, round_to=round_to)[0]
+            path = folder / f"{name.replace(':', '_')}-{label}.onnx"
+            path.write_bytes(export_onnx_bytes(model, shape))
+            paths.append(path)
+    return paths
 
 
 def random_policy(model: nn.Module, analysis: Any, rng: random.Random, *, rank_prob: float = 0.3) -> Any:
@@ -72,11 +131,12 @@ def _kind_sums(model: nn.Module, shape: tuple[int, ...], table: LatencyTable) ->
     return sums
 
 
-def fit_context(table: LatencyTable, repeats: int = 100, progress: Any = None) -> dict[str, Any]:
+def fit_context(table: LatencyTable, repeats: int = 200, progress: Any = None, round_to: int = 8) -> dict[str, Any]:
     """Fit the isolated-to-in-graph factor per operator group on fixed calibration models.
 
     Calibration models: lenet5, resnet20 and mobilenetv2, each as is, at
-    uniform keep 0.25 / 0.5 / 0.75, at rank 0.5, and at keep 0.5 + rank 0.5.
+    uniform keep 0.25 / 0.5 / 0.75, at rank 0.5, and at keep 0.5 + rank 0.5,
+    channels rounded up to ``round_to`` (the widths a CPU search should use).
     Non-negative least squares on relative error; stored in the table's
     metadata. ``validate_table`` then checks other (random) models.
     """
@@ -93,7 +153,8 @@ def fit_context(table: LatencyTable, repeats: int = 100, progress: Any = None) -
         torch.manual_seed(0)
         base = create_model(name).eval()
         for fields in CALIBRATION_POLICIES:
-            model = compress(base, Policy.uniform(base, **fields), input_shape=shape)[0] if fields else base
+            policy = Policy.uniform(base, **fields)
+            model = compress(base, policy, input_shape=shape, round_to=round_to)[0] if fields else base
             measured = measure_onnx_ms(model, shape, threads=threads, repeats=repeats)
             sums = _kind_sums(model, shape, table)
             rows.append([sums.get(g, 0.0) for g in groups])
@@ -105,7 +166,8 @@ def fit_context(table: LatencyTable, repeats: int = 100, progress: Any = None) -
     context = {
         "factors": dict(zip(groups, (float(f) for f in factors), strict=True)),
         "fitted_on": f"{len(y)} calibration models: {', '.join(CALIBRATION_MODELS)} x uniform policies "
-        f"{[p or 'unchanged' for p in CALIBRATION_POLICIES]}, measured end to end in ONNX Runtime",
+        f"{[p or 'unchanged' for p in CALIBRATION_POLICIES]} (channels rounded to {round_to}), measured end to "
+        f"end in ONNX Runtime (median of {repeats})",
         "date": time.strftime("%Y-%m-%d"),
     }
     table.meta["context"] = context
@@ -117,7 +179,7 @@ def validate_table(
     models: tuple[str, ...] = ("resnet20", "mobilenetv2"),
     per_model: int = 16,
     seed: int = 0,
-    repeats: int = 100,
+    repeats: int = 200,
     progress: Any = None,
     round_to: int = 1,
 ) -> dict[str, Any]:

@@ -113,8 +113,10 @@ class _Recorder(TorchFunctionMode):
             "max_pool2d_with_indices",
         ):
             x = args[0]
+            if name.startswith("adaptive") and tuple(out.shape[-2:]) == tuple(x.shape[-2:]):
+                return out  # an identity (e.g. LeNet-5's resize at 28x28): exporters drop it
             if name.startswith("adaptive"):
-                detail, k, st = "global", 0, 0
+                detail, k, st = ("global", 0, 0) if out.shape[-1] == 1 else ("avg", 1, 1)
             else:
                 k = kwargs.get("kernel_size", args[1] if len(args) > 1 else 1)
                 st = kwargs.get("stride", args[2] if len(args) > 2 else None) or k

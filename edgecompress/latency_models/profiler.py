@@ -128,14 +128,14 @@ def _to_fp16(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, feed=None) -> float:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
+    feed = feed if feed is not None else {session.get_inputs()[0].name: x.numpy()}
     for _ in range(warmup):
         session.run(None, feed)
     times = []
@@ -187,6 +187,130 @@ def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int) -> float:
     if runtime == "torch":
         return time_torch(module, x, threads, warmup, repeats)
     return time_onnx(_export(module, x), x, threads, warmup, repeats)
+
+
+# ---- in-graph profiling: operator times inside whole models (ONNX Runtime's own profiler) ----
+
+FUSED = "fused"  # marker for Conv nodes that absorbed a residual Add (a fourth "sum" input)
+
+
+def _node_key(args: dict[str, Any], precision: str = "fp32") -> tuple[str | None, bool]:
+    """Signature of one profiled ONNX Runtime node from its logical shapes; (None, _) for layout/glue nodes."""
+    op = args.get("op_name", "")
+    ins = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    outs = [next(iter(t.values())) for t in args.get("output_type_shape", [])]
+    if not ins or not outs:
+        return None, False
+    x, y = ins[0], outs[0]
+    if op in ("Conv", "FusedConv") and len(ins) >= 2 and len(x) == 4:
+        w = ins[1]
+        cin, cout, k = x[1], w[0], w[-1]
+        g = max(1, cin // max(1, w[1]))
+        stride = max(1, round(x[2] / max(1, y[2])))  # padded convs: out = ceil(in / stride)
+        kind = "depthwise" if g > 1 and g == cin == cout else "conv"
+        return make_key(kind, cin, cout, k, stride, g, x[2], x[3], precision), len(ins) >= 4
+    if op in ("Gemm", "MatMul", "FusedGemm") and len(x) == 2:
+        return make_key("linear", x[1], y[1], 1, 1, 1, 1, 1, precision), False
+    if op == "GlobalAveragePool" and len(x) == 4:
+        return make_key("pool-global", x[1], x[1], 0, 0, 1, x[2], x[3], precision), False
+    if op in ("MaxPool", "AveragePool") and len(x) == 4:
+        s = max(1, round(x[2] / max(1, y[2])))
+        kind = "pool-max" if op == "MaxPool" else "pool-avg"
+        return make_key(kind, x[1], x[1], s, s, 1, x[2], x[3], precision), False
+    if op in ("Add", "Sum") and len(x) == 4:
+        return make_key("add", x[1], x[1], 1, 1, 1, x[2], x[3], precision), False
+    return None, False
+
+
+def profile_onnx_file(path: Path, threads: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """Per-node median kernel times (ms) of one model in ONNX Runtime, and its end-to-end median."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    model_bytes = path.read_bytes()
+    probe = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    inp = probe.get_inputs()[0]
+    feed = {
+        inp.name: np.random.default_rng(0)
+        .standard_normal([d if isinstance(d, int) else 1 for d in inp.shape])
+        .astype(np.float32)
+    }
+    end_to_end = time_onnx(model_bytes, None, threads, warmup, repeats, feed=feed)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + repeats):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            per_node.setdefault(e["name"], []).append(e["dur"] / 1000.0)
+            info[e["name"]] = e.get("args", {})
+    nodes = []
+    for name, durs in per_node.items():
+        key, fused = _node_key(info[name])
+        nodes.append({"node": name, "op": info[name].get("op_name"), "key": key, "fused_add": fused,
+                      "ms": statistics.median(durs[warmup:] or durs)})  # fmt: skip
+    return {"file": path.name, "end_to_end_ms": end_to_end, "nodes": nodes}
+
+
+def run_in_graph(
+    files: list[Path],
+    out: Path,
+    *,
+    threads: int = 2,
+    warmup: int = 20,
+    repeats: int = 100,
+    device: str = "",
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Build a table of in-graph operator times from whole models (each a probe of the search space).
+
+    Entries are medians over every node with that signature; the per-inference
+    overhead (layout reorders, glue nodes, dispatch) is fitted as
+    ``overhead_ms + overhead_per_op_ms x operators`` by least squares over the
+    probes' end-to-end times. Residual adds that the runtime fused into a
+    convolution are inside that convolution's entry (``fused_adds``).
+    """
+    import numpy as np
+
+    samples: dict[str, list[float]] = {}
+    fits = []
+    for i, path in enumerate(files):
+        prof = profile_onnx_file(path, threads, warmup, repeats)
+        priced = 0.0
+        n_ops = 0
+        for node in prof["nodes"]:
+            if node["key"] is not None:
+                samples.setdefault(node["key"], []).append(node["ms"])
+                priced += node["ms"]
+                n_ops += 1
+        fits.append((n_ops, prof["end_to_end_ms"] - priced))
+        if progress is not None:
+            progress(i + 1, len(files), path.name, prof["end_to_end_ms"])
+    a = np.array([[1.0, n] for n, _ in fits])
+    b = np.array([r for _, r in fits])
+    (base, per_op), *_ = np.linalg.lstsq(a, b, rcond=None)
+    meta = {
+        "device": device or platform.node(), "machine": platform.machine(), "system": platform.platform(),
+        "runtime": "onnxruntime", "threads": threads, "batch": 1, "warmup": warmup, "repeats": repeats,
+        "statistic": "median", "measured_by": "edgecompress profiler (in-graph, ONNX Runtime profiling)",
+        "mode": "in-graph", "fused_adds": True, "probes": [p.name for p in files],
+        "overhead_ms": float(max(base, 0.0)), "overhead_per_op_ms": float(max(per_op, 0.0)),
+        "versions": _versions("onnxruntime"), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }  # fmt: skip
+    entries = {k: {"ms": statistics.median(v), "samples": len(v)} for k, v in samples.items()}
+    table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": meta, "entries": entries}
+    _write(out, table)
+    return table
 
 
 def _versions(runtime: str) -> dict[str, str]:
@@ -258,7 +382,11 @@ def run(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Measure the operator signatures of a profile plan.")
-    parser.add_argument("plan", type=Path, help="plan JSON written by `edgecompress profile --plan-only`")
+    parser.add_argument(
+        "plan", type=Path,
+        help="folder of probe .onnx models (in-graph profiling, recommended) or an isolated-operator plan JSON, "
+        "both written by `edgecompress profile --plan-only`",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="table JSON (extended if it exists)")
     parser.add_argument("--runtime", choices=sorted(PRECISIONS), default="onnxruntime")
     parser.add_argument("--threads", type=int, default=2)
@@ -266,12 +394,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--device", default="", help="device name to record (default: the host name)")
     args = parser.parse_args(argv)
-    plan = json.loads(args.plan.read_text())
-    if plan.get("format") != PLAN_FORMAT:
-        sys.exit(f"{args.plan} is not a profile plan")
 
     def show(done: int, total: int, key: str, ms: float) -> None:
         print(f"[{done}/{total}] {key}: {ms:.4f} ms", flush=True)
+
+    if args.plan.is_dir():  # a folder of probe models: in-graph profiling
+        files = sorted(args.plan.glob("*.onnx"))
+        if not files:
+            sys.exit(f"{args.plan} holds no .onnx probe models")
+        run_in_graph(files, args.out, threads=args.threads, warmup=args.warmup, repeats=max(args.repeats, 50),
+                     device=args.device, progress=show)  # fmt: skip
+        print(f"wrote {args.out}")
+        return
+    plan = json.loads(args.plan.read_text())
+    if plan.get("format") != PLAN_FORMAT:
+        sys.exit(f"{args.plan} is not a profile plan")
 
     run(plan["keys"], args.out, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
         repeats=args.repeats, device=args.device, progress=show)  # fmt: skip

@@ -60,7 +60,7 @@ def test_round_trip_and_bad_files(tmp_path) -> None:
 
 def test_profiler_measures_every_reachable_signature_and_resumes(tmp_path) -> None:
     keys = reachable_keys(trace_ops(create_model("lenet5"), (1, 1, 28, 28)))
-    assert len(keys) == 161
+    assert len(keys) == 157
     out = tmp_path / "lenet.json"
     calls: list[str] = []
     profiler.run(keys, out, repeats=2, warmup=1, progress=lambda d, n, k, ms: calls.append(k))
@@ -134,3 +134,25 @@ def test_shipped_host_table_prices_the_zoo() -> None:
     for name in ("lenet5", "resnet20", "mobilenetv2"):
         report = estimate_latency(create_model(name), (1, 1, 28, 28), "host")
         assert not report.missing and report.total_ms > 0
+
+
+def test_in_graph_profiling_maps_nodes_to_signatures(tmp_path) -> None:
+    import torch
+
+    from edgecompress.latency_models.host import export_onnx_bytes
+
+    model = create_model("resnet20").eval()
+    path = tmp_path / "resnet20.onnx"
+    path.write_bytes(export_onnx_bytes(model, (1, 1, 28, 28)))
+    table_doc = profiler.run_in_graph([path], tmp_path / "t.json", repeats=3, warmup=1)
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert table.meta["mode"] == "in-graph" and table.meta["fused_adds"] is True
+    assert "conv|16|16|3|1|1|28|28|fp32" in table.entries  # the stage-1 3x3 convolutions
+    assert "conv|16|32|1|2|1|28|28|fp32" in table.entries  # the strided 1x1 shortcut
+    assert "linear|64|10|1|1|1|1|1|fp32" in table.entries
+    report = estimate_latency(model, (1, 1, 28, 28), table)
+    assert not report.missing and report.total_ms > 0
+    adds = [r for r in report.rows if r.layer == "(other)"]
+    assert adds and "fused into the preceding convolution" in adds[0].source
+    assert table_doc["entries"]["conv|16|16|3|1|1|28|28|fp32"]["samples"] >= 5
+    del torch
