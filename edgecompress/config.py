@@ -80,6 +80,8 @@ class RunConfig(_Section):
     name: str = "demo"
     out: str = "runs/demo"
     """Run folder: resolved config, analysis, summaries and (later) search results go here."""
+    device: str = "raspberry-pi-4"
+    """Target device profile (``edgecompress devices``): a device model or a measured table."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -145,9 +147,18 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             _set_dotted(raw, dotted, value)
             source = f"{source} + command line" if "command line" not in source else source
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise _explain(exc, source) from None
+    from edgecompress.latency_models.devices import list_devices
+
+    known = list_devices()
+    if config.device not in known:
+        raise ConfigError(
+            f"invalid config ({source}):\n  device = {config.device!r}: unknown device."
+            f"{did_you_mean(config.device, known)} Valid devices: {', '.join(known)}"
+        )
+    return config
 
 
 def write_resolved_config(config: RunConfig, run_dir: str | os.PathLike[str]) -> Path:

@@ -68,6 +68,9 @@ def run_pipeline(
     test = evaluate(model, bundle.test, topk=(1, 5))
     val = evaluate(model, bundle.val_subset(cfg.data.val_samples))
     eval_seconds = time.perf_counter() - t0
+    from edgecompress.latency_models import estimate_latency
+
+    latency = estimate_latency(model, spec.input_shape, cfg.device)
     totals = analysis.totals
     summary = {
         "run": cfg.name,
@@ -86,6 +89,10 @@ def run_pipeline(
         "test_top5": test["top5"],
         "val_subset_top1": val["top1"],
         "val_subset_samples": min(cfg.data.val_samples, len(bundle.val)),  # type: ignore[arg-type]
+        "device": cfg.device,
+        "predicted_latency_ms": latency.total_ms,
+        "latency_source": latency.source,
+        "latency_warnings": latency.warnings,
         "sources": {
             "params/macs/bytes": "analysis: batch-1 forward pass with hooks (analysis.json)",
             "accuracy": f"measured in this run on the {bundle.name} test split ({len(bundle.test)} samples) "  # type: ignore[arg-type]
@@ -121,5 +128,8 @@ def _print_summary(console: Console, s: dict[str, Any], run_dir: Path) -> None:
         "validation-subset top-1", f"{s['val_subset_top1']:.4f}",
         f"measured now, {s['val_subset_samples']} samples (what searches score on)",
     )  # fmt: skip
+    table.add_row(f"latency on {s['device']} (batch 1)", f"{s['predicted_latency_ms']:.3f} ms", s["latency_source"])
     console.print(table)
+    for w in s["latency_warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
     console.print(f"run folder: {run_dir} (config.yaml, analysis.json, summary.json)")

@@ -74,3 +74,11 @@ def test_resolved_config_written_and_protected(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"different config \(changed: train.epochs\)"):
         write_resolved_config(other, tmp_path / "run")
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 4  # not overwritten
+
+
+def test_unknown_device_suggests() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"device": "raspberry-pi4"})
+    msg = str(err.value)
+    assert "device = 'raspberry-pi4': unknown device. Did you mean 'raspberry-pi-4'?" in msg
+    assert "Valid devices: host, jetson-nano" in msg
