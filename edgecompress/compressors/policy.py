@@ -8,7 +8,6 @@ policy is left as it is.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import PolicyError, did_you_mean
 
 __all__ = ["ABITS", "POLICY_SCHEMA_VERSION", "WBITS", "LayerPolicy", "Policy"]
@@ -183,23 +183,12 @@ class Policy:
         return cls(parsed, dict(data.get("base") or {}), dict(data.get("meta") or {}), POLICY_SCHEMA_VERSION)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> Policy:
         """Read and validate a policy file; with ``model``, also check every layer name."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PolicyError(f"policy file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"policy file {path} is not valid JSON: {exc}") from None
+        data = read_json(path, "policy file", PolicyError)
         policy = cls.from_dict(data, str(path))
         if model is not None:
             from edgecompress.analysis import compressible_layers

@@ -25,22 +25,9 @@ METHODS = ("magnitude", "lookahead")
 
 def forward_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
     """Conv and linear modules in the order a forward pass calls them."""
-    order: list[nn.Module] = []
-    handles = [
-        m.register_forward_hook(lambda mod, i, o: order.append(mod) if mod not in order else None)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return order
+    from edgecompress.analysis import measure_layers
+
+    return [model.get_submodule(name) for name in measure_layers(model, input_shape)]
 
 
 def _out_norms(m: nn.Module) -> torch.Tensor:

@@ -17,7 +17,6 @@ the ``holdout`` rows are only ever used by :func:`validate`.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import EdgeCompressError
 from edgecompress.latency_models.ops import OpRecord, trace_ops
 
@@ -221,19 +221,11 @@ class DeviceModel:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DeviceModel:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EdgeCompressError(f"cannot read device model {path}: {exc}") from exc
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, "device model", EdgeCompressError), str(path))
 
 
 def _design(rows: Sequence[dict[str, str]]) -> tuple[np.ndarray, list[str]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import EdgeCompressError
 from edgecompress.latency_models.ops import OpRecord
 from edgecompress.latency_models.profiler import PLAN_FORMAT, TABLE_FORMAT, TABLE_VERSION, make_key, parse_key
@@ -69,23 +70,15 @@ class LatencyTable:
         return float(factors.get(CONTEXT_GROUP.get(kind, "conv"), 1.0))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
         data = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": self.meta, "entries": self.entries}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        self.path = str(path)
-        return path
+        saved = write_json_atomic(path, data, indent=1, sort_keys=True)
+        self.path = str(saved)
+        return saved
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise EdgeCompressError(f"latency table {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise EdgeCompressError(f"latency table {path} is corrupt (not JSON): {exc}") from None
+        data = read_json(path, "latency table", EdgeCompressError)
         if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
             raise EdgeCompressError(f"{path} is not an edgecompress latency table (format {TABLE_FORMAT!r})")
         if data.get("version") != TABLE_VERSION:

@@ -80,7 +80,7 @@ def test_load_bad_files(tmp_path) -> None:
     with pytest.raises(PolicyError, match="does not exist"):
         Policy.load(tmp_path / "none.json")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(PolicyError, match="is not valid JSON"):
+    with pytest.raises(PolicyError, match="is corrupt \\(not JSON\\)"):
         Policy.load(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text('{"layers": {}}')
     with pytest.raises(PolicyError, match="is not an edgecompress policy"):
