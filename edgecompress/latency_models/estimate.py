@@ -142,7 +142,7 @@ def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | 
         hit = tab.lookup(key) if key is not None else None
         if hit is not None:
             if tab.meta.get("mode") == "in-graph":
-                return hit.ms, hit.source
+                return float(tab.meta.get("node_time_scale", 1.0)) * hit.ms, hit.source
             # Each isolated measurement paid the per-call overhead once; the model pays it once in total.
             # In a whole graph the runtime keeps its blocked layout between operators and fuses some: the
             # table's fitted context factor for this operator kind accounts for that (1 when not fitted).

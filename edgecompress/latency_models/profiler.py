@@ -274,10 +274,11 @@ def run_in_graph(
 ) -> dict[str, Any]:
     """Build a table of in-graph operator times from whole models (each a probe of the search space).
 
-    Entries are medians over every node with that signature; the per-inference
-    overhead (layout reorders, glue nodes, dispatch) is fitted as
-    ``overhead_ms + overhead_per_op_ms x operators`` by least squares over the
-    probes' end-to-end times. Residual adds that the runtime fused into a
+    Entries are medians over every node with that signature. Over the probes'
+    end-to-end times (measured without the profiler) a non-negative least-squares
+    fit gives the per-inference overhead (``overhead_ms + overhead_per_op_ms x
+    operators``: reorders, glue nodes, dispatch) and ``node_time_scale``, the
+    factor between profiled node times and their share of an unprofiled run. Residual adds that the runtime fused into a
     convolution are inside that convolution's entry (``fused_adds``).
     """
     import numpy as np
@@ -293,18 +294,22 @@ def run_in_graph(
                 samples.setdefault(node["key"], []).append(node["ms"])
                 priced += node["ms"]
                 n_ops += 1
-        fits.append((n_ops, prof["end_to_end_ms"] - priced))
+        fits.append((n_ops, priced, prof["end_to_end_ms"]))
         if progress is not None:
             progress(i + 1, len(files), path.name, prof["end_to_end_ms"])
-    a = np.array([[1.0, n] for n, _ in fits])
-    b = np.array([r for _, r in fits])
-    (base, per_op), *_ = np.linalg.lstsq(a, b, rcond=None)
+    # Profiling inflates node times and misses glue between nodes: fit end-to-end = base + per_op x
+    # operators + scale x (sum of node times), on relative error, over the probes.
+    from scipy.optimize import nnls
+
+    a = np.array([[1.0, n, priced] for n, priced, _ in fits])
+    y = np.array([e for _, _, e in fits])
+    (base, per_op, scale), _ = nnls(a / y[:, None], np.ones_like(y))
     meta = {
         "device": device or platform.node(), "machine": platform.machine(), "system": platform.platform(),
         "runtime": "onnxruntime", "threads": threads, "batch": 1, "warmup": warmup, "repeats": repeats,
         "statistic": "median", "measured_by": "edgecompress profiler (in-graph, ONNX Runtime profiling)",
         "mode": "in-graph", "fused_adds": True, "probes": [p.name for p in files],
-        "overhead_ms": float(max(base, 0.0)), "overhead_per_op_ms": float(max(per_op, 0.0)),
+        "overhead_ms": float(base), "overhead_per_op_ms": float(per_op), "node_time_scale": float(scale),
         "versions": _versions("onnxruntime"), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }  # fmt: skip
     entries = {k: {"ms": statistics.median(v), "samples": len(v)} for k, v in samples.items()}
