@@ -437,6 +437,7 @@ def latency_validate_table(
     seed: Annotated[int, typer.Option()] = 0,
     save: Annotated[bool, typer.Option(help="Store the result in the table's metadata.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a predicted-vs-measured scatter plot (PNG).")] = None,
 ) -> None:
     """Table sum vs measured end-to-end ONNX Runtime latency of random compressed resnet20 / mobilenetv2."""
     from edgecompress.latency_models import load_device
@@ -449,6 +450,14 @@ def latency_validate_table(
     result = validate_table(table, per_model=per_model, seed=seed, round_to=round_to)
     summary = {k: v for k, v in result.items() if k != "rows"}
     summary["round_to"] = round_to
+    if plot is not None:
+        points = {
+            "measured": [r["measured_ms"] for r in result["rows"]],
+            "predicted": [r["estimated_ms"] for r in result["rows"]],
+            "spearman": result["spearman"],
+            "mape_raw": result["median_abs_error"],
+        }
+        _scatter({"table": points}, device, plot)
     if save:
         table.meta["validation"] = summary
         table.save(table.path)
@@ -533,7 +542,7 @@ def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
         ax.plot([0, hi], [0, hi], color="grey", lw=1)
         ax.set_xlabel("measured ms")
         ax.set_ylabel("predicted ms")
-        ax.set_title(f"{device} {label}: Spearman {r['spearman']:.3f}, MAPE {r['mape_raw']:.1%}")
+        ax.set_title(f"{device} {label}: Spearman {r['spearman']:.3f}, error {r['mape_raw']:.1%}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

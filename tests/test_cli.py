@@ -149,3 +149,21 @@ def test_latency_validate(tmp_path, capsys) -> None:
     assert code == 0 and plot.stat().st_size > 10_000
     doc = json.loads(out)["fp32"]
     assert doc["rows"] == "holdout (arch_index % 5 == 0)" and doc["spearman"] > 0.9
+
+
+def test_validate_table_on_a_small_table(tmp_path, capsys) -> None:
+    from edgecompress.latency_models import profiler
+    from edgecompress.latency_models.ops import trace_ops
+    from edgecompress.latency_models.table import reachable_keys
+    from edgecompress.models import create_model
+
+    keys = reachable_keys(trace_ops(create_model("resnet20"), (1, 1, 28, 28)))
+    table = tmp_path / "t.json"
+    profiler.run(keys, table, repeats=3, warmup=1)
+    plot = tmp_path / "v.png"
+    args = ["latency", "validate-table", "--device", str(table), "--per-model", "2", "--plot", str(plot), "--json"]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and plot.stat().st_size > 5_000
+    doc = json.loads(out)
+    assert doc["n"] == 4 and {r["model"] for r in doc["rows"]} == {"resnet20", "mobilenetv2"}
+    assert doc["rows"][0]["missing"] == 0  # resnet20's reachable signatures were all profiled
