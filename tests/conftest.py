@@ -16,9 +16,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def tiny_fmnist(tmp_path: Path) -> Path:
-    """A Fashion-MNIST-format folder with 300 train and 50 test images: class k is a bright kth row band."""
+def make_tiny_fmnist(folder: Path) -> Path:
+    """Write a Fashion-MNIST-format folder with 300 train and 50 test images: class k is a bright kth row band."""
     rng = np.random.default_rng(0)
 
     def make(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,8 +27,7 @@ def tiny_fmnist(tmp_path: Path) -> Path:
             images[i, 2 * k + 4 : 2 * k + 6, :] = 255
         return images, labels
 
-    folder = tmp_path / "fmnist"
-    folder.mkdir()
+    folder.mkdir(parents=True, exist_ok=True)
     tx, ty = make(300)
     sx, sy = make(50)
     write_idx(folder / "train-images-idx3-ubyte.gz", tx)
@@ -37,6 +35,17 @@ def tiny_fmnist(tmp_path: Path) -> Path:
     write_idx(folder / "t10k-images-idx3-ubyte.gz", sx)
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", sy)
     return folder
+
+
+@pytest.fixture
+def tiny_fmnist(tmp_path: Path) -> Path:
+    return make_tiny_fmnist(tmp_path / "fmnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_fmnist_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny data set, written once per session (for module-scoped fixtures; do not modify it)."""
+    return make_tiny_fmnist(tmp_path_factory.mktemp("tiny") / "fmnist")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgecompress import Policy
+from edgecompress.config import TrainConfig
+from edgecompress.data import load_dataset
+from edgecompress.latency_models import estimate_latency
+from edgecompress.models import create_model
+from edgecompress.objective import Objective, recalibrate_batchnorm
+from edgecompress.training import evaluate, train
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_fmnist_shared):
+    data = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    train(model, data.train, TrainConfig(epochs=2, batch_size=32), progress=False)
+    return model.eval(), data
+
+
+def test_identity_policy_scores_the_base_model(setup) -> None:
+    model, data = setup
+    obj = Objective(model, data.val, "jetson-nano", input_shape=(1, 1, 28, 28), budget_ms=100.0)
+    ev = obj(Policy.uniform(model))
+    assert ev.accuracy == evaluate(model, data.val)["top1"]
+    assert ev.latency_ms == pytest.approx(estimate_latency(model, (1, 1, 28, 28), "jetson-nano").total_ms)
+    assert ev.latency_ms == pytest.approx(obj.base_latency_ms())
+    assert ev.feasible and ev.params == 270_618
+    assert "predicted by device model jetson-nano" in ev.latency_source
+
+
+def test_cache_and_feasibility(setup) -> None:
+    model, data = setup
+    obj = Objective(model, data.val, "jetson-nano", input_shape=(1, 1, 28, 28), budget_ms=1.0)
+    policy = Policy.uniform(model, keep=0.5)
+    first = obj(policy)
+    again = obj(Policy.uniform(model, keep=0.5))
+    assert again is first and obj.hits == 1
+    assert not first.feasible  # no ResNet-20 runs in 1 ms on a Jetson Nano by this model
+    assert first.latency_ms < obj.base_latency_ms() and first.params < 270_618 / 3
+
+
+def test_bn_recalibration_changes_statistics_and_helps_pruned_models(setup) -> None:
+    model, data = setup
+    plain = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), train_data=data.train)
+    recal = Objective(
+        model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), train_data=data.train, bn_batches=4
+    )
+    policy = Policy.uniform(model, keep=0.5)
+    assert recal(policy).accuracy >= plain(policy).accuracy
+    bn = torch.nn.BatchNorm2d(3)
+    recalibrate_batchnorm(torch.nn.Sequential(bn), [torch.full((4, 3, 2, 2), 2.0)])
+    assert torch.allclose(bn.running_mean, torch.full((3,), 2.0)) and bn.momentum == 0.1 and not bn.training
+
+
+def test_activation_quantization_is_calibrated(setup) -> None:
+    model, data = setup
+    obj = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
+    ev = obj(Policy.uniform(model, wbits=8, abits=8))
+    assert 0.0 <= ev.accuracy <= 1.0 and ev.stored_bytes < 270_618 * 4 / 3
