@@ -52,3 +52,4 @@ slow: install-test data
 benchmarks: install data
 	$(PY) benchmarks/train_base_models.py
 	$(PY) benchmarks/compressors.py
+	$(PY) benchmarks/latency_models.py
