@@ -191,7 +191,6 @@ def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int) -> float:
 
 # ---- in-graph profiling: operator times inside whole models (ONNX Runtime's own profiler) ----
 
-FUSED = "fused"  # marker for Conv nodes that absorbed a residual Add (a fourth "sum" input)
 
 
 def _node_key(args: dict[str, Any], precision: str = "fp32") -> tuple[str | None, bool]:
