@@ -192,7 +192,6 @@ def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int) -> float:
 # ---- in-graph profiling: operator times inside whole models (ONNX Runtime's own profiler) ----
 
 
-
 def _node_key(args: dict[str, Any], precision: str = "fp32") -> tuple[str | None, bool]:
     """Signature of one profiled ONNX Runtime node from its logical shapes; (None, _) for layout/glue nodes."""
     op = args.get("op_name", "")
