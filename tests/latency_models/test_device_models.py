@@ -104,7 +104,7 @@ def test_shipped_profiles_match_a_refit(nb201_rows, tmp_path) -> None:
     models = calibrate(None, tmp_path)
     for name, model in models.items():
         shipped = load_device(name)
-        assert model.coefficients == pytest.approx(shipped.coefficients, rel=1e-9, abs=1e-12)
+        assert model.coefficients == pytest.approx(shipped.coefficients, rel=1e-6, abs=1e-9)
         assert model.validation.get("spearman") == pytest.approx(shipped.validation.get("spearman"))
     assert models["jetson-nano"].validation["spearman"] > models["jetson-nano"].validation["flops_spearman"]
 
