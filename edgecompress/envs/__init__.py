@@ -1,11 +1,19 @@
 """Gymnasium environments for layer-by-layer compression search.
 
-Role: ``CompressionEnv`` (registered as ``edgecompress/LayerCompression-v0``)
-walks the compressible layers of a model one step per layer; the action is
-that layer's compression choices, the reward is accuracy under a latency
-budget. It must call the shared objective (compress -> accuracy + latency +
-size) and never implement compression or latency itself. Not implemented yet:
-arrives with the reinforcement-learning search issue.
+``CompressionEnv`` (registered as ``edgecompress/LayerCompression-v0``) walks
+the compressible layers of a model one step per layer; the action is that
+layer's compression choices, the reward is accuracy under a latency budget.
+It scores policies with the shared :class:`edgecompress.objective.Objective`
+and never implements compression or latency itself. See the class docstring
+for spaces, reward, budget and version history.
 """
 
-__all__: list[str] = []
+import gymnasium as gym
+
+from edgecompress.envs.compression_env import CompressionEnv
+
+ENV_ID = "edgecompress/LayerCompression-v0"
+if ENV_ID not in gym.registry:
+    gym.register(id=ENV_ID, entry_point="edgecompress.envs.compression_env:CompressionEnv")
+
+__all__ = ["ENV_ID", "CompressionEnv"]

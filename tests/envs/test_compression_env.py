@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from edgecompress.config import TrainConfig
+from edgecompress.data import load_dataset
+from edgecompress.envs import ENV_ID, CompressionEnv
+from edgecompress.errors import ConfigError
+from edgecompress.latency_models import estimate_latency
+from edgecompress.models import create_model
+from edgecompress.objective import Objective
+from edgecompress.training import train
+
+
+@pytest.fixture(scope="module")
+def objective(tiny_fmnist_shared):
+    data = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    train(model, data.train, TrainConfig(epochs=1, batch_size=32), progress=False)
+    return Objective(model.eval(), data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
+
+
+def _env(objective, **kw) -> CompressionEnv:
+    return CompressionEnv(objective=objective, **kw)
+
+
+def test_env_checkers_pass_without_warnings(objective) -> None:
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = _env(objective, techniques=("keep", "sparsity", "wbits"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+        sb3_check_env(_env(objective, techniques=("keep", "sparsity", "wbits")), warn=True)
+
+
+def test_registered_id() -> None:
+    assert ENV_ID in gym.registry
+
+
+def test_action_mapping(objective) -> None:
+    env = _env(objective, techniques=("keep", "rank", "sparsity", "wbits", "clusters", "abits"), budget_ratio=1.0)
+    low = env._decode(np.full(6, -1.0, dtype=np.float32))
+    high = env._decode(np.full(6, 1.0, dtype=np.float32))
+    assert low == {"keep": 0.2, "rank": 0.2, "sparsity": 0.0, "wbits": 2, "clusters": 0, "abits": 8}
+    assert high == {"keep": 1.0, "rank": 1.0, "sparsity": 0.9, "wbits": 32, "clusters": 256, "abits": 32}
+    assert env.observation_space.shape == (16,) and env.action_space.shape == (6,)
+
+
+@pytest.mark.parametrize("ratio", [0.35, 0.5, 0.8])
+def test_budget_holds_for_random_actions(objective, ratio) -> None:
+    env = _env(objective, budget_ratio=ratio)
+    rng = np.random.default_rng(int(ratio * 100))
+    for _ in range(3):
+        env.reset()
+        done = False
+        while not done:
+            _, reward, done, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        assert info["within_budget"] and info["latency_ms"] <= env.budget_ms
+        from edgecompress.compressors import Policy, compress
+
+        model, _ = compress(objective.model, Policy.from_dict(info["policy"]), input_shape=(1, 1, 28, 28))
+        assert estimate_latency(model, (1, 1, 28, 28), "raspberry-pi-4").total_ms <= env.budget_ms + 1e-9
+        assert reward == info["accuracy"]
+
+
+def test_same_actions_same_episode(objective) -> None:
+    actions = np.random.default_rng(3).uniform(-1, 1, (22, 1)).astype(np.float32)
+    results = []
+    for _ in range(2):
+        env = _env(objective, budget_ratio=0.6)
+        obs, _ = env.reset(seed=7)
+        trace = [obs]
+        for a in actions:
+            obs, reward, _done, _, info = env.step(a)
+            trace.append(obs)
+        results.append((np.stack(trace), reward, info["policy"]))
+    assert np.array_equal(results[0][0], results[1][0]) and results[0][1:] == results[1][1:]
+
+
+def test_infeasible_budget_and_bad_settings(objective) -> None:
+    with pytest.raises(ValueError, match="cannot be met: the strongest compression allowed reaches"):
+        _env(objective, budget_ms=1e-6)
+    with pytest.raises(ConfigError, match="choose from keep, rank, sparsity, wbits, clusters, abits"):
+        _env(objective, techniques=("prune",))
+    with pytest.raises(ConfigError, match="reward 'accuracy' invalid; valid: acc, acc_log_latency"):
+        _env(objective, reward="accuracy")
+
+
+def test_gym_make_with_defaults(fmnist) -> None:
+    with pytest.warns(UserWarning, match="no checkpoint given: lenet5 is scored with random weights"):
+        env = gym.make(ENV_ID, val_samples=200)
+    base = env.unwrapped
+    assert base.objective.device == "raspberry-pi-4" and base.budget_ms == pytest.approx(0.5 * base.base_ms)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (11,) and len(base.layers) == 5
+    env.close()
