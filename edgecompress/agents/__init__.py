@@ -1,9 +1,10 @@
 """Search agents that drive the compression environment.
 
-Role: the AMC-style DDPG agent, built on Stable-Baselines3's DDPG with AMC's
-specifics (truncated-normal noise schedule, warm-up episodes, reward
-back-fill with a moving-average baseline); not a second RL library. Not
-implemented yet: arrives with the reinforcement-learning search issue.
+``AMCDDPG`` is Stable-Baselines3's DDPG with AMC's specifics (truncated-normal
+noise schedule, warm-up episodes, reward back-fill with a moving-average
+baseline, discount 1); not a second RL library.
 """
 
-__all__: list[str] = []
+from edgecompress.agents.amc import AMCDDPG
+
+__all__ = ["AMCDDPG"]

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgecompress.agents import AMCDDPG
+from edgecompress.config import TrainConfig
+from edgecompress.data import load_dataset
+from edgecompress.envs import CompressionEnv
+from edgecompress.models import create_model
+from edgecompress.objective import Objective
+from edgecompress.training import train
+
+
+@pytest.fixture(scope="module")
+def objective(tiny_fmnist_shared):
+    data = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    train(model, data.train, TrainConfig(epochs=3, batch_size=32), progress=False)
+    return Objective(model.eval(), data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
+
+
+def _agent(objective, seed: int = 0, warmup: int = 2) -> AMCDDPG:
+    env = CompressionEnv(objective=objective, budget_ratio=0.8)
+    return AMCDDPG(env, n_layers=len(env.layers), warmup_episodes=warmup, seed=seed)
+
+
+def test_backfill_gives_every_transition_the_episode_advantage(objective) -> None:
+    agent = _agent(objective, warmup=10)
+    agent.learn(total_timesteps=5 * 3)  # three episodes of 5 layers
+    rewards = agent.episode_rewards
+    assert len(rewards) == 3 and agent.episodes_done == 3
+    stored = agent.replay_buffer.rewards[: agent.replay_buffer.size()].flatten()
+    assert stored.shape == (15,)
+    b = rewards[0]
+    expected = []
+    for r in rewards:
+        expected += [r - b] * 5
+        b += 0.05 * (r - b)
+    assert np.allclose(stored, expected, atol=1e-6)
+    assert agent.gamma == 1.0 and agent.sigma == 0.5  # still warming up: no decay yet
+
+
+def test_noise_decays_after_warmup_and_actions_stay_in_bounds(objective) -> None:
+    agent = _agent(objective, warmup=1)
+    agent.learn(total_timesteps=5 * 4)
+    assert agent.sigma == pytest.approx(0.5 * 0.95**3)
+    actions = agent.replay_buffer.actions[: agent.replay_buffer.size()]
+    assert actions.min() >= -1 and actions.max() <= 1
+    draws = agent._truncated_normal(np.full(2000, 0.9), 0.5)
+    assert draws.min() >= -1 and draws.max() <= 1 and (draws > 0.9).mean() < 0.5
+
+
+def test_same_seed_same_search(objective) -> None:
+    runs = []
+    for _ in range(2):
+        agent = _agent(objective, seed=5, warmup=2)
+        agent.learn(total_timesteps=5 * 4)
+        runs.append((agent.episode_rewards, agent.replay_buffer.actions[:20].copy()))
+    assert runs[0][0] == runs[1][0] and np.array_equal(runs[0][1], runs[1][1])
+
+
+def test_save_and_resume_keeps_amc_state(objective, tmp_path) -> None:
+    agent = _agent(objective, warmup=1)
+    agent.learn(total_timesteps=5 * 3)
+    agent.save(tmp_path / "agent.zip")
+    agent.save_replay_buffer(tmp_path / "buffer.pkl")
+    env = CompressionEnv(objective=objective, budget_ratio=0.8)
+    loaded = AMCDDPG.load(tmp_path / "agent.zip", env=env)
+    loaded.load_replay_buffer(tmp_path / "buffer.pkl")
+    assert loaded.episodes_done == 3 and loaded.sigma == pytest.approx(agent.sigma)
+    assert loaded.baseline == pytest.approx(agent.baseline) and loaded.replay_buffer.size() == 15
+    loaded.learn(total_timesteps=5 * 2, reset_num_timesteps=False)
+    assert loaded.episodes_done == 5
