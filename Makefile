@@ -32,6 +32,7 @@ data:
 
 demo: install data
 	$(PY) -m edgecompress run --config $(CONFIG)
+	$(PY) -m edgecompress search --config $(CONFIG)
 
 lint:
 	$(PY) -m ruff check .

@@ -549,6 +549,50 @@ def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
     plt.close(fig)
 
 
+@app.command("search")
+def search_cmd(
+    out: Annotated[str | None, typer.Option(help="Run folder (re-running on it resumes).")] = None,
+    agent: Annotated[str, typer.Option(help="Search driver: ddpg.")] = "ddpg",
+    config: ConfigOpt = None,
+    model: Annotated[str | None, typer.Option()] = None,
+    checkpoint: Annotated[str | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="Target device profile.")] = None,
+    budget_ms: Annotated[float | None, typer.Option()] = None,
+    budget_ratio: Annotated[float | None, typer.Option()] = None,
+    episodes: Annotated[int | None, typer.Option(min=1)] = None,
+    techniques: Annotated[str | None, typer.Option(help="Comma list: keep,rank,sparsity,wbits,clusters,abits.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    data_dir: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Search per-layer compression policies under a latency budget (AMC's DDPG)."""
+    from edgecompress.agents.driver import run_ddpg_search
+    from edgecompress.config import load_config, write_resolved_config
+
+    overrides: dict[str, Any] = {
+        "out": out, "model.name": model, "model.checkpoint": checkpoint, "device": device,
+        "search.agent": agent, "search.budget_ms": budget_ms, "search.budget_ratio": budget_ratio,
+        "search.episodes": episodes, "search.seed": seed, "data.data_dir": data_dir,
+        "search.techniques": techniques.split(",") if techniques else None,
+    }  # fmt: skip
+    cfg = load_config(config, overrides)
+    write_resolved_config(cfg, cfg.out)
+    result = run_ddpg_search(cfg, console)
+    best = result["best"]
+    console.print(
+        f"{result['episodes']} episodes in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
+        f"(base {result['base_latency_ms']:.4f} ms, predicted on {cfg.device}); base accuracy "
+        f"{result['base_accuracy']:.4f} on the validation subset"
+    )
+    if best is None:
+        console.print("[yellow]no policy within budget[/]")
+    else:
+        console.print(
+            f"best: accuracy {best['accuracy']:.4f} ({best['accuracy_source']}), {best['latency_ms']:.4f} ms "
+            f"predicted, episode {best['episode']} -> {cfg.out}/best_policy.json"
+        )
+    console.print(f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png)")
+
+
 @data_app.command("locate")
 def data_locate(data_dir: Annotated[str | None, typer.Option()] = None) -> None:
     """Say where Fashion-MNIST is found (or where it was looked for)."""

@@ -24,6 +24,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "RunConfig",
+    "SearchConfig",
     "TrainConfig",
     "load_config",
     "write_resolved_config",
@@ -73,6 +74,33 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+Technique = Literal["keep", "rank", "sparsity", "wbits", "clusters", "abits"]
+
+
+def _default_techniques() -> list[Technique]:
+    return ["keep"]
+
+
+class SearchConfig(_Section):
+    agent: Literal["ddpg"] = "ddpg"
+    episodes: int = Field(30, ge=1)
+    """Policies scored (episodes for ddpg)."""
+    warmup_episodes: int | None = Field(None, ge=0)
+    """Random-action episodes before the actor acts; default: a third of the episodes, at most 100 (AMC)."""
+    budget_ratio: float | None = Field(0.5, gt=0, le=1)
+    """Latency budget as a fraction of the base model's predicted latency on the device."""
+    budget_ms: float | None = Field(None, gt=0)
+    """Absolute latency budget; overrides budget_ratio."""
+    techniques: list[Technique] = Field(default_factory=_default_techniques)
+    reward: Literal["acc", "acc_log_latency"] = "acc"
+    bn_batches: int = Field(0, ge=0)
+    """Training batches to recalibrate BatchNorm statistics on before scoring each policy."""
+    round_to: int = Field(8, ge=1)
+    """Round kept channels and ranks up to this multiple (SIMD-friendly widths)."""
+    top_k: int = Field(5, ge=1)
+    seed: int = 0
+
+
 class RunConfig(_Section):
     """The whole run: what ``edgecompress run`` and, later, searches read."""
 
@@ -85,6 +113,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:

@@ -33,6 +33,23 @@ def default_checkpoint(cfg: RunConfig) -> Path:
     return Path(cfg.model.checkpoint or f"checkpoints/{cfg.model.name.replace(':', '_')}-{cfg.data.dataset}.pt")
 
 
+def ensure_base_model(cfg: RunConfig, bundle: Any, console: Console) -> tuple[Any, Any, Path, bool]:
+    """Load the config's base checkpoint, or train it there when missing; refuse one for another model."""
+    ckpt = default_checkpoint(cfg)
+    if ckpt.exists():
+        model, spec = load_checkpoint(ckpt)
+        if spec.model != cfg.model.name or spec.dataset != bundle.name:
+            raise CheckpointError(
+                f"{ckpt} holds {spec.model!r} trained on {spec.dataset!r}, but the config asks for "
+                f"{cfg.model.name!r} on {bundle.name!r}; point model.checkpoint elsewhere"
+            )
+        console.print(f"base model: loaded {ckpt} ({spec.model}, trained {spec.created})")
+        return model, spec, ckpt, False
+    console.print(f"base model: {ckpt} not found, training {cfg.model.name} for {cfg.train.epochs} epochs")
+    model, spec = train_base_model(cfg, ckpt, bundle=bundle)
+    return model, spec, ckpt, True
+
+
 def run_pipeline(
     config_path: str | Path | None, overrides: dict[str, Any] | None = None, *, console: Console | None = None
 ) -> dict[str, Any]:
@@ -47,20 +64,7 @@ def run_pipeline(
     )  # fmt: skip
     console.print(f"data: {bundle.name} from {bundle.source}, split {bundle.sizes()} (validation seed {cfg.data.seed})")
 
-    ckpt = default_checkpoint(cfg)
-    if ckpt.exists():
-        model, spec = load_checkpoint(ckpt)
-        if spec.model != cfg.model.name or spec.dataset != bundle.name:
-            raise CheckpointError(
-                f"{ckpt} holds {spec.model!r} trained on {spec.dataset!r}, but the config asks for "
-                f"{cfg.model.name!r} on {bundle.name!r}; point model.checkpoint elsewhere"
-            )
-        console.print(f"base model: loaded {ckpt} ({spec.model}, trained {spec.created})")
-        trained_now = False
-    else:
-        console.print(f"base model: {ckpt} not found, training {cfg.model.name} for {cfg.train.epochs} epochs")
-        model, spec = train_base_model(cfg, ckpt, bundle=bundle)
-        trained_now = True
+    model, spec, ckpt, trained_now = ensure_base_model(cfg, bundle, console)
 
     analysis = analyze_model(model, spec.input_shape)
     (run_dir / "analysis.json").write_text(json.dumps(analysis.to_dict(), indent=2) + "\n")

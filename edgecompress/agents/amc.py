@@ -62,6 +62,8 @@ class AMCDDPG(DDPG):
         self.episode_rewards: list[float] = []
         self._episode: list[tuple[Any, ...]] = []
         self._noise_rng = np.random.default_rng(seed)
+        self.episode_end_hook: Any = None
+        """Called as ``hook(final_reward, info)`` once an episode's transitions are stored (run logging)."""
         kwargs.setdefault("policy_kwargs", {"net_arch": [300, 300]})
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size,
@@ -125,9 +127,11 @@ class AMCDDPG(DDPG):
         self.episodes_done += 1
         if self.episodes_done > self.warmup_episodes:
             self.sigma *= self.sigma_decay
+        if self.episode_end_hook is not None:
+            self.episode_end_hook(final, infos[0])
         self.logger.record("amc/final_reward", final)
         self.logger.record("amc/baseline", self.baseline)
         self.logger.record("amc/sigma", self.sigma)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_episode"]
+        return [*super()._excluded_save_params(), "_episode", "episode_end_hook"]

@@ -282,5 +282,6 @@ class CompressionEnv(gym.Env):
             reward = -(1 - result.accuracy) * math.log(max(result.latency_ms, 1e-6))
         info = {"accuracy": result.accuracy, "latency_ms": result.latency_ms, "budget_ms": self.budget_ms,
                 "stored_bytes": result.stored_bytes, "policy": policy.to_dict(), "repaired": repaired,
-                "within_budget": result.latency_ms <= self.budget_ms}  # fmt: skip
+                "within_budget": result.latency_ms <= self.budget_ms,
+                "latency_source": result.latency_source}  # fmt: skip
         return self._obs(), float(reward), True, False, info

@@ -1,0 +1,97 @@
+"""``edgecompress search --agent ddpg``: the AMC search loop around the environment and the agent.
+
+Resumable: the agent and its replay buffer are saved after every episode, the
+episode log is appended as each policy is scored; re-running the same command
+on the same run folder continues from the last completed episode (the log is
+cut back to the agent's checkpoint if a crash fell between the two).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgecompress._progress import progress_bar
+from edgecompress.config import RunConfig
+
+__all__ = ["run_ddpg_search"]
+
+
+def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
+    from edgecompress.agents.amc import AMCDDPG
+    from edgecompress.checkpoint import software_versions
+    from edgecompress.data import load_dataset
+    from edgecompress.envs import CompressionEnv
+    from edgecompress.objective import Objective
+    from edgecompress.pipeline import ensure_base_model
+    from edgecompress.search.runlog import RunLog
+
+    s = cfg.search
+    run_dir = Path(cfg.out)
+    bundle = load_dataset(cfg.data.dataset, cfg.data.data_dir, val_size=cfg.data.val_size, seed=cfg.data.seed,
+                          image_size=cfg.data.image_size)  # fmt: skip
+    model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
+    objective = Objective(
+        model, bundle.val_subset(cfg.data.val_samples), cfg.device, input_shape=spec.input_shape,
+        train_data=bundle.train, bn_batches=s.bn_batches, round_to=s.round_to, seed=s.seed,
+    )  # fmt: skip
+    env = CompressionEnv(objective=objective, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio,
+                         techniques=tuple(s.techniques), reward=s.reward)  # fmt: skip
+    n_layers = len(env.layers)
+    warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
+    agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.pkl"
+    if agent_path.exists() and buffer_path.exists():
+        agent = AMCDDPG.load(agent_path, env=env)
+        agent.load_replay_buffer(buffer_path)
+        console.print(f"resuming {run_dir}: {agent.episodes_done} episodes done")
+    else:
+        agent = AMCDDPG(env, n_layers=n_layers, warmup_episodes=warmup, seed=s.seed,
+                        tensorboard_log=str(run_dir / "tensorboard"))  # fmt: skip
+    log = RunLog(
+        run_dir,
+        base={"model": spec.model, "checkpoint": str(ckpt), "input_shape": list(spec.input_shape),
+              "num_classes": spec.num_classes, "dataset": spec.dataset},
+        provenance={"agent": "ddpg (AMC on Stable-Baselines3)", "device": cfg.device, "budget_ms": env.budget_ms,
+                    "base_latency_ms": env.base_ms, "seed": s.seed, "versions": software_versions()},
+        top_k=s.top_k,
+    )  # fmt: skip
+    log.truncate(agent.episodes_done)
+    remaining = s.episodes - agent.episodes_done
+    started = time.perf_counter()
+    with progress_bar(progress) as bar:
+        task = bar.add_task("search", total=s.episodes, completed=agent.episodes_done, status="")
+
+        def on_episode(final: float, info: dict[str, Any]) -> None:
+            log.record({
+                "policy": info["policy"], "accuracy": info["accuracy"], "latency_ms": info["latency_ms"],
+                "budget_ms": info["budget_ms"], "stored_bytes": info["stored_bytes"], "reward": final,
+                "within_budget": info["within_budget"], "repaired": info["repaired"],
+                "latency_source": info["latency_source"],
+                "accuracy_source": f"measured on the first {cfg.data.val_samples} validation samples",
+            })  # fmt: skip
+            agent.save(agent_path)
+            agent.save_replay_buffer(buffer_path)
+            best = log.best()
+            status = (f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {env.budget_ms:.3f} ms"
+                      if best else "no policy within budget yet")  # fmt: skip
+            bar.update(task, completed=agent.episodes_done, status=status)
+
+        agent.episode_end_hook = on_episode
+        if remaining > 0:
+            agent.learn(total_timesteps=remaining * n_layers, reset_num_timesteps=False)
+    plot = log.plot()
+    best = log.best()
+    return {
+        "episodes": len(log.records), "seconds": time.perf_counter() - started, "budget_ms": env.budget_ms,
+        "base_latency_ms": env.base_ms, "best": best, "plot": str(plot) if plot else None,
+        "base_accuracy": objective(_identity(env)).accuracy,
+    }  # fmt: skip
+
+
+def _identity(env: Any) -> Any:
+    from edgecompress.compressors import Policy
+
+    return Policy({}, base={"input_shape": list(env.objective.input_shape)})

@@ -1,0 +1,104 @@
+"""The run folder every search driver writes: episode log, best and top-k policies, plots.
+
+``episodes.jsonl`` gets one line per scored policy (episode, policy, accuracy,
+latency, size, reward, feasibility) the moment it is scored, so a crash loses
+at most the policy being scored. ``best_policy.json`` (a Policy file carrying
+its scores and provenance) and ``topk.json`` are rewritten atomically whenever
+they change. Drivers only call :meth:`RunLog.record`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgecompress._io import write_json_atomic
+from edgecompress.compressors import Policy
+
+__all__ = ["RunLog"]
+
+
+class RunLog:
+    def __init__(self, folder: str | Path, *, base: dict[str, Any], provenance: dict[str, Any], top_k: int = 5) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "episodes.jsonl"
+        self.base = base
+        self.provenance = provenance
+        self.top_k = top_k
+        self.records: list[dict[str, Any]] = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    self.records.append(json.loads(line))
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` records (resume: the agent's checkpoint is the truth)."""
+        if len(self.records) > n:
+            self.records = self.records[:n]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def record(self, record: dict[str, Any]) -> None:
+        record = {"episode": len(self.records) + 1, **record}
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._write_best()
+
+    def feasible(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("within_budget")]
+
+    def best(self) -> dict[str, Any] | None:
+        ok = self.feasible()
+        return max(ok, key=lambda r: (r["accuracy"], -r["latency_ms"])) if ok else None
+
+    def _write_best(self) -> None:
+        ranked = sorted(self.feasible(), key=lambda r: (-r["accuracy"], r["latency_ms"]))[: self.top_k]
+        write_json_atomic(self.folder / "topk.json", ranked)
+        best = self.best()
+        if best is not None:
+            policy = Policy.from_dict(best["policy"])
+            policy.base = dict(self.base)
+            policy.meta = {
+                "scores": {k: best[k] for k in ("accuracy", "latency_ms", "stored_bytes", "reward", "episode")},
+                "latency_source": best.get("latency_source", ""),
+                "accuracy_source": best.get("accuracy_source", ""),
+                **self.provenance,
+            }
+            policy.save(self.folder / "best_policy.json")
+
+    def plot(self) -> Path | None:
+        if not self.records:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        episodes = [r["episode"] for r in self.records]
+        acc = [r["accuracy"] for r in self.records]
+        best_so_far, top = [], float("-inf")
+        for r in self.records:
+            if r.get("within_budget"):
+                top = max(top, r["accuracy"])
+            best_so_far.append(top if top > float("-inf") else None)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        axes[0].scatter(episodes, acc, s=8, label="episode accuracy")
+        axes[0].plot(episodes, best_so_far, color="C1", label="best within budget")
+        axes[0].set_xlabel("episode")
+        axes[0].set_ylabel("validation top-1")
+        axes[0].legend()
+        best = self.best()
+        if best is not None:
+            names = list(best["policy"]["layers"])
+            keeps = [best["policy"]["layers"][n].get("keep", 1.0) for n in names]
+            axes[1].bar(range(len(names)), keeps)
+            axes[1].set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+            axes[1].set_ylabel("keep ratio")
+            axes[1].set_title(f"best policy: acc {best['accuracy']:.4f}, {best['latency_ms']:.3f} ms", fontsize=9)
+        fig.tight_layout()
+        out = self.folder / "search.png"
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
