@@ -55,3 +55,24 @@ def fmnist() -> DataBundle:
         return load_dataset("fashion-mnist")
     except DataError as exc:
         pytest.skip(f"real Fashion-MNIST not installed: {exc}")
+
+
+def _train_tiny(folder: Path, model_name: str, epochs: int):  # type: ignore[no-untyped-def]
+    """A model trained with seed 0 on the tiny data set in ``folder``; returns (model in eval mode, data)."""
+    import torch
+
+    from edgecompress.config import TrainConfig
+    from edgecompress.models import create_model
+    from edgecompress.training import train
+
+    data = load_dataset("fashion-mnist", folder, val_size=60)
+    torch.manual_seed(0)
+    model = create_model(model_name)
+    train(model, data.train, TrainConfig(epochs=epochs, batch_size=32), progress=False)
+    return model.eval(), data
+
+
+@pytest.fixture(scope="session")
+def train_tiny():  # type: ignore[no-untyped-def]
+    """``train_tiny(folder, model_name, epochs)``: the shared recipe for small trained test models."""
+    return _train_tiny

@@ -4,21 +4,14 @@ import pytest
 import torch
 
 from edgecompress import Policy
-from edgecompress.config import TrainConfig
-from edgecompress.data import load_dataset
 from edgecompress.latency_models import estimate_latency
-from edgecompress.models import create_model
 from edgecompress.objective import Objective, recalibrate_batchnorm
-from edgecompress.training import evaluate, train
+from edgecompress.training import evaluate
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_fmnist_shared):
-    data = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
-    torch.manual_seed(0)
-    model = create_model("resnet20")
-    train(model, data.train, TrainConfig(epochs=2, batch_size=32), progress=False)
-    return model.eval(), data
+def setup(tiny_fmnist_shared, train_tiny):
+    return train_tiny(tiny_fmnist_shared, "resnet20", epochs=2)
 
 
 def test_identity_policy_scores_the_base_model(setup) -> None:

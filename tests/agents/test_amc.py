@@ -2,24 +2,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from edgecompress.agents import AMCDDPG
-from edgecompress.config import TrainConfig
-from edgecompress.data import load_dataset
 from edgecompress.envs import CompressionEnv
-from edgecompress.models import create_model
 from edgecompress.objective import Objective
-from edgecompress.training import train
 
 
 @pytest.fixture(scope="module")
-def objective(tiny_fmnist_shared):
-    data = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
-    torch.manual_seed(0)
-    model = create_model("lenet5")
-    train(model, data.train, TrainConfig(epochs=3, batch_size=32), progress=False)
-    return Objective(model.eval(), data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
+def objective(tiny_fmnist_shared, train_tiny):
+    model, data = train_tiny(tiny_fmnist_shared, "lenet5", epochs=3)
+    return Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
 
 
 def _agent(objective, seed: int = 0, warmup: int = 2) -> AMCDDPG:

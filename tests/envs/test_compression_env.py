@@ -5,25 +5,17 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
-from edgecompress.config import TrainConfig
-from edgecompress.data import load_dataset
 from edgecompress.envs import ENV_ID, CompressionEnv
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models import estimate_latency
-from edgecompress.models import create_model
 from edgecompress.objective import Objective
-from edgecompress.training import train
 
 
 @pytest.fixture(scope="module")
-def objective(tiny_fmnist_shared):
-    data = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
-    torch.manual_seed(0)
-    model = create_model("resnet20")
-    train(model, data.train, TrainConfig(epochs=1, batch_size=32), progress=False)
-    return Objective(model.eval(), data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
+def objective(tiny_fmnist_shared, train_tiny):
+    model, data = train_tiny(tiny_fmnist_shared, "resnet20", epochs=1)
+    return Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
 
 
 def _env(objective, **kw) -> CompressionEnv:
