@@ -22,7 +22,16 @@ import torch.nn as nn
 from edgecompress.errors import CheckpointError
 from edgecompress.models import create_model
 
-__all__ = ["CHECKPOINT_FORMAT", "ModelSpec", "load_checkpoint", "save_checkpoint", "software_versions"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "COMPRESSED_FORMAT",
+    "ModelSpec",
+    "load_checkpoint",
+    "load_compressed",
+    "save_checkpoint",
+    "save_compressed",
+    "software_versions",
+]
 
 CHECKPOINT_FORMAT = "edgecompress.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -118,3 +127,82 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]
         raise CheckpointError(f"{path}: weights do not fit model {spec.model!r}: {exc}") from exc
     model.eval()
     return model, spec
+
+
+COMPRESSED_FORMAT = "edgecompress.compressed"
+
+
+def save_compressed(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    spec: ModelSpec,
+    policy: Any,
+    *,
+    round_to: int,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a compressed model: base spec + policy (JSON strings) + state_dict, loadable ``weights_only``.
+
+    The structure (kept channels, factor ranks, masks, codebooks, quantizers)
+    is rebuilt by re-applying the policy to a freshly built base model, then
+    every tensor is overwritten from the state_dict: no pickled code.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": COMPRESSED_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": json.dumps(asdict(spec), sort_keys=True),
+        "policy": json.dumps(policy.to_dict(), sort_keys=True),
+        "round_to": int(round_to),
+        "metrics": json.dumps(metrics or {}, sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec, Any, dict[str, Any]]:
+    """Rebuild a compressed model written by :func:`save_compressed`: (model, base spec, policy, metrics)."""
+    from edgecompress.compressors import Policy, compress
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"compressed model {path} does not exist (give a replay folder or its model.pt)")
+    with path.open("rb") as f:
+        if f.read(4) == b"ECAR":
+            from edgecompress.compressors.archive import load_archive
+
+            return load_archive(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read compressed model {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != COMPRESSED_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        hint = " (that is a base checkpoint: run `edgecompress replay` first)" if found == CHECKPOINT_FORMAT else ""
+        raise CheckpointError(f"{path} is not an edgecompress compressed model (format {found!r}){hint}")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has version {payload.get('version')!r}; this edgecompress reads "
+                              f"{CHECKPOINT_VERSION}")  # fmt: skip
+    try:
+        spec = ModelSpec.from_dict(json.loads(payload["spec"]))
+        policy = Policy.from_dict(json.loads(payload["policy"]), str(path))
+        metrics = json.loads(payload.get("metrics", "{}"))
+        policy.base["round_to"] = int(payload["round_to"])
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt header: {exc}") from exc
+    base = spec.build().eval()
+    needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
+    calibration = [torch.zeros(spec.input_shape)] if needs_calibration else None  # values replaced below
+    model, _ = compress(base, policy, calibration, input_shape=spec.input_shape, round_to=int(payload["round_to"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the policy's structure: {exc}") from exc
+    model.eval()
+    return model, spec, policy, metrics

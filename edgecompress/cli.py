@@ -19,7 +19,7 @@ from edgecompress.errors import ConfigError, EdgeCompressError
 
 app = typer.Typer(
     name="edgecompress",
-    help="Hardware-aware model compression: analyse, train, and (soon) search, replay and export.",
+    help="Hardware-aware model compression: analyse, train, search, replay and export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -591,6 +591,91 @@ def search_cmd(
             f"predicted, episode {best['episode']} -> {cfg.out}/best_policy.json"
         )
     console.print(f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png)")
+
+
+@app.command("replay")
+def replay_cmd(
+    policy: Annotated[Path, typer.Option(help="Policy file, e.g. runs/NAME/best_policy.json.")],
+    out: Annotated[Path, typer.Option(help="Folder for model.pt, report.json and report.md.")],
+    checkpoint: Annotated[str | None, typer.Option(help="Base checkpoint (default: the one the policy names).")] = None,
+    finetune_epochs: Annotated[int, typer.Option(min=0)] = 1,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Teach with the base model.")] = True,
+    lr: Annotated[float, typer.Option(min=0.0)] = 0.01,
+    seed: Annotated[int, typer.Option()] = 0,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="Cap fine-tuning batches per epoch.")] = None,
+    data_dir: Annotated[str | None, typer.Option()] = None,
+    val_size: Annotated[int, typer.Option(min=1, help="Training images held out (as in the search).")] = 5000,
+    force: Annotated[bool, typer.Option(help="Replace a replay already in --out.")] = False,
+) -> None:
+    """Rebuild a found policy, fine-tune it (distillation by default), evaluate and report."""
+    from edgecompress.replay import replay
+
+    r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
+               seed=seed, max_batches=max_batches, data_dir=data_dir, force=force, val_size=val_size)  # fmt: skip
+    console.print((out / "report.md").read_text(), markup=False, highlight=False)
+    console.print(f"wrote {r['compressed_model']}, {out / 'report.json'}, {out / 'report.md'}")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Option(help="Replay folder (or its model.pt).")],
+    format: Annotated[str, typer.Option("--format", help="onnx, onnx-fp16, onnx-int8, torchscript or archive.")],
+    out: Annotated[Path, typer.Option(help="File to write (never overwritten without --force).")],
+    all_layers: Annotated[bool, typer.Option(help="onnx-int8: quantize every layer, not only abits<=8 ones.")] = False,
+    symmetric: Annotated[bool, typer.Option(help="onnx-int8: symmetric activations (TensorRT).")] = False,
+    calibration_batches: Annotated[int, typer.Option(min=1)] = 8,
+    verify_samples: Annotated[int | None, typer.Option(min=1, help="Test images to verify on (default all).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
+    data_dir: Annotated[str | None, typer.Option()] = None,
+    val_size: Annotated[int, typer.Option(min=1, help="Training images held out (as in the search).")] = 5000,
+    force: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Export a replayed model as ONNX (fp32, fp16, mixed int8), TorchScript or the packed archive; verified."""
+    from edgecompress.export import export_model
+
+    r = export_model(
+        model,
+        format,
+        out,
+        all_layers=all_layers,
+        symmetric=symmetric,
+        data_dir=data_dir,
+        calibration_batches=calibration_batches,
+        verify_samples=verify_samples,
+        force=force,
+        val_size=val_size,
+    )
+    if json_out:
+        print(json.dumps(r, indent=2))
+        return
+    p = r["parity"]
+    console.print(f"wrote {out} ({r['bytes']:,} bytes, {r['format']})")
+    if "checker" in r:
+        console.print(r["checker"])
+    console.print(
+        f"verified on {p['samples']} {r['verified_on']} images: top-1 {p['top1']:.4f} (PyTorch compressed model "
+        f"{r['accuracy_pytorch']:.4f}), top-1 agreement with PyTorch {p['top1_agreement']:.2%}, max abs "
+        f"difference {p['max_abs_diff']:.3g}"
+    )
+    if "int8" in r:
+        i = r["int8"]
+        console.print(
+            f"int8 nodes: {len(i['quantized_nodes'])}, float nodes: {len(i['float_nodes'])} "
+            f"({'symmetric' if i['symmetric'] else 'asymmetric'} activations, {i['calibration']})"
+        )
+    if "archive" in r:
+        a = r["archive"]
+        console.print(
+            f"archive: {a['layer_bytes']:,} bytes of coded layers (= the report's Huffman size) + "
+            f"{a['other_tensor_bytes']:,} bytes other tensors + {a['header_bytes']:,} bytes header"
+        )
+    m = r.get("measured")
+    if m:
+        ref = m.get("fp32_reference")
+        line = f"measured ({m['source']}): batch 1 {m['batch1_ms']:.4f} ms, batch 64 {m['batch64_ms']:.3f} ms"
+        if ref:
+            line += f" (fp32 export: {ref['batch1_ms']:.4f} ms, {ref['batch64_ms']:.3f} ms)"
+        console.print(line)
 
 
 @data_app.command("locate")

@@ -53,7 +53,7 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
     log = RunLog(
         run_dir,
         base={"model": spec.model, "checkpoint": str(ckpt), "input_shape": list(spec.input_shape),
-              "num_classes": spec.num_classes, "dataset": spec.dataset},
+              "num_classes": spec.num_classes, "dataset": spec.dataset, "round_to": s.round_to},
         provenance={"agent": "ddpg (AMC on Stable-Baselines3)", "device": cfg.device, "budget_ms": env.budget_ms,
                     "base_latency_ms": env.base_ms, "seed": s.seed, "versions": software_versions()},
         top_k=s.top_k,

@@ -31,7 +31,7 @@ from edgecompress.compressors.policy import Policy
 from edgecompress.compressors.report import CompressionReport, LayerReport, module_storage
 from edgecompress.errors import PolicyError
 
-__all__ = ["ORDER", "compress"]
+__all__ = ["ORDER", "compress", "report_for"]
 
 ORDER = ("structured", "lowrank", "unstructured", "sharing", "quantization")
 
@@ -167,3 +167,9 @@ def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: 
     info = ctx.details.get(name, {}).get("unstructured")
     if info and abs(info["achieved"] - lp.sparsity) > 1.0 / max(info["weights"], 1) + 1e-9:
         ctx.warnings.append(f"{name}: sparsity asked {lp.sparsity:.3f}, achieved {info['achieved']:.3f}")
+
+
+def report_for(model: nn.Module, base: nn.Module, policy: Policy, analysis: ModelAnalysis) -> CompressionReport:
+    """The size/MACs report of an already compressed ``model`` (e.g. after fine-tuning changed its values)."""
+    ctx = CompressionContext(model=model, policy=policy, analysis=analysis)
+    return _report(ctx, base)

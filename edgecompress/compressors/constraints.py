@@ -69,8 +69,8 @@ class SharedWeights(nn.Module):
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Forward ``q``, backward identity (straight-through estimator)."""
-    return x + (q - x).detach()
+    """Forward exactly ``q`` (bit for bit: ``x - x.detach()`` is 0), backward identity (straight-through)."""
+    return q.detach() + (x - x.detach())
 
 
 def _weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:

@@ -1,0 +1,344 @@
+"""``edgecompress export``: deployable files from a replayed (compressed) model, verified before they are kept.
+
+Formats:
+
+* ``onnx`` - fp32 ONNX (opset 17, dynamic batch) of the model with its
+  constraints folded in (pruned shapes, factor pairs, quantized/shared weight
+  values); checked with ``onnx.checker``; ONNX Runtime outputs compared with
+  PyTorch on the test split (max abs difference, top-1 agreement).
+* ``onnx-fp16`` - the same graph in float16 (inputs and outputs stay fp32),
+  for Jetson GPUs (TensorRT / CUDA provider).
+* ``onnx-int8`` - ONNX Runtime static quantization, QDQ format, per-channel
+  int8 weights, activations calibrated on training batches. Only the layers
+  whose policy says ``abits <= 8`` are quantized (``all_layers`` quantizes
+  every layer); every other node stays float (``nodes_to_exclude``).
+  ``symmetric`` makes activations symmetric too, as TensorRT wants.
+* ``torchscript`` - ``torch.jit.trace`` of the folded model; ``torch.jit.load``
+  runs it without edgecompress.
+* ``archive`` - the packed storage the size report counts
+  (:mod:`edgecompress.compressors.archive`); ``edgecompress`` loads it back.
+
+Every export reports where its numbers come from: parity and accuracy are
+measured on the test split, latency in ONNX Runtime on this machine.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecompress.errors import ConfigError, EdgeCompressError
+
+__all__ = ["FORMATS", "export_model", "module_of_node", "onnx_bytes"]
+
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "torchscript", "archive")
+
+
+def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+    """fp32 ONNX (opset 17, dynamic batch axis) of ``model`` with its compression constraints folded in."""
+    import warnings
+
+    from edgecompress.compressors.constraints import float_view
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter: no onnxscript needed on a Pi
+        torch.onnx.export(
+            float_view(model).eval(),
+            (torch.zeros(input_shape),),
+            buf,  # type: ignore[arg-type]
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+def module_of_node(node_name: str) -> str:
+    """Module path of an exported node: ``/layers/layers.0/conv1/conv1.0/Conv`` -> ``layers.0.conv1.0``.
+
+    The TorchScript exporter names each scope by the child's name, prefixed by
+    its parent's scope name when the parent is a container (``layers.0``).
+    """
+    parts = [p for p in node_name.split("/") if p][:-1]
+    path: list[str] = []
+    prev = ""
+    for part in parts:
+        if prev and part.startswith(prev + "."):
+            path.append(part[len(prev) + 1 :])
+        else:
+            path.append(part)
+        prev = part
+    return ".".join(path)
+
+
+def _session(model_bytes: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _verify(
+    model_bytes: bytes, reference: nn.Module, dataset: Any, samples: int | None, threads: int
+) -> dict[str, Any]:
+    """Run the ONNX model and the PyTorch reference on the test split; compare."""
+    from edgecompress.data import batches
+
+    session = _session(model_bytes, threads)
+    max_diff, agree, correct, total = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for x, y in batches(dataset, 256):
+            if samples is not None and total >= samples:
+                break
+            ref = reference(x)
+            got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).float()
+            max_diff = max(max_diff, float((got - ref).abs().max()))
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+            correct += int((got.argmax(1) == y).sum())
+            total += len(y)
+    return {"samples": total, "max_abs_diff": max_diff, "top1_agreement": agree / total, "top1": correct / total}
+
+
+def _time(model_bytes: bytes, input_shape: tuple[int, ...], threads: int, repeats: int) -> dict[str, float]:
+    from edgecompress.latency_models.profiler import time_onnx
+
+    out = {}
+    for batch in (1, 64):
+        x = torch.randn((batch, *input_shape[1:]))
+        out[f"batch{batch}_ms"] = time_onnx(
+            model_bytes, x, threads, 10, repeats if batch == 1 else max(repeats // 5, 5)
+        )
+    return out
+
+
+def _int8(
+    fp32: bytes,
+    model: nn.Module,
+    policy: Any,
+    train_data: Any,
+    *,
+    all_layers: bool,
+    symmetric: bool,
+    calibration_batches: int,
+    seed: int,
+) -> tuple[bytes, dict[str, Any]]:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgecompress.data import batches
+
+    graph = onnx.load_from_string(fp32).graph
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    int8_layers = sorted(name for name, lp in policy.layers.items() if lp.abits <= 8)
+    if not all_layers and not int8_layers:
+        raise ConfigError(
+            "the policy asks for 8-bit activations on no layer (abits <= 8), so onnx-int8 would quantize nothing; "
+            "search with the abits technique, or pass --all-layers to quantize every layer"
+        )
+
+    def owned(node: Any) -> bool:
+        module = module_of_node(node.name)
+        return any(module == layer or module.startswith(layer + ".") for layer in int8_layers)
+
+    quantized = [n.name for n in weighted if all_layers or owned(n)]
+    excluded = [n.name for n in weighted if n.name not in quantized]
+    ops = ["Conv", "Gemm", "MatMul"] + (["Add", "MaxPool", "GlobalAveragePool"] if all_layers or not excluded else [])
+    drawn = [x.numpy() for x, _ in batches(train_data, 32, shuffle=True, seed=seed)][:calibration_batches]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"x": x} for x in drawn])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.items, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice, once per operator
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=ops,
+            nodes_to_exclude=excluded,
+            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
+        )
+        data = dst.read_bytes()
+    return data, {
+        "quantized_nodes": quantized,
+        "float_nodes": excluded,
+        "op_types": ops,
+        "calibration": f"{len(drawn)} training batches of 32",
+        "symmetric": symmetric,
+    }
+
+
+def export_model(
+    model_dir: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    data_dir: str | None = None,
+    all_layers: bool = False,
+    symmetric: bool = False,
+    calibration_batches: int = 8,
+    verify_samples: int | None = None,
+    threads: int = 2,
+    repeats: int = 100,
+    measure: bool = True,
+    force: bool = False,
+    seed: int = 0,
+    val_size: int = 5000,
+) -> dict[str, Any]:
+    """Export the compressed model in ``model_dir`` (a replay folder or its model.pt) as ``fmt`` to ``out``."""
+    from edgecompress.checkpoint import load_compressed
+    from edgecompress.compressors.constraints import float_view
+    from edgecompress.data import load_dataset
+    from edgecompress.training import evaluate
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; choose another --out or pass --force to replace it")
+    started = time.perf_counter()
+    model, spec, policy, metrics = load_compressed(model_dir)
+    shape = spec.input_shape
+    bundle = load_dataset(spec.dataset, data_dir, val_size=val_size)
+    folded = float_view(model).eval()
+    result: dict[str, Any] = {
+        "format": fmt,
+        "out": str(out),
+        "model": spec.model,
+        "source_model": str(model_dir),
+        "verified_on": f"{spec.dataset} test split",
+    }
+    data: bytes
+    if fmt in ("onnx", "onnx-fp16", "onnx-int8"):
+        import onnx
+
+        fp32 = onnx_bytes(model, shape)
+        data = fp32
+        if fmt == "onnx-fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            half = convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
+            _topological_sort(half.graph)  # the converter appends its input casts after their consumers
+            data = half.SerializeToString()
+        elif fmt == "onnx-int8":
+            data, info = _int8(
+                fp32,
+                model,
+                policy,
+                bundle.train,
+                all_layers=all_layers,
+                symmetric=symmetric,
+                calibration_batches=calibration_batches,
+                seed=seed,
+            )
+            result["int8"] = info
+        onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+        result["checker"] = "onnx.checker passed (full_check)"
+        result["parity"] = _verify(data, folded, bundle.test, verify_samples, threads)
+        result["parity"]["reference"] = "PyTorch model with constraints folded (what the export encodes)"
+        if measure:
+            result["measured"] = {
+                **_time(data, shape, threads, repeats),
+                "fp32_reference": _time(fp32, shape, threads, repeats) if fmt != "onnx" else None,
+                "source": f"ONNX Runtime CPU provider on this machine, {threads} threads, median",
+            }
+    elif fmt == "torchscript":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of torch.export, still supported
+            traced = torch.jit.trace(folded, torch.zeros(shape))
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf)
+            data = buf.getvalue()
+            loaded = torch.jit.load(io.BytesIO(data))
+        result["parity"] = _torch_parity(loaded, folded, bundle.test, verify_samples)
+    else:
+        from edgecompress.compressors.archive import load_archive, pack_archive
+
+        data, info = pack_archive(model, spec, policy, metrics=metrics)
+        restored, *_ = load_archive(io.BytesIO(data))
+        result["archive"] = info
+        result["parity"] = _torch_parity(restored, model, bundle.test, verify_samples)
+        result["parity"]["reference"] = "the compressed PyTorch model (activation quantizers included)"
+    result["accuracy_pytorch"] = evaluate(model, bundle.test, topk=(1,))["top1"]
+    result["bytes"] = len(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    result["seconds"] = time.perf_counter() - started
+    if result["parity"]["top1_agreement"] < 0.995 and fmt in ("onnx", "torchscript", "archive"):
+        raise EdgeCompressError(
+            f"{fmt} export disagrees with PyTorch on {1 - result['parity']['top1_agreement']:.2%} of the test "
+            f"images (max abs difference {result['parity']['max_abs_diff']:.3g}); written to {out} for inspection"
+        )
+    return result
+
+
+def _topological_sort(graph: Any) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progressed = False
+        rest = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progressed = True
+            else:
+                rest.append(node)
+        if not progressed:
+            raise EdgeCompressError(f"ONNX graph has a cycle or a dangling input at node {rest[0].name!r}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _torch_parity(model: Any, reference: nn.Module, dataset: Any, samples: int | None) -> dict[str, Any]:
+    from edgecompress.data import batches
+
+    max_diff, agree, correct, total = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for x, y in batches(dataset, 256):
+            if samples is not None and total >= samples:
+                break
+            ref, got = reference(x), model(x)
+            max_diff = max(max_diff, float((got - ref).abs().max()))
+            agree += int((got.argmax(1) == ref.argmax(1)).sum())
+            correct += int((got.argmax(1) == y).sum())
+            total += len(y)
+    return {
+        "samples": total,
+        "max_abs_diff": max_diff,
+        "top1_agreement": agree / total,
+        "top1": correct / total,
+        "reference": "PyTorch model with constraints folded",
+    }

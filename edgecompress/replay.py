@@ -1,0 +1,272 @@
+"""``edgecompress replay``: rebuild a found policy, fine-tune it (distillation by default), evaluate, report.
+
+Steps, each deterministic for a seed: load the policy; load the base
+checkpoint it names (or ``checkpoint=``) and refuse one made for another
+model; compress with the policy (calibrating 8-bit activations on training
+batches); recalibrate BatchNorm statistics on ``bn_batches`` training batches;
+evaluate top-1/top-5 on the test split; fine-tune on the training split with
+knowledge distillation from the base model (or plain cross-entropy); evaluate
+again; write ``model.pt`` (a compressed checkpoint, see
+:func:`edgecompress.checkpoint.save_compressed`), ``report.json`` and
+``report.md``. The report gives params, MACs, stored size, peak activation
+memory, accuracies, the predicted latency on every device profile (with its
+source) and the measured ONNX Runtime latency on this machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecompress._io import write_json_atomic
+from edgecompress.errors import ConfigError, PolicyError
+
+__all__ = ["replay", "report_markdown"]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(threads: int) -> str:
+    import os
+
+    return f"{_cpu_name()}, {os.cpu_count()} cores, ONNX Runtime CPU provider, {threads} threads"
+
+
+def measure_latency(
+    model: torch.nn.Module, input_shape: tuple[int, ...], *, threads: int = 2, batch: int = 1, repeats: int = 100
+) -> float:
+    """Median ms of the model's fp32 ONNX export in ONNX Runtime on this machine (warm-up 20)."""
+    from edgecompress.latency_models.host import measure_onnx_ms
+
+    shape = (batch, *input_shape[1:])
+    return measure_onnx_ms(model, shape, threads=threads, repeats=repeats)
+
+
+def replay(
+    policy_path: str | Path,
+    out: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    finetune_epochs: int = 1,
+    distill: bool = True,
+    seed: int = 0,
+    data_dir: str | None = None,
+    lr: float = 0.01,
+    batch_size: int = 128,
+    bn_batches: int = 8,
+    max_batches: int | None = None,
+    devices: list[str] | None = None,
+    measure: bool = True,
+    threads: int = 2,
+    progress: bool = True,
+    force: bool = False,
+    val_size: int = 5000,
+) -> dict[str, Any]:
+    from edgecompress.analysis import analyze_model
+    from edgecompress.checkpoint import load_checkpoint, save_compressed, software_versions
+    from edgecompress.compressors import Policy, compress
+    from edgecompress.compressors.compress import report_for
+    from edgecompress.compressors.distill import distill as run_distill
+    from edgecompress.config import TrainConfig
+    from edgecompress.data import batches, load_dataset
+    from edgecompress.latency_models import estimate_latency
+    from edgecompress.latency_models.devices import list_devices
+    from edgecompress.objective import recalibrate_batchnorm
+    from edgecompress.training import evaluate, train
+
+    if finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    out = Path(out)
+    if (out / "model.pt").exists() and not force:
+        raise ConfigError(f"{out} already holds a replayed model; use another --out or --force to replace it")
+    started = time.perf_counter()
+    policy = Policy.load(policy_path)
+    base_info = policy.base
+    ckpt = Path(checkpoint or base_info.get("checkpoint") or "")
+    if not str(ckpt) or str(ckpt) == ".":
+        raise PolicyError(f"policy {policy_path} names no base checkpoint; pass --checkpoint")
+    base, spec = load_checkpoint(ckpt)
+    wanted = base_info.get("model")
+    if wanted and wanted != spec.model:
+        raise PolicyError(
+            f"policy {policy_path} was made for model {wanted!r}, but checkpoint {ckpt} holds {spec.model!r}; "
+            f"pass the {wanted} checkpoint with --checkpoint"
+        )
+    shape = tuple(base_info.get("input_shape") or spec.input_shape)
+    if tuple(shape[1:]) != tuple(spec.input_shape[1:]):
+        raise PolicyError(
+            f"policy {policy_path} is for input shape {list(shape)}, checkpoint {ckpt} for {list(spec.input_shape)}"
+        )
+    round_to = int(base_info.get("round_to", 1))
+    bundle = load_dataset(spec.dataset, data_dir, val_size=val_size)  # fine-tuning never sees the search's split
+    analysis = analyze_model(base, spec.input_shape)
+    policy.check_layers([s.name for s in analysis.layers])
+
+    torch.manual_seed(seed)
+    drawn = [x for x, _ in batches(bundle.train, 64, shuffle=True, seed=seed)][: max(bn_batches, 4)]
+    needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
+    model, _ = compress(base, policy, drawn[:4] if needs_calibration else None, analysis=analysis, round_to=round_to)
+    recalibrate_batchnorm(model, drawn[:bn_batches])
+    topk = (1, 5)
+    base_acc = evaluate(base, bundle.test, topk=topk)
+    before = evaluate(model, bundle.test, topk=topk)
+    history: list[Any] = []
+    if finetune_epochs > 0:
+        if distill:
+            history = run_distill(
+                model,
+                base,
+                bundle.train,
+                epochs=finetune_epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                max_batches=max_batches,
+                progress=progress,
+            )
+        else:
+            cfg = TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, seed=seed)
+            history = train(
+                model, bundle.train, cfg, max_batches=max_batches, progress=progress, description="fine-tune"
+            ).history
+    model.eval()
+    after = evaluate(model, bundle.test, topk=topk)
+    report = report_for(model, base, policy, analysis)
+    totals = report.totals
+
+    latency: dict[str, Any] = {}
+    for device in devices if devices is not None else list_devices():
+        b = estimate_latency(base, spec.input_shape, device)
+        c = estimate_latency(model, spec.input_shape, device)
+        latency[device] = {
+            "base_ms": b.total_ms,
+            "compressed_ms": c.total_ms,
+            "speedup": b.total_ms / max(c.total_ms, 1e-12),
+            "source": c.source,
+        }
+    measured: dict[str, Any] = {}
+    if measure:
+        for batch in (1,):
+            bm = measure_latency(base, spec.input_shape, threads=threads, batch=batch)
+            cm = measure_latency(model, spec.input_shape, threads=threads, batch=batch)
+            measured[f"batch{batch}"] = {"base_ms": bm, "compressed_ms": cm, "speedup": bm / cm}
+        measured["source"] = (
+            f"measured on this machine ({machine_description(threads)}): fp32 ONNX export, "
+            "median of 100 runs after 20 warm-up"
+        )
+
+    metrics = {"test_top1": after["top1"], "test_top5": after["top5"]}
+    out.mkdir(parents=True, exist_ok=True)
+    path = save_compressed(out / "model.pt", model, spec, policy, round_to=round_to, metrics=metrics)
+    result: dict[str, Any] = {
+        "policy": str(policy_path),
+        "checkpoint": str(ckpt),
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "compressed_model": str(path),
+        "finetune": {
+            "epochs": finetune_epochs,
+            "distill": distill,
+            "lr": lr,
+            "batch_size": batch_size,
+            "max_batches": max_batches,
+            "seed": seed,
+            "bn_batches": bn_batches,
+            "history": [asdict(h) for h in history],
+        },
+        "accuracy": {
+            "source": f"measured on the {spec.dataset} test split ({len(bundle.test)} images)",  # type: ignore[arg-type]
+            "base": base_acc,
+            "before_finetune": before,
+            "after_finetune": after,
+        },
+        "size": {
+            "params_before": report.model_params_before,
+            "params_after": report.model_params_after,
+            "macs_before": totals["macs_before"],
+            "macs_after": totals["macs_after"],
+            "dense_bytes_before": totals["dense_bytes_before"],
+            "stored_bytes_after": totals["stored_bytes_after"],
+            "huffman_bytes_after": totals["huffman_bytes_after"],
+            "peak_activation_bytes_before": totals["peak_activation_bytes_before"],
+            "peak_activation_bytes_after": totals["peak_activation_bytes_after"],
+            "source": "counted from the compressed weights (compressible layers; see CompressionReport)",
+        },
+        "predicted_latency": latency,
+        "measured_latency": measured,
+        "policy_summary": policy.summary(),
+        "seconds": time.perf_counter() - started,
+        "versions": software_versions(),
+    }
+    write_json_atomic(out / "report.json", result)
+    (out / "report.md").write_text(report_markdown(result))
+    return result
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    acc, size = r["accuracy"], r["size"]
+    lines = [
+        f"# Replay of {r['policy']}",
+        "",
+        f"Base model `{r['model']}` from `{r['checkpoint']}`; fine-tuning: {r['finetune']['epochs']} epoch(s), "
+        f"{'distillation from the base model' if r['finetune']['distill'] else 'cross-entropy'}, "
+        f"seed {r['finetune']['seed']}.",
+        "",
+        "| | base | compressed | ratio |",
+        "|---|---:|---:|---:|",
+        f"| parameters | {size['params_before']:,} | {size['params_after']:,} | "
+        f"{size['params_before'] / max(size['params_after'], 1):.2f}x |",
+        f"| MACs | {size['macs_before']:,} | {size['macs_after']:,} | "
+        f"{size['macs_before'] / max(size['macs_after'], 1):.2f}x |",
+        f"| stored bytes (fp32 dense -> stored) | {size['dense_bytes_before']:,} | {size['stored_bytes_after']:,} | "
+        f"{size['dense_bytes_before'] / max(size['stored_bytes_after'], 1):.2f}x |",
+        f"| Huffman-coded bytes | | {size['huffman_bytes_after']:,} | "
+        f"{size['dense_bytes_before'] / max(size['huffman_bytes_after'], 1):.2f}x |",
+        f"| peak activation bytes | {size['peak_activation_bytes_before']:,} | "
+        f"{size['peak_activation_bytes_after']:,} | |",
+        "",
+        f"Accuracy ({acc['source']}):",
+        "",
+        "| | top-1 | top-5 |",
+        "|---|---:|---:|",
+        f"| base | {acc['base']['top1']:.4f} | {acc['base']['top5']:.4f} |",
+        f"| compressed, before fine-tuning | {acc['before_finetune']['top1']:.4f} | "
+        f"{acc['before_finetune']['top5']:.4f} |",
+        f"| compressed, after fine-tuning | {acc['after_finetune']['top1']:.4f} | "
+        f"{acc['after_finetune']['top5']:.4f} |",
+        "",
+        "Predicted latency (batch 1):",
+        "",
+        "| device | base ms | compressed ms | speed-up | source |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for device, d in r["predicted_latency"].items():
+        lines.append(
+            f"| {device} | {d['base_ms']:.4f} | {d['compressed_ms']:.4f} | {d['speedup']:.2f}x | {d['source']} |"
+        )
+    m = r.get("measured_latency") or {}
+    if m:
+        lines += [
+            "",
+            f"Measured latency: {m['source']}.",
+            "",
+            "| batch | base ms | compressed ms | speed-up |",
+            "|---|---:|---:|---:|",
+        ]
+        for key, d in m.items():
+            if key.startswith("batch"):
+                lines.append(f"| {key[5:]} | {d['base_ms']:.4f} | {d['compressed_ms']:.4f} | {d['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,288 @@
+"""Replay (rebuild + distil + evaluate) and export (ONNX fp32/fp16/int8, TorchScript, archive)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgecompress.checkpoint import ModelSpec, load_compressed, save_checkpoint, save_compressed
+from edgecompress.compressors import Policy, compress
+from edgecompress.errors import CheckpointError, ConfigError, PolicyError
+from edgecompress.export import export_model, module_of_node
+from edgecompress.replay import replay
+from edgecompress.training import evaluate
+
+DEVICES = ["raspberry-pi-4"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_fmnist_shared: Path, train_tiny, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("replay")
+    model, _data = train_tiny(tiny_fmnist_shared, "lenet5", 2)
+    spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
+    ckpt = save_checkpoint(root / "base.pt", model, spec)
+    base = {"model": "lenet5", "checkpoint": str(ckpt), "input_shape": [1, 1, 28, 28], "round_to": 1}
+    policy = Policy.uniform(model, keep=0.5, base=base)
+    policy = policy.with_layer("conv2", wbits=4, abits=8).with_layer("fc1", clusters=16, sparsity=0.5)
+    policy_path = policy.save(root / "policy.json")
+    out = root / "r1"
+    report = replay(
+        policy_path,
+        out,
+        finetune_epochs=1,
+        data_dir=str(tiny_fmnist_shared),
+        val_size=60,
+        devices=DEVICES,
+        progress=False,
+    )
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "policy": policy_path,
+        "out": out,
+        "report": report,
+        "data": str(tiny_fmnist_shared),
+        "model": model,
+    }
+
+
+def test_replay_writes_model_and_reports(setup) -> None:  # type: ignore[no-untyped-def]
+    r = setup["report"]
+    out = setup["out"]
+    assert (out / "model.pt").is_file() and (out / "report.json").is_file()
+    md = (out / "report.md").read_text()
+    assert "| parameters |" in md and "raspberry-pi-4" in md and "Measured latency" in md
+    assert set(r["accuracy"]) == {"source", "base", "before_finetune", "after_finetune"}
+    assert set(r["accuracy"]["after_finetune"]) == {"top1", "top5"}
+    assert r["size"]["params_after"] < r["size"]["params_before"]
+    assert r["size"]["stored_bytes_after"] < r["size"]["dense_bytes_before"] / 4
+    assert (
+        r["predicted_latency"]["raspberry-pi-4"]["compressed_ms"] < r["predicted_latency"]["raspberry-pi-4"]["base_ms"]
+    )
+    assert r["measured_latency"]["batch1"]["compressed_ms"] > 0
+    assert r["finetune"]["distill"] is True and len(r["finetune"]["history"]) == 1
+    # The saved model is the evaluated one.
+    model, _spec, _policy, metrics = load_compressed(out)
+    from edgecompress.data import load_dataset
+
+    test = load_dataset("fashion-mnist", setup["data"], val_size=60).test
+    assert evaluate(model, test, topk=(1,))["top1"] == metrics["test_top1"] == r["accuracy"]["after_finetune"]["top1"]
+
+
+def test_replay_is_deterministic(setup) -> None:  # type: ignore[no-untyped-def]
+    out = setup["root"] / "r2"
+    again = replay(
+        setup["policy"],
+        out,
+        finetune_epochs=1,
+        data_dir=setup["data"],
+        val_size=60,
+        devices=DEVICES,
+        measure=False,
+        progress=False,
+    )
+    assert again["accuracy"] == setup["report"]["accuracy"]
+    a = torch.load(setup["out"] / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_replay_refuses_existing_output_and_mismatched_policy(setup) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="already holds a replayed model"):
+        replay(setup["policy"], setup["out"], data_dir=setup["data"], val_size=60, devices=DEVICES, progress=False)
+    data = json.loads(Path(setup["policy"]).read_text())
+    data["base"]["model"] = "resnet20"
+    other = setup["root"] / "resnet-policy.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(PolicyError, match=r"was made for model 'resnet20', but checkpoint .* holds 'lenet5'"):
+        replay(other, setup["root"] / "r3", data_dir=setup["data"], val_size=60, devices=DEVICES, progress=False)
+
+
+def test_onnx_export_matches_pytorch(setup) -> None:  # type: ignore[no-untyped-def]
+    out = setup["root"] / "m.onnx"
+    r = export_model(setup["out"], "onnx", out, data_dir=setup["data"], val_size=60, measure=False)
+    assert out.stat().st_size == r["bytes"]
+    assert r["checker"].startswith("onnx.checker passed")
+    assert r["parity"]["samples"] == 50
+    assert r["parity"]["top1_agreement"] >= 0.995 and r["parity"]["max_abs_diff"] < 1e-3
+    with pytest.raises(ConfigError, match="exists; choose another --out or pass --force"):
+        export_model(setup["out"], "onnx", out, data_dir=setup["data"], val_size=60, measure=False)
+
+
+def test_int8_export_quantizes_only_abits8_layers_and_keeps_accuracy(setup) -> None:  # type: ignore[no-untyped-def]
+    out = setup["root"] / "m8.onnx"
+    r = export_model(setup["out"], "onnx-int8", out, data_dir=setup["data"], val_size=60, measure=False)
+    assert [module_of_node(n) for n in r["int8"]["quantized_nodes"]] == ["conv2"]
+    assert sorted(module_of_node(n) for n in r["int8"]["float_nodes"]) == ["conv1", "fc1", "fc2", "fc3"]
+    # Stated bound: within 4 points (2 of the 50 test images) of the PyTorch compressed model.
+    assert abs(r["parity"]["top1"] - r["accuracy_pytorch"]) <= 0.04
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_int8_refuses_policy_without_8bit_layers(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = setup["model"]
+    spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
+    policy = Policy.uniform(model, keep=0.5, base={"input_shape": [1, 1, 28, 28]})
+    compressed, _ = compress(model, policy)
+    path = save_compressed(tmp_path / "m.pt", compressed, spec, policy, round_to=1)
+    with pytest.raises(ConfigError, match=r"asks for 8-bit activations on no layer .* --all-layers"):
+        export_model(path, "onnx-int8", tmp_path / "x.onnx", data_dir=setup["data"], val_size=60, measure=False)
+    r = export_model(
+        path, "onnx-int8", tmp_path / "y.onnx", data_dir=setup["data"], val_size=60, measure=False, all_layers=True
+    )
+    assert len(r["int8"]["quantized_nodes"]) == 5 and r["int8"]["float_nodes"] == []
+
+
+def test_fp16_and_torchscript_exports(setup) -> None:  # type: ignore[no-untyped-def]
+    half = export_model(
+        setup["out"], "onnx-fp16", setup["root"] / "m16.onnx", data_dir=setup["data"], val_size=60, measure=False
+    )
+    assert half["parity"]["top1_agreement"] >= 0.98 and half["parity"]["max_abs_diff"] < 0.1
+    ts_path = setup["root"] / "m.ts"
+    ts = export_model(setup["out"], "torchscript", ts_path, data_dir=setup["data"], val_size=60)
+    assert ts["parity"]["max_abs_diff"] == 0.0
+    # Loadable by plain torch, with edgecompress made unimportable.
+    code = (
+        "import sys; sys.modules['edgecompress'] = None; import torch; "
+        f"m = torch.jit.load({str(ts_path)!r}); print(tuple(m(torch.zeros(2, 1, 28, 28)).shape))"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "(2, 10)"
+
+
+def test_archive_round_trip_identical_and_sized_as_reported(setup) -> None:  # type: ignore[no-untyped-def]
+    path = setup["root"] / "m.ecar"
+    r = export_model(setup["out"], "archive", path, data_dir=setup["data"], val_size=60)
+    assert r["parity"]["max_abs_diff"] == 0.0 and r["parity"]["top1_agreement"] == 1.0
+    assert r["archive"]["layer_bytes"] == setup["report"]["size"]["huffman_bytes_after"]
+    assert (
+        path.stat().st_size
+        == r["archive"]["layer_bytes"] + r["archive"]["other_tensor_bytes"] + r["archive"]["header_bytes"]
+    )
+    restored, *_ = load_compressed(path)  # edgecompress loads archives where it loads compressed models
+    original, *_ = load_compressed(setup["out"])
+    x = torch.randn(16, 1, 28, 28)
+    assert torch.equal(restored(x), original(x))
+    from edgecompress.compressors.archive import load_archive
+
+    path.write_bytes(b"XXXX" + path.read_bytes()[4:])
+    with pytest.raises(CheckpointError, match=r"is not an edgecompress archive \(bad magic b'XXXX'\)"):
+        load_archive(path)
+
+
+def test_archive_codes_every_encoding_exactly(tmp_path: Path) -> None:
+    """Sparse, quantized, shared, fp16, factorised layers: coded bytes equal the report's, outputs identical."""
+    from edgecompress.compressors.archive import load_archive, pack_archive
+
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    choices = [
+        dict(sparsity=0.9),
+        dict(wbits=4, sparsity=0.7),
+        dict(clusters=16, sparsity=0.95),
+        dict(wbits=16),
+        dict(rank=0.5),
+        dict(keep=0.5, wbits=8, abits=8),
+        dict(clusters=4),
+        dict(wbits=2, sparsity=0.99),
+        {},
+    ]
+    policy = Policy({}, base={"input_shape": [1, 1, 28, 28], "round_to": 1})
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for i, name in enumerate(names):
+        policy = policy.with_layer(name, **choices[i % len(choices)])
+    compressed, report = compress(model, policy, [torch.randn(8, 1, 28, 28)])
+    encodings = {e.split("-")[0] for layer in report.layers for e in layer.encoding.split("+")}
+    assert {"dense", "bitmask", "relative"} <= encodings
+    blob, info = pack_archive(compressed, spec, policy)
+    assert info["layer_bytes"] == report.totals["huffman_bytes_after"]
+    import io
+
+    restored, *_ = load_archive(io.BytesIO(blob))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(restored(x), compressed(x))
+
+
+def test_pruned_resnet_with_residual_adds_exports(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    policy = Policy.uniform(model, keep=0.5, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]})
+    compressed, _ = compress(model, policy, round_to=8)
+    path = save_compressed(tmp_path / "r.pt", compressed, spec, policy, round_to=8)
+    r = export_model(path, "onnx", tmp_path / "r.onnx", data_dir=setup["data"], val_size=60, measure=False)
+    assert r["parity"]["max_abs_diff"] < 1e-3
+    import onnx
+
+    graph = onnx.load(tmp_path / "r.onnx").graph
+    assert sum(n.op_type == "Add" for n in graph.node) == 9
+    q = export_model(
+        path, "onnx-int8", tmp_path / "r8.onnx", data_dir=setup["data"], val_size=60, measure=False, all_layers=True
+    )
+    assert len(q["int8"]["quantized_nodes"]) == 22
+
+
+def test_module_of_node() -> None:
+    assert module_of_node("/layers/layers.0/conv1/Conv") == "layers.0.conv1"
+    assert module_of_node("/layers/layers.3/shortcut/shortcut.0/Conv") == "layers.3.shortcut.0"
+    assert module_of_node("/fc/Gemm") == "fc"
+    assert module_of_node("/layers/layers.3/shortcut/shortcut.0/shortcut.0.1/Conv") == "layers.3.shortcut.0.1"
+
+
+def test_cli_replay_and_export(setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from edgecompress.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "replay",
+                "--policy",
+                str(setup["policy"]),
+                "--out",
+                str(tmp_path / "rr"),
+                "--max-batches",
+                "2",
+                "--no-distill",
+                "--data-dir",
+                setup["data"],
+                "--val-size",
+                "60",
+            ]
+        )
+    assert done.value.code == 0
+    assert "compressed, after fine-tuning" in capsys.readouterr().out
+    assert json.loads((tmp_path / "rr" / "report.json").read_text())["finetune"]["distill"] is False
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "export",
+                "--model",
+                str(setup["out"]),
+                "--format",
+                "archive",
+                "--out",
+                str(tmp_path / "a.ecar"),
+                "--data-dir",
+                setup["data"],
+                "--val-size",
+                "60",
+            ]
+        )
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "bytes of coded layers (= the report's Huffman size)" in text and "agreement with PyTorch 100.00%" in text
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--model", str(setup["out"]), "--format", "tflite", "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2
+    assert "unknown export format 'tflite'; valid formats: onnx, onnx-fp16, onnx-int8, torchscript, archive" in (
+        capsys.readouterr().err.replace("\n", "")
+    )
