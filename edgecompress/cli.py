@@ -552,34 +552,56 @@ def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
 @app.command("search")
 def search_cmd(
     out: Annotated[str | None, typer.Option(help="Run folder (re-running on it resumes).")] = None,
-    agent: Annotated[str, typer.Option(help="Search driver: ddpg.")] = "ddpg",
+    agent: Annotated[str | None, typer.Option(help="Search driver: ddpg (default), optuna or ray.")] = None,
     config: ConfigOpt = None,
     model: Annotated[str | None, typer.Option()] = None,
     checkpoint: Annotated[str | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="Target device profile.")] = None,
     budget_ms: Annotated[float | None, typer.Option()] = None,
     budget_ratio: Annotated[float | None, typer.Option()] = None,
-    episodes: Annotated[int | None, typer.Option(min=1)] = None,
+    episodes: Annotated[int | None, typer.Option(min=1, help="Policies to score (ddpg episodes).")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Policies to score (optuna/ray trials).")] = None,
     techniques: Annotated[str | None, typer.Option(help="Comma list: keep,rank,sparsity,wbits,clusters,abits.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="optuna/ray: tpe, nsga2 or random.")] = None,
+    storage: Annotated[str | None, typer.Option(help="optuna: study storage URL (default RUN/study.db).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="ray: parallel trials, one CPU each.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="ray: join this cluster instead of a local Ray.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     data_dir: Annotated[str | None, typer.Option()] = None,
 ) -> None:
-    """Search per-layer compression policies under a latency budget (AMC's DDPG)."""
-    from edgecompress.agents.driver import run_ddpg_search
+    """Search per-layer compression policies under a latency budget (AMC's DDPG, Optuna or Ray Tune)."""
     from edgecompress.config import load_config, write_resolved_config
 
+    if episodes is not None and trials is not None and episodes != trials:
+        raise ConfigError(f"--episodes {episodes} and --trials {trials} disagree; give one")
     overrides: dict[str, Any] = {
         "out": out, "model.name": model, "model.checkpoint": checkpoint, "device": device,
         "search.agent": agent, "search.budget_ms": budget_ms, "search.budget_ratio": budget_ratio,
-        "search.episodes": episodes, "search.seed": seed, "data.data_dir": data_dir,
-        "search.techniques": techniques.split(",") if techniques else None,
+        "search.episodes": episodes if episodes is not None else trials, "search.seed": seed,
+        "data.data_dir": data_dir, "search.techniques": techniques.split(",") if techniques else None,
+        "search.sampler": sampler, "search.storage": storage, "search.workers": workers,
+        "search.ray_address": ray_address,
     }  # fmt: skip
     cfg = load_config(config, overrides)
     write_resolved_config(cfg, cfg.out)
-    result = run_ddpg_search(cfg, console)
+    if cfg.search.agent == "ddpg":
+        from edgecompress.agents.driver import run_ddpg_search
+
+        result = run_ddpg_search(cfg, console)
+        unit = "episodes"
+    elif cfg.search.agent == "optuna":
+        from edgecompress.search.optuna_driver import run_optuna_search
+
+        result = run_optuna_search(cfg, console)
+        unit = "trials"
+    else:
+        from edgecompress.search.ray_driver import run_ray_search
+
+        result = run_ray_search(cfg, console)
+        unit = "trials"
     best = result["best"]
     console.print(
-        f"{result['episodes']} episodes in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
+        f"{result['episodes']} {unit} in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
         f"(base {result['base_latency_ms']:.4f} ms, predicted on {cfg.device}); base accuracy "
         f"{result['base_accuracy']:.4f} on the validation subset"
     )
@@ -588,9 +610,74 @@ def search_cmd(
     else:
         console.print(
             f"best: accuracy {best['accuracy']:.4f} ({best['accuracy_source']}), {best['latency_ms']:.4f} ms "
-            f"predicted, episode {best['episode']} -> {cfg.out}/best_policy.json"
+            f"predicted, {unit[:-1]} {best['episode']} -> {cfg.out}/best_policy.json"
         )
-    console.print(f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png)")
+    console.print(
+        f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png, "
+        f"reference.json{', study.db' if cfg.search.agent == 'optuna' and not cfg.search.storage else ''})"
+    )
+
+
+@app.command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Search run folders (any agents).")],
+    out: Annotated[Path | None, typer.Option(help="Where report.json and pareto.png go (default: first run).")] = None,
+) -> None:
+    """Best policies under the budget, the Pareto front and pareto.png, across search runs."""
+    from edgecompress.search.report import write_report
+
+    r = write_report(list(runs), out)
+    table = Table(title="best policy within budget per run (validation accuracy; predicted latency)")
+    for col in (
+        "run",
+        "agent",
+        "evals",
+        "feasible",
+        "best acc",
+        "latency ms",
+        "budget ms",
+        "stored bytes",
+        "hypervol.",
+    ):
+        table.add_column(col)
+    for s in r["runs"]:
+        b = s["best"]
+        table.add_row(
+            s["run"],
+            s["agent"],
+            str(s["evaluations"]),
+            str(s["feasible"]),
+            f"{b['accuracy']:.4f}" if b else "-",
+            f"{b['latency_ms']:.4f}" if b else "-",
+            f"{s['budget_ms']:.4f}" if s["budget_ms"] else "-",
+            _fmt_int(b["stored_bytes"]) if b else "-",
+            f"{s['hypervolume']:.4f}" if s["hypervolume"] is not None else "-",
+        )
+    console.print(table)
+    base = r["runs"][0]["base"]
+    uni = r["runs"][0]["uniform_within_budget"]
+    if base:
+        console.print(f"base model: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms")
+    if uni:
+        console.print(
+            f"uniform keep {uni['keep']} (largest within budget): accuracy {uni['accuracy']:.4f}, "
+            f"{uni['latency_ms']:.4f} ms"
+        )
+    front = Table(title=f"Pareto front ({len(r['pareto_front'])} policies: accuracy up, latency down, size down)")
+    for col in ("run", "agent", "#", "accuracy", "latency ms", "stored bytes", "within budget"):
+        front.add_column(col)
+    for p in r["pareto_front"]:
+        front.add_row(
+            p["run"],
+            p["agent"],
+            str(p["episode"]),
+            f"{p['accuracy']:.4f}",
+            f"{p['latency_ms']:.4f}",
+            _fmt_int(p["stored_bytes"]),
+            "yes" if p["within_budget"] else "no",
+        )
+    console.print(front)
+    console.print(f"wrote {r['plot']} and {Path(r['plot']).with_name('report.json')}")
 
 
 @app.command("replay")

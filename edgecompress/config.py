@@ -82,9 +82,17 @@ def _default_techniques() -> list[Technique]:
 
 
 class SearchConfig(_Section):
-    agent: Literal["ddpg"] = "ddpg"
+    agent: Literal["ddpg", "optuna", "ray"] = "ddpg"
     episodes: int = Field(30, ge=1)
-    """Policies scored (episodes for ddpg)."""
+    """Policies scored (episodes for ddpg, trials for optuna and ray; ``--trials`` sets it too)."""
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    """optuna / ray: TPE (accuracy under the budget constraint), NSGA-II (accuracy, latency, size), random."""
+    storage: str | None = None
+    """optuna: study storage URL; default sqlite:///RUN_FOLDER/study.db."""
+    workers: int = Field(1, ge=1)
+    """ray: trials run in parallel, one CPU each."""
+    ray_address: str | None = None
+    """ray: join this cluster (e.g. ``ray://head:10001`` or ``auto``); default: start a local Ray."""
     warmup_episodes: int | None = Field(None, ge=0)
     """Random-action episodes before the actor acts; default: a third of the episodes, at most 100 (AMC)."""
     budget_ratio: float | None = Field(0.5, gt=0, le=1)

@@ -23,23 +23,13 @@ __all__ = ["run_ddpg_search"]
 def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     from edgecompress.agents.amc import AMCDDPG
     from edgecompress.checkpoint import software_versions
-    from edgecompress.data import load_dataset
-    from edgecompress.envs import CompressionEnv
-    from edgecompress.objective import Objective
-    from edgecompress.pipeline import ensure_base_model
     from edgecompress.search.runlog import RunLog
+    from edgecompress.search.space import identity_policy, prepare_search
 
     s = cfg.search
     run_dir = Path(cfg.out)
-    bundle = load_dataset(cfg.data.dataset, cfg.data.data_dir, val_size=cfg.data.val_size, seed=cfg.data.seed,
-                          image_size=cfg.data.image_size)  # fmt: skip
-    model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
-    objective = Objective(
-        model, bundle.val_subset(cfg.data.val_samples), cfg.device, input_shape=spec.input_shape,
-        train_data=bundle.train, bn_batches=s.bn_batches, round_to=s.round_to, seed=s.seed,
-    )  # fmt: skip
-    env = CompressionEnv(objective=objective, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio,
-                         techniques=tuple(s.techniques), reward=s.reward)  # fmt: skip
+    setup = prepare_search(cfg, console)
+    env, objective = setup.env, setup.objective
     n_layers = len(env.layers)
     warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
     agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.pkl"
@@ -51,9 +41,7 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
         agent = AMCDDPG(env, n_layers=n_layers, warmup_episodes=warmup, seed=s.seed,
                         tensorboard_log=str(run_dir / "tensorboard"))  # fmt: skip
     log = RunLog(
-        run_dir,
-        base={"model": spec.model, "checkpoint": str(ckpt), "input_shape": list(spec.input_shape),
-              "num_classes": spec.num_classes, "dataset": spec.dataset, "round_to": s.round_to},
+        run_dir, base=setup.base,
         provenance={"agent": "ddpg (AMC on Stable-Baselines3)", "device": cfg.device, "budget_ms": env.budget_ms,
                     "base_latency_ms": env.base_ms, "seed": s.seed, "versions": software_versions()},
         top_k=s.top_k,
@@ -70,7 +58,7 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
                 "budget_ms": info["budget_ms"], "stored_bytes": info["stored_bytes"], "reward": final,
                 "within_budget": info["within_budget"], "repaired": info["repaired"],
                 "latency_source": info["latency_source"],
-                "accuracy_source": f"measured on the first {cfg.data.val_samples} validation samples",
+                "accuracy_source": setup.accuracy_source,
             })  # fmt: skip
             agent.save(agent_path)
             agent.save_replay_buffer(buffer_path)
@@ -87,11 +75,5 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
     return {
         "episodes": len(log.records), "seconds": time.perf_counter() - started, "budget_ms": env.budget_ms,
         "base_latency_ms": env.base_ms, "best": best, "plot": str(plot) if plot else None,
-        "base_accuracy": objective(_identity(env)).accuracy,
+        "base_accuracy": objective(identity_policy(objective)).accuracy,
     }  # fmt: skip
-
-
-def _identity(env: Any) -> Any:
-    from edgecompress.compressors import Policy
-
-    return Policy({}, base={"input_shape": list(env.objective.input_shape)})

@@ -120,9 +120,10 @@ class CompressionEnv(gym.Env):
         self.objective.budget_ms = self.budget_ms
         floor = self.objective(self._strongest()).latency_ms
         if floor > self.budget_ms:
-            raise ValueError(
+            raise ConfigError(  # a ValueError too
                 f"budget {self.budget_ms:.4f} ms cannot be met: the strongest compression allowed reaches "
-                f"{floor:.4f} ms on {self.objective.device} (base {self.base_ms:.4f} ms)"
+                f"{floor:.4f} ms on {self.objective.device} (base {self.base_ms:.4f} ms); raise the budget to at "
+                f"least {floor:.4f} ms (budget_ratio {floor / self.base_ms:.3f}) or allow more techniques"
             )
         self.min_ms = floor
         k = len(self.techniques)

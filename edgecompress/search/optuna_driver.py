@@ -1,0 +1,161 @@
+"""``edgecompress search --agent optuna``: TPE (one objective) or NSGA-II (a Pareto front) over the policy space.
+
+* ``sampler: tpe`` maximises validation accuracy; the latency budget is an
+  Optuna constraint (``latency - budget <= 0``), so infeasible trials are
+  scored but ranked below every feasible one.
+* ``sampler: nsga2`` maximises accuracy and minimises predicted latency and
+  stored size (three objectives), under the same constraint; the Pareto front
+  is ``pareto.json``.
+* ``sampler: random`` samples the same space uniformly (the baseline).
+
+The study lives in ``study.db`` (SQLite) in the run folder unless
+``storage`` names another database URL (several machines can then share one
+study). Each trial stores its scores as user attributes, so the episode log is
+rebuilt from the study after a crash. Re-running the same command resumes:
+only the missing number of completed trials is run, finished trials are
+never re-run, and trials left running by a killed process are failed by
+Optuna's heartbeat and not counted.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgecompress._io import write_json_atomic
+from edgecompress._progress import progress_bar
+from edgecompress.config import RunConfig
+
+__all__ = ["make_sampler", "run_optuna_search", "storage_url"]
+
+
+def storage_url(cfg: RunConfig) -> str:
+    return cfg.search.storage or f"sqlite:///{(Path(cfg.out) / 'study.db').resolve()}"
+
+
+def make_sampler(kind: str, seed: int, trials: int, multi: bool) -> Any:
+    import optuna
+
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(4, min(10, trials // 4)))
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 6)))
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def run_optuna_search(
+    cfg: RunConfig, console: Console, *, progress: bool = True, _stop_after: int | None = None
+) -> dict[str, Any]:
+    import optuna
+
+    from edgecompress.checkpoint import software_versions
+    from edgecompress.search.runlog import RunLog
+    from edgecompress.search.space import evaluation_record, identity_policy, prepare_search
+
+    s = cfg.search
+    run_dir = Path(cfg.out)
+    setup = prepare_search(cfg, console)
+    env, objective, space = setup.env, setup.objective, setup.space
+    multi = s.sampler == "nsga2"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Heartbeats: a trial left RUNNING by a killed process is marked FAIL after the grace period.
+        storage = optuna.storages.RDBStorage(storage_url(cfg), heartbeat_interval=30, grace_period=90)
+    directions: list[Any] = ["maximize", "minimize", "minimize"] if multi else ["maximize"]
+    # Seeded by the number of trials already stored: a resumed study does not replay the first samples.
+    existing = 0
+    try:
+        existing = len(optuna.load_study(study_name=cfg.name, storage=storage).trials)
+    except KeyError:
+        pass
+    study = optuna.create_study(
+        study_name=cfg.name,
+        storage=storage,
+        directions=directions,
+        load_if_exists=True,
+        sampler=make_sampler(s.sampler, s.seed + existing, s.episodes, multi),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy", "latency_ms", "stored_bytes"] if multi else ["accuracy"])
+    log = RunLog(
+        run_dir,
+        base=setup.base,
+        provenance={
+            "agent": f"optuna ({s.sampler})",
+            "device": cfg.device,
+            "budget_ms": env.budget_ms,
+            "base_latency_ms": env.base_ms,
+            "seed": s.seed,
+            "storage": storage_url(cfg),
+            "versions": software_versions(),
+        },
+        top_k=s.top_k,
+    )
+    complete = optuna.trial.TrialState.COMPLETE
+
+    def sync() -> None:
+        """Record every completed trial the episode log lacks (the study is the truth)."""
+        logged = {r.get("trial") for r in log.records}
+        for ft in sorted(study.get_trials(deepcopy=False, states=(complete,)), key=lambda t: t.number):
+            if ft.number not in logged and "record" in ft.user_attrs:
+                log.record({**ft.user_attrs["record"], "trial": ft.number})
+
+    sync()
+    started = time.perf_counter()
+    done = len(study.get_trials(deepcopy=False, states=(complete,)))
+    remaining = s.episodes - done
+    if done:
+        console.print(f"resuming {run_dir}: {done} of {s.episodes} trials done ({storage_url(cfg)})")
+
+    def fn(trial: Any) -> Any:
+        policy = space.suggest(trial)
+        ev = objective(policy)
+        record = evaluation_record(ev, setup.accuracy_source)
+        trial.set_user_attr("record", record)
+        # The budget as an Optuna constraint: feasible when latency - budget <= 0 (TPE and NSGA-II honour it).
+        trial.set_constraint("latency_over_budget_ms", ev.latency_ms - env.budget_ms)
+        return (ev.accuracy, ev.latency_ms, float(ev.stored_bytes)) if multi else ev.accuracy
+
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"optuna {s.sampler}", total=s.episodes, completed=done, status="")
+
+        def on_done(study_: Any, ft: Any) -> None:
+            sync()
+            best = log.best()
+            n = len(study_.get_trials(deepcopy=False, states=(complete,)))
+            status = (
+                f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {env.budget_ms:.3f} ms"
+                if best
+                else "no trial within budget yet"
+            )
+            bar.update(task, completed=n, status=status)
+            if _stop_after is not None and n >= _stop_after:
+                study_.stop()
+
+        if remaining > 0:
+            study.optimize(
+                fn,
+                n_trials=remaining,
+                callbacks=[on_done, optuna.study.MaxTrialsCallback(s.episodes, states=(complete,))],
+            )
+    sync()
+    if multi:
+        front = [{"trial": t.number, **t.user_attrs["record"]} for t in study.best_trials]
+        write_json_atomic(run_dir / "pareto.json", front)
+    plot = log.plot()
+    return {
+        "episodes": len(log.records),
+        "seconds": time.perf_counter() - started,
+        "budget_ms": env.budget_ms,
+        "base_latency_ms": env.base_ms,
+        "best": log.best(),
+        "plot": str(plot) if plot else None,
+        "base_accuracy": objective(identity_policy(objective)).accuracy,
+        "storage": storage_url(cfg),
+    }

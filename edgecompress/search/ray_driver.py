@@ -1,0 +1,201 @@
+"""``edgecompress search --agent ray``: parallel trials with Ray Tune, Optuna's sampler as the search algorithm.
+
+* ``workers`` trials run at once, one CPU each (torch uses one thread per
+  trial); a local Ray is started unless ``ray_address`` names a cluster.
+* The objective (base model, validation subset, BatchNorm batches, analysis)
+  is put in Ray's object store once (``tune.with_parameters``); trials read
+  it from there, never re-sending it.
+* The search algorithm is :class:`ray.tune.search.optuna.OptunaSearch` over
+  the same define-by-run space as ``--agent optuna``. Ray Tune's searchers
+  take one scalar metric, so the budget enters as the score
+  ``accuracy`` when the policy is within budget and ``-latency / budget``
+  (always below every feasible score) when it is not.
+* Tune's experiment state lives in ``RUN_FOLDER/ray``; re-running the same
+  command restores it with ``Tuner.restore`` (finished trials kept, unfinished
+  ones resumed). Every finished trial is also written to the shared episode
+  log, best policy and plots, like the other agents.
+
+Ray is imported here only, so the other agents never pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgecompress._progress import progress_bar
+from edgecompress.config import RunConfig
+
+__all__ = ["run_ray_search"]
+
+
+def _trial(config: dict[str, Any], objective: Any = None, space: Any = None, budget_ms: float = 0.0) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    params = {k: v for k, v in config.items() if not k.startswith("_")}
+    ev = objective(space.from_params(params))
+    within = ev.latency_ms <= budget_ms
+    return {
+        "score": ev.accuracy if within else -ev.latency_ms / budget_ms,
+        "accuracy": ev.accuracy,
+        "latency_ms": ev.latency_ms,
+        "stored_bytes": ev.stored_bytes,
+        "within_budget": within,
+        "latency_source": ev.latency_source,
+        "policy_json": json.dumps(ev.policy),
+    }
+
+
+def _logger(tune: Any, on_complete: Any) -> Any:
+    """A Tune callback that reports finished trials to this process; pickles (into Tune's state) as a no-op."""
+
+    class TrialLogger(tune.Callback):  # type: ignore[misc,name-defined]
+        on_complete: Any = None
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.on_complete = None
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            if self.on_complete is not None:
+                self.on_complete(trial)
+
+    logger = TrialLogger()
+    logger.on_complete = on_complete  # set on the instance, so pickling the class does not drag it along
+    return logger
+
+
+def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from edgecompress.checkpoint import software_versions
+    from edgecompress.search.optuna_driver import make_sampler
+    from edgecompress.search.runlog import RunLog
+    from edgecompress.search.space import identity_policy, prepare_search
+
+    s = cfg.search
+    run_dir = Path(cfg.out).resolve()
+    setup = prepare_search(cfg, console)
+    env, objective, space = setup.env, setup.objective, setup.space
+    if s.sampler == "nsga2":
+        from edgecompress.errors import ConfigError
+
+        raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
+    log = RunLog(
+        run_dir,
+        base=setup.base,
+        provenance={
+            "agent": f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)",
+            "device": cfg.device,
+            "budget_ms": env.budget_ms,
+            "base_latency_ms": env.base_ms,
+            "seed": s.seed,
+            "versions": software_versions(),
+        },
+        top_k=s.top_k,
+    )
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        if s.ray_address:
+            ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(num_cpus=s.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, objective=objective, space=space, budget_ms=env.budget_ms), {"cpu": 1}
+    )
+    logged = {r.get("trial") for r in log.records}
+
+    def record(trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in logged or "accuracy" not in result:
+            return
+        logged.add(trial_id)
+        log.record(
+            {
+                "policy": {
+                    "format": "edgecompress.policy",
+                    "version": 1,
+                    "base": {},
+                    "meta": {},
+                    "layers": json.loads(result["policy_json"]),
+                },
+                "accuracy": result["accuracy"],
+                "latency_ms": result["latency_ms"],
+                "budget_ms": env.budget_ms,
+                "stored_bytes": result["stored_bytes"],
+                "reward": result["score"],
+                "within_budget": result["within_budget"],
+                "repaired": False,
+                "latency_source": result["latency_source"],
+                "accuracy_source": setup.accuracy_source,
+                "trial": trial_id,
+            }
+        )
+
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"ray tune x{s.workers}", total=s.episodes, completed=len(log.records), status="")
+
+        def on_complete(trial: Any) -> None:
+            record(trial.trial_id, trial.last_result or {})
+            best = log.best()
+            status = (
+                f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms"
+                if best
+                else "no trial within budget yet"
+            )
+            bar.update(task, completed=len(log.records), status=status)
+
+        experiment = run_dir / "ray"
+        run_config = tune.RunConfig(
+            name="ray", storage_path=str(run_dir), verbose=0, callbacks=[_logger(tune, on_complete)]
+        )
+        if tune.Tuner.can_restore(str(experiment)):
+            console.print(f"restoring Ray Tune experiment {experiment}")
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        else:
+            searcher = OptunaSearch(
+                space=space,
+                metric="score",
+                mode="max",
+                sampler=make_sampler(s.sampler, s.seed, s.episodes, multi=False),
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.workers),
+                    num_samples=s.episodes,
+                    max_concurrent_trials=s.workers,
+                    reuse_actors=True,
+                ),
+                run_config=run_config,
+            )
+        results = tuner.fit()
+    for result in list(results):  # type: ignore[call-overload]
+        if result.error is None and result.metrics:
+            record(result.metrics.get("trial_id", ""), result.metrics)
+    plot = log.plot()
+    return {
+        "episodes": len(log.records),
+        "seconds": time.perf_counter() - started,
+        "budget_ms": env.budget_ms,
+        "base_latency_ms": env.base_ms,
+        "best": log.best(),
+        "plot": str(plot) if plot else None,
+        "base_accuracy": objective(identity_policy(objective)).accuracy,
+        "workers": s.workers,
+        "errors": [str(r.error) for r in list(results) if r.error is not None],  # type: ignore[call-overload]
+    }
