@@ -23,11 +23,13 @@ the base latency), then the previous layer's action rescaled to [0, 1].
 **Budget.** A hard constraint, AMC's way: before a ``keep`` action is applied
 it is limited so that, even if every later layer took ``keep_min``, the
 latency estimate (each layer's base latency x the product of its input and
-output keep ratios) stays within budget. After the last layer the true
+output keep ratios, plus the other operators' latency interpolated by the
+mean keep ratio between its base value and its value at the strongest
+compression) stays within budget. After the last layer the true
 prediction is computed; if it is still over budget, every keep ratio is
 scaled down (factor 0.9 per round, floor ``keep_min``) until it fits, and
 ``info["repaired"]`` says so. A budget below the latency of the strongest
-compression raises ``ValueError`` at construction, stating that latency.
+compression raises ``ConfigError`` (a ``ValueError``) at construction, stating that latency.
 
 **Reward** (at the last step; 0 before): ``"acc"`` top-1 accuracy (AMC
 resource-constrained), ``"acc_log_latency"`` ``-(1 - acc) * log(latency_ms)``
@@ -126,6 +128,14 @@ class CompressionEnv(gym.Env):
                 f"least {floor:.4f} ms (budget_ratio {floor / self.base_ms:.3f}) or allow more techniques"
             )
         self.min_ms = floor
+        # Operators outside the compressible layers (pooling, activations, adds) shrink with the channels too:
+        # their latency at the strongest compression is what the true estimate leaves after the layers'
+        # surrogate share; in between, it is interpolated by the mean keep ratio (exact at both ends).
+        self.fixed_min_ms = self.fixed_ms
+        if "keep" in self.techniques:
+            self._group_keep = {}
+            layers_at_min = self._estimate(len(self.layers), self.keep_min, self.keep_min) - self.fixed_ms
+            self.fixed_min_ms = float(np.clip(floor - layers_at_min, 0.0, self.fixed_ms))
         k = len(self.techniques)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (N_FEATURES + k,), dtype=np.float32)
@@ -193,8 +203,9 @@ class CompressionEnv(gym.Env):
 
     def _estimate(self, upto: int, keep_here: float, rest_keep: float) -> float:
         """Surrogate latency: committed layers at their keeps, this one at keep_here, the rest at rest_keep."""
-        total = self.fixed_ms
+        total = 0.0
         prev_keep = 1.0
+        keeps = []
         for i, spec in enumerate(self.layers):
             if i < upto:
                 out_keep = self._keep_of_group(spec.group, 1.0)
@@ -206,6 +217,14 @@ class CompressionEnv(gym.Env):
             scale = out_keep if spec.kind == "depthwise" else in_keep * out_keep
             total += self.layer_ms[i] * scale
             prev_keep = out_keep
+            if spec.prunable:
+                keeps.append(out_keep)
+        fixed_min = getattr(self, "fixed_min_ms", self.fixed_ms)
+        if keeps and fixed_min < self.fixed_ms and self.keep_min < 1:
+            share = (float(np.mean(keeps)) - self.keep_min) / (1 - self.keep_min)
+            total += fixed_min + (self.fixed_ms - fixed_min) * float(np.clip(share, 0.0, 1.0))
+        else:
+            total += self.fixed_ms
         return total
 
     # ---- gymnasium API ----
