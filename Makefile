@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make demo   install, fetch Fashion-MNIST, train the default base model if missing, run the main job
+#   make demo   install, fetch Fashion-MNIST, train the default base model if missing, run the main job:
+#               summary, a short search, replay with distillation, ONNX + archive export, report
 #   make test   install with the test extra, then lint, type-check and run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -30,9 +31,15 @@ install-test: $(VENV_DEP)
 data:
 	PY="$(PY)" bash scripts/get-data.sh
 
+RUN ?= runs/demo
+
 demo: install data
 	$(PY) -m edgecompress run --config $(CONFIG)
 	$(PY) -m edgecompress search --config $(CONFIG)
+	$(PY) -m edgecompress replay --policy $(RUN)/best_policy.json --out $(RUN)/replay --finetune-epochs 1 --force
+	$(PY) -m edgecompress export --model $(RUN)/replay --format onnx --out $(RUN)/model.onnx --force
+	$(PY) -m edgecompress export --model $(RUN)/replay --format archive --out $(RUN)/model.ecar --force
+	$(PY) -m edgecompress report $(RUN)
 
 lint:
 	$(PY) -m ruff check .

@@ -50,11 +50,18 @@ def exports(model_file: Path, folder: Path) -> dict[str, Any]:
     for fmt, kwargs in (("onnx", {}), ("onnx-int8", {"all_layers": True})):
         target = folder / f"model.{fmt}.onnx"
         r = export_model(model_file, fmt, target, force=True, repeats=200, **kwargs)
-        out[fmt] = {"top1": r["parity"]["top1"], "top1_agreement_vs_pytorch": r["parity"]["top1_agreement"],
-                    "max_abs_diff": r["parity"]["max_abs_diff"], "batch1_ms": r["measured"]["batch1_ms"],
-                    "batch64_ms": r["measured"]["batch64_ms"], "bytes": r["bytes"]}  # fmt: skip
-        console.print(f"  {model_file.parent.name} {fmt}: top-1 {out[fmt]['top1']:.4f}, "
-                      f"b1 {out[fmt]['batch1_ms']:.4f} ms, b64 {out[fmt]['batch64_ms']:.3f} ms")  # fmt: skip
+        out[fmt] = {
+            "top1": r["parity"]["top1"],
+            "top1_agreement_vs_pytorch": r["parity"]["top1_agreement"],
+            "max_abs_diff": r["parity"]["max_abs_diff"],
+            "batch1_ms": r["measured"]["batch1_ms"],
+            "batch64_ms": r["measured"]["batch64_ms"],
+            "bytes": r["bytes"],
+        }
+        console.print(
+            f"  {model_file.parent.name} {fmt}: top-1 {out[fmt]['top1']:.4f}, "
+            f"b1 {out[fmt]['batch1_ms']:.4f} ms, b64 {out[fmt]['batch64_ms']:.3f} ms"
+        )
     return out
 
 
@@ -64,23 +71,36 @@ def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool) -> di
     folder = root / model
     if fresh and folder.exists():
         shutil.rmtree(folder)
-    cfg = load_config(CONFIGS[model], {
-        "name": f"{model}-host", "out": str(folder / "search"), "device": "host", "search.agent": "ddpg",
-        "search.episodes": episodes, "search.warmup_episodes": max(1, episodes // 3), "search.budget_ratio": 0.5,
-        "data.val_samples": 1000, "search.round_to": 8, "search.bn_batches": 4,
-    })  # fmt: skip
+    cfg = load_config(
+        CONFIGS[model],
+        {
+            "name": f"{model}-host",
+            "out": str(folder / "search"),
+            "device": "host",
+            "search.agent": "ddpg",
+            "search.episodes": episodes,
+            "search.warmup_episodes": max(1, episodes // 3),
+            "search.budget_ratio": 0.5,
+            "data.val_samples": 1000,
+            "search.round_to": 8,
+            "search.bn_batches": 4,
+        },
+    )
     search = run_ddpg_search(cfg, console, progress=False)
     best = folder / "search" / "best_policy.json"
     base, spec = load_checkpoint(cfg.model.checkpoint or "")
     searched = replay(best, folder / "searched", finetune_epochs=epochs, force=True, progress=False)
     policy = Policy.load(best)
-    uniform = Policy({name: LayerPolicy(keep=0.5) for name in policy.layers if "keep" in policy.layers[name].to_dict()},
-                     base=dict(policy.base))  # fmt: skip
+    uniform = Policy(
+        {name: LayerPolicy(keep=0.5) for name in policy.layers if "keep" in policy.layers[name].to_dict()},
+        base=dict(policy.base),
+    )
     uniform_path = uniform.save(folder / "uniform_keep0.5.json")
     baseline = replay(uniform_path, folder / "uniform", finetune_epochs=epochs, force=True, progress=False)
     (folder / "original").mkdir(parents=True, exist_ok=True)
-    original_file = save_compressed(folder / "original" / "model.pt", base, spec,
-                                    Policy({}, base=dict(policy.base)), round_to=1)  # fmt: skip
+    original_file = save_compressed(
+        folder / "original" / "model.pt", base, spec, Policy({}, base=dict(policy.base)), round_to=1
+    )
     measured = {
         "original": exports(original_file, folder / "original"),
         "searched": exports(folder / "searched" / "model.pt", folder / "searched"),
@@ -88,9 +108,13 @@ def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool) -> di
     }
     base_pred = estimate_latency(base, spec.input_shape, "host").total_ms
     row: dict[str, Any] = {
-        "search": {"episodes": search["episodes"], "budget_ms": search["budget_ms"],
-                   "base_latency_ms": search["base_latency_ms"], "best": search["best"]["accuracy"] if search["best"]
-                   else None, "seconds": search["seconds"]},
+        "search": {
+            "episodes": search["episodes"],
+            "budget_ms": search["budget_ms"],
+            "base_latency_ms": search["base_latency_ms"],
+            "best": search["best"]["accuracy"] if search["best"] else None,
+            "seconds": search["seconds"],
+        },
         "accuracy_test": {
             "original": searched["accuracy"]["base"]["top1"],
             "searched_before_finetune": searched["accuracy"]["before_finetune"]["top1"],
@@ -99,10 +123,13 @@ def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool) -> di
             "uniform": baseline["accuracy"]["after_finetune"]["top1"],
         },
         "measured": measured,
-        "predicted_host_ms": {"original": base_pred, "searched": searched["predicted_latency"]["host"]["compressed_ms"],
-                              "uniform": baseline["predicted_latency"]["host"]["compressed_ms"]},
+        "predicted_host_ms": {
+            "original": base_pred,
+            "searched": searched["predicted_latency"]["host"]["compressed_ms"],
+            "uniform": baseline["predicted_latency"]["host"]["compressed_ms"],
+        },
         "finetune_epochs": epochs,
-    }  # fmt: skip
+    }
     o = measured["original"]["onnx"]["batch1_ms"]
     row["speedup_batch1"] = {
         "searched_fp32_measured": o / measured["searched"]["onnx"]["batch1_ms"],
@@ -113,8 +140,10 @@ def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool) -> di
         "uniform_predicted": base_pred / row["predicted_host_ms"]["uniform"],
     }
     o64 = measured["original"]["onnx"]["batch64_ms"]
-    row["speedup_batch64"] = {k: o64 / measured[k.split("_")[0]]["onnx" if "fp32" in k else "onnx-int8"]["batch64_ms"]
-                              for k in ("searched_fp32", "searched_int8", "uniform_fp32", "uniform_int8")}  # fmt: skip
+    row["speedup_batch64"] = {
+        k: o64 / measured[k.split("_")[0]]["onnx" if "fp32" in k else "onnx-int8"]["batch64_ms"]
+        for k in ("searched_fp32", "searched_int8", "uniform_fp32", "uniform_int8")
+    }
     return row
 
 
@@ -137,8 +166,15 @@ def main() -> None:
                 meas = r["measured"][variant][fmt]
                 sp = r["measured"]["original"]["onnx"]["batch1_ms"] / meas["batch1_ms"]
                 pred = r["predicted_host_ms"]["original"] / r["predicted_host_ms"][variant] if fmt == "onnx" else None
-                table.add_row(m, f"{variant} {fmt}", f"{meas['top1']:.4f}", f"{meas['batch1_ms']:.4f}",
-                              f"{meas['batch64_ms']:.3f}", f"{sp:.2f}x", f"{pred:.2f}x" if pred else "-")  # fmt: skip
+                table.add_row(
+                    m,
+                    f"{variant} {fmt}",
+                    f"{meas['top1']:.4f}",
+                    f"{meas['batch1_ms']:.4f}",
+                    f"{meas['batch64_ms']:.3f}",
+                    f"{sp:.2f}x",
+                    f"{pred:.2f}x" if pred else "-",
+                )
     console.print(table)
     console.print(f"wrote {write_result(args.out, {'results': results})}")
 

@@ -34,21 +34,37 @@ from edgecompress.config import load_config
 from edgecompress.search.report import load_run, summarize
 
 CONFIGS = {"lenet5": "configs/default.yaml", "resnet20": "configs/resnet20-fmnist.yaml"}
-METHODS = {"random": ("optuna", "random"), "tpe": ("optuna", "tpe"), "nsga2": ("optuna", "nsga2"),
-           "ddpg": ("ddpg", "tpe")}  # fmt: skip
+METHODS = {
+    "random": ("optuna", "random"),
+    "tpe": ("optuna", "tpe"),
+    "nsga2": ("optuna", "nsga2"),
+    "ddpg": ("ddpg", "tpe"),
+}
 console = Console(width=160)
 
 
-def run_one(model: str, method: str, seed: int, evals: int, val_samples: int, root: Path, fresh: bool) -> dict[str, Any]:
+def run_one(
+    model: str, method: str, seed: int, evals: int, val_samples: int, root: Path, fresh: bool
+) -> dict[str, Any]:
     agent, sampler = METHODS[method]
     out = root / f"{model}-{method}-s{seed}"
     if fresh and out.exists():
         shutil.rmtree(out)
-    cfg = load_config(CONFIGS[model], {
-        "name": out.name, "out": str(out), "search.agent": agent, "search.sampler": sampler,
-        "search.episodes": evals, "search.seed": seed, "search.budget_ratio": 0.5, "search.budget_ms": None,
-        "search.warmup_episodes": max(1, evals // 3), "data.val_samples": val_samples,
-    })  # fmt: skip
+    cfg = load_config(
+        CONFIGS[model],
+        {
+            "name": out.name,
+            "out": str(out),
+            "search.agent": agent,
+            "search.sampler": sampler,
+            "search.episodes": evals,
+            "search.seed": seed,
+            "search.budget_ratio": 0.5,
+            "search.budget_ms": None,
+            "search.warmup_episodes": max(1, evals // 3),
+            "data.val_samples": val_samples,
+        },
+    )
     started = time.perf_counter()
     if agent == "ddpg":
         from edgecompress.agents.driver import run_ddpg_search
@@ -60,12 +76,20 @@ def run_one(model: str, method: str, seed: int, evals: int, val_samples: int, ro
         result = run_optuna_search(cfg, console, progress=False)
     minutes = (time.perf_counter() - started) / 60
     summary = summarize(load_run(out))
-    return {"seed": seed, "best_accuracy": summary["best"]["accuracy"] if summary["best"] else None,
-            "best_latency_ms": summary["best"]["latency_ms"] if summary["best"] else None,
-            "hypervolume": summary["hypervolume"], "feasible": summary["feasible"], "evaluations": result["episodes"],
-            "evals_per_minute": result["episodes"] / minutes, "budget_ms": result["budget_ms"],
-            "base_latency_ms": result["base_latency_ms"], "base_accuracy": result["base_accuracy"],
-            "uniform_within_budget": summary["uniform_within_budget"], "run": str(out)}  # fmt: skip
+    return {
+        "seed": seed,
+        "best_accuracy": summary["best"]["accuracy"] if summary["best"] else None,
+        "best_latency_ms": summary["best"]["latency_ms"] if summary["best"] else None,
+        "hypervolume": summary["hypervolume"],
+        "feasible": summary["feasible"],
+        "evaluations": result["episodes"],
+        "evals_per_minute": result["episodes"] / minutes,
+        "budget_ms": result["budget_ms"],
+        "base_latency_ms": result["base_latency_ms"],
+        "base_accuracy": result["base_accuracy"],
+        "uniform_within_budget": summary["uniform_within_budget"],
+        "run": str(out),
+    }
 
 
 def ray_throughput(model: str, evals: int, val_samples: int, root: Path) -> dict[str, Any]:
@@ -78,22 +102,36 @@ def ray_throughput(model: str, evals: int, val_samples: int, root: Path) -> dict
         out = root / f"{model}-ray-w{workers}"
         if out.exists():
             shutil.rmtree(out)
-        cfg = load_config(CONFIGS[model], {
-            "name": out.name, "out": str(out), "search.agent": "ray", "search.sampler": "tpe",
-            "search.episodes": evals, "search.workers": workers, "search.budget_ratio": 0.5,
-            "data.val_samples": val_samples,
-        })  # fmt: skip
+        cfg = load_config(
+            CONFIGS[model],
+            {
+                "name": out.name,
+                "out": str(out),
+                "search.agent": "ray",
+                "search.sampler": "tpe",
+                "search.episodes": evals,
+                "search.workers": workers,
+                "search.budget_ratio": 0.5,
+                "data.val_samples": val_samples,
+            },
+        )
         started = time.perf_counter()
         result = run_ray_search(cfg, console, progress=False)
         total = time.perf_counter() - started
         records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
         ray.shutdown()
-        rows[f"workers_{workers}"] = {"trials": result["episodes"], "seconds_total": total,
-                                      "trials_per_minute": result["episodes"] / (total / 60),
-                                      "best_accuracy": (result["best"] or {}).get("accuracy"),
-                                      "errors": result["errors"], "records": len(records)}  # fmt: skip
-        console.print(f"ray {model} workers={workers}: {result['episodes']} trials in {total:.0f} s "
-                      f"({result['episodes'] / (total / 60):.1f} trials/min)")  # fmt: skip
+        rows[f"workers_{workers}"] = {
+            "trials": result["episodes"],
+            "seconds_total": total,
+            "trials_per_minute": result["episodes"] / (total / 60),
+            "best_accuracy": (result["best"] or {}).get("accuracy"),
+            "errors": result["errors"],
+            "records": len(records),
+        }
+        console.print(
+            f"ray {model} workers={workers}: {result['episodes']} trials in {total:.0f} s "
+            f"({result['episodes'] / (total / 60):.1f} trials/min)"
+        )
     return rows
 
 
@@ -118,22 +156,29 @@ def main() -> None:
             row["ray_throughput"] = ray_throughput(model, args.evals, args.val_samples, root)
             results[model] = row
             continue
-        row.update({"evals": args.evals, "val_samples": args.val_samples, "budget_ratio": 0.5,
-                    "device": "raspberry-pi-4"})  # fmt: skip
+        row.update(
+            {"evals": args.evals, "val_samples": args.val_samples, "budget_ratio": 0.5, "device": "raspberry-pi-4"}
+        )
         for method in args.methods:
             runs = [run_one(model, method, seed, args.evals, args.val_samples, root, args.fresh) for seed in args.seeds]
             bests = [r["best_accuracy"] for r in runs]
             ok = [b for b in bests if b is not None]
             hvs = [r["hypervolume"] for r in runs if r["hypervolume"] is not None]
-            row[method] = {"best_accuracy_per_seed": bests, "mean": statistics.mean(ok) if ok else None,
-                           "hypervolume_per_seed": hvs, "hypervolume_mean": statistics.mean(hvs) if hvs else None,
-                           "evals_per_minute": statistics.mean(r["evals_per_minute"] for r in runs)}  # fmt: skip
+            row[method] = {
+                "best_accuracy_per_seed": bests,
+                "mean": statistics.mean(ok) if ok else None,
+                "hypervolume_per_seed": hvs,
+                "hypervolume_mean": statistics.mean(hvs) if hvs else None,
+                "evals_per_minute": statistics.mean(r["evals_per_minute"] for r in runs),
+            }
             row["uniform_within_budget"] = runs[0]["uniform_within_budget"]
             row["base_accuracy"], row["budget_ms"] = runs[0]["base_accuracy"], runs[0]["budget_ms"]
             row["base_latency_ms"] = runs[0]["base_latency_ms"]
-            console.print(f"{model} {method}: best within budget {[round(b, 4) if b else b for b in bests]}, "
-                          f"hypervolume {[round(h, 4) for h in hvs]}, "
-                          f"{row[method]['evals_per_minute']:.1f} evals/min")  # fmt: skip
+            console.print(
+                f"{model} {method}: best within budget {[round(b, 4) if b else b for b in bests]}, "
+                f"hypervolume {[round(h, 4) for h in hvs]}, "
+                f"{row[method]['evals_per_minute']:.1f} evals/min"
+            )
         results[model] = row
         console.print(f"{model} uniform within budget: {row['uniform_within_budget']}")
     console.print(f"wrote {write_result(args.out, {'results': results})}")

@@ -133,7 +133,7 @@ class CompressionEnv(gym.Env):
         # surrogate share; in between, it is interpolated by the mean keep ratio (exact at both ends).
         self.fixed_min_ms = self.fixed_ms
         if "keep" in self.techniques:
-            self._group_keep = {}
+            self._group_keep: dict[int, float] = {}
             layers_at_min = self._estimate(len(self.layers), self.keep_min, self.keep_min) - self.fixed_ms
             self.fixed_min_ms = float(np.clip(floor - layers_at_min, 0.0, self.fixed_ms))
         k = len(self.techniques)
@@ -231,7 +231,7 @@ class CompressionEnv(gym.Env):
     def _reset_state(self) -> None:
         self._t = 0
         self._chosen: list[dict[str, Any]] = []
-        self._group_keep: dict[int, float] = {}
+        self._group_keep = {}
         self._prev = np.zeros(len(self.techniques), dtype=np.float32)
 
     def _obs(self) -> np.ndarray:
