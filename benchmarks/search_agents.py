@@ -88,8 +88,19 @@ def run_one(
         "base_latency_ms": result["base_latency_ms"],
         "base_accuracy": result["base_accuracy"],
         "uniform_within_budget": summary["uniform_within_budget"],
+        "seconds": minutes * 60,
+        "scoring_seconds": result["scoring_seconds"],
+        "cache_hits": result["cache_hits"],
         "run": str(out),
     }
+
+
+def time_split(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Share of the search's wall time per scoring phase; the rest is the agent, the driver and the logs."""
+    total = sum(r["seconds"] for r in runs)
+    split = {k: sum(r["scoring_seconds"][k] for r in runs) / total for k in runs[0]["scoring_seconds"]}
+    split["agent_driver_logging"] = 1 - sum(split.values())
+    return split
 
 
 def ray_throughput(model: str, evals: int, val_samples: int, root: Path) -> dict[str, Any]:
@@ -170,6 +181,7 @@ def main() -> None:
                 "hypervolume_per_seed": hvs,
                 "hypervolume_mean": statistics.mean(hvs) if hvs else None,
                 "evals_per_minute": statistics.mean(r["evals_per_minute"] for r in runs),
+                "time_split": time_split(runs),
             }
             row["uniform_within_budget"] = runs[0]["uniform_within_budget"]
             row["base_accuracy"], row["budget_ms"] = runs[0]["base_accuracy"], runs[0]["budget_ms"]

@@ -104,6 +104,8 @@ class Objective:
         self.calibration = drawn[:calibration_batches]
         self._cache: dict[str, Evaluation] = {}
         self.hits = 0
+        self.timings: dict[str, float] = dict.fromkeys(("compress", "bn_recalibration", "evaluate", "latency"), 0.0)
+        """Cumulative wall seconds per scoring phase (where a search's time goes)."""
 
     def base_latency_ms(self) -> float:
         return estimate_latency(self.model, self.input_shape, self.device).total_ms
@@ -119,10 +121,16 @@ class Objective:
             self.model, policy, self.calibration if needs_calibration else None,
             analysis=self.analysis, round_to=self.round_to,
         )  # fmt: skip
+        t1 = time.perf_counter()
         if self.bn_inputs:
             recalibrate_batchnorm(compressed, self.bn_inputs)
+        t2 = time.perf_counter()
         accuracy = evaluate(compressed, self.val_data, batch_size=self.batch_size)["top1"]
+        t3 = time.perf_counter()
         latency = estimate_latency(compressed, self.input_shape, self.device)
+        t4 = time.perf_counter()
+        for phase, seconds in zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            self.timings[phase] += seconds
         totals = report.totals
         result = Evaluation(
             accuracy=accuracy, latency_ms=latency.total_ms, latency_source=latency.source,

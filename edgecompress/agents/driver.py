@@ -75,5 +75,6 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
     return {
         "episodes": len(log.records), "seconds": time.perf_counter() - started, "budget_ms": env.budget_ms,
         "base_latency_ms": env.base_ms, "best": best, "plot": str(plot) if plot else None,
+        "scoring_seconds": dict(objective.timings), "cache_hits": objective.hits,
         "base_accuracy": objective(identity_policy(objective)).accuracy,
     }  # fmt: skip

@@ -23,9 +23,9 @@ the base latency), then the previous layer's action rescaled to [0, 1].
 **Budget.** A hard constraint, AMC's way: before a ``keep`` action is applied
 it is limited so that, even if every later layer took ``keep_min``, the
 latency estimate (each layer's base latency x the product of its input and
-output keep ratios, plus the other operators' latency interpolated by the
-mean keep ratio between its base value and its value at the strongest
-compression) stays within budget. After the last layer the true
+output keep ratios, plus a non-layer term interpolated by the mean keep
+ratio between its values at keep 1 and at the strongest compression, so the
+surrogate equals the true estimate at both ends) stays within budget. After the last layer the true
 prediction is computed; if it is still over budget, every keep ratio is
 scaled down (factor 0.9 per round, floor ``keep_min``) until it fits, and
 ``info["repaired"]`` says so. A budget below the latency of the strongest
@@ -128,14 +128,16 @@ class CompressionEnv(gym.Env):
                 f"least {floor:.4f} ms (budget_ratio {floor / self.base_ms:.3f}) or allow more techniques"
             )
         self.min_ms = floor
-        # Operators outside the compressible layers (pooling, activations, adds) shrink with the channels too:
-        # their latency at the strongest compression is what the true estimate leaves after the layers'
-        # surrogate share; in between, it is interpolated by the mean keep ratio (exact at both ends).
+        # The layers' quadratic scaling misses two things: operators outside the compressible layers (pooling,
+        # activations, adds) shrink with the channels too, and per-operator overhead does not shrink at all.
+        # The non-layer term is therefore taken as what the true estimate leaves after the layers' surrogate,
+        # at keep 1 (fixed_ms) and at the strongest compression (fixed_min_ms), interpolated in between by
+        # the mean keep ratio: exact at both ends.
         self.fixed_min_ms = self.fixed_ms
         if "keep" in self.techniques:
             self._group_keep: dict[int, float] = {}
-            layers_at_min = self._estimate(len(self.layers), self.keep_min, self.keep_min) - self.fixed_ms
-            self.fixed_min_ms = float(np.clip(floor - layers_at_min, 0.0, self.fixed_ms))
+            layers_at_min = self._estimate(0, self.keep_min, self.keep_min) - self.fixed_ms  # fixed_min not set yet
+            self.fixed_min_ms = max(0.0, floor - layers_at_min)
         k = len(self.techniques)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (N_FEATURES + k,), dtype=np.float32)
@@ -220,7 +222,7 @@ class CompressionEnv(gym.Env):
             if spec.prunable:
                 keeps.append(out_keep)
         fixed_min = getattr(self, "fixed_min_ms", self.fixed_ms)
-        if keeps and fixed_min < self.fixed_ms and self.keep_min < 1:
+        if keeps and fixed_min != self.fixed_ms and self.keep_min < 1:
             share = (float(np.mean(keeps)) - self.keep_min) / (1 - self.keep_min)
             total += fixed_min + (self.fixed_ms - fixed_min) * float(np.clip(share, 0.0, 1.0))
         else:

@@ -156,6 +156,8 @@ def run_optuna_search(
         "base_latency_ms": env.base_ms,
         "best": log.best(),
         "plot": str(plot) if plot else None,
+        "scoring_seconds": dict(objective.timings),
+        "cache_hits": objective.hits,
         "base_accuracy": objective(identity_policy(objective)).accuracy,
         "storage": storage_url(cfg),
     }

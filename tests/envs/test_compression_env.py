@@ -77,6 +77,15 @@ def test_same_actions_same_episode(objective) -> None:
     assert np.array_equal(results[0][0], results[1][0]) and results[0][1:] == results[1][1:]
 
 
+def test_latency_surrogate_is_exact_at_both_ends(objective) -> None:
+    """The limiter's surrogate matches the estimator at keep 1 and at keep_min (a fixed non-layer share made it
+    over-prune LeNet-5 and under-estimate ResNet-20's per-operator overhead)."""
+    env = _env(objective, budget_ratio=0.9)
+    assert env.fixed_min_ms != env.fixed_ms
+    assert env._estimate(0, 1.0, 1.0) == pytest.approx(env.base_ms)
+    assert env._estimate(0, env.keep_min, env.keep_min) == pytest.approx(env.min_ms)
+
+
 def test_infeasible_budget_and_bad_settings(objective) -> None:
     with pytest.raises(ValueError, match="cannot be met: the strongest compression allowed reaches"):
         _env(objective, budget_ms=1e-6)
