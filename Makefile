@@ -61,3 +61,7 @@ benchmarks: install data
 	$(PY) benchmarks/train_base_models.py
 	$(PY) benchmarks/compressors.py
 	$(PY) benchmarks/latency_models.py
+	$(PY) benchmarks/search_agents.py --models lenet5 --evals 60
+	$(PY) benchmarks/search_agents.py --models resnet20 --evals 40
+	$(PY) benchmarks/search_agents.py --models lenet5 --evals 24 --ray-throughput
+	$(PY) benchmarks/replay_export.py --models resnet20 mobilenetv2 --episodes 60 --finetune-epochs 1

@@ -167,3 +167,11 @@ def test_validate_table_on_a_small_table(tmp_path, capsys) -> None:
     doc = json.loads(out)
     assert doc["n"] == 4 and {r["model"] for r in doc["rows"]} == {"resnet20", "mobilenetv2"}
     assert doc["rows"][0]["missing"] == 0  # resnet20's reachable signatures were all profiled
+
+
+def test_search_flags_are_checked_before_any_work(capsys, tmp_path) -> None:
+    code, _out, err = run_cli(["search", "--episodes", "5", "--trials", "6", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "--episodes 5 and --trials 6 disagree; give one" in err
+    code, _out, err = run_cli(["search", "--agent", "hyperopt", "--out", str(tmp_path / "y")], capsys)
+    assert code == 2 and "search.agent = 'hyperopt'" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

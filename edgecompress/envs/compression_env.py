@@ -22,14 +22,16 @@ the base latency), then the previous layer's action rescaled to [0, 1].
 
 **Budget.** A hard constraint, AMC's way: before a ``keep`` action is applied
 it is limited so that, even if every later layer took ``keep_min``, the
-latency estimate (each layer's base latency x the product of its input and
-output keep ratios, plus a non-layer term interpolated by the mean keep
-ratio between its values at keep 1 and at the strongest compression, so the
-surrogate equals the true estimate at both ends) stays within budget. After the last layer the true
-prediction is computed; if it is still over budget, every keep ratio is
-scaled down (factor 0.9 per round, floor ``keep_min``) until it fits, and
-``info["repaired"]`` says so. A budget below the latency of the strongest
-compression raises ``ConfigError`` (a ``ValueError``) at construction, stating that latency.
+latency estimate stays within budget. That estimate is each layer's base
+latency x the product of its input and output keep ratios (as ``compress``
+rounds them to ``round_to`` channels), plus a non-layer term interpolated by
+the mean keep ratio between its values at keep 1 and at the strongest
+compression, so it equals the true estimate at both ends. After the last
+layer the true prediction is computed; if it is still over budget, every keep
+ratio is scaled down (factor 0.9 per round, floor ``keep_min``) until it fits,
+and ``info["repaired"]`` says so. A budget below the latency of the strongest
+compression raises ``ConfigError`` (a ``ValueError``) at construction, stating
+that latency.
 
 **Reward** (at the last step; 0 before): ``"acc"`` top-1 accuracy (AMC
 resource-constrained), ``"acc_log_latency"`` ``-(1 - acc) * log(latency_ms)``
@@ -50,6 +52,7 @@ import numpy as np
 import torch.nn as nn
 
 from edgecompress.compressors import LayerPolicy, Policy
+from edgecompress.compressors.structured import kept_channels
 from edgecompress.errors import ConfigError
 
 __all__ = ["TECHNIQUE_CHOICES", "CompressionEnv"]
@@ -104,6 +107,7 @@ class CompressionEnv(gym.Env):
             model, checkpoint, dataset, data_dir, device, val_samples, bn_batches, round_to, seed
         )
         analysis = self.objective.analysis
+        self.round_to = int(getattr(self.objective, "round_to", 1))
         self.layers = list(analysis.layers)
         self.groups = {s.name: s.group for s in self.layers}
         self.base_ms = self.objective.base_latency_ms()
@@ -215,12 +219,14 @@ class CompressionEnv(gym.Env):
                 out_keep = keep_here if spec.prunable else 1.0
             else:
                 out_keep = self._group_keep.get(spec.group, rest_keep) if spec.prunable else 1.0
+            if spec.prunable:
+                keeps.append(out_keep)  # the policy's ratios drive the non-layer term
+            if out_keep < 1.0 and spec.out_channels:  # the channels compress() really keeps (round_to)
+                out_keep = kept_channels(spec.out_channels, out_keep, self.round_to) / spec.out_channels
             in_keep = 1.0 if i == 0 else prev_keep
             scale = out_keep if spec.kind == "depthwise" else in_keep * out_keep
             total += self.layer_ms[i] * scale
             prev_keep = out_keep
-            if spec.prunable:
-                keeps.append(out_keep)
         fixed_min = getattr(self, "fixed_min_ms", self.fixed_ms)
         if keeps and fixed_min != self.fixed_ms and self.keep_min < 1:
             share = (float(np.mean(keeps)) - self.keep_min) / (1 - self.keep_min)
