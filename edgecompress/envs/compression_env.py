@@ -22,11 +22,13 @@ the base latency), then the previous layer's action rescaled to [0, 1].
 
 **Budget.** A hard constraint, AMC's way: before a ``keep`` action is applied
 it is limited so that, even if every later layer took ``keep_min``, the
-latency estimate stays within budget. That estimate is each layer's base
-latency x the product of its input and output keep ratios (as ``compress``
-rounds them to ``round_to`` channels), plus a non-layer term interpolated by
-the mean keep ratio between its values at keep 1 and at the strongest
-compression, so it equals the true estimate at both ends. After the last
+latency estimate stays within budget. That estimate is anchored on two true
+predictions per layer, at keep 1 and at ``keep_min`` (channels rounded to
+``round_to`` as ``compress`` rounds them), and affine in the layer's channel
+scale (input keep x output keep; output keep for depthwise) in between; the
+operators outside the layers likewise, in the mean keep ratio. Per-operator
+overhead makes latency far from proportional to channels, so a MACs-style
+scaling would misjudge the budget. After the last
 layer the true prediction is computed; if it is still over budget, every keep
 ratio is scaled down (factor 0.9 per round, floor ``keep_min``) until it fits,
 and ``info["repaired"]`` says so. A budget below the latency of the strongest
@@ -132,16 +134,25 @@ class CompressionEnv(gym.Env):
                 f"least {floor:.4f} ms (budget_ratio {floor / self.base_ms:.3f}) or allow more techniques"
             )
         self.min_ms = floor
-        # The layers' quadratic scaling misses two things: operators outside the compressible layers (pooling,
-        # activations, adds) shrink with the channels too, and per-operator overhead does not shrink at all.
-        # The non-layer term is therefore taken as what the true estimate leaves after the layers' surrogate,
-        # at keep 1 (fixed_ms) and at the strongest compression (fixed_min_ms), interpolated in between by
-        # the mean keep ratio: exact at both ends.
+        # Latency does not scale with in_keep x out_keep on real devices (per-operator overhead stays; the
+        # operators between layers shrink too). So the limiter's surrogate is anchored per layer at two true
+        # estimates, keep 1 and keep_min (both rounded as compress() rounds), and is affine in the layer's
+        # channel scale in between; the non-layer operators likewise, in the mean keep ratio.
+        self.layer_ms_min = self.layer_ms.copy()
         self.fixed_min_ms = self.fixed_ms
+        self._scale_min = np.ones(len(self.layers))
         if "keep" in self.techniques:
             self._group_keep: dict[int, float] = {}
-            layers_at_min = self._estimate(0, self.keep_min, self.keep_min) - self.fixed_ms  # fixed_min not set yet
-            self.fixed_min_ms = max(0.0, floor - layers_at_min)
+            self._scale_min = self._scales(0, self.keep_min, self.keep_min)[0]
+            keep_only = Policy({s.name: LayerPolicy(keep=self.keep_min) for s in self.layers if s.prunable},
+                               base={"input_shape": list(self.objective.input_shape)})  # fmt: skip
+            from edgecompress.compressors import compress
+
+            small, _ = compress(self.objective.model, keep_only, analysis=analysis, round_to=self.round_to)
+            at_min = estimate_latency(small, analysis.input_shape, self.objective.device)
+            rows_min = {r.layer: r.ms for r in at_min.rows}
+            self.layer_ms_min = np.array([rows_min.get(s.name, 0.0) for s in self.layers])
+            self.fixed_min_ms = at_min.total_ms - float(self.layer_ms_min.sum())
         k = len(self.techniques)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (N_FEATURES + k,), dtype=np.float32)
@@ -207,11 +218,13 @@ class CompressionEnv(gym.Env):
     def _keep_of_group(self, group: int, default: float) -> float:
         return self._group_keep.get(group, default)
 
-    def _estimate(self, upto: int, keep_here: float, rest_keep: float) -> float:
-        """Surrogate latency: committed layers at their keeps, this one at keep_here, the rest at rest_keep."""
-        total = 0.0
-        prev_keep = 1.0
+    def _scales(self, upto: int, keep_here: float, rest_keep: float) -> tuple[np.ndarray, float]:
+        """Per layer channel scale (in x out keep, out for depthwise, rounded as compress() rounds) and the
+        mean keep ratio of the prunable layers: committed layers at their keeps, this one at keep_here, the
+        rest at rest_keep."""
+        scales = np.ones(len(self.layers))
         keeps = []
+        prev_keep = 1.0
         for i, spec in enumerate(self.layers):
             if i < upto:
                 out_keep = self._keep_of_group(spec.group, 1.0)
@@ -220,20 +233,23 @@ class CompressionEnv(gym.Env):
             else:
                 out_keep = self._group_keep.get(spec.group, rest_keep) if spec.prunable else 1.0
             if spec.prunable:
-                keeps.append(out_keep)  # the policy's ratios drive the non-layer term
-            if out_keep < 1.0 and spec.out_channels:  # the channels compress() really keeps (round_to)
+                keeps.append(out_keep)
+            if out_keep < 1.0 and spec.out_channels:
                 out_keep = kept_channels(spec.out_channels, out_keep, self.round_to) / spec.out_channels
             in_keep = 1.0 if i == 0 else prev_keep
-            scale = out_keep if spec.kind == "depthwise" else in_keep * out_keep
-            total += self.layer_ms[i] * scale
+            scales[i] = out_keep if spec.kind == "depthwise" else in_keep * out_keep
             prev_keep = out_keep
-        fixed_min = getattr(self, "fixed_min_ms", self.fixed_ms)
-        if keeps and fixed_min != self.fixed_ms and self.keep_min < 1:
-            share = (float(np.mean(keeps)) - self.keep_min) / (1 - self.keep_min)
-            total += fixed_min + (self.fixed_ms - fixed_min) * float(np.clip(share, 0.0, 1.0))
-        else:
-            total += self.fixed_ms
-        return total
+        return scales, float(np.mean(keeps)) if keeps else 1.0
+
+    def _estimate(self, upto: int, keep_here: float, rest_keep: float) -> float:
+        """Surrogate latency (see the class docstring): affine per layer between its keep_min and keep 1 values."""
+        scales, mean_keep = self._scales(upto, keep_here, rest_keep)
+        span = np.where(self._scale_min < 1.0, 1.0 - self._scale_min, 1.0)
+        t = np.clip((scales - self._scale_min) / span, 0.0, 1.0)
+        t = np.where(self._scale_min < 1.0, t, 1.0)
+        layers = float(np.sum(self.layer_ms_min + (self.layer_ms - self.layer_ms_min) * t))
+        share = float(np.clip((mean_keep - self.keep_min) / (1 - self.keep_min), 0.0, 1.0)) if self.keep_min < 1 else 1
+        return layers + self.fixed_min_ms + (self.fixed_ms - self.fixed_min_ms) * share
 
     # ---- gymnasium API ----
     def _reset_state(self) -> None:
