@@ -65,11 +65,13 @@ def exports(model_file: Path, folder: Path) -> dict[str, Any]:
     return out
 
 
-def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool) -> dict[str, Any]:
+def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool, measure_only: bool) -> dict[str, Any]:
+    import json
+
     from edgecompress.agents.driver import run_ddpg_search
 
     folder = root / model
-    if fresh and folder.exists():
+    if fresh and folder.exists() and not measure_only:
         shutil.rmtree(folder)
     cfg = load_config(
         CONFIGS[model],
@@ -86,17 +88,31 @@ def bench(model: str, episodes: int, epochs: int, root: Path, fresh: bool) -> di
             "search.bn_batches": 4,
         },
     )
-    search = run_ddpg_search(cfg, console, progress=False)
     best = folder / "search" / "best_policy.json"
     base, spec = load_checkpoint(cfg.model.checkpoint or "")
-    searched = replay(best, folder / "searched", finetune_epochs=epochs, force=True, progress=False)
-    policy = Policy.load(best)
-    uniform = Policy(
-        {name: LayerPolicy(keep=0.5) for name in policy.layers if "keep" in policy.layers[name].to_dict()},
-        base=dict(policy.base),
-    )
-    uniform_path = uniform.save(folder / "uniform_keep0.5.json")
-    baseline = replay(uniform_path, folder / "uniform", finetune_epochs=epochs, force=True, progress=False)
+    policy = Policy.load(best) if measure_only else None
+    if measure_only:  # re-measure the exports of an earlier run on a quiet machine; search and replays reused
+        ref = json.loads((folder / "search" / "reference.json").read_text())
+        search = {
+            "episodes": len((folder / "search" / "episodes.jsonl").read_text().splitlines()),
+            "budget_ms": ref["budget_ms"],
+            "base_latency_ms": ref["base"]["latency_ms"],
+            "best": policy.meta["scores"] if policy else None,
+            "seconds": None,
+        }
+        searched = json.loads((folder / "searched" / "report.json").read_text())
+        baseline = json.loads((folder / "uniform" / "report.json").read_text())
+    else:
+        search = run_ddpg_search(cfg, console, progress=False)
+        searched = replay(best, folder / "searched", finetune_epochs=epochs, force=True, progress=False)
+        policy = Policy.load(best)
+        uniform = Policy(
+            {name: LayerPolicy(keep=0.5) for name in policy.layers if "keep" in policy.layers[name].to_dict()},
+            base=dict(policy.base),
+        )
+        uniform_path = uniform.save(folder / "uniform_keep0.5.json")
+        baseline = replay(uniform_path, folder / "uniform", finetune_epochs=epochs, force=True, progress=False)
+    assert policy is not None
     (folder / "original").mkdir(parents=True, exist_ok=True)
     original_file = save_compressed(
         folder / "original" / "model.pt", base, spec, Policy({}, base=dict(policy.base)), round_to=1
@@ -154,9 +170,13 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--root", default="benchmarks/runs/replay_export")
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--measure-only", action="store_true", help="reuse the run folders; only export and time")
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
-    results = {m: bench(m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh) for m in args.models}
+    results = {
+        m: bench(m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only)
+        for m in args.models
+    }
     table = Table(title="ONNX Runtime, 2 threads, batch 1 (speed-up vs the original fp32)")
     for col in ("model", "variant", "test top-1", "b1 ms", "b64 ms", "speed-up b1", "predicted"):
         table.add_column(col)

@@ -35,7 +35,7 @@ def test_cache_and_feasibility(setup) -> None:
     # Where the time went: each phase timed once (the cache hit is not re-timed).
     assert set(obj.timings) == {"compress", "bn_recalibration", "evaluate", "latency"}
     assert obj.timings["compress"] > 0 and obj.timings["evaluate"] > 0 and obj.timings["latency"] > 0
-    assert obj.timings["bn_recalibration"] == 0.0  # bn_batches=0
+    assert obj.timings["bn_recalibration"] < 1e-3  # bn_batches=0: only the check itself is timed
     assert sum(obj.timings.values()) <= first.seconds + 1e-6
     assert not first.feasible  # no ResNet-20 runs in 1 ms on a Jetson Nano by this model
     assert first.latency_ms < obj.base_latency_ms() and first.params < 270_618 / 3
