@@ -28,6 +28,7 @@ __all__ = [
     "ModelSpec",
     "load_checkpoint",
     "load_compressed",
+    "rebuild_structure",
     "save_checkpoint",
     "save_compressed",
     "software_versions",
@@ -84,20 +85,32 @@ class ModelSpec:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelSpec) -> Path:
-    """Write atomically (temp file, then rename) so a crash never leaves half a checkpoint."""
+def _save_payload(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write atomically (temp file, then rename) so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "spec": json.dumps(asdict(spec), sort_keys=True),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
     return path
+
+
+def _load_payload(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming ``what`` and the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelSpec) -> Path:
+    """Write atomically (temp file, then rename) so a crash never leaves half a checkpoint."""
+    return _save_payload(path, {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": json.dumps(asdict(spec), sort_keys=True),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    })  # fmt: skip
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]:
@@ -105,10 +118,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    payload = _load_payload(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an edgecompress checkpoint (no '{CHECKPOINT_FORMAT}' header)")
     if payload.get("version") != CHECKPOINT_VERSION:
@@ -147,9 +157,7 @@ def save_compressed(
     is rebuilt by re-applying the policy to a freshly built base model, then
     every tensor is overwritten from the state_dict: no pickled code.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    return _save_payload(path, {
         "format": COMPRESSED_FORMAT,
         "version": CHECKPOINT_VERSION,
         "spec": json.dumps(asdict(spec), sort_keys=True),
@@ -157,16 +165,27 @@ def save_compressed(
         "round_to": int(round_to),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    })  # fmt: skip
+
+
+def rebuild_structure(spec: ModelSpec, policy: Any, round_to: int) -> nn.Module:
+    """The compressed model's structure: the policy applied to a freshly built base model.
+
+    Kept channels, factor ranks and codebook sizes depend only on the policy
+    and ``round_to``; every value (weights, masks, indices, quantizer ranges)
+    is meant to be overwritten by the caller from a saved state.
+    """
+    from edgecompress.compressors import compress
+
+    needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
+    calibration = [torch.zeros(spec.input_shape)] if needs_calibration else None  # ranges replaced by the caller
+    model, _ = compress(spec.build().eval(), policy, calibration, input_shape=spec.input_shape, round_to=round_to)
+    return model
 
 
 def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec, Any, dict[str, Any]]:
     """Rebuild a compressed model written by :func:`save_compressed`: (model, base spec, policy, metrics)."""
-    from edgecompress.compressors import Policy, compress
+    from edgecompress.compressors import Policy
 
     path = Path(path)
     if path.is_dir():
@@ -178,10 +197,7 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec,
             from edgecompress.compressors.archive import load_archive
 
             return load_archive(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read compressed model {path}: {exc}") from exc
+    payload = _load_payload(path, "compressed model")
     if not isinstance(payload, dict) or payload.get("format") != COMPRESSED_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         hint = " (that is a base checkpoint: run `edgecompress replay` first)" if found == CHECKPOINT_FORMAT else ""
@@ -196,10 +212,7 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec,
         policy.base["round_to"] = int(payload["round_to"])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} has a corrupt header: {exc}") from exc
-    base = spec.build().eval()
-    needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
-    calibration = [torch.zeros(spec.input_shape)] if needs_calibration else None  # values replaced below
-    model, _ = compress(base, policy, calibration, input_shape=spec.input_shape, round_to=int(payload["round_to"]))
+    model = rebuild_structure(spec, policy, int(payload["round_to"]))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

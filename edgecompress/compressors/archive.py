@@ -24,6 +24,7 @@ the outputs are identical to the compressed model's.
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 from dataclasses import asdict
@@ -372,7 +373,7 @@ def pack_archive(
     for layer in analysis.layers:
         for name, module in weight_modules(model, layer.name):
             coded[name] = _encode_tensor(module)
-    baked = constraints.bake(_copy(model))
+    baked = constraints.bake(copy.deepcopy(model))
     state = baked.state_dict()
     covered = {f"{name}.weight" for name in coded} | {f"{name}.bias" for name in coded}
     raw: dict[str, dict[str, Any]] = {}
@@ -416,16 +417,10 @@ def pack_archive(
     return blob, info
 
 
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
-
-
 def load_archive(source: str | Path | IO[bytes]) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
     """Rebuild the model from an archive: (model with plain weights, base spec, policy, metrics)."""
-    from edgecompress.checkpoint import ModelSpec
-    from edgecompress.compressors import Policy, compress
+    from edgecompress.checkpoint import ModelSpec, rebuild_structure
+    from edgecompress.compressors import Policy
 
     name = str(source) if isinstance(source, (str, Path)) else "archive"
     if isinstance(source, (str, Path)):
@@ -446,15 +441,7 @@ def load_archive(source: str | Path | IO[bytes]) -> tuple[nn.Module, Any, Any, d
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{name} has a corrupt header: {exc}") from exc
     payload = memoryview(blob)[9 + hlen :]
-    needs = any(lp.abits == 8 for lp in policy.layers.values())
-    model, _ = compress(
-        spec.build().eval(),
-        policy,
-        [torch.zeros(spec.input_shape)] if needs else None,
-        input_shape=spec.input_shape,
-        round_to=header["round_to"],
-    )
-    model = constraints.bake(model)
+    model = constraints.bake(rebuild_structure(spec, policy, header["round_to"]))
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
     for lname, h in header["layers"].items():
