@@ -90,25 +90,33 @@ def _session(model_bytes: bytes, threads: int) -> Any:
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
-def _verify(
-    model_bytes: bytes, reference: nn.Module, dataset: Any, samples: int | None, threads: int
-) -> dict[str, Any]:
-    """Run the ONNX model and the PyTorch reference on the test split; compare."""
+def _onnx_runner(model_bytes: bytes, threads: int) -> Any:
+    """The ONNX model as a callable on input batches, for :func:`_parity`."""
+    session = _session(model_bytes, threads)
+    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).float()
+
+
+def _parity(run: Any, reference: nn.Module, dataset: Any, samples: int | None, reference_name: str) -> dict[str, Any]:
+    """Run ``run`` and the PyTorch ``reference`` on the test split; compare outputs and accuracy."""
     from edgecompress.data import batches
 
-    session = _session(model_bytes, threads)
     max_diff, agree, correct, total = 0.0, 0, 0, 0
     with torch.no_grad():
         for x, y in batches(dataset, 256):
             if samples is not None and total >= samples:
                 break
-            ref = reference(x)
-            got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).float()
+            ref, got = reference(x), run(x)
             max_diff = max(max_diff, float((got - ref).abs().max()))
             agree += int((got.argmax(1) == ref.argmax(1)).sum())
             correct += int((got.argmax(1) == y).sum())
             total += len(y)
-    return {"samples": total, "max_abs_diff": max_diff, "top1_agreement": agree / total, "top1": correct / total}
+    return {
+        "samples": total,
+        "max_abs_diff": max_diff,
+        "top1_agreement": agree / total,
+        "top1": correct / total,
+        "reference": reference_name,
+    }
 
 
 def _time(model_bytes: bytes, input_shape: tuple[int, ...], threads: int, repeats: int) -> dict[str, float]:
@@ -258,8 +266,8 @@ def export_model(
             result["int8"] = info
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
         result["checker"] = "onnx.checker passed (full_check)"
-        result["parity"] = _verify(data, folded, bundle.test, verify_samples, threads)
-        result["parity"]["reference"] = "PyTorch model with constraints folded (what the export encodes)"
+        result["parity"] = _parity(_onnx_runner(data, threads), folded, bundle.test, verify_samples,
+                                   "PyTorch model with constraints folded (what the export encodes)")  # fmt: skip
         if measure:
             result["measured"] = {
                 **_time(data, shape, threads, repeats),
@@ -276,15 +284,15 @@ def export_model(
             torch.jit.save(traced, buf)
             data = buf.getvalue()
             loaded = torch.jit.load(io.BytesIO(data))
-        result["parity"] = _torch_parity(loaded, folded, bundle.test, verify_samples)
+        result["parity"] = _parity(loaded, folded, bundle.test, verify_samples, "PyTorch model with constraints folded")
     else:
         from edgecompress.compressors.archive import load_archive, pack_archive
 
         data, info = pack_archive(model, spec, policy, metrics=metrics)
         restored, *_ = load_archive(io.BytesIO(data))
         result["archive"] = info
-        result["parity"] = _torch_parity(restored, model, bundle.test, verify_samples)
-        result["parity"]["reference"] = "the compressed PyTorch model (activation quantizers included)"
+        result["parity"] = _parity(restored, model, bundle.test, verify_samples,
+                                   "the compressed PyTorch model (activation quantizers included)")  # fmt: skip
     result["accuracy_pytorch"] = evaluate(model, bundle.test, topk=(1,))["top1"]
     result["bytes"] = len(data)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -320,25 +328,3 @@ def _topological_sort(graph: Any) -> None:
         pending = rest
     del graph.node[:]
     graph.node.extend(ordered)
-
-
-def _torch_parity(model: Any, reference: nn.Module, dataset: Any, samples: int | None) -> dict[str, Any]:
-    from edgecompress.data import batches
-
-    max_diff, agree, correct, total = 0.0, 0, 0, 0
-    with torch.no_grad():
-        for x, y in batches(dataset, 256):
-            if samples is not None and total >= samples:
-                break
-            ref, got = reference(x), model(x)
-            max_diff = max(max_diff, float((got - ref).abs().max()))
-            agree += int((got.argmax(1) == ref.argmax(1)).sum())
-            correct += int((got.argmax(1) == y).sum())
-            total += len(y)
-    return {
-        "samples": total,
-        "max_abs_diff": max_diff,
-        "top1_agreement": agree / total,
-        "top1": correct / total,
-        "reference": "PyTorch model with constraints folded",
-    }
