@@ -22,14 +22,12 @@ __all__ = ["run_ddpg_search"]
 
 def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     from edgecompress.agents.amc import AMCDDPG
-    from edgecompress.checkpoint import software_versions
-    from edgecompress.search.runlog import RunLog
-    from edgecompress.search.space import identity_policy, prepare_search
+    from edgecompress.search.space import prepare_search
 
     s = cfg.search
     run_dir = Path(cfg.out)
     setup = prepare_search(cfg, console)
-    env, objective = setup.env, setup.objective
+    env = setup.env
     n_layers = len(env.layers)
     warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
     agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.pkl"
@@ -40,12 +38,7 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
     else:
         agent = AMCDDPG(env, n_layers=n_layers, warmup_episodes=warmup, seed=s.seed,
                         tensorboard_log=str(run_dir / "tensorboard"))  # fmt: skip
-    log = RunLog(
-        run_dir, base=setup.base,
-        provenance={"agent": "ddpg (AMC on Stable-Baselines3)", "device": cfg.device, "budget_ms": env.budget_ms,
-                    "base_latency_ms": env.base_ms, "seed": s.seed, "versions": software_versions()},
-        top_k=s.top_k,
-    )  # fmt: skip
+    log = setup.open_log(cfg, "ddpg (AMC on Stable-Baselines3)")
     log.truncate(agent.episodes_done)
     remaining = s.episodes - agent.episodes_done
     started = time.perf_counter()
@@ -62,19 +55,9 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
             })  # fmt: skip
             agent.save(agent_path)
             agent.save_replay_buffer(buffer_path)
-            best = log.best()
-            status = (f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {env.budget_ms:.3f} ms"
-                      if best else "no policy within budget yet")  # fmt: skip
-            bar.update(task, completed=agent.episodes_done, status=status)
+            bar.update(task, completed=agent.episodes_done, status=setup.status(log, "policy"))
 
         agent.episode_end_hook = on_episode
         if remaining > 0:
             agent.learn(total_timesteps=remaining * n_layers, reset_num_timesteps=False)
-    plot = log.plot()
-    best = log.best()
-    return {
-        "episodes": len(log.records), "seconds": time.perf_counter() - started, "budget_ms": env.budget_ms,
-        "base_latency_ms": env.base_ms, "best": best, "plot": str(plot) if plot else None,
-        "scoring_seconds": dict(objective.timings), "cache_hits": objective.hits,
-        "base_accuracy": objective(identity_policy(objective)).accuracy,
-    }  # fmt: skip
+    return setup.result(log, time.perf_counter() - started)

@@ -52,9 +52,7 @@ def run_optuna_search(
 ) -> dict[str, Any]:
     import optuna
 
-    from edgecompress.checkpoint import software_versions
-    from edgecompress.search.runlog import RunLog
-    from edgecompress.search.space import evaluation_record, identity_policy, prepare_search
+    from edgecompress.search.space import evaluation_record, prepare_search
 
     s = cfg.search
     run_dir = Path(cfg.out)
@@ -83,20 +81,7 @@ def run_optuna_search(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy", "latency_ms", "stored_bytes"] if multi else ["accuracy"])
-    log = RunLog(
-        run_dir,
-        base=setup.base,
-        provenance={
-            "agent": f"optuna ({s.sampler})",
-            "device": cfg.device,
-            "budget_ms": env.budget_ms,
-            "base_latency_ms": env.base_ms,
-            "seed": s.seed,
-            "storage": storage_url(cfg),
-            "versions": software_versions(),
-        },
-        top_k=s.top_k,
-    )
+    log = setup.open_log(cfg, f"optuna ({s.sampler})", storage=storage_url(cfg))
     complete = optuna.trial.TrialState.COMPLETE
 
     def sync() -> None:
@@ -127,13 +112,8 @@ def run_optuna_search(
 
         def on_done(study_: Any, ft: Any) -> None:
             sync()
-            best = log.best()
             n = len(study_.get_trials(deepcopy=False, states=(complete,)))
-            status = (
-                f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {env.budget_ms:.3f} ms"
-                if best
-                else "no trial within budget yet"
-            )
+            status = setup.status(log, "trial")
             bar.update(task, completed=n, status=status)
             if _stop_after is not None and n >= _stop_after:
                 study_.stop()
@@ -148,16 +128,4 @@ def run_optuna_search(
     if multi:
         front = [{"trial": t.number, **t.user_attrs["record"]} for t in study.best_trials]
         write_json_atomic(run_dir / "pareto.json", front)
-    plot = log.plot()
-    return {
-        "episodes": len(log.records),
-        "seconds": time.perf_counter() - started,
-        "budget_ms": env.budget_ms,
-        "base_latency_ms": env.base_ms,
-        "best": log.best(),
-        "plot": str(plot) if plot else None,
-        "scoring_seconds": dict(objective.timings),
-        "cache_hits": objective.hits,
-        "base_accuracy": objective(identity_policy(objective)).accuracy,
-        "storage": storage_url(cfg),
-    }
+    return setup.result(log, time.perf_counter() - started, storage=storage_url(cfg))

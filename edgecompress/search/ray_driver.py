@@ -33,8 +33,12 @@ from edgecompress.config import RunConfig
 __all__ = ["run_ray_search"]
 
 
-def _trial(config: dict[str, Any], objective: Any = None, space: Any = None, budget_ms: float = 0.0) -> dict[str, Any]:
+def _trial(
+    config: dict[str, Any], objective: Any = None, space: Any = None, budget_ms: float = 0.0, accuracy_source: str = ""
+) -> dict[str, Any]:
     import torch
+
+    from edgecompress.search.space import evaluation_record
 
     torch.set_num_threads(1)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -44,10 +48,8 @@ def _trial(config: dict[str, Any], objective: Any = None, space: Any = None, bud
         "score": ev.accuracy if within else -ev.latency_ms / budget_ms,
         "accuracy": ev.accuracy,
         "latency_ms": ev.latency_ms,
-        "stored_bytes": ev.stored_bytes,
         "within_budget": within,
-        "latency_source": ev.latency_source,
-        "policy_json": json.dumps(ev.policy),
+        "record_json": json.dumps(evaluation_record(ev, accuracy_source)),
     }
 
 
@@ -82,10 +84,8 @@ def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from edgecompress.checkpoint import software_versions
     from edgecompress.search.optuna_driver import make_sampler
-    from edgecompress.search.runlog import RunLog
-    from edgecompress.search.space import identity_policy, prepare_search
+    from edgecompress.search.space import prepare_search
 
     s = cfg.search
     run_dir = Path(cfg.out).resolve()
@@ -95,19 +95,7 @@ def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -
         from edgecompress.errors import ConfigError
 
         raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
-    log = RunLog(
-        run_dir,
-        base=setup.base,
-        provenance={
-            "agent": f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)",
-            "device": cfg.device,
-            "budget_ms": env.budget_ms,
-            "base_latency_ms": env.base_ms,
-            "seed": s.seed,
-            "versions": software_versions(),
-        },
-        top_k=s.top_k,
-    )
+    log = setup.open_log(cfg, f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)")
     started = time.perf_counter()
     if not ray.is_initialized():
         if s.ray_address:
@@ -116,47 +104,25 @@ def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -
             ray.init(num_cpus=s.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, objective=objective, space=space, budget_ms=env.budget_ms), {"cpu": 1}
+        tune.with_parameters(
+            _trial, objective=objective, space=space, budget_ms=env.budget_ms, accuracy_source=setup.accuracy_source
+        ),
+        {"cpu": 1},
     )
     logged = {r.get("trial") for r in log.records}
 
     def record(trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in logged or "accuracy" not in result:
+        if trial_id in logged or "record_json" not in result:
             return
         logged.add(trial_id)
-        log.record(
-            {
-                "policy": {
-                    "format": "edgecompress.policy",
-                    "version": 1,
-                    "base": {},
-                    "meta": {},
-                    "layers": json.loads(result["policy_json"]),
-                },
-                "accuracy": result["accuracy"],
-                "latency_ms": result["latency_ms"],
-                "budget_ms": env.budget_ms,
-                "stored_bytes": result["stored_bytes"],
-                "reward": result["score"],
-                "within_budget": result["within_budget"],
-                "repaired": False,
-                "latency_source": result["latency_source"],
-                "accuracy_source": setup.accuracy_source,
-                "trial": trial_id,
-            }
-        )
+        log.record({**json.loads(result["record_json"]), "reward": result["score"], "trial": trial_id})
 
     with progress_bar(progress) as bar:
         task = bar.add_task(f"ray tune x{s.workers}", total=s.episodes, completed=len(log.records), status="")
 
         def on_complete(trial: Any) -> None:
             record(trial.trial_id, trial.last_result or {})
-            best = log.best()
-            status = (
-                f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms"
-                if best
-                else "no trial within budget yet"
-            )
+            status = setup.status(log, "trial")
             bar.update(task, completed=len(log.records), status=status)
 
         experiment = run_dir / "ray"
@@ -187,15 +153,10 @@ def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -
     for result in list(results):  # type: ignore[call-overload]
         if result.error is None and result.metrics:
             record(result.metrics.get("trial_id", ""), result.metrics)
-    plot = log.plot()
-    return {
-        "episodes": len(log.records),
-        "seconds": time.perf_counter() - started,
-        "budget_ms": env.budget_ms,
-        "base_latency_ms": env.base_ms,
-        "best": log.best(),
-        "plot": str(plot) if plot else None,
-        "base_accuracy": objective(identity_policy(objective)).accuracy,
-        "workers": s.workers,
-        "errors": [str(r.error) for r in list(results) if r.error is not None],  # type: ignore[call-overload]
-    }
+    return setup.result(
+        log,
+        time.perf_counter() - started,
+        scored_here=False,
+        workers=s.workers,
+        errors=[str(r.error) for r in list(results) if r.error is not None],  # type: ignore[call-overload]
+    )

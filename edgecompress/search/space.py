@@ -152,6 +152,51 @@ class SearchSetup:
     """The ``base`` section of every policy the search writes."""
     accuracy_source: str
 
+    def open_log(self, cfg: RunConfig, agent: str, **provenance: Any) -> Any:
+        """The run folder's :class:`RunLog`, with the provenance every driver records (plus ``provenance``)."""
+        from edgecompress.checkpoint import software_versions
+        from edgecompress.search.runlog import RunLog
+
+        return RunLog(
+            cfg.out,
+            base=self.base,
+            provenance={
+                "agent": agent,
+                "device": cfg.device,
+                "budget_ms": self.env.budget_ms,
+                "base_latency_ms": self.env.base_ms,
+                "seed": cfg.search.seed,
+                **provenance,
+                "versions": software_versions(),
+            },
+            top_k=cfg.search.top_k,
+        )
+
+    def status(self, log: Any, unit: str) -> str:
+        """The progress bar's status: the best policy within budget so far."""
+        best = log.best()
+        if best is None:
+            return f"no {unit} within budget yet"
+        return f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {self.env.budget_ms:.3f} ms"
+
+    def result(self, log: Any, seconds: float, *, scored_here: bool = True, **extra: Any) -> dict[str, Any]:
+        """Plot the run and return what every driver returns; ``scored_here=False`` when workers scored the
+        policies (this process's objective timings and cache hits would then describe only the set-up)."""
+        plot = log.plot()
+        out: dict[str, Any] = {
+            "episodes": len(log.records),
+            "seconds": seconds,
+            "budget_ms": self.env.budget_ms,
+            "base_latency_ms": self.env.base_ms,
+            "best": log.best(),
+            "plot": str(plot) if plot else None,
+        }
+        if scored_here:
+            out["scoring_seconds"] = dict(self.objective.timings)
+            out["cache_hits"] = self.objective.hits
+        out["base_accuracy"] = self.objective(identity_policy(self.objective)).accuracy
+        return {**out, **extra}
+
 
 def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
     from edgecompress.config import write_resolved_config
