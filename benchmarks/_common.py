@@ -11,19 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgecompress.checkpoint import software_versions
+from edgecompress.checkpoint import cpu_name, software_versions
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system()}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system()}
 
 
 def write_result(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -26,6 +26,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "COMPRESSED_FORMAT",
     "ModelSpec",
+    "cpu_name",
     "load_checkpoint",
     "load_compressed",
     "rebuild_structure",
@@ -36,6 +37,17 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "edgecompress.checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS names it (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def software_versions() -> dict[str, str]:

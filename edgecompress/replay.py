@@ -15,7 +15,7 @@ source) and the measured ONNX Runtime latency on this machine.
 
 from __future__ import annotations
 
-import platform
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,32 +27,6 @@ from edgecompress._io import write_json_atomic
 from edgecompress.errors import ConfigError, PolicyError
 
 __all__ = ["replay", "report_markdown"]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(threads: int) -> str:
-    import os
-
-    return f"{_cpu_name()}, {os.cpu_count()} cores, ONNX Runtime CPU provider, {threads} threads"
-
-
-def measure_latency(
-    model: torch.nn.Module, input_shape: tuple[int, ...], *, threads: int = 2, batch: int = 1, repeats: int = 100
-) -> float:
-    """Median ms of the model's fp32 ONNX export in ONNX Runtime on this machine (warm-up 20)."""
-    from edgecompress.latency_models.host import measure_onnx_ms
-
-    shape = (batch, *input_shape[1:])
-    return measure_onnx_ms(model, shape, threads=threads, repeats=repeats)
 
 
 def replay(
@@ -76,7 +50,7 @@ def replay(
     val_size: int = 5000,
 ) -> dict[str, Any]:
     from edgecompress.analysis import analyze_model
-    from edgecompress.checkpoint import load_checkpoint, save_compressed, software_versions
+    from edgecompress.checkpoint import cpu_name, load_checkpoint, save_compressed, software_versions
     from edgecompress.compressors import Policy, compress
     from edgecompress.compressors.compress import report_for
     from edgecompress.compressors.distill import distill as run_distill
@@ -84,6 +58,7 @@ def replay(
     from edgecompress.data import batches, load_dataset
     from edgecompress.latency_models import estimate_latency
     from edgecompress.latency_models.devices import list_devices
+    from edgecompress.latency_models.host import measure_onnx_ms
     from edgecompress.objective import recalibrate_batchnorm
     from edgecompress.training import evaluate, train
 
@@ -159,12 +134,12 @@ def replay(
         }
     measured: dict[str, Any] = {}
     if measure:
-        for batch in (1,):
-            bm = measure_latency(base, spec.input_shape, threads=threads, batch=batch)
-            cm = measure_latency(model, spec.input_shape, threads=threads, batch=batch)
-            measured[f"batch{batch}"] = {"base_ms": bm, "compressed_ms": cm, "speedup": bm / cm}
+        base_ms = measure_onnx_ms(base, spec.input_shape, threads=threads)
+        compressed_ms = measure_onnx_ms(model, spec.input_shape, threads=threads)
+        measured["batch1"] = {"base_ms": base_ms, "compressed_ms": compressed_ms, "speedup": base_ms / compressed_ms}
         measured["source"] = (
-            f"measured on this machine ({machine_description(threads)}): fp32 ONNX export, "
+            f"measured on this machine ({cpu_name()}, {os.cpu_count()} cores, ONNX Runtime CPU provider, "
+            f"{threads} threads): fp32 ONNX export, "
             "median of 100 runs after 20 warm-up"
         )
 

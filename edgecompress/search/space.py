@@ -35,6 +35,7 @@ __all__ = [
     "evaluation_record",
     "identity_policy",
     "prepare_search",
+    "uniform_policy",
     "uniform_within_budget",
 ]
 
@@ -124,13 +125,18 @@ def evaluation_record(ev: Any, accuracy_source: str) -> dict[str, Any]:
     }
 
 
+def uniform_policy(env: Any, keep: float) -> Policy:
+    """One keep ratio on every prunable layer of the env's model."""
+    layers = {s.name: LayerPolicy(keep=keep) for s in env.layers if s.prunable}
+    return Policy(layers, base={"input_shape": list(env.objective.input_shape)})
+
+
 def uniform_within_budget(env: Any, steps: int = 10) -> dict[str, Any] | None:
     """The largest single keep ratio whose policy meets the budget (bisection), scored."""
     lo, hi, best = env.keep_min, 1.0, None
     for _ in range(steps):
         mid = round((lo + hi) / 2, 4)
-        layers = {s.name: LayerPolicy(keep=mid) for s in env.layers if s.prunable}
-        ev = env.objective(Policy(layers, base={"input_shape": list(env.objective.input_shape)}))
+        ev = env.objective(uniform_policy(env, mid))
         if ev.latency_ms <= env.budget_ms:
             best, lo = (
                 {"keep": mid, "accuracy": ev.accuracy, "latency_ms": ev.latency_ms, "stored_bytes": ev.stored_bytes},
@@ -254,8 +260,7 @@ def write_reference(run_dir: Path, env: Any) -> dict[str, Any]:
     base = obj(Policy({}, base={"input_shape": list(obj.input_shape)}))
     uniform = []
     for keep in (0.3, 0.5, 0.7, 0.9):
-        layers = {s.name: LayerPolicy(keep=keep) for s in env.layers if s.prunable}
-        ev = obj(Policy(layers, base={"input_shape": list(obj.input_shape)}))
+        ev = obj(uniform_policy(env, keep))
         uniform.append(
             {
                 "keep": keep,
