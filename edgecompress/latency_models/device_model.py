@@ -133,18 +133,20 @@ def _nb201_parts() -> tuple[dict[str, float], dict[tuple[str, int], dict[str, fl
     return fixed, parts
 
 
-def nb201_features(arch: str) -> dict[str, float]:
+def nb201_features(arch: str, fold_constants: bool = True) -> dict[str, float]:
     """Features of a NAS-Bench-201 network as deployed: dead and ``none`` edges folded away.
 
-    A network whose cells' outputs are disconnected computes a constant; all its
-    features are zero (only the intercept remains), as the ~0.01 ms
-    measurements of such networks show.
+    With ``fold_constants``, a network whose cells' outputs are disconnected
+    computes a constant; all its features are zero (only the intercept
+    remains), as the ~0.01 ms measurements of such networks on the Pi 4 show.
+    Without it (see :func:`~edgecompress.latency_models.nb201.live_edges`)
+    such a network still runs its stem, reductions and head.
     """
     from edgecompress.latency_models.nb201 import live_edges, parse_arch
 
     fixed, parts = _nb201_parts()
-    live = live_edges(parse_arch(arch))
-    if not live[2]:
+    live = live_edges(parse_arch(arch), fold_constants)
+    if fold_constants and not live[2]:
         return dict.fromkeys(fixed, 0.0)
     feats = dict(fixed)
     for edges in live:
@@ -159,10 +161,11 @@ def nb201_features(arch: str) -> dict[str, float]:
     return feats
 
 
-def is_constant_network(arch: str) -> bool:
+def is_constant_network(arch: str, fold_constants: bool = True) -> bool:
+    """Whether the deployed network computes a constant (only where constants are folded)."""
     from edgecompress.latency_models.nb201 import live_edges, parse_arch
 
-    return not live_edges(parse_arch(arch))[2]
+    return fold_constants and not live_edges(parse_arch(arch))[2]
 
 
 def load_nb201_rows(data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, str]]:
@@ -191,6 +194,11 @@ class DeviceModel:
     fitted_on: str = ""
     scale: float = 1.0
     """Multiplies every prediction (the Pi 5 profile is the Pi 4 model over a published speed-up)."""
+    fold_constants: bool = True
+    """How the calibration networks were deployed (see ``nb201.live_edges``); chosen by cross-validation on
+    the calibration rows. Only the fit and the validation use it: a user's model is traced as it is."""
+    selection: dict[str, Any] = field(default_factory=dict)
+    """The cross-validation scores that chose ``fold_constants``."""
     validation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     version: int = 1
@@ -228,43 +236,83 @@ class DeviceModel:
         return cls.from_dict(read_json(path, "device model", EdgeCompressError), str(path))
 
 
-def _design(rows: Sequence[dict[str, str]]) -> tuple[np.ndarray, list[str]]:
+def _design(rows: Sequence[dict[str, str]], fold_constants: bool = True) -> tuple[np.ndarray, list[str]]:
     keys = [f"{g}.{t}" for g in GROUPS for t in TERMS]
     cache: dict[str, dict[str, float]] = {}
     x = np.zeros((len(rows), len(keys) + 1))
     for i, row in enumerate(rows):
         arch = row["arch_str"]
         if arch not in cache:
-            cache[arch] = nb201_features(arch)
+            cache[arch] = nb201_features(arch, fold_constants)
         x[i, 0] = 1.0
         x[i, 1:] = [cache[arch][k] for k in keys]
     return x, keys
 
 
-def fit_device_model(name: str, rows: Sequence[dict[str, str]]) -> DeviceModel:
-    """Fit ``name``'s cost model on the *calibration* rows that have a measurement."""
+def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error (each row divided by its latency), columns normalised."""
     from scipy.optimize import nnls
 
-    meta = DEVICE_COLUMNS[name]
-    col = meta["column"]
-    # Networks whose cells compute a constant fold to almost nothing (~0.01 ms on the Pi 4): a regime no
-    # compressed model reaches, left out so it does not pull the per-operator costs.
-    use = [r for r in rows if r["split"] == "calibration" and r.get(col) and not is_constant_network(r["arch_str"])]
-    if not use:
-        raise EdgeCompressError(f"no calibration rows with a {col} measurement")
-    x, keys = _design(use)
-    y = np.array([float(r[col]) for r in use])
-    # Relative-error fit: divide each row by its latency; scale columns for a well-conditioned NNLS.
     xw = x / y[:, None]
     norms = np.linalg.norm(xw, axis=0)
     norms[norms == 0] = 1.0
     coef, _ = nnls(xw / norms, np.ones_like(y))
-    coef = coef / norms
+    return coef / norms
+
+
+def _fit_rows(rows: Sequence[dict[str, str]], col: str, fold_constants: bool) -> list[dict[str, str]]:
+    # Networks that fold to a constant (~0.01 ms on the Pi 4) are a regime no compressed model reaches:
+    # left out so they do not pull the per-operator costs.
+    return [
+        r for r in rows
+        if r["split"] == "calibration" and r.get(col) and not is_constant_network(r["arch_str"], fold_constants)
+    ]  # fmt: skip
+
+
+def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
+    """5-fold cross-validated Spearman of the cost model on the *calibration* rows, with and without
+    constant folding of the calibration networks; the deployment assumption that predicts better wins.
+
+    Only calibration rows are split (by ``arch_index % folds``); the holdout rows play no part.
+    """
+    from scipy.stats import spearmanr
+
+    col = DEVICE_COLUMNS[name]["column"]
+    scores: dict[str, float] = {}
+    for fold_constants in (True, False):
+        use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
+        x, _ = _design(use, fold_constants)
+        y = np.array([float(r[col]) for r in use])
+        fit = np.array([not is_constant_network(r["arch_str"], fold_constants) for r in use])
+        fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+        pred = np.zeros_like(y)
+        for k in range(folds):
+            train = (fold != k) & fit
+            pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
+        scores["fold_constants" if fold_constants else "no_constant_folding"] = float(spearmanr(pred, y).statistic)
+    return {
+        "cv_spearman": scores,
+        "fold_constants": scores["fold_constants"] >= scores["no_constant_folding"],
+        "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds})",
+    }
+
+
+def fit_device_model(name: str, rows: Sequence[dict[str, str]], fold_constants: bool = True) -> DeviceModel:
+    """Fit ``name``'s cost model on the *calibration* rows that have a measurement."""
+    meta = DEVICE_COLUMNS[name]
+    col = meta["column"]
+    use = _fit_rows(rows, col, fold_constants)
+    if not use:
+        raise EdgeCompressError(f"no calibration rows with a {col} measurement")
+    x, keys = _design(use, fold_constants)
+    y = np.array([float(r[col]) for r in use])
+    coef = _nnls_relative(x, y)
     return DeviceModel(
         name=name, device=meta["device"], precision=meta["precision"], intercept_ms=float(coef[0]),
         coefficients={k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
         source=meta["source"], licence=meta["licence"],
         fitted_on=f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
+        fold_constants=fold_constants,
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from edgecompress.latency_models.device_model import (
     PI5_SPEEDUP_OVER_PI4,
     DeviceModel,
     _design,
+    cross_validate_folding,
     fit_device_model,
     is_constant_network,
     load_nb201_rows,
@@ -71,10 +72,10 @@ def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dic
     hold = _holdout(rows, column)
     if not hold:
         raise EdgeCompressError(f"no holdout rows with a {column} measurement")
-    x, keys = _design(hold)
+    x, keys = _design(hold, model.fold_constants)
     y = np.array([float(r[column]) for r in hold])
     pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
-    live = np.array([not is_constant_network(r["arch_str"]) for r in hold])
+    live = np.array([not is_constant_network(r["arch_str"], model.fold_constants) for r in hold])
     flops = sum(x[:, 1 + keys.index(k)] for k in keys if k.endswith(".mmacs"))
     ranks = metrics(np.maximum(pred, 1e-9), y)
     errors = metrics(pred[live], y[live])
@@ -101,7 +102,16 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
     rows = load_nb201_rows(data_dir)
     models: dict[str, DeviceModel] = {}
     for name, meta in DEVICE_COLUMNS.items():
-        model = fit_device_model(name, rows)
+        selection = cross_validate_folding(name, rows)
+        model = fit_device_model(name, rows, selection["fold_constants"])
+        model.selection = selection
+        if not selection["fold_constants"]:
+            model.notes.append(
+                "calibration networks read as deployed without constant folding (TensorRT via torch2trt: unused "
+                "layers removed, layers on all-zero inputs kept); chosen by cross-validation on calibration rows "
+                f"(Spearman {selection['cv_spearman']['no_constant_folding']:.3f} vs "
+                f"{selection['cv_spearman']['fold_constants']:.3f} with folding)"
+            )
         report = validate(model, rows, meta["column"])
         model.validation = {k: v for k, v in report.items() if k not in ("predicted", "measured")}
         model.validation["date"] = time.strftime("%Y-%m-%d")

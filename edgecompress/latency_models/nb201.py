@@ -33,19 +33,24 @@ def parse_arch(arch: str) -> list[list[tuple[str, int]]]:
     return nodes
 
 
-def live_edges(nodes: list[list[tuple[str, int]]]) -> list[list[tuple[str, int]]]:
+def live_edges(nodes: list[list[tuple[str, int]]], fold_constants: bool = True) -> list[list[tuple[str, int]]]:
     """The edges that can affect the cell's output (node 3), without ``none`` edges.
 
     Deployment compilers fold these away: a ``none`` edge adds zero, and a node
-    that reaches the output only through ``none`` edges is dead. When node 3
-    keeps no live edge the cell's output is constant zero (the measured
-    latencies of such networks are ~0.01 ms: everything was folded).
+    that reaches the output only through ``none`` edges is dead. With
+    ``fold_constants`` (TFLite, TensorFlow), an operator applied to a constant
+    is folded too: a node whose incoming edges are all ``none`` is constant,
+    and so is everything computed only from it; when node 3 keeps no live edge
+    the cell's output is constant zero (the measured latencies of such networks
+    are ~0.01 ms: everything was folded). Without it (TensorRT built by
+    torch2trt), unused layers are removed but layers on an all-zero input
+    still run.
     """
     # Forward: a node is non-constant if a non-none edge brings it a non-constant input
     # (an op applied to a constant is a constant, folded at compile time).
     varies = [True, False, False, False]
     for j in (1, 2, 3):
-        varies[j] = any(op != "none" and varies[src] for op, src in nodes[j - 1])
+        varies[j] = not fold_constants or any(op != "none" and varies[src] for op, src in nodes[j - 1])
     # Backward: keep the edges on a path to the output.
     live_node = [False, False, False, True]
     live: list[list[tuple[str, int]]] = [[], [], []]
@@ -84,9 +89,9 @@ def _op(name: str, c: int) -> nn.Module:
 class _Cell(nn.Module):
     """A cell with its dead and ``none`` edges folded away (see :func:`live_edges`)."""
 
-    def __init__(self, nodes: list[list[tuple[str, int]]], c: int) -> None:
+    def __init__(self, nodes: list[list[tuple[str, int]]], c: int, fold_constants: bool = True) -> None:
         super().__init__()
-        self.nodes = live_edges(nodes)
+        self.nodes = live_edges(nodes, fold_constants)
         self.edges = nn.ModuleDict(
             {f"{j + 1}_{src}": _op(op, c) for j, edges in enumerate(self.nodes) for op, src in edges}
         )
@@ -97,7 +102,8 @@ class _Cell(nn.Module):
             total = None
             for _, src in edges:
                 inp = states[src]
-                assert inp is not None  # a live edge's source is live
+                if inp is None:  # a node without live inputs (only without fold_constants): all zeros
+                    inp = torch.zeros_like(x)
                 out = self.edges[f"{j + 1}_{src}"](inp)
                 total = out if total is None else total + out
             states.append(total)
@@ -119,14 +125,14 @@ class _Reduction(nn.Module):
 
 
 class NB201Network(nn.Module):
-    def __init__(self, arch: str, num_classes: int = 10, c: int = 16, n: int = 5) -> None:
+    def __init__(self, arch: str, num_classes: int = 10, c: int = 16, n: int = 5, fold_constants: bool = True) -> None:
         super().__init__()
         nodes = parse_arch(arch)
         layers: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
         for stage, width in enumerate((c, 2 * c, 4 * c)):
             if stage:
                 layers.append(_Reduction(width // 2, width))
-            layers += [_Cell(nodes, width) for _ in range(n)]
+            layers += [_Cell(nodes, width, fold_constants) for _ in range(n)]
         layers += [nn.BatchNorm2d(4 * c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(4 * c, num_classes)

@@ -8,6 +8,7 @@ from edgecompress.latency_models import estimate_latency, list_devices, load_dev
 from edgecompress.latency_models.device_model import (
     DeviceModel,
     _design,
+    cross_validate_folding,
     fit_device_model,
     metrics,
     nb201_features,
@@ -47,6 +48,31 @@ def test_fit_reproduces_known_latencies() -> None:
             truth.predict_features(nb201_features(a)), rel=1e-6
         )
     assert fitted.fitted_on.startswith("8 calibration rows")
+
+
+@pytest.mark.parametrize("fold_constants", [True, False])
+def test_cross_validation_recovers_how_the_networks_were_deployed(fold_constants: bool) -> None:
+    """Latencies made by a known model under one deployment assumption: the CV picks that assumption."""
+    import random
+
+    from edgecompress.latency_models.nb201 import OPS
+
+    rng = random.Random(0)
+    truth = DeviceModel(
+        "t", "t", "fp32", 0.5, {"conv_k3.mmacs": 0.05, "conv_k1.count": 0.3, "pool.count": 0.2, "add.count": 0.1},
+        "synthetic",
+    )  # fmt: skip
+    rows = []
+    for i in range(120):
+        ops = [rng.choice(OPS) for _ in range(6)]
+        arch = f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
+        ms = truth.predict_features(nb201_features(arch, fold_constants))
+        rows.append({"arch_index": str(i), "arch_str": arch, "split": "calibration", "hwnb_raspi4_cifar10_ms": str(ms)})
+    chosen = cross_validate_folding("raspberry-pi-4", rows)
+    assert chosen["fold_constants"] is fold_constants
+    best, other = ("fold_constants", "no_constant_folding")[:: 1 if fold_constants else -1]
+    assert chosen["cv_spearman"][best] == pytest.approx(1.0, abs=1e-3)
+    assert chosen["cv_spearman"][other] < 0.99
 
 
 def test_fit_never_reads_holdout_rows() -> None:

@@ -53,6 +53,19 @@ def test_live_edges_fold_dead_and_none() -> None:
     dead = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|none~1|none~2|"
     assert is_constant_network(dead) and not is_constant_network(arch)
     assert all(v == 0 for v in nb201_features(dead).values())
+    # Without constant folding (TensorRT via torch2trt) only unused layers go: node 2 is zero, yet the
+    # conv on it runs; the dead network still runs its stem, reductions and head.
+    assert live_edges(parse_arch(arch), fold_constants=False) == [
+        [("nor_conv_3x3", 0)],
+        [],
+        [("skip_connect", 0), ("nor_conv_1x1", 1)],
+    ]
+    zero_input = "|none~0|+|nor_conv_3x3~1|none~1|+|none~0|none~1|nor_conv_1x1~2|"
+    assert live_edges(parse_arch(zero_input)) == [[], [], []]
+    unfolded = live_edges(parse_arch(zero_input), fold_constants=False)
+    assert unfolded == [[], [("nor_conv_3x3", 1)], [("nor_conv_1x1", 2)]]
+    assert not is_constant_network(dead, fold_constants=False)
+    assert nb201_features(dead, fold_constants=False)["conv_k3.count"] == 5  # stem + two convs per reduction
 
 
 @pytest.mark.parametrize(
@@ -63,11 +76,20 @@ def test_live_edges_fold_dead_and_none() -> None:
         "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|",
     ],
 )
-def test_feature_decomposition_equals_tracing_the_whole_network(arch: str) -> None:
-    direct = group_features(trace_ops(NB201Network(arch), (1, 3, 32, 32)))
-    fast = nb201_features(arch)
+@pytest.mark.parametrize("fold_constants", [True, False])
+def test_feature_decomposition_equals_tracing_the_whole_network(arch: str, fold_constants: bool) -> None:
+    direct = group_features(trace_ops(NB201Network(arch, fold_constants=fold_constants), (1, 3, 32, 32)))
+    fast = nb201_features(arch, fold_constants)
     assert direct.keys() == fast.keys()
     assert all(fast[k] == pytest.approx(direct[k], abs=1e-9) for k in direct)
+
+
+def test_feature_decomposition_without_folding_runs_layers_on_zero_nodes() -> None:
+    arch = "|none~0|+|nor_conv_3x3~1|none~1|+|none~0|none~1|nor_conv_1x1~2|"  # constant where folded
+    direct = group_features(trace_ops(NB201Network(arch, fold_constants=False), (1, 3, 32, 32)))
+    fast = nb201_features(arch, fold_constants=False)
+    assert all(fast[k] == pytest.approx(direct[k], abs=1e-9) for k in direct)
+    assert fast["conv_k1.count"] == direct["conv_k1.count"] == 15 + 2 + 1  # cells, reduction shortcuts, classifier
 
 
 def test_nb201_network_runs() -> None:
