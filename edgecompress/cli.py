@@ -449,7 +449,6 @@ def latency_validate_table(
         raise ConfigError(f"{device!r} is a device model, not a measured table: use `edgecompress latency validate`")
     result = validate_table(table, per_model=per_model, seed=seed, round_to=round_to)
     summary = {k: v for k, v in result.items() if k != "rows"}
-    summary["round_to"] = round_to
     if plot is not None:
         points = {
             "measured": [r["measured_ms"] for r in result["rows"]],
@@ -467,7 +466,9 @@ def latency_validate_table(
     console.print(
         f"{result['n']} compressed models (channels rounded to {round_to}), measured in ONNX Runtime with "
         f"{result['threads']} threads, median of {result['repeats']}: table sum median |error| "
-        f"{result['median_abs_error']:.1%}, mean {result['mean_abs_error']:.1%}, Spearman {result['spearman']:.3f}"
+        f"{result['median_abs_error']:.1%}, mean {result['mean_abs_error']:.1%}, Spearman {result['spearman']:.3f}; "
+        f"speed-up over the unchanged model (timed in the same rounds) median |error| "
+        f"{result['speedup_median_abs_error']:.1%}"
     )
 
 

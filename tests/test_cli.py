@@ -167,6 +167,11 @@ def test_validate_table_on_a_small_table(tmp_path, capsys) -> None:
     doc = json.loads(out)
     assert doc["n"] == 4 and {r["model"] for r in doc["rows"]} == {"resnet20", "mobilenetv2"}
     assert doc["rows"][0]["missing"] == 0  # resnet20's reachable signatures were all profiled
+    # Speed-ups are against the unchanged model timed in the same rounds (not a row itself).
+    assert set(doc["base_measured_ms"]) == {"resnet20", "mobilenetv2"}
+    for r in doc["rows"]:
+        assert r["speedup_predicted"] == pytest.approx(doc["base_estimated_ms"][r["model"]] / r["estimated_ms"])
+        assert r["speedup_measured"] > 0
 
 
 def test_search_flags_are_checked_before_any_work(capsys, tmp_path) -> None:

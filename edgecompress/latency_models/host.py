@@ -200,33 +200,48 @@ def validate_table(
         base = create_model(name).eval()
         shape = (1, 1, 28, 28)
         analysis = analyze_model(base, shape)
+        # The unchanged model runs in every round too: speed-ups against it are immune to the machine's drift.
+        candidates.append((name, -1, export_onnx_bytes(base, shape), estimate_latency(base, shape, table)))
         for i in range(per_model):
             policy = random_policy(base, analysis, rng)
             model = compress(base, policy, analysis=analysis, round_to=round_to)[0]
             candidates.append((name, i, export_onnx_bytes(model, shape), estimate_latency(model, shape, table)))
     # Round-robin rounds, median per model: the machine's slow drift hits every model alike.
-    from edgecompress.latency_models.profiler import time_onnx
+    from edgecompress.latency_models.profiler import time_onnx_interleaved
 
-    times: list[list[float]] = [[] for _ in candidates]
-    x = torch.randn(1, 1, 28, 28)
-    for _ in range(rounds):
-        for j, (_, _, onnx_bytes, _) in enumerate(candidates):
-            times[j].append(time_onnx(onnx_bytes, x, threads, 20, repeats))
+    x = torch.randn(1, 1, 28, 28).numpy()
+    times = time_onnx_interleaved(
+        {str(j): c[2] for j, c in enumerate(candidates)}, dict.fromkeys(map(str, range(len(candidates))), x),
+        threads, rounds, 20, repeats,
+    )  # fmt: skip
     rows = []
+    base_of: dict[str, int] = {name: j for j, (name, i, _, _) in enumerate(candidates) if i == -1}
     for j, (name, i, _, est) in enumerate(candidates):
-        rows.append({"model": name, "variant": i, "measured_ms": statistics.median(times[j]),
-                     "estimated_ms": est.total_ms, "missing": len(est.missing)})  # fmt: skip
+        if i == -1:
+            continue
+        b = base_of[name]
+        speedups = [tb / t for tb, t in zip(times[str(b)], times[str(j)], strict=True)]
+        rows.append({"model": name, "variant": i, "measured_ms": statistics.median(times[str(j)]),
+                     "estimated_ms": est.total_ms, "missing": len(est.missing),
+                     "speedup_measured": statistics.median(speedups),
+                     "speedup_predicted": candidates[b][3].total_ms / est.total_ms})  # fmt: skip
         if progress is not None:
-            progress(len(rows), len(candidates), rows[-1], 0.0)
+            progress(len(rows), len(candidates) - len(models), rows[-1], 0.0)
     meas = np.array([r["measured_ms"] for r in rows])
     est_arr = np.array([r["estimated_ms"] for r in rows])
     rel = np.abs(est_arr - meas) / meas
+    sp_meas = np.array([r["speedup_measured"] for r in rows])
+    sp_rel = np.abs(np.array([r["speedup_predicted"] for r in rows]) - sp_meas) / sp_meas
     return {
         "n": len(rows),
         "models": list(models),
+        "round_to": round_to,
         "median_abs_error": float(np.median(rel)),
         "mean_abs_error": float(np.mean(rel)),
         "spearman": float(spearmanr(est_arr, meas).statistic),
+        "speedup_median_abs_error": float(np.median(sp_rel)),
+        "base_measured_ms": {name: statistics.median(times[str(j)]) for name, j in base_of.items()},
+        "base_estimated_ms": {name: candidates[j][3].total_ms for name, j in base_of.items()},
         "threads": threads,
         "repeats": repeats,
         "rounds": rounds,

@@ -146,6 +146,38 @@ def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, fe
     return statistics.median(times) * 1000
 
 
+def time_onnx_interleaved(
+    models: dict[str, bytes | str], feeds: dict[str, Any], threads: int, rounds: int, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Median ms per round of each ONNX model, the models timed in turn, ``rounds`` times over.
+
+    On a shared machine latency drifts by tens of percent within a minute;
+    timing the models round-robin exposes all of them to the same drift, so
+    per-round ratios between them (speed-ups) hold where absolute figures do
+    not. ``feeds[name]`` is the input array of model ``name``. One session per
+    model, created once.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]) for name, m in models.items()}
+    inputs = {name: {s.get_inputs()[0].name: feeds[name]} for name, s in sessions.items()}
+    out: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for _ in range(warmup):
+                session.run(None, inputs[name])
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                session.run(None, inputs[name])
+                times.append(time.perf_counter() - t)
+            out[name].append(statistics.median(times) * 1000)
+    return out
+
+
 def time_torch(module, x, threads: int, warmup: int, repeats: int) -> float:  # type: ignore[no-untyped-def]
     import torch
 
