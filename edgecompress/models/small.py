@@ -134,8 +134,7 @@ def resnet56(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     return CifarResNet(56, num_classes, in_channels)
 
 
-@register_model("mobilenetv2", "torchvision MobileNetV2 with a small-input stem (total stride 8)")
-def mobilenetv2(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+def _small_input_mobilenetv2(num_classes: int, in_channels: int, width_mult: float) -> nn.Module:
     # torchvision's settings with the stem and the first stride-2 stage at stride 1,
     # as CIFAR MobileNetV2 variants do: 28x28 ends at 4x4 instead of 1x1.
     setting = [
@@ -147,8 +146,18 @@ def mobilenetv2(num_classes: int, in_channels: int, input_size: int) -> nn.Modul
         [6, 160, 3, 2],
         [6, 320, 1, 1],
     ]
-    model = MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting)
+    model = MobileNetV2(num_classes=num_classes, width_mult=width_mult, inverted_residual_setting=setting)
     stem = model.features[0][0]
     assert isinstance(stem, nn.Conv2d)
     model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False)
     return model
+
+
+@register_model("mobilenetv2", "torchvision MobileNetV2 with a small-input stem (total stride 8)")
+def mobilenetv2(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    return _small_input_mobilenetv2(num_classes, in_channels, 1.0)
+
+
+@register_model("mobilenetv2-0.5", "MobileNetV2 at width 0.5 (channels halved, rounded to 8), small-input stem")
+def mobilenetv2_half(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    return _small_input_mobilenetv2(num_classes, in_channels, 0.5)

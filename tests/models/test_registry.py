@@ -17,6 +17,7 @@ EXPECTED_PARAMS = {
     "resnet56": 855_482,
     "vgg11-small": 2_309_610,
     "mobilenetv2": 2_236_106,
+    "mobilenetv2-0.5": 700_202,
 }
 
 
@@ -51,7 +52,7 @@ def test_unknown_name_suggests_and_lists() -> None:
         create_model("resnet2O")
     msg = str(err.value)
     assert "unknown model 'resnet2O'. Did you mean 'resnet20'?" in msg
-    assert "lenet5, mobilenetv2, resnet20, resnet56, vgg11-small" in msg
+    assert "lenet5, mobilenetv2, mobilenetv2-0.5, resnet20, resnet56, vgg11-small" in msg
 
 
 def test_unknown_torchvision_name_suggests() -> None:
