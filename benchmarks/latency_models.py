@@ -1,14 +1,17 @@
 """Latency-model figures: device models on the public holdout rows, and the host table vs measurement.
 
-    python benchmarks/latency_models.py            # refits, re-profiles this machine, validates
+    python benchmarks/latency_models.py                 # refits, re-profiles this machine, validates
+    python benchmarks/latency_models.py --reuse-table   # refits; validates the shipped host table as it is
 
 1. Refit every public device model on the calibration rows (`edgecompress latency
    calibrate`) and report holdout Spearman / Kendall / MAPE next to the FLOPs ranking.
 2. Profile this machine (`host`): every operator signature reachable from lenet5,
    resnet20 and mobilenetv2 in ONNX Runtime (2 threads, median), fit the in-graph
    context factors on fixed calibration models, then compare the table's sum with
-   measured end-to-end latency of random compressed models (channels rounded to 8),
-   and of random models with unrounded channels (to show what odd widths cost).
+   measured end-to-end latency of random compressed models (channels rounded to 8
+   and to 16), and of random models with unrounded channels (to show what odd
+   widths cost). Absolute error and the error of the predicted speed-up over the
+   unchanged model, which is timed in the same round-robin rounds.
 
 Writes the profiles under edgecompress/latency_models/profiles/ and
 benchmarks/results/latency_models.json. Run it on an otherwise idle machine.
@@ -39,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-model", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
     parser.add_argument("--out", default="benchmarks/results/latency_models.json")
     args = parser.parse_args()
     result: dict[str, Any] = {}
@@ -61,25 +65,30 @@ def main() -> None:
     result["device_models"] = devices
     console.print("[bold]2/2 host table[/]")
     path = PROFILE_DIR / "host.table.json"
-    path.unlink(missing_ok=True)
     keys: list[str] = []
     for name in ("lenet5", "resnet20", "mobilenetv2"):
         keys += reachable_keys(trace_ops(create_model(name), (1, 1, 28, 28)))
     keys = list(dict.fromkeys(keys))
-    profiler.run(keys, path, threads=args.threads, device="host")
+    if not args.reuse_table:
+        path.unlink(missing_ok=True)
+        profiler.run(keys, path, threads=args.threads, device="host")
     table = LatencyTable.load(path)
-    context = fit_context(table)
+    context = table.meta["context"] if args.reuse_table else fit_context(table)
     rounded = validate_table(table, per_model=args.per_model, round_to=8)
-    table.meta["validation"] = {k: v for k, v in rounded.items() if k != "rows"} | {"round_to": 8}
-    table.save(path)
+    if not args.reuse_table:
+        table.meta["validation"] = {k: v for k, v in rounded.items() if k != "rows"}
+        table.save(path)
+    by16 = validate_table(table, per_model=args.per_model, round_to=16, seed=2)
     odd = validate_table(table, per_model=max(4, args.per_model // 4), round_to=1, seed=1)
     result["host"] = {
         "signatures": len(keys), "overhead_ms": table.overhead_ms, "context": context,
-        "validation_round_to_8": rounded, "validation_unrounded": odd,
+        "table_profiled": table.meta.get("updated"), "reprofiled": not args.reuse_table,
+        "validation_round_to_8": rounded, "validation_round_to_16": by16, "validation_unrounded": odd,
     }  # fmt: skip
-    for label, r in (("channels rounded to 8", rounded), ("unrounded channels", odd)):
+    for label, r in (("channels rounded to 8", rounded), ("rounded to 16", by16), ("unrounded channels", odd)):
         console.print(
             f"  {label}: {r['n']} models, median |error| {r['median_abs_error']:.1%}, Spearman {r['spearman']:.3f}, "
+            f"speed-up median |error| {r['speedup_median_abs_error']:.1%}, "
             f"median measured {r['median_measured_ms']:.3f} ms"
         )
     # How much this machine drifts: the same model measured repeatedly, a few seconds apart.
