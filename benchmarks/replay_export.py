@@ -50,7 +50,11 @@ from edgecompress.export import export_model
 from edgecompress.latency_models import estimate_latency
 from edgecompress.replay import replay
 
-CONFIGS = {"resnet20": "configs/resnet20-fmnist.yaml", "mobilenetv2": "configs/mobilenetv2-fmnist.yaml"}
+CONFIGS = {
+    "resnet20": "configs/resnet20-fmnist.yaml",
+    "mobilenetv2": "configs/mobilenetv2-fmnist.yaml",
+    "mobilenetv2-0.5": "configs/mobilenetv2-0.5-fmnist.yaml",
+}
 console = Console(width=160)
 
 
@@ -106,7 +110,15 @@ def interleaved(files: dict[str, Path], rounds: int) -> dict[str, Any]:
 
 
 def bench(
-    model: str, episodes: int, epochs: int, root: Path, fresh: bool, measure_only: bool, round_to: int, rounds: int
+    model: str,
+    episodes: int,
+    epochs: int,
+    root: Path,
+    fresh: bool,
+    measure_only: bool,
+    round_to: int,
+    rounds: int,
+    max_batches: int | None = None,
 ) -> dict[str, Any]:
     from edgecompress.agents.driver import run_ddpg_search
 
@@ -144,14 +156,19 @@ def bench(
         baseline = json.loads((folder / "uniform" / "report.json").read_text())
     else:
         search = run_ddpg_search(cfg, console, progress=False)
-        searched = replay(best, folder / "searched", finetune_epochs=epochs, force=True, progress=False)
+        searched = replay(
+            best, folder / "searched", finetune_epochs=epochs, max_batches=max_batches, force=True, progress=False
+        )
         policy = Policy.load(best)
         uniform = Policy(
             {name: LayerPolicy(keep=0.5) for name in policy.layers if "keep" in policy.layers[name].to_dict()},
             base=dict(policy.base),
         )
         uniform_path = uniform.save(folder / "uniform_keep0.5.json")
-        baseline = replay(uniform_path, folder / "uniform", finetune_epochs=epochs, force=True, progress=False)
+        baseline = replay(
+            uniform_path, folder / "uniform", finetune_epochs=epochs, max_batches=max_batches, force=True,
+            progress=False,
+        )  # fmt: skip
     assert policy is not None
     (folder / "original").mkdir(parents=True, exist_ok=True)
     original_file = save_compressed(
@@ -188,7 +205,8 @@ def bench(
             "searched": searched["predicted_latency"]["host"]["compressed_ms"],
             "uniform": baseline["predicted_latency"]["host"]["compressed_ms"],
         },
-        "finetune_epochs": epochs,
+        "finetune_epochs": searched["finetune"]["epochs"],  # as replayed (also under --measure-only)
+        "finetune_max_batches_per_epoch": searched["finetune"]["max_batches"],
     }
     row["speedup_batch1"] = {
         **{f"{k.replace(' onnx-int8', '_int8').replace(' onnx', '_fp32')}_measured": v["speedup"]
@@ -213,12 +231,13 @@ def main() -> None:
     parser.add_argument("--measure-only", action="store_true", help="reuse the run folders; only export and time")
     parser.add_argument("--round-to", type=int, default=8, help="channel multiple of the searched models")
     parser.add_argument("--rounds", type=int, default=9, help="round-robin timing rounds")
+    parser.add_argument("--max-batches", type=int, default=None, help="cap each fine-tuning epoch at N batches")
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
     results = {
         m: bench(
             m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only, args.round_to,
-            args.rounds,
+            args.rounds, args.max_batches,
         )
         for m in args.models
     }  # fmt: skip
