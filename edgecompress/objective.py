@@ -24,10 +24,42 @@ from torch.utils.data import Dataset
 from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.compressors import Policy, compress
 from edgecompress.data import batches
-from edgecompress.latency_models import estimate_latency
+from edgecompress.latency_models import LatencyReport, estimate_latency, priced_precisions
 from edgecompress.training import evaluate
 
-__all__ = ["Evaluation", "Objective", "recalibrate_batchnorm"]
+__all__ = ["Evaluation", "Objective", "activation_precisions", "policy_latency", "recalibrate_batchnorm"]
+
+PRECISION_OF_ABITS = {8: "int8", 16: "fp16", 32: "fp32"}
+
+
+def activation_precisions(policy: Policy) -> dict[str, str]:
+    """Layer -> the precision its ``abits`` deploys at (int8, fp16), for the layers not at fp32."""
+    return {name: PRECISION_OF_ABITS[lp.abits] for name, lp in policy.layers.items() if lp.abits < 32}
+
+
+def policy_latency(
+    compressed: nn.Module,
+    policy: Policy,
+    input_shape: Sequence[int],
+    device: str,
+    priced: set[str] | None = None,
+) -> tuple[LatencyReport, str]:
+    """Predicted latency of a compressed model, each layer at the precision its ``abits`` asks where the
+    device prices it (``priced``, default ``priced_precisions(device)``); the returned source names the
+    layers priced at fp32 instead."""
+    priced = priced_precisions(device) if priced is None else priced
+    asked = activation_precisions(policy)
+    usable = {layer: p for layer, p in asked.items() if p in priced}
+    report = estimate_latency(compressed, tuple(input_shape), device, precision=usable or "fp32")
+    source = report.source
+    unpriced = sorted(set(asked) - set(usable))
+    if unpriced:
+        wanted = sorted({asked[layer] for layer in unpriced})
+        source += (
+            f"; {len(unpriced)} layers asking {'/'.join(wanted)} activations priced at fp32: device {device!r} "
+            f"prices only {'/'.join(sorted(priced))} (profile `--precision {wanted[0]}` into a table to price them)"
+        )
+    return report, source
 
 
 @dataclass
@@ -102,6 +134,8 @@ class Objective:
         drawn = [x for x, _ in batches(source, 64, shuffle=True, seed=seed)][:n] if n else []
         self.bn_inputs = drawn[:bn_batches]
         self.calibration = drawn[:calibration_batches]
+        self.priced = priced_precisions(device)
+        """Precisions the device prices per layer; layers asking others are priced at fp32, and said so."""
         self._cache: dict[str, Evaluation] = {}
         self.hits = 0
         self.timings: dict[str, float] = dict.fromkeys(("compress", "bn_recalibration", "evaluate", "latency"), 0.0)
@@ -109,6 +143,9 @@ class Objective:
 
     def base_latency_ms(self) -> float:
         return estimate_latency(self.model, self.input_shape, self.device).total_ms
+
+    def latency(self, compressed: nn.Module, policy: Policy) -> tuple[LatencyReport, str]:
+        return policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
 
     def __call__(self, policy: Policy) -> Evaluation:
         key = json.dumps(policy.to_dict()["layers"], sort_keys=True)
@@ -127,13 +164,13 @@ class Objective:
         t2 = time.perf_counter()
         accuracy = evaluate(compressed, self.val_data, batch_size=self.batch_size)["top1"]
         t3 = time.perf_counter()
-        latency = estimate_latency(compressed, self.input_shape, self.device)
+        latency, latency_source = self.latency(compressed, policy)
         t4 = time.perf_counter()
         for phase, seconds in zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3), strict=True):
             self.timings[phase] += seconds
         totals = report.totals
         result = Evaluation(
-            accuracy=accuracy, latency_ms=latency.total_ms, latency_source=latency.source,
+            accuracy=accuracy, latency_ms=latency.total_ms, latency_source=latency_source,
             stored_bytes=totals["stored_bytes_after"], huffman_bytes=totals["huffman_bytes_after"],
             params=totals["params_after"], macs=totals["macs_after"], budget_ms=self.budget_ms,
             seconds=time.perf_counter() - start, policy=policy.to_dict()["layers"],

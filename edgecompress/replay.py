@@ -59,7 +59,7 @@ def replay(
     from edgecompress.latency_models import estimate_latency
     from edgecompress.latency_models.devices import list_devices
     from edgecompress.latency_models.host import measure_onnx_ms
-    from edgecompress.objective import recalibrate_batchnorm
+    from edgecompress.objective import policy_latency, recalibrate_batchnorm
     from edgecompress.training import evaluate, train
 
     if finetune_epochs < 0:
@@ -125,12 +125,12 @@ def replay(
     latency: dict[str, Any] = {}
     for device in devices if devices is not None else list_devices():
         b = estimate_latency(base, spec.input_shape, device)
-        c = estimate_latency(model, spec.input_shape, device)
+        c, source = policy_latency(model, policy, spec.input_shape, device)
         latency[device] = {
             "base_ms": b.total_ms,
             "compressed_ms": c.total_ms,
             "speedup": b.total_ms / max(c.total_ms, 1e-12),
-            "source": c.source,
+            "source": source,
         }
     measured: dict[str, Any] = {}
     if measure:

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from edgecompress import Policy
-from edgecompress.latency_models import estimate_latency
+from edgecompress.compressors import compress
+from edgecompress.latency_models import LatencyTable, estimate_latency, load_device
+from edgecompress.latency_models.estimate import layer_precision
 from edgecompress.objective import Objective, recalibrate_batchnorm
 from edgecompress.training import evaluate
 
@@ -59,3 +61,36 @@ def test_activation_quantization_is_calibrated(setup) -> None:
     obj = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
     ev = obj(Policy.uniform(model, wbits=8, abits=8))
     assert 0.0 <= ev.accuracy <= 1.0 and ev.stored_bytes < 270_618 * 4 / 3
+
+
+def test_layer_precision_covers_the_factors_of_a_layer() -> None:
+    mapping = {"layers.0.conv1": "int8", "fc": "fp16"}
+    assert layer_precision("layers.0.conv1", mapping) == "int8"
+    assert layer_precision("layers.0.conv1.1", mapping) == "int8"  # second factor of a low-rank layer
+    assert layer_precision("layers.0.conv10", mapping) == "fp32"  # a prefix of the name is not its parent
+    assert layer_precision("fc", mapping) == "fp16" and layer_precision("", mapping) == "fp32"
+
+
+def test_activation_bits_are_priced_where_the_device_measured_them(setup, tmp_path) -> None:
+    model, data = setup
+    host = load_device("host")
+    assert isinstance(host, LatencyTable)
+    int8 = {key.rsplit("|", 1)[0] + "|int8": {**e, "ms": e["ms"] / 2} for key, e in host.entries.items()}
+    path = LatencyTable(host.meta, {**host.entries, **int8}).save(tmp_path / "with-int8.table.json")
+    obj = Objective(model, data.val, str(path), input_shape=(1, 1, 28, 28), calibration_batches=1)
+    assert obj.priced == {"fp32", "int8"}
+    plain = Policy.uniform(model, keep=0.5)
+    mixed = plain.with_layer("layers.0.conv1", abits=8, rank=0.5)
+    ev_plain, ev_mixed = obj(plain.with_layer("layers.0.conv1", rank=0.5)), obj(mixed)
+    compressed, _ = compress(model, mixed, obj.calibration, input_shape=(1, 1, 28, 28), round_to=obj.round_to)
+    both_factors = estimate_latency(compressed, (1, 1, 28, 28), str(path), precision={"layers.0.conv1": "int8"})
+    assert ev_mixed.latency_ms == pytest.approx(both_factors.total_ms)
+    assert ev_mixed.latency_ms < ev_plain.latency_ms
+    assert "priced at fp32" not in ev_mixed.latency_source
+    # A device model prices one precision: the int8 layers are priced at fp32, and the source says so.
+    pi = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), calibration_batches=1)
+    ev = pi(mixed)
+    assert ev.latency_ms == pytest.approx(pi(plain.with_layer("layers.0.conv1", rank=0.5)).latency_ms)
+    assert "1 layers asking int8 activations priced at fp32: device 'raspberry-pi-4' prices only fp32" in (
+        ev.latency_source
+    )

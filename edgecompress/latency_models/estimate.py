@@ -16,7 +16,7 @@ from edgecompress.latency_models.devices import load_device
 from edgecompress.latency_models.ops import trace_ops
 from edgecompress.latency_models.table import LatencyTable, op_key
 
-__all__ = ["LatencyReport", "LatencyRow", "estimate_latency"]
+__all__ = ["LatencyReport", "LatencyRow", "estimate_latency", "layer_precision", "priced_precisions"]
 
 
 @dataclass
@@ -98,7 +98,7 @@ def estimate_latency(
         by_layer.setdefault(op.layer or "(other)", []).append(op)
     rows, warnings, missing = [], [], []
     for layer, layer_ops in by_layer.items():
-        p = precision if isinstance(precision, str) else precision.get(layer, "fp32")
+        p = precision if isinstance(precision, str) else layer_precision(layer, precision)
         total, sources = 0.0, set()
         for op in layer_ops:
             ms, src = _op_ms(op, p, dm, tab)
@@ -132,6 +132,23 @@ def estimate_latency(
     total = overhead + sum(r.ms for r in rows)
     name = dm.name if dm is not None else str(tab.meta.get("device") if tab else "")
     return LatencyReport(name, total, overhead, rows, source, validated, warnings, sorted(set(missing)))
+
+
+def layer_precision(layer: str, precision: Mapping[str, str]) -> str:
+    """The precision a mapping gives ``layer``: its own entry, else that of the module it was factorised
+    from (``layers.0.conv1`` covers ``layers.0.conv1.0`` and ``.1``), else fp32."""
+    while layer:
+        if layer in precision:
+            return precision[layer]
+        layer = layer.rpartition(".")[0]
+    return "fp32"
+
+
+def priced_precisions(device: str | DeviceModel | LatencyTable) -> set[str]:
+    """The precisions ``device`` prices per layer: a table's measured ones; a device model prices
+    every operator at the one precision its calibration data was measured at."""
+    dm, tab = _resolve(device, None, "fp32", True)
+    return tab.precisions() if tab is not None else {dm.precision} if dm is not None else set()
 
 
 def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | None) -> tuple[float | None, str]:
