@@ -6,7 +6,7 @@
 1. Refit every public device model on the calibration rows (`edgecompress latency
    calibrate`) and report holdout Spearman / Kendall / MAPE next to the FLOPs ranking.
 2. Profile this machine (`host`): every operator signature reachable from lenet5,
-   resnet20 and mobilenetv2 in ONNX Runtime (2 threads, median), fit the in-graph
+   resnet20, mobilenetv2 and mobilenetv2-0.5 in ONNX Runtime (2 threads, median), fit the in-graph
    context factors on fixed calibration models, then compare the table's sum with
    measured end-to-end latency of random compressed models (channels rounded to 8
    and to 16), and of random models with unrounded channels (to show what odd
@@ -66,7 +66,7 @@ def main() -> None:
     console.print("[bold]2/2 host table[/]")
     path = PROFILE_DIR / "host.table.json"
     keys: list[str] = []
-    for name in ("lenet5", "resnet20", "mobilenetv2"):
+    for name in ("lenet5", "resnet20", "mobilenetv2", "mobilenetv2-0.5"):
         keys += reachable_keys(trace_ops(create_model(name), (1, 1, 28, 28)))
     keys = list(dict.fromkeys(keys))
     if not args.reuse_table:

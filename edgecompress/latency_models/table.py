@@ -159,12 +159,14 @@ def _grid(c: int, fractions: Iterable[float]) -> list[int]:
 def reachable_keys(
     ops: Sequence[OpRecord],
     precisions: Sequence[str] = ("fp32",),
-    keeps: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+    keeps: Sequence[float] = (0.2, 0.25, 0.5, 0.75, 1.0),
     ranks: Sequence[float] = (0.1, 0.25, 0.5, 0.75),
 ) -> list[str]:
     """Signatures a search over this model can reach: channel grids, and low-rank factors of convs.
 
-    Every channel count on a layer's grid (``keeps`` x channels) is paired with
+    Every channel count on a layer's grid (``keeps`` x channels; 0.2 is the
+    searches' smallest keep, and compress() rounds kept channels up, so no
+    search goes below the grid) is paired with
     every one on its input's grid; factorised convolutions add a kxk conv to r
     channels and a 1x1 conv from r, for r on the ``ranks`` grid of the full
     rank. The image channels of the first layer are never pruned.

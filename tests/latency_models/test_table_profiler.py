@@ -60,7 +60,9 @@ def test_round_trip_and_bad_files(tmp_path) -> None:
 
 def test_profiler_measures_every_reachable_signature_and_resumes(tmp_path) -> None:
     keys = reachable_keys(trace_ops(create_model("lenet5"), (1, 1, 28, 28)))
-    assert len(keys) == 157
+    assert len(keys) == 210
+    # conv2 (6 -> 16 channels, 14x14 input) down to the searches' smallest keep, 0.2 (16 -> 3 channels)
+    assert "conv|1|3|5|1|1|14|14|fp32" in keys and "conv|6|3|5|1|1|14|14|fp32" in keys
     out = tmp_path / "lenet.json"
     calls: list[str] = []
     profiler.run(keys, out, repeats=2, warmup=1, progress=lambda d, n, k, ms: calls.append(k))
