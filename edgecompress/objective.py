@@ -1,12 +1,14 @@
 """The one objective every search driver scores policies with.
 
 ``Objective(policy)`` compresses the base model with the policy, optionally
-recalibrates BatchNorm statistics on a few training batches, measures top-1
-accuracy on the validation subset, predicts latency on the target device and
-reads the stored size from the compression report. The RL environment, Optuna
-and Ray Tune all call it, so a policy found by any of them scores, and later
-replays, the same way. Identical policies are scored once (cached by their
-JSON form). It does not choose policies and does not train.
+recalibrates BatchNorm statistics on a few training batches, optionally
+distils it from the base model for ``finetune_batches`` steps (the same seeded
+batches for every policy), measures top-1 accuracy on the validation subset,
+predicts latency on the target device and reads the stored size from the
+compression report. The RL environment, Optuna and Ray Tune all call it, so a
+policy found by any of them scores, and later replays, the same way. Identical
+policies are scored once (cached by their JSON form). It does not choose
+policies.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.data import Dataset
 
 from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.compressors import Policy, compress
+from edgecompress.compressors.distill import distill
 from edgecompress.data import batches
 from edgecompress.latency_models import LatencyReport, estimate_latency, priced_precisions
 from edgecompress.training import evaluate
@@ -115,6 +118,7 @@ class Objective:
         budget_ms: float | None = None,
         train_data: Dataset | None = None,
         bn_batches: int = 0,
+        finetune_batches: int = 0,
         calibration_batches: int = 4,
         batch_size: int = 256,
         round_to: int = 8,
@@ -133,12 +137,18 @@ class Objective:
         n = max(bn_batches, calibration_batches)
         drawn = [x for x, _ in batches(source, 64, shuffle=True, seed=seed)][:n] if n else []
         self.bn_inputs = drawn[:bn_batches]
+        if finetune_batches and train_data is None:
+            raise ValueError("finetune_batches needs train_data (the distillation set)")
+        self.train_data = train_data
+        self.finetune_batches = finetune_batches
+        self.seed = seed
         self.calibration = drawn[:calibration_batches]
         self.priced = priced_precisions(device)
         """Precisions the device prices per layer; layers asking others are priced at fp32, and said so."""
         self._cache: dict[str, Evaluation] = {}
         self.hits = 0
-        self.timings: dict[str, float] = dict.fromkeys(("compress", "bn_recalibration", "evaluate", "latency"), 0.0)
+        phases = ("compress", "bn_recalibration", "finetune", "evaluate", "latency")
+        self.timings: dict[str, float] = dict.fromkeys(phases, 0.0)
         """Cumulative wall seconds per scoring phase (where a search's time goes)."""
 
     def base_latency_ms(self) -> float:
@@ -162,11 +172,20 @@ class Objective:
         if self.bn_inputs:
             recalibrate_batchnorm(compressed, self.bn_inputs)
         t2 = time.perf_counter()
-        accuracy = evaluate(compressed, self.val_data, batch_size=self.batch_size)["top1"]
+        if self.finetune_batches and self.train_data is not None:
+            # The same batches for every policy (seeded), so the score stays a function of the policy.
+            per_epoch = -(-len(self.train_data) // 64)  # type: ignore[arg-type]
+            epochs = -(-self.finetune_batches // per_epoch)
+            distill(compressed, self.model, self.train_data, epochs=epochs, batch_size=64, lr=0.01,
+                    max_batches=-(-self.finetune_batches // epochs), seed=self.seed, progress=False)  # fmt: skip
+            compressed.eval()
+            self.model.eval()
         t3 = time.perf_counter()
-        latency, latency_source = self.latency(compressed, policy)
+        accuracy = evaluate(compressed, self.val_data, batch_size=self.batch_size)["top1"]
         t4 = time.perf_counter()
-        for phase, seconds in zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        latency, latency_source = self.latency(compressed, policy)
+        t5 = time.perf_counter()
+        for phase, seconds in zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
             self.timings[phase] += seconds
         totals = report.totals
         result = Evaluation(

@@ -35,9 +35,10 @@ def test_cache_and_feasibility(setup) -> None:
     again = obj(Policy.uniform(model, keep=0.5))
     assert again is first and obj.hits == 1
     # Where the time went: each phase timed once (the cache hit is not re-timed).
-    assert set(obj.timings) == {"compress", "bn_recalibration", "evaluate", "latency"}
+    assert set(obj.timings) == {"compress", "bn_recalibration", "finetune", "evaluate", "latency"}
     assert obj.timings["compress"] > 0 and obj.timings["evaluate"] > 0 and obj.timings["latency"] > 0
     assert obj.timings["bn_recalibration"] < 1e-3  # bn_batches=0: only the check itself is timed
+    assert obj.timings["finetune"] < 1e-3  # finetune_batches=0
     assert sum(obj.timings.values()) <= first.seconds + 1e-6
     assert not first.feasible  # no ResNet-20 runs in 1 ms on a Jetson Nano by this model
     assert first.latency_ms < obj.base_latency_ms() and first.params < 270_618 / 3
@@ -94,3 +95,20 @@ def test_activation_bits_are_priced_where_the_device_measured_them(setup, tmp_pa
     assert "1 layers asking int8 activations priced at fp32: device 'raspberry-pi-4' prices only fp32" in (
         ev.latency_source
     )
+
+
+def test_finetuning_before_scoring_recovers_accuracy_and_leaves_the_base_model_alone(setup) -> None:
+    model, data = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(input_shape=(1, 1, 28, 28), train_data=data.train, bn_batches=4)
+    plain = Objective(model, data.val, "raspberry-pi-4", **kw)
+    tuned = Objective(model, data.val, "raspberry-pi-4", finetune_batches=30, **kw)
+    policy = Policy.uniform(model, keep=0.3)
+    ev_plain, ev_tuned = plain(policy), tuned(policy)
+    assert ev_tuned.accuracy > ev_plain.accuracy + 0.05
+    assert ev_tuned.latency_ms == ev_plain.latency_ms and tuned.timings["finetune"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the teacher is not trained
+    again = Objective(model, data.val, "raspberry-pi-4", finetune_batches=30, **kw)(policy)
+    assert again.accuracy == ev_tuned.accuracy  # same seeded batches: the score is a function of the policy
+    with pytest.raises(ValueError, match="finetune_batches needs train_data"):
+        Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), finetune_batches=1)

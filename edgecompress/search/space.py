@@ -228,6 +228,7 @@ def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
         input_shape=spec.input_shape,
         train_data=bundle.train,
         bn_batches=s.bn_batches,
+        finetune_batches=s.finetune_batches,
         round_to=s.round_to,
         seed=s.seed,
     )
