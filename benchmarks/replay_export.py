@@ -7,8 +7,9 @@ Per model, in one run:
 1. a DDPG search (``keep`` per coupled group, channels rounded to ``--round-to``,
    8 by default; BatchNorm recalibrated on 4 batches) at ``--budget-ratio``
    (0.5 by default, the issue's) x the base model's latency predicted by the
-   ``host`` table (this machine's profile). Entries and run folders of other
-   budgets are named ``MODEL-budgetR``.
+   ``host`` table (this machine's profile); ``--finetune-batches N`` distils
+   each policy for N steps before it is scored. Entries and run folders of
+   other settings are named ``MODEL-budgetR`` and ``...-ftN``.
    On the host table profiled 2026-11-25 the strongest keep-only ResNet-20
    policy (keep 0.2 everywhere) reaches 0.498 x base at round-to 8, so a 0.5
    budget leaves the search one policy, and 0.61 x base at 16 (this CPU has
@@ -64,9 +65,9 @@ console = Console(width=200)
 
 def exports(model_file: Path, folder: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for fmt, kwargs in (("onnx", {}), ("onnx-int8", {"all_layers": True})):
+    for fmt, all_layers in (("onnx", False), ("onnx-int8", True)):
         target = folder / f"model.{fmt}.onnx"
-        r = export_model(model_file, fmt, target, force=True, repeats=200, **kwargs)
+        r = export_model(model_file, fmt, target, force=True, repeats=200, all_layers=all_layers)
         out[fmt] = {
             "top1": r["parity"]["top1"],
             "top1_agreement_vs_pytorch": r["parity"]["top1_agreement"],
@@ -82,9 +83,11 @@ def exports(model_file: Path, folder: Path) -> dict[str, Any]:
     return out
 
 
-def entry_name(model: str, budget_ratio: float) -> str:
-    """Results key and run folder: the model's name at the issue's 0.5 budget, else with the budget."""
-    return model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
+def entry_name(model: str, budget_ratio: float, finetune_batches: int = 0) -> str:
+    """Results key and run folder: the model's name at the issue's 0.5 budget and AMC's scoring without
+    fine-tuning, else with the budget and the fine-tuning steps per scored policy."""
+    name = model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
+    return f"{name}-ft{finetune_batches}" if finetune_batches else name
 
 
 def interleaved(files: dict[str, Path], rounds: int) -> dict[str, Any]:
@@ -135,10 +138,11 @@ def bench(
     rounds: int,
     max_batches: int | None = None,
     budget_ratio: float = 0.5,
+    finetune_batches: int = 0,
 ) -> dict[str, Any]:
     from edgecompress.agents.driver import run_ddpg_search
 
-    folder = root / entry_name(model, budget_ratio)
+    folder = root / entry_name(model, budget_ratio, finetune_batches)
     if fresh and folder.exists() and not measure_only:
         shutil.rmtree(folder)
     cfg = load_config(
@@ -154,6 +158,7 @@ def bench(
             "data.val_samples": 1000,
             "search.round_to": round_to,
             "search.bn_batches": 4,
+            "search.finetune_batches": finetune_batches,
         },
     )
     best = folder / "search" / "best_policy.json"
@@ -201,6 +206,7 @@ def bench(
     row: dict[str, Any] = {
         "model": model,
         "budget_ratio": budget_ratio,
+        "search_finetune_batches": finetune_batches,
         "round_to": round_to,
         "search": {
             "episodes": search["episodes"],
@@ -252,14 +258,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9, help="round-robin timing rounds")
     parser.add_argument("--max-batches", type=int, default=None, help="cap each fine-tuning epoch at N batches")
     parser.add_argument("--budget-ratio", type=float, default=0.5, help="search budget, x base latency on host")
+    parser.add_argument("--finetune-batches", type=int, default=0, help="distillation steps per scored policy")
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
     if not 0.0 < args.budget_ratio <= 1.0:
         parser.error(f"--budget-ratio must be in (0, 1], got {args.budget_ratio}")
     results = {
-        entry_name(m, args.budget_ratio): bench(
+        entry_name(m, args.budget_ratio, args.finetune_batches): bench(
             m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only, args.round_to,
-            args.rounds, args.max_batches, args.budget_ratio,
+            args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches,
         )
         for m in args.models
     }  # fmt: skip
