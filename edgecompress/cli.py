@@ -424,7 +424,13 @@ def profile_cmd(
     if fit_context and runtime == "onnxruntime":
         from edgecompress.latency_models.host import fit_context as fit
 
-        ctx = fit(table)
+        with progress_bar() as bar:
+            task = bar.add_task("context fit", total=None, status="")
+
+            def show_fit(done: int, total: int, label: str, ms: float) -> None:
+                bar.update(task, total=total, completed=done, status=f"{label} {ms:.3f} ms")
+
+            ctx = fit(table, progress=show_fit)
         table.save(out)
         console.print(f"in-graph context factors {ctx['factors']} ({ctx['fitted_on']})")
 

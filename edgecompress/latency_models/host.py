@@ -131,43 +131,56 @@ def _kind_sums(model: nn.Module, shape: tuple[int, ...], table: LatencyTable) ->
     return sums
 
 
-def fit_context(table: LatencyTable, repeats: int = 200, progress: Any = None, round_to: int = 8) -> dict[str, Any]:
+def fit_context(
+    table: LatencyTable, repeats: int = 200, progress: Any = None, round_to: int = 8, rounds: int = 3
+) -> dict[str, Any]:
     """Fit the isolated-to-in-graph factor per operator group on fixed calibration models.
 
     Calibration models: lenet5, resnet20 and mobilenetv2, each as is, at
     uniform keep 0.25 / 0.5 / 0.75, at rank 0.5, and at keep 0.5 + rank 0.5,
     channels rounded up to ``round_to`` (the widths a CPU search should use).
-    Non-negative least squares on relative error; stored in the table's
-    metadata. ``validate_table`` then checks other (random) models.
+    The 18 models are timed round-robin, ``rounds`` times over, and each
+    model's median over rounds is its target: a slow drift of the machine hits
+    them alike instead of bending the fit (one timing each moved the depthwise
+    factor from 0.54 to 0.28 between two profiles an hour apart). Non-negative
+    least squares on relative error; stored in the table's metadata.
+    ``validate_table`` then checks other (random) models.
     """
     from scipy.optimize import nnls
 
     from edgecompress.compressors import Policy, compress
+    from edgecompress.latency_models.profiler import time_onnx_interleaved
     from edgecompress.models import create_model
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     threads = int(table.meta.get("threads", 2))
     groups = ("conv", "depthwise", "eltwise")
-    rows, targets = [], []
     shape = (1, 1, 28, 28)
+    onnx: dict[str, bytes | str] = {}
+    rows = []
     for name in CALIBRATION_MODELS:
         torch.manual_seed(0)
         base = create_model(name).eval()
         for fields in CALIBRATION_POLICIES:
             policy = Policy.uniform(base, **fields)
             model = compress(base, policy, input_shape=shape, round_to=round_to)[0] if fields else base
-            measured = measure_onnx_ms(model, shape, threads=threads, repeats=repeats)
+            label = f"{name} {fields or 'unchanged'}"
+            onnx[label] = export_onnx_bytes(model, shape)
             sums = _kind_sums(model, shape, table)
             rows.append([sums.get(g, 0.0) for g in groups])
-            targets.append(measured - table.overhead_ms)
-            if progress is not None:
-                progress(len(rows), len(CALIBRATION_MODELS) * len(CALIBRATION_POLICIES), name, measured)
-    a, y = np.array(rows), np.array(targets)
+    x = torch.randn(shape).numpy()
+    times = time_onnx_interleaved(onnx, dict.fromkeys(onnx, x), threads, rounds, 20, repeats, progress=progress)
+    measured = [statistics.median(times[label]) for label in onnx]
+    a = np.array(rows)
+    y = np.array(measured) - table.overhead_ms
     factors, _ = nnls(a / y[:, None], np.ones_like(y))
     context = {
         "factors": dict(zip(groups, (float(f) for f in factors), strict=True)),
         "fitted_on": f"{len(y)} calibration models: {', '.join(CALIBRATION_MODELS)} x uniform policies "
         f"{[p or 'unchanged' for p in CALIBRATION_POLICIES]} (channels rounded to {round_to}), measured end to "
-        f"end in ONNX Runtime (median of {repeats})",
+        f"end in ONNX Runtime (median of {repeats} per round, median of {rounds} round-robin rounds)",
+        "measured_ms": dict(zip(onnx, measured, strict=True)),
         "date": time.strftime("%Y-%m-%d"),
     }
     table.meta["context"] = context

@@ -147,7 +147,13 @@ def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, fe
 
 
 def time_onnx_interleaved(
-    models: dict[str, bytes | str], feeds: dict[str, Any], threads: int, rounds: int, warmup: int, repeats: int
+    models: dict[str, bytes | str],
+    feeds: dict[str, Any],
+    threads: int,
+    rounds: int,
+    warmup: int,
+    repeats: int,
+    progress: Any = None,
 ) -> dict[str, list[float]]:
     """Median ms per round of each ONNX model, the models timed in turn, ``rounds`` times over.
 
@@ -155,7 +161,7 @@ def time_onnx_interleaved(
     timing the models round-robin exposes all of them to the same drift, so
     per-round ratios between them (speed-ups) hold where absolute figures do
     not. ``feeds[name]`` is the input array of model ``name``. One session per
-    model, created once.
+    model, created once. ``progress(done, total, name, ms)`` is called after each timing.
     """
     import onnxruntime as ort
 
@@ -175,6 +181,9 @@ def time_onnx_interleaved(
                 session.run(None, inputs[name])
                 times.append(time.perf_counter() - t)
             out[name].append(statistics.median(times) * 1000)
+            if progress is not None:
+                done = sum(len(v) for v in out.values())
+                progress(done, rounds * len(sessions), name, out[name][-1])
     return out
 
 

@@ -158,3 +158,42 @@ def test_in_graph_profiling_maps_nodes_to_signatures(tmp_path) -> None:
     assert adds and "fused into the preceding convolution" in adds[0].source
     assert table_doc["entries"]["conv|16|16|3|1|1|28|28|fp32"]["samples"] >= 5
     del torch
+
+
+def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch) -> None:
+    """Synthetic in-graph timings built from known factors, with one round slowed by 60%:
+    the per-model median over rounds ignores the slow round and the fit returns the factors."""
+    import numpy as np
+
+    from edgecompress.latency_models import host
+
+    table = load_device("host")
+    known = {"conv": 0.7, "depthwise": 0.3, "eltwise": 0.1}
+    calls = {}
+
+    def fake_timing(models, feeds, threads, rounds, warmup, repeats, progress=None):
+        calls.update(n=len(models), rounds=rounds, repeats=repeats)
+        # The sums each exported model should have: recompute from the labels' order.
+        out = {}
+        for label, truth in zip(models, expected, strict=True):
+            out[label] = [truth, truth * 1.6, truth][:rounds]
+        return out
+
+    expected = []
+    real_sums = host._kind_sums
+
+    def recording_sums(model, shape, tbl):
+        sums = real_sums(model, shape, tbl)
+        expected.append(tbl.overhead_ms + sum(known[g] * sums.get(g, 0.0) for g in known))
+        return sums
+
+    monkeypatch.setattr(host, "_kind_sums", recording_sums)
+    monkeypatch.setattr("edgecompress.latency_models.profiler.time_onnx_interleaved", fake_timing)
+    ctx = host.fit_context(table, repeats=7, rounds=3)
+    assert calls == {"n": 18, "rounds": 3, "repeats": 7}
+    assert len(ctx["measured_ms"]) == 18 and "median of 3 round-robin rounds" in ctx["fitted_on"]
+    got = ctx["factors"]
+    assert np.allclose([got[g] for g in known], list(known.values()), atol=1e-6), got
+    assert table.meta["context"] is ctx
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        host.fit_context(table, rounds=0)
