@@ -48,11 +48,12 @@ from _common import write_result
 from rich.console import Console
 from rich.table import Table
 
-from edgecompress.checkpoint import load_checkpoint, save_compressed
+from edgecompress.checkpoint import load_checkpoint, load_compressed, save_compressed
 from edgecompress.compressors import LayerPolicy, Policy
 from edgecompress.config import load_config
 from edgecompress.export import export_model
-from edgecompress.latency_models import estimate_latency
+from edgecompress.latency_models import estimate_latency, load_device
+from edgecompress.objective import policy_latency
 from edgecompress.replay import replay
 
 CONFIGS = {
@@ -202,7 +203,14 @@ def bench(
     }
     files = {f"{v} {fmt}": folder / v / f"model.{fmt}.onnx" for v in measured for fmt in ("onnx", "onnx-int8")}
     timing = interleaved(files, rounds)
-    base_pred = estimate_latency(base, spec.input_shape, "host").total_ms
+    # Predicted now, from the host table as it is, for all three models alike (a replay report keeps the
+    # prediction of the table it was replayed with; under --measure-only that may be an older one).
+    host = load_device("host")
+    base_pred = estimate_latency(base, spec.input_shape, host).total_ms
+    predicted = {"original": base_pred}
+    for variant in ("searched", "uniform"):
+        model_v, spec_v, policy_v, _ = load_compressed(folder / variant / "model.pt")
+        predicted[variant] = policy_latency(model_v, policy_v, spec_v.input_shape, "host")[0].total_ms
     row: dict[str, Any] = {
         "model": model,
         "budget_ratio": budget_ratio,
@@ -224,10 +232,11 @@ def bench(
         },
         "measured": measured,
         "interleaved": timing,
-        "predicted_host_ms": {
-            "original": base_pred,
-            "searched": searched["predicted_latency"]["host"]["compressed_ms"],
-            "uniform": baseline["predicted_latency"]["host"]["compressed_ms"],
+        "predicted_host_ms": predicted,
+        "host_table": {
+            "updated": host.meta.get("updated"),
+            "context": host.meta.get("context", {}).get("factors"),
+            "overhead_per_op_ms": host.meta.get("overhead_per_op_ms", 0.0),
         },
         "finetune_epochs": searched["finetune"]["epochs"],  # as replayed (also under --measure-only)
         "finetune_max_batches_per_epoch": searched["finetune"]["max_batches"],

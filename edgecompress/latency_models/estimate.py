@@ -124,14 +124,20 @@ def estimate_latency(
             f"not counted: {', '.join(sorted(set(unpriced)))}. Profile them with `edgecompress profile`."
         )
     if tab is not None:
-        # In-graph tables fit the per-inference overhead as a base plus a cost per priced operator.
-        priced = sum(1 for op in ops if op.kind not in ("add", "unknown"))
-        overhead = tab.overhead_ms + float(tab.meta.get("overhead_per_op_ms", 0.0)) * priced
+        # The per-inference overhead is a base plus a cost per operator node the runtime dispatches
+        # (fitted by in-graph profiling, or with the context factors on whole models: ``fit_context``).
+        overhead = tab.overhead_ms + float(tab.meta.get("overhead_per_op_ms", 0.0)) * dispatched_ops(ops)
     else:
         overhead = dm.scale * dm.intercept_ms if dm is not None else 0.0
     total = overhead + sum(r.ms for r in rows)
     name = dm.name if dm is not None else str(tab.meta.get("device") if tab else "")
     return LatencyReport(name, total, overhead, rows, source, validated, warnings, sorted(set(missing)))
+
+
+def dispatched_ops(ops: Any) -> int:
+    """Operators a table's per-operator overhead applies to: every traced one but residual adds
+    (fused into the convolution before them) and operators the estimator does not know."""
+    return sum(1 for op in ops if op.kind not in ("add", "unknown"))
 
 
 def layer_precision(layer: str, precision: Mapping[str, str]) -> str:

@@ -142,13 +142,19 @@ def fit_context(
     The 18 models are timed round-robin, ``rounds`` times over, and each
     model's median over rounds is its target: a slow drift of the machine hits
     them alike instead of bending the fit (one timing each moved the depthwise
-    factor from 0.54 to 0.28 between two profiles an hour apart). Non-negative
-    least squares on relative error; stored in the table's metadata.
+    factor from 0.54 to 0.28 between two profiles an hour apart). Besides a
+    factor per operator group the fit takes a fixed cost per dispatched
+    operator (``overhead_per_op_ms``): the part of an in-graph operator's time
+    that does not shrink with its channels, much of a pruned model's latency
+    at 28x28. Non-negative least squares on relative error; stored in the
+    table's metadata.
     ``validate_table`` then checks other (random) models.
     """
     from scipy.optimize import nnls
 
     from edgecompress.compressors import Policy, compress
+    from edgecompress.latency_models.estimate import dispatched_ops
+    from edgecompress.latency_models.ops import trace_ops
     from edgecompress.latency_models.profiler import time_onnx_interleaved
     from edgecompress.models import create_model
 
@@ -168,15 +174,19 @@ def fit_context(
             label = f"{name} {fields or 'unchanged'}"
             onnx[label] = export_onnx_bytes(model, shape)
             sums = _kind_sums(model, shape, table)
-            rows.append([sums.get(g, 0.0) for g in groups])
+            rows.append([sums.get(g, 0.0) for g in groups] + [float(dispatched_ops(trace_ops(model, shape)))])
     x = torch.randn(shape).numpy()
     times = time_onnx_interleaved(onnx, dict.fromkeys(onnx, x), threads, rounds, 20, repeats, progress=progress)
     measured = [statistics.median(times[label]) for label in onnx]
     a = np.array(rows)
     y = np.array(measured) - table.overhead_ms
-    factors, _ = nnls(a / y[:, None], np.ones_like(y))
+    solution, _ = nnls(a / y[:, None], np.ones_like(y))
+    factors, per_op = solution[: len(groups)], float(solution[len(groups)])
+    fitted = a @ solution
     context = {
         "factors": dict(zip(groups, (float(f) for f in factors), strict=True)),
+        "overhead_per_op_ms": per_op,
+        "fit_median_abs_error": float(np.median(np.abs(fitted - y) / (y + table.overhead_ms))),
         "fitted_on": f"{len(y)} calibration models: {', '.join(CALIBRATION_MODELS)} x uniform policies "
         f"{[p or 'unchanged' for p in CALIBRATION_POLICIES]} (channels rounded to {round_to}), measured end to "
         f"end in ONNX Runtime (median of {repeats} per round, median of {rounds} round-robin rounds)",
@@ -184,6 +194,7 @@ def fit_context(
         "date": time.strftime("%Y-%m-%d"),
     }
     table.meta["context"] = context
+    table.meta["overhead_per_op_ms"] = per_op
     return context
 
 

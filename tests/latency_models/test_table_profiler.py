@@ -161,11 +161,13 @@ def test_in_graph_profiling_maps_nodes_to_signatures(tmp_path) -> None:
 
 
 def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch) -> None:
-    """Synthetic in-graph timings built from known factors, with one round slowed by 60%:
-    the per-model median over rounds ignores the slow round and the fit returns the factors."""
+    """Synthetic in-graph timings built from known factors and a known cost per dispatched operator,
+    with one round slowed by 60%: the per-model median over rounds ignores the slow round and the fit
+    returns the factors, and the estimator then reproduces the timings."""
     import numpy as np
 
     from edgecompress.latency_models import host
+    from edgecompress.latency_models.estimate import dispatched_ops
 
     table = load_device("host")
     known = {"conv": 0.7, "depthwise": 0.3, "eltwise": 0.1}
@@ -179,12 +181,14 @@ def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch
             out[label] = [truth, truth * 1.6, truth][:rounds]
         return out
 
-    expected = []
+    expected, models, per_op = [], [], 0.004
     real_sums = host._kind_sums
 
     def recording_sums(model, shape, tbl):
         sums = real_sums(model, shape, tbl)
-        expected.append(tbl.overhead_ms + sum(known[g] * sums.get(g, 0.0) for g in known))
+        n = dispatched_ops(trace_ops(model, shape))
+        expected.append(tbl.overhead_ms + sum(known[g] * sums.get(g, 0.0) for g in known) + per_op * n)
+        models.append(model)
         return sums
 
     monkeypatch.setattr(host, "_kind_sums", recording_sums)
@@ -194,6 +198,11 @@ def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch
     assert len(ctx["measured_ms"]) == 18 and "median of 3 round-robin rounds" in ctx["fitted_on"]
     got = ctx["factors"]
     assert np.allclose([got[g] for g in known], list(known.values()), atol=1e-6), got
+    assert ctx["overhead_per_op_ms"] == pytest.approx(per_op, abs=1e-9)
+    assert table.meta["overhead_per_op_ms"] == ctx["overhead_per_op_ms"]
+    assert ctx["fit_median_abs_error"] < 1e-6
     assert table.meta["context"] is ctx
+    for model, truth in list(zip(models, expected, strict=True))[::5]:
+        assert estimate_latency(model, (1, 1, 28, 28), table).total_ms == pytest.approx(truth, rel=1e-6)
     with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
         host.fit_context(table, rounds=0)
