@@ -42,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-model", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
     parser.add_argument("--out", default="benchmarks/results/latency_models.json")
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     keys = list(dict.fromkeys(keys))
     if not args.reuse_table:
         path.unlink(missing_ok=True)
-        profiler.run(keys, path, threads=args.threads, device="host")
+        profiler.run(keys, path, threads=args.threads, device="host", passes=args.passes)
     table = LatencyTable.load(path)
     context = table.meta["context"] if args.reuse_table else fit_context(table)
     rounded = validate_table(table, per_model=args.per_model, round_to=8)

@@ -348,6 +348,9 @@ def profile_cmd(
     threads: Annotated[int, typer.Option(min=1)] = 2,
     repeats: Annotated[int, typer.Option(min=1)] = 50,
     warmup: Annotated[int, typer.Option(min=0)] = 20,
+    passes: Annotated[
+        int, typer.Option(min=1, help="Measure every operator in N passes over the list; median per operator.")
+    ] = 1,
     device: Annotated[str, typer.Option(help="Device name recorded in the table (default: host name).")] = "",
     plan_only: Annotated[
         bool, typer.Option(help="Write the plan (signatures, or with --in-graph probe models) to --out and stop.")
@@ -416,7 +419,7 @@ def profile_cmd(
 
         try:
             profiler.run(keys, out, runtime=runtime, threads=threads, warmup=warmup, repeats=repeats,
-                         device=device, progress=show)  # fmt: skip
+                         device=device, progress=show, passes=passes)  # fmt: skip
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     table = LatencyTable.load(out)

@@ -384,8 +384,18 @@ def run(
     repeats: int = 50,
     device: str = "",
     progress: Any = None,
+    passes: int = 1,
 ) -> dict[str, Any]:
-    """Measure every key not yet in ``out`` (created if missing); return the table."""
+    """Measure every key not yet in ``out`` (created if missing); return the table.
+
+    With ``passes`` > 1 the whole list is measured that many times over, one
+    pass after the other, and each entry is the median of its passes: on a
+    shared machine whose speed changes for minutes at a time, a single pass
+    prices some operators in a fast spell and others in a slow one. A key
+    measured in fewer passes than asked is completed on a re-run.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
     if runtime not in PRECISIONS:
         raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(PRECISIONS)}")
     bad = sorted({parse_key(k)["precision"] for k in keys} - set(PRECISIONS[runtime]))
@@ -411,15 +421,32 @@ def run(
         table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": meta, "entries": {}}
     if "overhead_ms" not in table["meta"]:
         table["meta"]["overhead_ms"] = overhead_ms(runtime, threads, warmup, max(repeats, 200))
-    todo = [k for k in dict.fromkeys(keys) if k not in table["entries"]]
-    for i, key in enumerate(todo):
-        ms = measure(key, runtime, threads, warmup, repeats)
-        table["entries"][key] = {"ms": ms, "date": time.strftime("%Y-%m-%d")}
-        if progress is not None:
-            progress(i + 1, len(todo), key, ms)
-        if (i + 1) % 10 == 0:
-            _write(out, table)
+    entries = table["entries"]
+
+    def done_passes(key: str) -> int:
+        entry = entries.get(key)
+        return 0 if entry is None else len(entry.get("passes_ms", [entry["ms"]]))
+
+    wanted = list(dict.fromkeys(keys))
+    total = sum(max(0, passes - done_passes(k)) for k in wanted)
+    count = 0
+    for p in range(passes):
+        for key in wanted:
+            if done_passes(key) > p:
+                continue
+            ms = measure(key, runtime, threads, warmup, repeats)
+            old = entries.get(key)
+            runs = ([] if old is None else old.get("passes_ms", [old["ms"]])) + [ms]
+            entries[key] = {"ms": statistics.median(runs), "date": time.strftime("%Y-%m-%d")}
+            if len(runs) > 1:
+                entries[key]["passes_ms"] = runs
+            count += 1
+            if progress is not None:
+                progress(count, total, key, ms)
+            if count % 10 == 0:
+                _write(out, table)
     table["meta"]["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    table["meta"]["passes"] = max(passes, int(table["meta"].get("passes", 1)))
     _write(out, table)
     return table
 
@@ -436,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--passes", type=int, default=1, help="measure the plan N times over, median per operator")
     parser.add_argument("--device", default="", help="device name to record (default: the host name)")
     args = parser.parse_args(argv)
 
@@ -455,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.plan} is not a profile plan")
 
     run(plan["keys"], args.out, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
-        repeats=args.repeats, device=args.device, progress=show)  # fmt: skip
+        repeats=args.repeats, device=args.device, progress=show, passes=args.passes)  # fmt: skip
     print(f"wrote {args.out}")
 
 

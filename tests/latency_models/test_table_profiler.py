@@ -79,6 +79,32 @@ def test_profiler_measures_every_reachable_signature_and_resumes(tmp_path) -> No
         profiler.run(["linear|4|4|1|1|1|1|1|int8"], tmp_path / "t.json", runtime="torch")
 
 
+def test_profiler_passes_take_the_median_and_resume(tmp_path, monkeypatch) -> None:
+    """Each pass measures every key once more; a re-run with more passes completes only what is missing."""
+    keys = ["conv|4|4|3|1|1|8|8|fp32", "linear|4|4|1|1|1|1|1|fp32"]
+    fake = iter([1.0, 5.0, 3.0, 9.0, 2.0, 4.0, 7.0, 6.0])
+    order: list[str] = []
+
+    def measure(key, runtime, threads, warmup, repeats):
+        order.append(key)
+        return next(fake)
+
+    monkeypatch.setattr(profiler, "measure", measure)
+    monkeypatch.setattr(profiler, "overhead_ms", lambda *a: 0.001)
+    out = tmp_path / "p.json"
+    profiler.run(keys, out, passes=3)
+    assert order == keys * 3  # pass after pass, not one key three times in a row
+    entries = LatencyTable.load(out).entries
+    assert entries[keys[0]] == {"ms": 2.0, "passes_ms": [1.0, 3.0, 2.0], "date": entries[keys[0]]["date"]}
+    assert entries[keys[1]]["ms"] == 5.0 and entries[keys[1]]["passes_ms"] == [5.0, 9.0, 4.0]
+    order.clear()
+    table = profiler.run(keys, out, passes=4)
+    assert order == keys and table["meta"]["passes"] == 4
+    assert table["entries"][keys[0]]["ms"] == 2.5 and table["entries"][keys[1]]["passes_ms"] == [5.0, 9.0, 4.0, 6.0]
+    with pytest.raises(ValueError, match="passes must be >= 1, got 0"):
+        profiler.run(keys, out, passes=0)
+
+
 def test_profiler_int8_and_torch(tmp_path) -> None:
     key = "conv|8|8|3|1|1|14|14|int8"
     assert profiler.measure(key, "onnxruntime", threads=1, warmup=1, repeats=2) > 0
