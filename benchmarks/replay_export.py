@@ -84,11 +84,13 @@ def exports(model_file: Path, folder: Path) -> dict[str, Any]:
     return out
 
 
-def entry_name(model: str, budget_ratio: float, finetune_batches: int = 0) -> str:
+def entry_name(model: str, budget_ratio: float, finetune_batches: int = 0, latency: str = "table") -> str:
     """Results key and run folder: the model's name at the issue's 0.5 budget and AMC's scoring without
-    fine-tuning, else with the budget and the fine-tuning steps per scored policy."""
+    fine-tuning on the host table, else with the budget, the fine-tuning steps per scored policy and
+    ``-measured`` where each policy's latency was measured during the search."""
     name = model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
-    return f"{name}-ft{finetune_batches}" if finetune_batches else name
+    name = f"{name}-ft{finetune_batches}" if finetune_batches else name
+    return f"{name}-measured" if latency == "measured" else name
 
 
 def interleaved(files: dict[str, Path], rounds: int) -> dict[str, Any]:
@@ -140,10 +142,11 @@ def bench(
     max_batches: int | None = None,
     budget_ratio: float = 0.5,
     finetune_batches: int = 0,
+    latency: str = "table",
 ) -> dict[str, Any]:
     from edgecompress.agents.driver import run_ddpg_search
 
-    folder = root / entry_name(model, budget_ratio, finetune_batches)
+    folder = root / entry_name(model, budget_ratio, finetune_batches, latency)
     if fresh and folder.exists() and not measure_only:
         shutil.rmtree(folder)
     cfg = load_config(
@@ -160,6 +163,7 @@ def bench(
             "search.round_to": round_to,
             "search.bn_batches": 4,
             "search.finetune_batches": finetune_batches,
+            "search.latency": latency,
         },
     )
     best = folder / "search" / "best_policy.json"
@@ -215,12 +219,15 @@ def bench(
         "model": model,
         "budget_ratio": budget_ratio,
         "search_finetune_batches": finetune_batches,
+        "search_latency": latency,
         "round_to": round_to,
         "search": {
             "episodes": search["episodes"],
             "budget_ms": search["budget_ms"],
             "base_latency_ms": search["base_latency_ms"],
             "best": search["best"]["accuracy"] if search["best"] else None,
+            "best_latency_ms": search["best"].get("latency_ms") if search["best"] else None,
+            "best_latency_source": search["best"].get("latency_source") if search["best"] else None,
             "seconds": search["seconds"],
         },
         "accuracy_test": {
@@ -268,14 +275,18 @@ def main() -> None:
     parser.add_argument("--max-batches", type=int, default=None, help="cap each fine-tuning epoch at N batches")
     parser.add_argument("--budget-ratio", type=float, default=0.5, help="search budget, x base latency on host")
     parser.add_argument("--finetune-batches", type=int, default=0, help="distillation steps per scored policy")
+    parser.add_argument(
+        "--latency", choices=("table", "measured"), default="table",
+        help="search.latency: predict each policy from the host table, or measure it here against the base",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
     if not 0.0 < args.budget_ratio <= 1.0:
         parser.error(f"--budget-ratio must be in (0, 1], got {args.budget_ratio}")
     results = {
-        entry_name(m, args.budget_ratio, args.finetune_batches): bench(
+        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency): bench(
             m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only, args.round_to,
-            args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches,
+            args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches, args.latency,
         )
         for m in args.models
     }  # fmt: skip

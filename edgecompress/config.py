@@ -106,6 +106,9 @@ class SearchConfig(_Section):
     finetune_batches: int = Field(0, ge=0)
     """Distillation steps (batches of 64, teacher: the base model) each policy gets before it is scored.
     AMC scores without fine-tuning; at 2x on small networks that scores every policy near chance."""
+    latency: Literal["table", "measured"] = "table"
+    """How a policy's latency is scored: ``table`` predicts it (the device's table or model);
+    ``measured`` times each policy on this machine against the base model (device ``host`` only)."""
     round_to: int = Field(8, ge=1)
     """Round kept channels and ranks up to this multiple (SIMD-friendly widths)."""
     top_k: int = Field(5, ge=1)
@@ -197,6 +200,11 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
         raise ConfigError(
             f"invalid config ({source}):\n  device = {config.device!r}: unknown device."
             f"{did_you_mean(config.device, known)} Valid devices: {', '.join(known)}"
+        )
+    if config.search.latency == "measured" and config.device != "host":
+        raise ConfigError(
+            f"invalid config ({source}):\n  search.latency = 'measured' times policies on this machine, but "
+            f"device = {config.device!r}; use device 'host', or search.latency 'table' for another device"
         )
     return config
 

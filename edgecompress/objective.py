@@ -4,8 +4,9 @@
 recalibrates BatchNorm statistics on a few training batches, optionally
 distils it from the base model for ``finetune_batches`` steps (the same seeded
 batches for every policy), measures top-1 accuracy on the validation subset,
-predicts latency on the target device and reads the stored size from the
-compression report. The RL environment, Optuna and Ray Tune all call it, so a
+predicts latency on the target device (or, with ``latency="measured"`` and
+the ``host`` device, measures it here: see :meth:`Objective.latency`) and
+reads the stored size from the compression report. The RL environment, Optuna and Ray Tune all call it, so a
 policy found by any of them scores, and later replays, the same way. Identical
 policies are scored once (cached by their JSON form). It does not choose
 policies.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,12 +28,13 @@ from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.compressors import Policy, compress
 from edgecompress.compressors.distill import distill
 from edgecompress.data import batches
-from edgecompress.latency_models import LatencyReport, estimate_latency, priced_precisions
+from edgecompress.latency_models import LatencyReport, estimate_latency, load_device, priced_precisions
 from edgecompress.training import evaluate
 
 __all__ = ["Evaluation", "Objective", "activation_precisions", "policy_latency", "recalibrate_batchnorm"]
 
 PRECISION_OF_ABITS = {8: "int8", 16: "fp16", 32: "fp32"}
+LATENCY_MODES = ("table", "measured")
 
 
 def activation_precisions(policy: Policy) -> dict[str, str]:
@@ -124,7 +126,21 @@ class Objective:
         round_to: int = 8,
         analysis: ModelAnalysis | None = None,
         seed: int = 0,
+        latency: str = "table",
+        latency_rounds: int = 3,
     ) -> None:
+        if latency not in LATENCY_MODES:
+            raise ValueError(f"latency {latency!r} is not one of: {', '.join(LATENCY_MODES)}")
+        if latency == "measured" and device != "host":
+            raise ValueError(
+                f"latency 'measured' times each policy on this machine, so the device must be 'host' (got "
+                f"{device!r}); for another device use latency 'table' (its table or device model)"
+            )
+        if latency_rounds < 1:
+            raise ValueError(f"latency_rounds must be >= 1, got {latency_rounds}")
+        self.latency_mode = latency
+        self.latency_rounds = latency_rounds
+        self._base_onnx: bytes | None = None
         self.model = model.eval()
         self.val_data = val_data
         self.device = device
@@ -155,7 +171,44 @@ class Objective:
         return estimate_latency(self.model, self.input_shape, self.device).total_ms
 
     def latency(self, compressed: nn.Module, policy: Policy) -> tuple[LatencyReport, str]:
-        return policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
+        """Predicted latency (``latency="table"``), or measured here (``"measured"``, device ``host``).
+
+        Measured: the compressed model's fp32 ONNX export and the base model's
+        are timed round-robin in ONNX Runtime (the host table's thread count,
+        batch 1, ``latency_rounds`` rounds of 100 runs after 10 warm-up); the
+        latency is the base model's predicted latency times the median per-round
+        ratio. The ratio of two models timed in the same rounds holds while
+        this machine's speed swings; anchoring it on the base's prediction keeps
+        budgets (a ratio of that prediction) and scores on one scale.
+        """
+        report, source = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
+        if self.latency_mode == "table":
+            return report, source
+        import statistics
+
+        from edgecompress.latency_models.host import export_onnx_bytes
+        from edgecompress.latency_models.profiler import time_onnx_interleaved
+
+        if self._base_onnx is None:
+            self._base_onnx = export_onnx_bytes(self.model, self.input_shape)
+            self._base_ms = self.base_latency_ms()
+        threads = int(getattr(load_device("host"), "meta", {}).get("threads", 2))
+        x = torch.zeros(self.input_shape).numpy()
+        models: dict[str, bytes | str] = {
+            "base": self._base_onnx,
+            "policy": export_onnx_bytes(compressed, self.input_shape),
+        }
+        times = time_onnx_interleaved(models, dict.fromkeys(models, x), threads, self.latency_rounds, 10, 100)
+        ratio = statistics.median(t / b for t, b in zip(times["policy"], times["base"], strict=True))
+        source = (
+            f"measured on this machine: ONNX Runtime, {threads} threads, batch 1, fp32, median over "
+            f"{self.latency_rounds} rounds of the ratio to the base model timed in the same round ({ratio:.3f}), "
+            f"times the base's {self._base_ms:.4f} ms from {self.device}"
+        )
+        lower = activation_precisions(policy)
+        if lower:
+            source += f"; {len(lower)} layers asking lower-precision activations timed at fp32 (fp32 export)"
+        return replace(report, total_ms=self._base_ms * ratio, source=source), source
 
     def __call__(self, policy: Policy) -> Evaluation:
         key = json.dumps(policy.to_dict()["layers"], sort_keys=True)

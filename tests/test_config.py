@@ -82,3 +82,12 @@ def test_unknown_device_suggests() -> None:
     msg = str(err.value)
     assert "device = 'raspberry-pi4': unknown device. Did you mean 'raspberry-pi-4'?" in msg
     assert "Valid devices: host, jetson-nano" in msg
+
+
+def test_measured_latency_needs_the_host_device() -> None:
+    from edgecompress.config import load_config
+    from edgecompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="search.latency = 'measured' times policies on this machine, but device"):
+        load_config(None, {"search.latency": "measured", "device": "raspberry-pi-4"})
+    assert load_config(None, {"search.latency": "measured", "device": "host"}).search.latency == "measured"

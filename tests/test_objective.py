@@ -112,3 +112,34 @@ def test_finetuning_before_scoring_recovers_accuracy_and_leaves_the_base_model_a
     assert again.accuracy == ev_tuned.accuracy  # same seeded batches: the score is a function of the policy
     with pytest.raises(ValueError, match="finetune_batches needs train_data"):
         Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), finetune_batches=1)
+
+
+def test_measured_latency_is_the_base_prediction_times_the_ratio_timed_in_the_same_rounds(setup, monkeypatch) -> None:
+    model, data = setup
+    obj = Objective(model, data.val, "host", input_shape=(1, 1, 28, 28), latency="measured", latency_rounds=3)
+    seen = []
+
+    def fake(models, feeds, threads, rounds, warmup, repeats, progress=None):
+        seen.append((sorted(models), rounds, threads))
+        return {"base": [1.0, 2.0, 1.0], "policy": [0.5, 0.8, 0.3]}  # per-round ratios 0.5, 0.4, 0.3
+
+    monkeypatch.setattr("edgecompress.latency_models.profiler.time_onnx_interleaved", fake)
+    policy = Policy.uniform(model, keep=0.5)
+    ev = obj(policy)
+    assert seen == [(["base", "policy"], 3, load_device("host").meta["threads"])]
+    assert ev.latency_ms == pytest.approx(obj.base_latency_ms() * 0.4)
+    assert ev.latency_source.startswith("measured on this machine: ONNX Runtime") and "(0.400)" in ev.latency_source
+    base_onnx = obj._base_onnx
+    obj(Policy.uniform(model, keep=0.75))
+    assert obj._base_onnx is base_onnx and len(seen) == 2  # the base model is exported once
+    with pytest.raises(ValueError, match="the device must be 'host' \\(got 'raspberry-pi-4'\\)"):
+        Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), latency="measured")
+    with pytest.raises(ValueError, match="latency 'guess' is not one of: table, measured"):
+        Objective(model, data.val, "host", input_shape=(1, 1, 28, 28), latency="guess")
+
+
+def test_measured_latency_times_real_models(setup) -> None:
+    model, data = setup
+    obj = Objective(model, data.val, "host", input_shape=(1, 1, 28, 28), latency="measured", latency_rounds=1)
+    ev = obj(Policy.uniform(model, keep=0.25))
+    assert 0 < ev.latency_ms and "rounds of the ratio to the base model" in ev.latency_source

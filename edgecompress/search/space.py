@@ -229,6 +229,7 @@ def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
         train_data=bundle.train,
         bn_batches=s.bn_batches,
         finetune_batches=s.finetune_batches,
+        latency=s.latency,
         round_to=s.round_to,
         seed=s.seed,
     )
