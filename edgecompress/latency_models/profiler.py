@@ -160,30 +160,36 @@ def time_onnx_interleaved(
     On a shared machine latency drifts by tens of percent within a minute;
     timing the models round-robin exposes all of them to the same drift, so
     per-round ratios between them (speed-ups) hold where absolute figures do
-    not. ``feeds[name]`` is the input array of model ``name``. One session per
-    model, created once. ``progress(done, total, name, ms)`` is called after each timing.
+    not. ``feeds[name]`` is the input array of model ``name``. Each model gets
+    a new session every round: on this 2-core VM a session can stay 1.5-2x
+    slower than an identical model's for its whole life (measured 2026-11-25:
+    two ResNet-20s with the same 8/8/16 channels, 0.090 and 0.127 ms in the
+    same rounds, and the other way round in the next process), so the median
+    over rounds sees different sessions. ``progress(done, total, name, ms)``
+    is called after each timing.
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sessions = {name: ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]) for name, m in models.items()}
-    inputs = {name: {s.get_inputs()[0].name: feeds[name]} for name, s in sessions.items()}
     out: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
-        for name, session in sessions.items():
+        for name, model in models.items():
+            session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+            feed = {session.get_inputs()[0].name: feeds[name]}
             for _ in range(warmup):
-                session.run(None, inputs[name])
+                session.run(None, feed)
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
-                session.run(None, inputs[name])
+                session.run(None, feed)
                 times.append(time.perf_counter() - t)
+            del session
             out[name].append(statistics.median(times) * 1000)
             if progress is not None:
                 done = sum(len(v) for v in out.values())
-                progress(done, rounds * len(sessions), name, out[name][-1])
+                progress(done, rounds * len(models), name, out[name][-1])
     return out
 
 
