@@ -44,8 +44,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
-    parser.add_argument("--out", default="benchmarks/results/latency_models.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/latency_models[_Nthread].json")
     args = parser.parse_args()
+    if args.out is None:
+        suffix = "" if args.threads == 2 else f"_{args.threads}thread"
+        args.out = f"benchmarks/results/latency_models{suffix}.json"
     result: dict[str, Any] = {}
     console.print("[bold]1/2 device models[/]")
     devices = {}
@@ -65,14 +68,16 @@ def main() -> None:
                 )
     result["device_models"] = devices
     console.print("[bold]2/2 host table[/]")
-    path = PROFILE_DIR / "host.table.json"
+    # The 2-thread table is `host`; other thread counts ship beside it as `host-Nthread`.
+    profile = "host" if args.threads == 2 else f"host-{args.threads}thread"
+    path = PROFILE_DIR / f"{profile}.table.json"
     keys: list[str] = []
     for name in ("lenet5", "resnet20", "mobilenetv2", "mobilenetv2-0.5"):
         keys += reachable_keys(trace_ops(create_model(name), (1, 1, 28, 28)))
     keys = list(dict.fromkeys(keys))
     if not args.reuse_table:
         path.unlink(missing_ok=True)
-        profiler.run(keys, path, threads=args.threads, device="host", passes=args.passes)
+        profiler.run(keys, path, threads=args.threads, device=profile, passes=args.passes)
     table = LatencyTable.load(path)
     context = table.meta["context"] if args.reuse_table else fit_context(table)
     rounded = validate_table(table, per_model=args.per_model, round_to=8)

@@ -84,13 +84,16 @@ def exports(model_file: Path, folder: Path) -> dict[str, Any]:
     return out
 
 
-def entry_name(model: str, budget_ratio: float, finetune_batches: int = 0, latency: str = "table") -> str:
+def entry_name(
+    model: str, budget_ratio: float, finetune_batches: int = 0, latency: str = "table", device: str = "host"
+) -> str:
     """Results key and run folder: the model's name at the issue's 0.5 budget and AMC's scoring without
     fine-tuning on the host table, else with the budget, the fine-tuning steps per scored policy and
     ``-measured`` where each policy's latency was measured during the search."""
     name = model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
     name = f"{name}-ft{finetune_batches}" if finetune_batches else name
-    return f"{name}-measured" if latency == "measured" else name
+    name = f"{name}-measured" if latency == "measured" else name
+    return name if device == "host" else f"{name}-{device}"
 
 
 def interleaved(files: dict[str, Path], rounds: int) -> dict[str, Any]:
@@ -143,10 +146,11 @@ def bench(
     budget_ratio: float = 0.5,
     finetune_batches: int = 0,
     latency: str = "table",
+    device: str = "host",
 ) -> dict[str, Any]:
     from edgecompress.agents.driver import run_ddpg_search
 
-    folder = root / entry_name(model, budget_ratio, finetune_batches, latency)
+    folder = root / entry_name(model, budget_ratio, finetune_batches, latency, device)
     if fresh and folder.exists() and not measure_only:
         shutil.rmtree(folder)
     cfg = load_config(
@@ -154,7 +158,7 @@ def bench(
         {
             "name": f"{model}-host",
             "out": str(folder / "search"),
-            "device": "host",
+            "device": device,
             "search.agent": "ddpg",
             "search.episodes": episodes,
             "search.warmup_episodes": max(1, episodes // 3),
@@ -209,17 +213,19 @@ def bench(
     timing = interleaved(files, rounds)
     # Predicted now, from the host table as it is, for all three models alike (a replay report keeps the
     # prediction of the table it was replayed with; under --measure-only that may be an older one).
-    host = load_device("host")
+    host = load_device(device)
     base_pred = estimate_latency(base, spec.input_shape, host).total_ms
     predicted = {"original": base_pred}
     for variant in ("searched", "uniform"):
         model_v, spec_v, policy_v, _ = load_compressed(folder / variant / "model.pt")
-        predicted[variant] = policy_latency(model_v, policy_v, spec_v.input_shape, "host")[0].total_ms
+        predicted[variant] = policy_latency(model_v, policy_v, spec_v.input_shape, device)[0].total_ms
     row: dict[str, Any] = {
         "model": model,
         "budget_ratio": budget_ratio,
         "search_finetune_batches": finetune_batches,
         "search_latency": latency,
+        "device": device,
+        "predicted_threads": host.meta.get("threads"),
         "round_to": round_to,
         "search": {
             "episodes": search["episodes"],
@@ -279,14 +285,18 @@ def main() -> None:
         "--latency", choices=("table", "measured"), default="table",
         help="search.latency: predict each policy from the host table, or measure it here against the base",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", default="host",
+        help="the table the search budgets and predicts with: host (2 threads) or host-1thread",
+    )  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
     if not 0.0 < args.budget_ratio <= 1.0:
         parser.error(f"--budget-ratio must be in (0, 1], got {args.budget_ratio}")
     results = {
-        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency): bench(
+        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency, args.device): bench(
             m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only, args.round_to,
-            args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches, args.latency,
+            args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches, args.latency, args.device,
         )
         for m in args.models
     }  # fmt: skip

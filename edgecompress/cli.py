@@ -277,7 +277,8 @@ def devices_cmd() -> None:
                 else "not validated"
             )
             source = (
-                f"measured lookup table: {m.meta.get('runtime')} {m.meta.get('threads')} threads on "
+                f"measured lookup table: {m.meta.get('runtime')} {m.meta.get('threads')} "
+                f"thread{'' if m.meta.get('threads') == 1 else 's'} on "
                 f"{m.meta.get('device')} ({len(m.entries)} operators)"
             )
             table.add_row(name, str(m.meta.get("device")), ",".join(sorted(m.precisions())), source, val)

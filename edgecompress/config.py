@@ -201,10 +201,13 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             f"invalid config ({source}):\n  device = {config.device!r}: unknown device."
             f"{did_you_mean(config.device, known)} Valid devices: {', '.join(known)}"
         )
-    if config.search.latency == "measured" and config.device != "host":
+    from edgecompress.objective import is_host
+
+    if config.search.latency == "measured" and not is_host(config.device):
         raise ConfigError(
             f"invalid config ({source}):\n  search.latency = 'measured' times policies on this machine, but "
-            f"device = {config.device!r}; use device 'host', or search.latency 'table' for another device"
+            f"device = {config.device!r}; use device 'host' (or 'host-Nthread'), or search.latency 'table' for "
+            "another device"
         )
     return config
 

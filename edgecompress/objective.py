@@ -31,10 +31,15 @@ from edgecompress.data import batches
 from edgecompress.latency_models import LatencyReport, estimate_latency, load_device, priced_precisions
 from edgecompress.training import evaluate
 
-__all__ = ["Evaluation", "Objective", "activation_precisions", "policy_latency", "recalibrate_batchnorm"]
+__all__ = ["Evaluation", "Objective", "activation_precisions", "is_host", "policy_latency", "recalibrate_batchnorm"]
 
 PRECISION_OF_ABITS = {8: "int8", 16: "fp16", 32: "fp32"}
 LATENCY_MODES = ("table", "measured")
+
+
+def is_host(device: str) -> bool:
+    """A table profiled on this machine: ``host`` (2 threads) or ``host-Nthread``."""
+    return device == "host" or (device.startswith("host-") and device.endswith("thread"))
 
 
 def activation_precisions(policy: Policy) -> dict[str, str]:
@@ -131,10 +136,10 @@ class Objective:
     ) -> None:
         if latency not in LATENCY_MODES:
             raise ValueError(f"latency {latency!r} is not one of: {', '.join(LATENCY_MODES)}")
-        if latency == "measured" and device != "host":
+        if latency == "measured" and not is_host(device):
             raise ValueError(
-                f"latency 'measured' times each policy on this machine, so the device must be 'host' (got "
-                f"{device!r}); for another device use latency 'table' (its table or device model)"
+                f"latency 'measured' times each policy on this machine, so the device must be 'host' or "
+                f"'host-Nthread' (got {device!r}); for another device use latency 'table' (its table or device model)"
             )
         if latency_rounds < 1:
             raise ValueError(f"latency_rounds must be >= 1, got {latency_rounds}")
@@ -192,7 +197,7 @@ class Objective:
         if self._base_onnx is None:
             self._base_onnx = export_onnx_bytes(self.model, self.input_shape)
             self._base_ms = self.base_latency_ms()
-        threads = int(getattr(load_device("host"), "meta", {}).get("threads", 2))
+        threads = int(getattr(load_device(self.device), "meta", {}).get("threads", 2))
         x = torch.zeros(self.input_shape).numpy()
         models: dict[str, bytes | str] = {
             "base": self._base_onnx,

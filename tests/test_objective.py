@@ -132,7 +132,7 @@ def test_measured_latency_is_the_base_prediction_times_the_ratio_timed_in_the_sa
     base_onnx = obj._base_onnx
     obj(Policy.uniform(model, keep=0.75))
     assert obj._base_onnx is base_onnx and len(seen) == 2  # the base model is exported once
-    with pytest.raises(ValueError, match="the device must be 'host' \\(got 'raspberry-pi-4'\\)"):
+    with pytest.raises(ValueError, match="the device must be 'host' or 'host-Nthread' \\(got 'raspberry-pi-4'\\)"):
         Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), latency="measured")
     with pytest.raises(ValueError, match="latency 'guess' is not one of: table, measured"):
         Objective(model, data.val, "host", input_shape=(1, 1, 28, 28), latency="guess")
