@@ -38,25 +38,14 @@ SETTINGS = ("2 threads", "2 threads, no spinning", "2 threads, pinned", "1 threa
 
 
 def time_session(model: bytes, setting: str, x: np.ndarray, repeats: int) -> float:
-    import onnxruntime as ort
+    from edgecompress.latency_models.profiler import time_onnx
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1 if setting == "1 thread" else 2
-    so.inter_op_num_threads = 1
-    if setting == "2 threads, no spinning":
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if setting == "2 threads, pinned":
-        so.add_session_config_entry("session.intra_op_thread_affinities", "2")  # 1-based logical processor
-    session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(10):
-        session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+    config = {
+        "2 threads, no spinning": {"session.intra_op.allow_spinning": "0"},
+        "2 threads, pinned": {"session.intra_op_thread_affinities": "2"},  # 1-based logical processor
+    }.get(setting, {})
+    threads = 1 if setting == "1 thread" else 2
+    return float(time_onnx(model, None, threads, 10, repeats, feed={"x": x}, config=config))
 
 
 def main() -> None:

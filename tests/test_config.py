@@ -81,7 +81,7 @@ def test_unknown_device_suggests() -> None:
         load_config(None, {"device": "raspberry-pi4"})
     msg = str(err.value)
     assert "device = 'raspberry-pi4': unknown device. Did you mean 'raspberry-pi-4'?" in msg
-    assert "Valid devices: host, jetson-nano" in msg
+    assert "Valid devices: host, host-1thread, jetson-nano" in msg
 
 
 def test_measured_latency_needs_the_host_device() -> None:

@@ -128,12 +128,15 @@ def _to_fp16(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, feed=None) -> float:  # type: ignore[no-untyped-def]
+def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, feed=None, config=None) -> float:  # type: ignore[no-untyped-def]
+    """Median ms of ``repeats`` runs after ``warmup``, in a new session (``config``: session config entries)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     feed = feed if feed is not None else {session.get_inputs()[0].name: x.numpy()}
     for _ in range(warmup):

@@ -108,12 +108,14 @@ def test_metrics_known_answer() -> None:
 def test_shipped_profiles() -> None:
     assert list_devices() == [
         "host",
+        "host-1thread",
         "jetson-nano",
         "jetson-nano-fp16",
         "jetson-tx2",
         "raspberry-pi-4",
         "raspberry-pi-5",
     ]
+    assert load_device("host").meta["threads"] == 2 and load_device("host-1thread").meta["threads"] == 1
     pi4 = load_device("raspberry-pi-4")
     assert pi4.validation["rows"] == "holdout (arch_index % 5 == 0)" and pi4.licence == "MIT"
     pi5 = load_device("raspberry-pi-5")
