@@ -45,7 +45,7 @@ def time_session(model: bytes, setting: str, x: np.ndarray, repeats: int) -> flo
         "2 threads, pinned": {"session.intra_op_thread_affinities": "2"},  # 1-based logical processor
     }.get(setting, {})
     threads = 1 if setting == "1 thread" else 2
-    return float(time_onnx(model, None, threads, 10, repeats, feed={"x": x}, config=config))
+    return float(time_onnx(model, x, threads, 10, repeats, config=config))
 
 
 def main() -> None:

@@ -194,10 +194,11 @@ class Objective:
         from edgecompress.latency_models.host import export_onnx_bytes
         from edgecompress.latency_models.profiler import time_onnx_interleaved
 
-        if self._base_onnx is None:
+        if self._base_onnx is None:  # once per objective: the base model's export, prediction and table threads
             self._base_onnx = export_onnx_bytes(self.model, self.input_shape)
             self._base_ms = self.base_latency_ms()
-        threads = int(getattr(load_device(self.device), "meta", {}).get("threads", 2))
+            self._threads = int(getattr(load_device(self.device), "meta", {}).get("threads", 2))
+        threads = self._threads
         x = torch.zeros(self.input_shape).numpy()
         models: dict[str, bytes | str] = {
             "base": self._base_onnx,

@@ -128,8 +128,10 @@ def _to_fp16(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, feed=None, config=None) -> float:  # type: ignore[no-untyped-def]
-    """Median ms of ``repeats`` runs after ``warmup``, in a new session (``config``: session config entries)."""
+def time_onnx(model_bytes: bytes | str, x, threads: int, warmup: int, repeats: int, feed=None, config=None) -> float:  # type: ignore[no-untyped-def]
+    """Median ms of ``repeats`` runs after ``warmup``, in a new session (``config``: session config entries).
+
+    ``x``: the model's one input, a tensor or an array (or pass the whole ``feed``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -138,7 +140,8 @@ def time_onnx(model_bytes: bytes, x, threads: int, warmup: int, repeats: int, fe
     for key, value in (config or {}).items():
         so.add_session_config_entry(key, value)
     session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    feed = feed if feed is not None else {session.get_inputs()[0].name: x.numpy()}
+    if feed is None:
+        feed = {session.get_inputs()[0].name: x.numpy() if hasattr(x, "numpy") else x}
     for _ in range(warmup):
         session.run(None, feed)
     times = []
@@ -171,25 +174,10 @@ def time_onnx_interleaved(
     over rounds sees different sessions. ``progress(done, total, name, ms)``
     is called after each timing.
     """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
     out: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-            feed = {session.get_inputs()[0].name: feeds[name]}
-            for _ in range(warmup):
-                session.run(None, feed)
-            times = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                session.run(None, feed)
-                times.append(time.perf_counter() - t)
-            del session
-            out[name].append(statistics.median(times) * 1000)
+            out[name].append(time_onnx(model, feeds[name], threads, warmup, repeats))
             if progress is not None:
                 done = sum(len(v) for v in out.values())
                 progress(done, rounds * len(models), name, out[name][-1])
