@@ -699,6 +699,9 @@ def replay_cmd(
     finetune_epochs: Annotated[int, typer.Option(min=0)] = 1,
     distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Teach with the base model.")] = True,
     lr: Annotated[float, typer.Option(min=0.0)] = 0.01,
+    augment: Annotated[
+        bool, typer.Option(help="Random crop (pad 2) and horizontal flip of each fine-tuning batch.")
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     max_batches: Annotated[int | None, typer.Option(min=1, help="Cap fine-tuning batches per epoch.")] = None,
     data_dir: Annotated[str | None, typer.Option()] = None,
@@ -709,7 +712,7 @@ def replay_cmd(
     from edgecompress.replay import replay
 
     r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
-               seed=seed, max_batches=max_batches, data_dir=data_dir, force=force, val_size=val_size)  # fmt: skip
+               augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force, val_size=val_size)  # fmt: skip
     console.print((out / "report.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {r['compressed_model']}, {out / 'report.json'}, {out / 'report.md'}")
 

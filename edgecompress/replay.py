@@ -39,6 +39,7 @@ def replay(
     seed: int = 0,
     data_dir: str | None = None,
     lr: float = 0.01,
+    augment: bool = False,
     batch_size: int = 128,
     bn_batches: int = 8,
     max_batches: int | None = None,
@@ -108,12 +109,13 @@ def replay(
                 epochs=finetune_epochs,
                 lr=lr,
                 batch_size=batch_size,
+                augment=augment,
                 seed=seed,
                 max_batches=max_batches,
                 progress=progress,
             )
         else:
-            cfg = TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, seed=seed)
+            cfg = TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed)
             history = train(
                 model, bundle.train, cfg, max_batches=max_batches, progress=progress, description="fine-tune"
             ).history
@@ -156,6 +158,7 @@ def replay(
             "epochs": finetune_epochs,
             "distill": distill,
             "lr": lr,
+            "augment": augment,
             "batch_size": batch_size,
             "max_batches": max_batches,
             "seed": seed,
@@ -198,6 +201,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         "",
         f"Base model `{r['model']}` from `{r['checkpoint']}`; fine-tuning: {r['finetune']['epochs']} epoch(s), "
         f"{'distillation from the base model' if r['finetune']['distill'] else 'cross-entropy'}, "
+        f"peak lr {r['finetune']['lr']}, {'augmented batches' if r['finetune'].get('augment') else 'no augmentation'}, "
         f"seed {r['finetune']['seed']}.",
         "",
         "| | base | compressed | ratio |",

@@ -92,6 +92,17 @@ def test_replay_is_deterministic(setup) -> None:  # type: ignore[no-untyped-def]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_replay_with_augmented_batches_trains_on_other_inputs(setup) -> None:  # type: ignore[no-untyped-def]
+    out = setup["root"] / "r_aug"
+    aug = replay(
+        setup["policy"], out, finetune_epochs=1, augment=True, data_dir=setup["data"], val_size=60,
+        devices=DEVICES, measure=False, progress=False,
+    )  # fmt: skip
+    assert aug["finetune"]["augment"] is True and setup["report"]["finetune"]["augment"] is False
+    assert aug["finetune"]["history"][0]["train_loss"] != setup["report"]["finetune"]["history"][0]["train_loss"]
+    assert "augmented batches" in (out / "report.md").read_text()
+
+
 def test_replay_refuses_existing_output_and_mismatched_policy(setup) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="already holds a replayed model"):
         replay(setup["policy"], setup["out"], data_dir=setup["data"], val_size=60, devices=DEVICES, progress=False)
