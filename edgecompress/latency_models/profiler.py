@@ -354,6 +354,19 @@ def run_in_graph(
     return table
 
 
+def channel_block(runtime: str = "onnxruntime", cpuinfo: str = "/proc/cpuinfo") -> int:
+    """Channels ONNX Runtime's CPU convolutions compute in one SIMD block on this machine (MLAS NCHWc):
+    16 with AVX-512F, 8 with AVX2, else 1 (ARM, other runtimes, no /proc/cpuinfo). Tables record it so
+    interpolation between measured channel counts rounds up to whole blocks, as the runtime does."""
+    if runtime != "onnxruntime" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return 1
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open(cpuinfo) if line.startswith("flags")), [])
+    except OSError:
+        return 1
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
+
+
 def _versions(runtime: str) -> dict[str, str]:
     import torch
 
@@ -416,6 +429,7 @@ def run(
                 )
     else:
         table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": meta, "entries": {}}
+    table["meta"]["channel_block"] = channel_block(runtime)  # same machine and runtime (checked above)
     if "overhead_ms" not in table["meta"]:
         table["meta"]["overhead_ms"] = overhead_ms(runtime, threads, warmup, max(repeats, 200))
     entries = table["entries"]

@@ -35,6 +35,45 @@ def test_lookup_exact_and_interpolated() -> None:
     assert t.lookup("conv|12|12|3|1|1|28|28|int8") is None  # another precision
 
 
+def test_lookup_rounds_conv_channels_up_to_the_simd_block() -> None:
+    entries = {
+        "conv|16|16|3|1|1|7|7|fp32": 1.0, "conv|16|32|3|1|1|7|7|fp32": 2.0,
+        "conv|32|16|3|1|1|7|7|fp32": 3.0, "conv|32|32|3|1|1|7|7|fp32": 5.0,
+        "conv|8|16|3|1|1|7|7|fp32": 0.5, "conv|8|32|3|1|1|7|7|fp32": 0.9,
+        "linear|16|10|1|1|1|1|1|fp32": 0.1, "linear|32|10|1|1|1|1|1|fp32": 0.3,
+    }  # fmt: skip
+    plain, blocked = _table(entries), _table(entries, channel_block=16)
+    assert plain.channel_block == 1 and blocked.channel_block == 16
+    # 24 output channels compute as 32; 24 input channels (above one block) read as 32 too.
+    hit = blocked.lookup("conv|16|24|3|1|1|7|7|fp32")
+    assert hit is not None and (hit.ms, hit.source) == (2.0, "table (channel block)")
+    hit = blocked.lookup("conv|24|24|3|1|1|7|7|fp32")
+    assert hit is not None and hit.ms == 5.0
+    plain_hit = plain.lookup("conv|24|24|3|1|1|7|7|fp32")  # without a block: the bilinear midpoint
+    assert plain_hit is not None and plain_hit.ms == pytest.approx(2.75)
+    # Input channels below one block are read as they are: 12 lies between the measured 8 and 16.
+    low = blocked.lookup("conv|12|24|3|1|1|7|7|fp32")
+    assert low is not None and low.source == "interpolated" and low.ms == pytest.approx((0.9 + 2.0) / 2)
+    # A block past the measured range falls back to plain interpolation; other kinds are never blocked.
+    assert blocked.blocked_channels("conv", 40, 40) == (48, 48)
+    assert blocked.lookup("conv|16|20|3|1|1|7|7|fp32").ms == 2.0  # type: ignore[union-attr]
+    lin = blocked.lookup("linear|24|10|1|1|1|1|1|fp32")
+    assert lin is not None and lin.ms == pytest.approx(0.2)
+
+
+def test_channel_block_reads_the_cpu_flags(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(profiler.platform, "machine", lambda: "x86_64")
+    info = tmp_path / "cpuinfo"
+    for flags, block in (("fpu sse2 avx2 avx512f", 16), ("fpu sse2 avx2", 8), ("fpu sse2", 1)):
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert profiler.channel_block("onnxruntime", str(info)) == block
+    assert profiler.channel_block("tensorrt", str(info)) == 1
+    assert profiler.channel_block("onnxruntime", str(tmp_path / "missing")) == 1
+    monkeypatch.setattr(profiler.platform, "machine", lambda: "aarch64")
+    info.write_text("flags\t\t: avx512f\n")
+    assert profiler.channel_block("onnxruntime", str(info)) == 1
+
+
 def test_round_trip_and_bad_files(tmp_path) -> None:
     t = _table({"linear|64|10|1|1|1|1|1|fp32": 0.01})
     path = t.save(tmp_path / "t.json")
