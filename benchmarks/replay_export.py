@@ -85,14 +85,21 @@ def exports(model_file: Path, folder: Path) -> dict[str, Any]:
 
 
 def entry_name(
-    model: str, budget_ratio: float, finetune_batches: int = 0, latency: str = "table", device: str = "host"
+    model: str,
+    budget_ratio: float,
+    finetune_batches: int = 0,
+    latency: str = "table",
+    device: str = "host",
+    fill: bool = False,
 ) -> str:
     """Results key and run folder: the model's name at the issue's 0.5 budget and AMC's scoring without
     fine-tuning on the host table, else with the budget, the fine-tuning steps per scored policy and
-    ``-measured`` where each policy's latency was measured during the search."""
+    ``-measured`` where each policy's latency was measured during the search, ``-fill`` where policies were
+    widened into their unused budget."""
     name = model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
     name = f"{name}-ft{finetune_batches}" if finetune_batches else name
     name = f"{name}-measured" if latency == "measured" else name
+    name = f"{name}-fill" if fill else name
     return name if device == "host" else f"{name}-{device}"
 
 
@@ -147,10 +154,11 @@ def bench(
     finetune_batches: int = 0,
     latency: str = "table",
     device: str = "host",
+    fill: bool = False,
 ) -> dict[str, Any]:
     from edgecompress.agents.driver import run_ddpg_search
 
-    folder = root / entry_name(model, budget_ratio, finetune_batches, latency, device)
+    folder = root / entry_name(model, budget_ratio, finetune_batches, latency, device, fill)
     if fresh and folder.exists() and not measure_only:
         shutil.rmtree(folder)
     cfg = load_config(
@@ -168,6 +176,7 @@ def bench(
             "search.bn_batches": 4,
             "search.finetune_batches": finetune_batches,
             "search.latency": latency,
+            "search.fill_budget": fill,
         },
     )
     best = folder / "search" / "best_policy.json"
@@ -225,6 +234,7 @@ def bench(
         "search_finetune_batches": finetune_batches,
         "search_latency": latency,
         "device": device,
+        "fill_budget": fill,
         "predicted_threads": host.meta.get("threads"),
         "round_to": round_to,
         "search": {
@@ -250,6 +260,7 @@ def bench(
             "updated": host.meta.get("updated"),
             "context": host.meta.get("context", {}).get("factors"),
             "overhead_per_op_ms": host.meta.get("overhead_per_op_ms", 0.0),
+            "channel_block": host.meta.get("channel_block", 1),
         },
         "finetune_epochs": searched["finetune"]["epochs"],  # as replayed (also under --measure-only)
         "finetune_max_batches_per_epoch": searched["finetune"]["max_batches"],
@@ -289,14 +300,18 @@ def main() -> None:
         "--device", default="host",
         help="the table the search budgets and predicts with: host (2 threads) or host-1thread",
     )  # fmt: skip
+    parser.add_argument(
+        "--fill-budget", action="store_true", help="search.fill_budget: widen policies into their unused budget"
+    )
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
     if not 0.0 < args.budget_ratio <= 1.0:
         parser.error(f"--budget-ratio must be in (0, 1], got {args.budget_ratio}")
     results = {
-        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency, args.device): bench(
+        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency, args.device, args.fill_budget): bench(
             m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only, args.round_to,
             args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches, args.latency, args.device,
+            args.fill_budget,
         )
         for m in args.models
     }  # fmt: skip

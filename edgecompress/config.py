@@ -111,6 +111,9 @@ class SearchConfig(_Section):
     ``measured`` times each policy on this machine against the base model (device ``host`` only)."""
     round_to: int = Field(8, ge=1)
     """Round kept channels and ranks up to this multiple (SIMD-friendly widths)."""
+    fill_budget: bool = False
+    """Before scoring, widen each policy's pruned channel groups into the budget it leaves unused
+    (cheapest predicted latency per channel first; ddpg, optuna tpe and ray; needs ``latency: table``)."""
     top_k: int = Field(5, ge=1)
     seed: int = 0
 
@@ -208,6 +211,12 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
             f"invalid config ({source}):\n  search.latency = 'measured' times policies on this machine, but "
             f"device = {config.device!r}; use device 'host' (or 'host-Nthread'), or search.latency 'table' for "
             "another device"
+        )
+    if config.search.fill_budget and config.search.latency != "table":
+        raise ConfigError(
+            f"invalid config ({source}):\n  search.fill_budget = true widens policies by their predicted "
+            f"latency, but search.latency = {config.search.latency!r}; use search.latency 'table' or "
+            "search.fill_budget false"
         )
     return config
 

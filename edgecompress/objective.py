@@ -133,6 +133,7 @@ class Objective:
         seed: int = 0,
         latency: str = "table",
         latency_rounds: int = 3,
+        fill_budget: bool = False,
     ) -> None:
         if latency not in LATENCY_MODES:
             raise ValueError(f"latency {latency!r} is not one of: {', '.join(LATENCY_MODES)}")
@@ -141,9 +142,16 @@ class Objective:
                 f"latency 'measured' times each policy on this machine, so the device must be 'host' or "
                 f"'host-Nthread' (got {device!r}); for another device use latency 'table' (its table or device model)"
             )
+        if fill_budget and latency != "table":
+            raise ValueError(
+                "fill_budget widens policies by their predicted latency; it needs latency 'table' (got "
+                f"{latency!r})"
+            )
         if latency_rounds < 1:
             raise ValueError(f"latency_rounds must be >= 1, got {latency_rounds}")
         self.latency_mode = latency
+        self.fill_budget = fill_budget
+        self._predicted: dict[str, float] = {}
         self.latency_rounds = latency_rounds
         self._base_onnx: bytes | None = None
         self.model = model.eval()
@@ -215,6 +223,78 @@ class Objective:
         if lower:
             source += f"; {len(lower)} layers asking lower-precision activations timed at fp32 (fp32 export)"
         return replace(report, total_ms=self._base_ms * ratio, source=source), source
+
+    def predict_ms(self, policy: Policy) -> float:
+        """Predicted latency of a policy (compressed, priced at its precisions; never measured, never scored)."""
+        key = json.dumps(policy.to_dict()["layers"], sort_keys=True)
+        if key not in self._predicted:
+            compressed, _ = compress(self.model, policy, None, analysis=self.analysis, round_to=self.round_to)
+            self._predicted[key] = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)[
+                0
+            ].total_ms
+        return self._predicted[key]
+
+    def fill(self, policy: Policy, budget_ms: float | None = None) -> tuple[Policy, int]:
+        """Widen a policy's pruned channel groups into the budget it leaves unused.
+
+        Greedy: each step adds ``round_to`` channels to the group whose widening
+        costs the least predicted latency per added channel, while the policy
+        stays within the budget; a widening the runtime gives for free (output
+        channels inside one SIMD block) goes first. More channels of the same
+        trained network rarely cost accuracy, so a policy that leaves budget
+        unused gets it back. Returns the widened policy and the number of steps
+        (0: over budget already, nothing pruned, or no step fits).
+        """
+        budget = self.budget_ms if budget_ms is None else budget_ms
+        if budget is None:
+            raise ValueError("fill needs a latency budget (budget_ms)")
+        from edgecompress.compressors.structured import kept_channels
+
+        layers = dict(policy.layers)
+        members: dict[int, list[str]] = {}
+        width: dict[int, int] = {}
+        for spec in self.analysis.layers:
+            lp = layers.get(spec.name)
+            if spec.prunable and lp is not None and lp.keep < 1.0:
+                members.setdefault(spec.group, []).append(spec.name)
+                width[spec.group] = spec.out_channels
+
+        def with_keeps(keeps: dict[int, float]) -> Policy:
+            new = dict(layers)
+            for g, keep in keeps.items():
+                for name in members[g]:
+                    new[name] = replace(new[name], keep=keep)
+            return Policy(new, base=policy.base, meta=policy.meta)
+
+        keeps = {g: layers[names[0]].keep for g, names in members.items()}
+        current = self.predict_ms(policy)
+        steps = 0
+        while current <= budget:
+            best: tuple[float, int, float, float] | None = None  # (ms per channel, group, keep, ms)
+            for g, keep in keeps.items():
+                c = width[g]
+                n = kept_channels(c, keep, self.round_to)
+                if n >= c:
+                    continue
+                wider = min(c, n + self.round_to)
+                new_keep = 1.0 if wider >= c else round(wider / c, 4)
+                ms = self.predict_ms(with_keeps({**keeps, g: new_keep}))
+                if ms <= budget:
+                    cost = max(0.0, ms - current) / (wider - n)
+                    if best is None or cost < best[0]:
+                        best = (cost, g, new_keep, ms)
+            if best is None:
+                break
+            _, g, keep, current = best
+            keeps[g] = keep
+            steps += 1
+        return (with_keeps(keeps) if steps else policy), steps
+
+    def score(self, policy: Policy) -> Evaluation:
+        """``self(policy)``, after :meth:`fill` when the objective was made with ``fill_budget``."""
+        if self.fill_budget and self.budget_ms is not None:
+            policy, _ = self.fill(policy)
+        return self(policy)
 
     def __call__(self, policy: Policy) -> Evaluation:
         key = json.dumps(policy.to_dict()["layers"], sort_keys=True)

@@ -91,3 +91,12 @@ def test_measured_latency_needs_the_host_device() -> None:
     with pytest.raises(ConfigError, match="search.latency = 'measured' times policies on this machine, but device"):
         load_config(None, {"search.latency": "measured", "device": "raspberry-pi-4"})
     assert load_config(None, {"search.latency": "measured", "device": "host"}).search.latency == "measured"
+
+
+def test_fill_budget_needs_table_latency() -> None:
+    from edgecompress.config import load_config
+    from edgecompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="search.fill_budget = true widens policies by their predicted latency"):
+        load_config(None, {"search.latency": "measured", "device": "host", "search.fill_budget": True})
+    assert load_config(None, {"search.fill_budget": True}).search.fill_budget is True

@@ -143,3 +143,45 @@ def test_measured_latency_times_real_models(setup) -> None:
     obj = Objective(model, data.val, "host", input_shape=(1, 1, 28, 28), latency="measured", latency_rounds=1)
     ev = obj(Policy.uniform(model, keep=0.25))
     assert 0 < ev.latency_ms and "rounds of the ratio to the base model" in ev.latency_source
+
+
+def test_fill_widens_into_the_unused_budget_and_no_further(setup) -> None:
+    from edgecompress.compressors.structured import kept_channels
+
+    model, data = setup
+    shape = (1, 1, 28, 28)
+    lean = Policy.uniform(model, keep=0.25)
+    obj = Objective(model, data.val, "raspberry-pi-4", input_shape=shape, round_to=8)
+    base_ms, lean_ms = obj.base_latency_ms(), obj.predict_ms(lean)
+    budget = lean_ms + 0.5 * (base_ms - lean_ms)
+    wide, steps = obj.fill(lean, budget)
+    assert steps > 0 and obj.predict_ms(wide) <= budget
+    assert obj.predict_ms(wide) > lean_ms + 0.25 * (base_ms - lean_ms)  # it used the budget
+    compressed, _ = compress(model, wide, input_shape=shape, round_to=8)
+    assert estimate_latency(compressed, shape, "raspberry-pi-4").total_ms == pytest.approx(obj.predict_ms(wide))
+    groups = {s.group: s for s in obj.analysis.layers if s.prunable}
+    grown = 0
+    for g, spec in groups.items():
+        keep = wide.get(spec.name).keep
+        assert keep >= lean.get(spec.name).keep
+        assert all(wide.get(s.name).keep == keep for s in obj.analysis.layers if s.group == g)  # coupled alike
+        n = kept_channels(spec.out_channels, keep, 8)
+        grown += n > kept_channels(spec.out_channels, 0.25, 8)
+        if n < spec.out_channels:  # maximal: one more step on any group breaks the budget
+            more = {s.name: s.group for s in obj.analysis.layers}
+            layers = {
+                name: (lp if more.get(name) != g else type(lp)(keep=min(1.0, (n + 8) / spec.out_channels)))
+                for name, lp in wide.layers.items()
+            }
+            assert obj.predict_ms(Policy(layers, base=wide.base)) > budget
+    assert grown >= 2
+    # Over budget already, or nothing pruned: unchanged, no steps.
+    assert obj.fill(lean, lean_ms * 0.9) == (lean, 0)
+    assert obj.fill(Policy.uniform(model), base_ms) == (Policy.uniform(model), 0)
+    with pytest.raises(ValueError, match="fill needs a latency budget"):
+        obj.fill(lean)
+    with pytest.raises(ValueError, match="fill_budget widens policies by their predicted latency"):
+        Objective(model, data.val, "host", input_shape=shape, latency="measured", fill_budget=True)
+    filling = Objective(model, data.val, "raspberry-pi-4", input_shape=shape, budget_ms=budget, fill_budget=True)
+    ev = filling.score(lean)
+    assert ev.policy == wide.to_dict()["layers"] and ev.latency_ms == pytest.approx(obj.predict_ms(wide))

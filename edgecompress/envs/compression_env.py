@@ -31,7 +31,9 @@ overhead makes latency far from proportional to channels, so a MACs-style
 scaling would misjudge the budget. After the last
 layer the true prediction is computed; if it is still over budget, every keep
 ratio is scaled down (factor 0.9 per round, floor ``keep_min``) until it fits,
-and ``info["repaired"]`` says so. A budget below the latency of the strongest
+and ``info["repaired"]`` says so. With an objective made with ``fill_budget``
+the policy is then widened into the budget it leaves unused
+(:meth:`Objective.fill`; ``info["filled"]`` counts the steps). A budget below the latency of the strongest
 compression raises ``ConfigError`` (a ``ValueError``) at construction, stating
 that latency.
 
@@ -308,8 +310,15 @@ class CompressionEnv(gym.Env):
         return Policy(layers, base={"input_shape": list(self.objective.input_shape)})
 
     def _finish(self):  # type: ignore[no-untyped-def]
-        scale, repaired = 1.0, False
+        scale, repaired, filled = 1.0, False, 0
         policy = self._policy()
+        if getattr(self.objective, "fill_budget", False):
+            # Repair by prediction first (scoring is the costly part), then widen into the unused budget.
+            while self.objective.predict_ms(policy) > self.budget_ms and scale > 1e-3:
+                scale *= 0.9
+                repaired = True
+                policy = self._policy(scale)
+            policy, filled = self.objective.fill(policy)
         result = self.objective(policy)
         while result.latency_ms > self.budget_ms and scale > 1e-3:
             scale *= 0.9
@@ -325,7 +334,7 @@ class CompressionEnv(gym.Env):
         else:
             reward = -(1 - result.accuracy) * math.log(max(result.latency_ms, 1e-6))
         info = {"accuracy": result.accuracy, "latency_ms": result.latency_ms, "budget_ms": self.budget_ms,
-                "stored_bytes": result.stored_bytes, "policy": policy.to_dict(), "repaired": repaired,
+                "stored_bytes": result.stored_bytes, "policy": policy.to_dict(), "repaired": repaired, "filled": filled,
                 "within_budget": result.latency_ms <= self.budget_ms,
                 "latency_source": result.latency_source}  # fmt: skip
         return self._obs(), float(reward), True, False, info

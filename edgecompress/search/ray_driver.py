@@ -42,7 +42,7 @@ def _trial(
 
     torch.set_num_threads(1)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
-    ev = objective(space.from_params(params))
+    ev = objective.score(space.from_params(params))
     within = ev.latency_ms <= budget_ms
     return {
         "score": ev.accuracy if within else -ev.latency_ms / budget_ms,

@@ -230,6 +230,7 @@ def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
         bn_batches=s.bn_batches,
         finetune_batches=s.finetune_batches,
         latency=s.latency,
+        fill_budget=s.fill_budget,
         round_to=s.round_to,
         seed=s.seed,
     )

@@ -63,6 +63,25 @@ def test_budget_holds_for_random_actions(objective, ratio) -> None:
         assert reward == info["accuracy"]
 
 
+def test_filled_episodes_use_the_budget_the_actions_leave(tiny_fmnist_shared, train_tiny) -> None:
+    model, data = train_tiny(tiny_fmnist_shared, "resnet20", epochs=1)
+    plain = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), round_to=8)
+    filling = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), round_to=8, fill_budget=True)
+    lean = np.full(1, -1.0, dtype=np.float32)  # keep_min everywhere: far under a 0.7 budget
+    infos = []
+    for obj in (plain, filling):
+        env = _env(obj, budget_ratio=0.7)
+        env.reset()
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(lean)
+        infos.append(info)
+    assert infos[0]["filled"] == 0 and infos[1]["filled"] > 0
+    assert infos[0]["latency_ms"] < infos[1]["latency_ms"] <= infos[1]["budget_ms"]
+    keeps = [[lp.get("keep", 1.0) for lp in i["policy"]["layers"].values()] for i in infos]
+    assert all(b >= a for a, b in zip(*keeps, strict=True)) and sum(keeps[1]) > sum(keeps[0])
+
+
 def test_same_actions_same_episode(objective) -> None:
     actions = np.random.default_rng(3).uniform(-1, 1, (22, 1)).astype(np.float32)
     results = []
