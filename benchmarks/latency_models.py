@@ -80,12 +80,16 @@ def main() -> None:
         profiler.run(keys, path, threads=args.threads, device=profile, passes=args.passes)
     table = LatencyTable.load(path)
     context = table.meta["context"] if args.reuse_table else fit_context(table)
-    rounded = validate_table(table, per_model=args.per_model, round_to=8)
+    # Paired A/B: the same measurements predicted without the SIMD channel block (see table.py).
+    compare = {}
+    if table.meta.get("channel_block", 1) > 1:
+        compare["no channel block"] = LatencyTable({**table.meta, "channel_block": 1}, table.entries)
+    rounded = validate_table(table, per_model=args.per_model, round_to=8, compare=compare)
     if not args.reuse_table:
         table.meta["validation"] = {k: v for k, v in rounded.items() if k != "rows"}
         table.save(path)
-    by16 = validate_table(table, per_model=args.per_model, round_to=16, seed=2)
-    odd = validate_table(table, per_model=max(4, args.per_model // 4), round_to=1, seed=1)
+    by16 = validate_table(table, per_model=args.per_model, round_to=16, seed=2, compare=compare)
+    odd = validate_table(table, per_model=max(4, args.per_model // 4), round_to=1, seed=1, compare=compare)
     result["host"] = {
         "signatures": len(keys), "overhead_ms": table.overhead_ms, "context": context,
         "table_profiled": table.meta.get("updated"), "reprofiled": not args.reuse_table,
@@ -97,6 +101,11 @@ def main() -> None:
             f"speed-up median |error| {r['speedup_median_abs_error']:.1%}, "
             f"median measured {r['median_measured_ms']:.3f} ms"
         )
+        for k, c in r.get("compare", {}).items():
+            console.print(
+                f"    same models, {k}: median |error| {c['median_abs_error']:.1%}, Spearman {c['spearman']:.3f}, "
+                f"speed-up median |error| {c['speedup_median_abs_error']:.1%}"
+            )
     # How much this machine drifts: the same model measured repeatedly, a few seconds apart.
     import time
 

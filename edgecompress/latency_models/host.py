@@ -207,8 +207,13 @@ def validate_table(
     progress: Any = None,
     round_to: int = 1,
     rounds: int = 3,
+    compare: dict[str, LatencyTable] | None = None,
 ) -> dict[str, Any]:
-    """Table sum vs measured end-to-end latency of randomly compressed models (none of them calibration models)."""
+    """Table sum vs measured end-to-end latency of randomly compressed models (none of them calibration models).
+
+    ``compare`` names other tables (say, the same table without its channel block) that predict the same
+    models; their errors against the very same measurements land under ``"compare"``: a paired A/B, immune
+    to the machine's drift between runs."""
     from scipy.stats import spearmanr
 
     from edgecompress.analysis import analyze_model
@@ -218,6 +223,8 @@ def validate_table(
 
     threads = int(table.meta.get("threads", 2))
     rng = random.Random(seed)
+    compare = compare or {}
+    others: dict[int, dict[str, float]] = {}
     candidates = []
     for name in models:
         torch.manual_seed(seed)
@@ -226,10 +233,12 @@ def validate_table(
         analysis = analyze_model(base, shape)
         # The unchanged model runs in every round too: speed-ups against it are immune to the machine's drift.
         candidates.append((name, -1, export_onnx_bytes(base, shape), estimate_latency(base, shape, table)))
+        others[len(candidates) - 1] = {k: estimate_latency(base, shape, t).total_ms for k, t in compare.items()}
         for i in range(per_model):
             policy = random_policy(base, analysis, rng)
             model = compress(base, policy, analysis=analysis, round_to=round_to)[0]
             candidates.append((name, i, export_onnx_bytes(model, shape), estimate_latency(model, shape, table)))
+            others[len(candidates) - 1] = {k: estimate_latency(model, shape, t).total_ms for k, t in compare.items()}
     # Round-robin rounds, median per model: the machine's slow drift hits every model alike.
     from edgecompress.latency_models.profiler import time_onnx_interleaved
 
@@ -249,6 +258,9 @@ def validate_table(
                      "estimated_ms": est.total_ms, "missing": len(est.missing),
                      "speedup_measured": statistics.median(speedups),
                      "speedup_predicted": candidates[b][3].total_ms / est.total_ms})  # fmt: skip
+        for k, ms in others[j].items():
+            rows[-1][f"estimated_ms[{k}]"] = ms
+            rows[-1][f"speedup_predicted[{k}]"] = others[b][k] / ms
         if progress is not None:
             progress(len(rows), len(candidates) - len(models), rows[-1], 0.0)
     meas = np.array([r["measured_ms"] for r in rows])
@@ -256,6 +268,13 @@ def validate_table(
     rel = np.abs(est_arr - meas) / meas
     sp_meas = np.array([r["speedup_measured"] for r in rows])
     sp_rel = np.abs(np.array([r["speedup_predicted"] for r in rows]) - sp_meas) / sp_meas
+    paired = {}
+    for k in compare:
+        e = np.array([r[f"estimated_ms[{k}]"] for r in rows])
+        sp = np.abs(np.array([r[f"speedup_predicted[{k}]"] for r in rows]) - sp_meas) / sp_meas
+        paired[k] = {"median_abs_error": float(np.median(np.abs(e - meas) / meas)),
+                     "spearman": float(spearmanr(e, meas).statistic),
+                     "speedup_median_abs_error": float(np.median(sp))}  # fmt: skip
     return {
         "n": len(rows),
         "models": list(models),
@@ -272,4 +291,5 @@ def validate_table(
         "seed": seed,
         "rows": rows,
         "median_measured_ms": float(statistics.median(meas.tolist())),
+        **({"compare": paired} if compare else {}),
     }

@@ -271,3 +271,24 @@ def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch
         assert estimate_latency(model, (1, 1, 28, 28), table).total_ms == pytest.approx(truth, rel=1e-6)
     with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
         host.fit_context(table, rounds=0)
+
+
+def test_validate_table_compares_other_tables_on_the_same_measurements() -> None:
+    from edgecompress.latency_models.devices import PROFILE_DIR
+    from edgecompress.latency_models.host import validate_table
+
+    table = LatencyTable.load(PROFILE_DIR / "host-1thread.table.json")
+    assert table.channel_block == 16
+    unblocked = LatencyTable({**table.meta, "channel_block": 1}, table.entries)
+    doubled = LatencyTable(table.meta, {k: {**e, "ms": 2 * e["ms"]} for k, e in table.entries.items()})
+    r = validate_table(
+        table, models=("resnet20",), per_model=3, repeats=5, rounds=1, round_to=1,
+        compare={"same": table, "unblocked": unblocked, "doubled": doubled},
+    )  # fmt: skip
+    assert r["n"] == 3 and set(r["compare"]) == {"same", "unblocked", "doubled"}
+    assert r["compare"]["same"]["median_abs_error"] == pytest.approx(r["median_abs_error"])
+    for row in r["rows"]:
+        assert row["estimated_ms[same]"] == pytest.approx(row["estimated_ms"])
+        assert row["estimated_ms[doubled]"] > row["estimated_ms"]
+    # Unrounded random widths: somewhere the block changes the prediction.
+    assert any(row["estimated_ms[unblocked]"] != pytest.approx(row["estimated_ms"]) for row in r["rows"])
