@@ -49,7 +49,7 @@ def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) 
             log.record({
                 "policy": info["policy"], "accuracy": info["accuracy"], "latency_ms": info["latency_ms"],
                 "budget_ms": info["budget_ms"], "stored_bytes": info["stored_bytes"], "reward": final,
-                "within_budget": info["within_budget"], "repaired": info["repaired"],
+                "within_budget": info["within_budget"], "repaired": info["repaired"], "filled": info.get("filled", 0),
                 "latency_source": info["latency_source"],
                 "accuracy_source": setup.accuracy_source,
             })  # fmt: skip

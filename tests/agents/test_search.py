@@ -31,7 +31,7 @@ def test_twenty_episode_search_writes_a_policy_within_budget(cfg) -> None:
     result = driver.run_ddpg_search(cfg, make_console(), progress=False)
     run = cfg.out
     records = [json.loads(line) for line in open(f"{run}/episodes.jsonl")]
-    assert [r["episode"] for r in records] == list(range(1, 21))
+    assert [r["episode"] for r in records] == list(range(1, 21)) and all(r["filled"] == 0 for r in records)
     policy = Policy.load(f"{run}/best_policy.json")
     assert policy.base["model"] == "lenet5" and policy.meta["agent"].startswith("ddpg")
     assert policy.meta["scores"]["accuracy"] == result["best"]["accuracy"]
@@ -70,3 +70,12 @@ def test_resume_continues_the_episode_count(cfg) -> None:
     result = original(cfg, make_console(), progress=False)
     records = [json.loads(line) for line in open(f"{cfg.out}/episodes.jsonl")]
     assert result["episodes"] == 8 and [r["episode"] for r in records] == list(range(1, 9))
+
+
+def test_filled_search_logs_the_widened_policies(cfg) -> None:
+    cfg.search.episodes, cfg.search.warmup_episodes, cfg.search.fill_budget = 4, 4, True
+    result = driver.run_ddpg_search(cfg, make_console(), progress=False)
+    records = [json.loads(line) for line in open(f"{cfg.out}/episodes.jsonl")]
+    assert len(records) == 4 and any(r["filled"] > 0 for r in records)
+    assert all(r["latency_ms"] <= r["budget_ms"] + 1e-9 for r in records)
+    assert result["best"]["latency_ms"] <= result["budget_ms"] + 1e-9
