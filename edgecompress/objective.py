@@ -157,6 +157,7 @@ class Objective:
         self.model = model.eval()
         self.val_data = val_data
         self.device = device
+        self._block: int | None = None
         self.input_shape = tuple(input_shape)
         self.budget_ms = budget_ms
         self.round_to = round_to
@@ -237,10 +238,12 @@ class Objective:
     def fill(self, policy: Policy, budget_ms: float | None = None) -> tuple[Policy, int]:
         """Widen a policy's pruned channel groups into the budget it leaves unused.
 
-        Greedy: each step adds ``round_to`` channels to the group whose widening
-        costs the least predicted latency per added channel, while the policy
-        stays within the budget; a widening the runtime gives for free (output
-        channels inside one SIMD block) goes first. More channels of the same
+        Greedy: each step widens the group whose widening costs the least
+        predicted latency per added channel, while the policy stays within the
+        budget; a step adds ``round_to`` channels or fills the group up to the
+        table's next SIMD channel block (the first channels of a block cost the
+        block, the rest come free, so one-step-at-a-time would never start it),
+        and a widening the runtime gives for free goes first. More channels of the same
         trained network rarely cost accuracy, so a policy that leaves budget
         unused gets it back. Returns the widened policy and the number of steps
         (0: over budget already, nothing pruned, or no step fits).
@@ -267,6 +270,10 @@ class Objective:
             return Policy(new, base=policy.base, meta=policy.meta)
 
         keeps = {g: layers[names[0]].keep for g, names in members.items()}
+        if self._block is None:  # device models have no channel block
+            device = load_device(self.device) if isinstance(self.device, str) else self.device
+            self._block = int(getattr(device, "channel_block", 1))
+        block = self._block
         current = self.predict_ms(policy)
         steps = 0
         while current <= budget:
@@ -276,13 +283,16 @@ class Objective:
                 n = kept_channels(c, keep, self.round_to)
                 if n >= c:
                     continue
-                wider = min(c, n + self.round_to)
-                new_keep = 1.0 if wider >= c else round(wider / c, 4)
-                ms = self.predict_ms(with_keeps({**keeps, g: new_keep}))
-                if ms <= budget:
-                    cost = max(0.0, ms - current) / (wider - n)
-                    if best is None or cost < best[0]:
-                        best = (cost, g, new_keep, ms)
+                targets = {min(c, n + self.round_to), min(c, -(-(n + 1) // block) * block)}
+                for wider in sorted(targets):
+                    new_keep = 1.0 if wider >= c else round(wider / c, 4)
+                    if kept_channels(c, new_keep, self.round_to) <= n:
+                        continue
+                    ms = self.predict_ms(with_keeps({**keeps, g: new_keep}))
+                    if ms <= budget:
+                        cost = max(0.0, ms - current) / (wider - n)
+                        if best is None or cost < best[0]:
+                            best = (cost, g, new_keep, ms)
             if best is None:
                 break
             _, g, keep, current = best

@@ -185,3 +185,31 @@ def test_fill_widens_into_the_unused_budget_and_no_further(setup) -> None:
     filling = Objective(model, data.val, "raspberry-pi-4", input_shape=shape, budget_ms=budget, fill_budget=True)
     ev = filling.score(lean)
     assert ev.policy == wide.to_dict()["layers"] and ev.latency_ms == pytest.approx(obj.predict_ms(wide))
+
+
+def test_fill_takes_whole_simd_blocks_on_a_blocked_table(setup) -> None:
+    from edgecompress.compressors.structured import kept_channels
+
+    model, data = setup
+    shape = (1, 1, 28, 28)
+    assert load_device("host-1thread").channel_block == 16
+    obj = Objective(model, data.val, "host-1thread", input_shape=shape, round_to=8)
+    lean = Policy.uniform(model, keep=0.2)
+    budget = 0.5 * obj.base_latency_ms()
+    wide, steps = obj.fill(lean, budget)
+    assert steps > 0 and obj.predict_ms(lean) < obj.predict_ms(wide) <= budget
+    # Maximal for both kinds of step: neither round_to more channels nor the rest of the block fits.
+    for spec in obj.analysis.layers:
+        if not spec.prunable or spec.name not in wide.layers:
+            continue
+        c = spec.out_channels
+        n = kept_channels(c, wide.get(spec.name).keep, 8)
+        for wider in {min(c, n + 8), min(c, -(-(n + 1) // 16) * 16)} - {n}:
+            keep = 1.0 if wider >= c else wider / c
+            layers = {
+                name: (lp if s.group != spec.group else type(lp)(keep=keep))
+                for s in obj.analysis.layers
+                for name, lp in wide.layers.items()
+                if name == s.name
+            }
+            assert obj.predict_ms(Policy(layers, base=wide.base)) > budget, (spec.name, n, wider)
