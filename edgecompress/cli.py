@@ -712,7 +712,8 @@ def replay_cmd(
     from edgecompress.replay import replay
 
     r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
-               augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force, val_size=val_size)  # fmt: skip
+               augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force,
+               val_size=val_size)  # fmt: skip
     console.print((out / "report.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {r['compressed_model']}, {out / 'report.json'}, {out / 'report.md'}")
 

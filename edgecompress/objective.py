@@ -144,8 +144,7 @@ class Objective:
             )
         if fill_budget and latency != "table":
             raise ValueError(
-                "fill_budget widens policies by their predicted latency; it needs latency 'table' (got "
-                f"{latency!r})"
+                f"fill_budget widens policies by their predicted latency; it needs latency 'table' (got {latency!r})"
             )
         if latency_rounds < 1:
             raise ValueError(f"latency_rounds must be >= 1, got {latency_rounds}")
