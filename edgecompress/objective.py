@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -114,6 +115,11 @@ def recalibrate_batchnorm(model: nn.Module, inputs: Sequence[torch.Tensor]) -> N
     model.eval()
 
 
+def _policy_key(policy: Policy) -> str:
+    """Cache key of a policy: its layers, canonically serialised."""
+    return json.dumps(policy.to_dict()["layers"], sort_keys=True)
+
+
 class Objective:
     def __init__(
         self,
@@ -156,7 +162,6 @@ class Objective:
         self.model = model.eval()
         self.val_data = val_data
         self.device = device
-        self._block: int | None = None
         self.input_shape = tuple(input_shape)
         self.budget_ms = budget_ms
         self.round_to = round_to
@@ -226,13 +231,18 @@ class Objective:
 
     def predict_ms(self, policy: Policy) -> float:
         """Predicted latency of a policy (compressed, priced at its precisions; never measured, never scored)."""
-        key = json.dumps(policy.to_dict()["layers"], sort_keys=True)
+        key = _policy_key(policy)
         if key not in self._predicted:
             compressed, _ = compress(self.model, policy, None, analysis=self.analysis, round_to=self.round_to)
-            self._predicted[key] = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)[
-                0
-            ].total_ms
+            report, _ = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
+            self._predicted[key] = report.total_ms
         return self._predicted[key]
+
+    @cached_property
+    def channel_block(self) -> int:
+        """The device table's SIMD channel block (1 for device models, which have none)."""
+        device = load_device(self.device) if isinstance(self.device, str) else self.device
+        return int(getattr(device, "channel_block", 1))
 
     def fill(self, policy: Policy, budget_ms: float | None = None) -> tuple[Policy, int]:
         """Widen a policy's pruned channel groups into the budget it leaves unused.
@@ -269,10 +279,7 @@ class Objective:
             return Policy(new, base=policy.base, meta=policy.meta)
 
         keeps = {g: layers[names[0]].keep for g, names in members.items()}
-        if self._block is None:  # device models have no channel block
-            device = load_device(self.device) if isinstance(self.device, str) else self.device
-            self._block = int(getattr(device, "channel_block", 1))
-        block = self._block
+        block = self.channel_block
         current = self.predict_ms(policy)
         steps = 0
         while current <= budget:
@@ -306,7 +313,7 @@ class Objective:
         return self(policy)
 
     def __call__(self, policy: Policy) -> Evaluation:
-        key = json.dumps(policy.to_dict()["layers"], sort_keys=True)
+        key = _policy_key(policy)
         if key in self._cache:
             self.hits += 1
             return self._cache[key]
