@@ -48,6 +48,7 @@ from _common import write_result
 from rich.console import Console
 from rich.table import Table
 
+from edgecompress.analysis import analyze_model
 from edgecompress.checkpoint import load_checkpoint, load_compressed, save_compressed
 from edgecompress.compressors import LayerPolicy, Policy
 from edgecompress.config import load_config
@@ -91,15 +92,17 @@ def entry_name(
     latency: str = "table",
     device: str = "host",
     fill: bool = False,
+    techniques: tuple[str, ...] = ("keep",),
 ) -> str:
     """Results key and run folder: the model's name at the issue's 0.5 budget and AMC's scoring without
     fine-tuning on the host table, else with the budget, the fine-tuning steps per scored policy and
     ``-measured`` where each policy's latency was measured during the search, ``-fill`` where policies were
-    widened into their unused budget."""
+    widened into their unused budget, ``-keep-drop`` (the techniques) where they are not ``keep`` alone."""
     name = model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
     name = f"{name}-ft{finetune_batches}" if finetune_batches else name
     name = f"{name}-measured" if latency == "measured" else name
     name = f"{name}-fill" if fill else name
+    name = name if tuple(techniques) == ("keep",) else f"{name}-{'-'.join(techniques)}"
     return name if device == "host" else f"{name}-{device}"
 
 
@@ -155,10 +158,11 @@ def bench(
     latency: str = "table",
     device: str = "host",
     fill: bool = False,
+    techniques: tuple[str, ...] = ("keep",),
 ) -> dict[str, Any]:
     from edgecompress.agents.driver import run_ddpg_search
 
-    folder = root / entry_name(model, budget_ratio, finetune_batches, latency, device, fill)
+    folder = root / entry_name(model, budget_ratio, finetune_batches, latency, device, fill, techniques)
     if fresh and folder.exists() and not measure_only:
         shutil.rmtree(folder)
     cfg = load_config(
@@ -177,6 +181,7 @@ def bench(
             "search.finetune_batches": finetune_batches,
             "search.latency": latency,
             "search.fill_budget": fill,
+            "search.techniques": list(techniques),
         },
     )
     best = folder / "search" / "best_policy.json"
@@ -199,10 +204,8 @@ def bench(
             best, folder / "searched", finetune_epochs=epochs, max_batches=max_batches, force=True, progress=False
         )
         policy = Policy.load(best)
-        uniform = Policy(
-            {name: LayerPolicy(keep=0.5) for name in policy.layers if "keep" in policy.layers[name].to_dict()},
-            base=dict(policy.base),
-        )
+        prunable = [s.name for s in analyze_model(base, spec.input_shape).layers if s.prunable]
+        uniform = Policy({name: LayerPolicy(keep=0.5) for name in prunable}, base=dict(policy.base))
         uniform_path = uniform.save(folder / "uniform_keep0.5.json")
         baseline = replay(
             uniform_path, folder / "uniform", finetune_epochs=epochs, max_batches=max_batches, force=True,
@@ -235,6 +238,7 @@ def bench(
         "search_latency": latency,
         "device": device,
         "fill_budget": fill,
+        "techniques": list(techniques),
         "predicted_threads": host.meta.get("threads"),
         "round_to": round_to,
         "search": {
@@ -303,15 +307,20 @@ def main() -> None:
     parser.add_argument(
         "--fill-budget", action="store_true", help="search.fill_budget: widen policies into their unused budget"
     )
+    parser.add_argument(
+        "--techniques", default="keep", help="search.techniques, comma list (keep,drop: prune and remove blocks)"
+    )
     parser.add_argument("--out", default="benchmarks/results/replay_export.json")
     args = parser.parse_args()
     if not 0.0 < args.budget_ratio <= 1.0:
         parser.error(f"--budget-ratio must be in (0, 1], got {args.budget_ratio}")
+    techniques = tuple(args.techniques.split(","))
     results = {
-        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency, args.device, args.fill_budget): bench(
+        entry_name(m, args.budget_ratio, args.finetune_batches, args.latency, args.device, args.fill_budget,
+                   techniques): bench(
             m, args.episodes, args.finetune_epochs, Path(args.root), args.fresh, args.measure_only, args.round_to,
             args.rounds, args.max_batches, args.budget_ratio, args.finetune_batches, args.latency, args.device,
-            args.fill_budget,
+            args.fill_budget, techniques,
         )
         for m in args.models
     }  # fmt: skip

@@ -12,8 +12,14 @@ hooks on a batch-1 input, so the numbers are what a forward pass implies:
 Channel coupling comes from torch-pruning's dependency graph: layers whose
 output channels must be removed together (convolutions feeding one residual
 add, a depthwise convolution and its producer) share a ``group``; a layer whose
-outputs are the network's outputs is not ``prunable``. This module only reads
-a model; it never changes one.
+outputs are the network's outputs is not ``prunable``.
+
+Removable blocks: a residual block whose shortcut is the identity can be
+removed whole (the block becomes its shortcut), which saves every operator
+it dispatches, not only MACs: at small input sizes per-operator overhead
+dominates latency. Which module classes qualify is a registry
+(:func:`register_removable_block`); a layer inside one names it in ``block``.
+This module only reads a model; it never changes one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-__all__ = ["LayerSpec", "ModelAnalysis", "analyze_model", "compressible_layers", "measure_layers"]
+__all__ = [
+    "LayerSpec",
+    "ModelAnalysis",
+    "analyze_model",
+    "compressible_layers",
+    "measure_layers",
+    "register_removable_block",
+    "removable_blocks",
+]
 
 LayerKind = Literal["conv", "depthwise", "linear"]
 FP32_BYTES = 4
@@ -57,6 +71,8 @@ class LayerSpec:
     """False where the output channels are the network's outputs (the classifier)."""
     coupled_with: tuple[str, ...] = ()
     """The other layers whose output channels are tied to this one's."""
+    block: str = ""
+    """The removable residual block (module name) this layer belongs to; empty when none."""
 
 
 @dataclass
@@ -85,6 +101,14 @@ class ModelAnalysis:
             out.setdefault(s.group, []).append(s.name)
         return out
 
+    def blocks(self) -> dict[str, list[str]]:
+        """Removable block -> its compressible layers (forward order)."""
+        out: dict[str, list[str]] = {}
+        for s in self.layers:
+            if s.block:
+                out.setdefault(s.block, []).append(s.name)
+        return out
+
     def layer(self, name: str) -> LayerSpec:
         for s in self.layers:
             if s.name == name:
@@ -104,6 +128,35 @@ class ModelAnalysis:
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Conv2d and Linear modules by qualified name, in definition order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+_REMOVABLE: list[tuple[type, Any]] = []
+
+
+def register_removable_block(cls: type, when: Any = None) -> None:
+    """Declare instances of ``cls`` (those for which ``when(module)`` holds, when given) removable: the
+    module computes ``x + f(x)`` (or ``relu(x + f(x))`` on non-negative ``x``), so replacing it with
+    ``nn.Identity`` removes ``f`` exactly."""
+    _REMOVABLE.append((cls, when))
+
+
+def _torchvision_removable() -> None:
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    if not any(cls is InvertedResidual for cls, _ in _REMOVABLE):
+        register_removable_block(InvertedResidual, lambda m: bool(m.use_res_connect))
+
+
+def removable_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules of ``model`` that can be removed whole (outermost first; a block inside another removable
+    block is not listed separately)."""
+    _torchvision_removable()
+    out: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if name and any(isinstance(m, cls) and (when is None or when(m)) for cls, when in _REMOVABLE):
+            if not any(name.startswith(b + ".") for b in out):
+                out[name] = m
+    return out
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -236,9 +289,11 @@ def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28
     members: dict[int, list[str]] = {}
     for n in names:
         members.setdefault(group[n], []).append(n)
+    block_of = {n: b for b in removable_blocks(model) for n in names if n.startswith(b + ".")}
     specs = [
         LayerSpec(index=i, group=group[n], prunable=prunable[n],
-                  coupled_with=tuple(x for x in members[group[n]] if x != n), **records[n])
+                  coupled_with=tuple(x for x in members[group[n]] if x != n), block=block_of.get(n, ""),
+                  **records[n])
         for i, n in enumerate(names)
     ]  # fmt: skip
     model.train(was_training)

@@ -177,7 +177,7 @@ def _analyze_policy(
     print_report(report, f"{what} under {policy_path}")
 
 
-_SHOWN = ("kept", "rank", "achieved", "clusters", "wbits", "abits")
+_SHOWN = ("kept", "rank", "achieved", "clusters", "wbits", "abits", "block")
 
 
 def _brief(info: dict[str, Any]) -> str:
@@ -222,7 +222,7 @@ def print_analysis(analysis: Any, title: str) -> None:
                 "weight B", "act B", "group"):  # fmt: skip
         table.add_column(col, justify="right" if col not in ("layer", "kind") else "left")
     for s in analysis.layers:
-        group = f"{s.group}" + ("" if s.prunable else " (output)")
+        group = f"{s.group}" + ("" if s.prunable else " (output)") + (f", block {s.block}" if s.block else "")
         table.add_row(
             str(s.index), s.name, s.kind, f"{s.in_channels}→{s.out_channels}", f"{s.kernel[0]}x{s.kernel[1]}",
             str(s.stride[0]), str(s.groups), f"{s.in_hw[0]}x{s.in_hw[1]}", f"{s.out_hw[0]}x{s.out_hw[1]}",
@@ -572,7 +572,9 @@ def search_cmd(
     budget_ratio: Annotated[float | None, typer.Option()] = None,
     episodes: Annotated[int | None, typer.Option(min=1, help="Policies to score (ddpg episodes).")] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Policies to score (optuna/ray trials).")] = None,
-    techniques: Annotated[str | None, typer.Option(help="Comma list: keep,rank,sparsity,wbits,clusters,abits.")] = None,
+    techniques: Annotated[
+        str | None, typer.Option(help="Comma list: keep,rank,sparsity,wbits,clusters,abits,drop.")
+    ] = None,
     sampler: Annotated[str | None, typer.Option(help="optuna/ray: tpe, nsga2 or random.")] = None,
     storage: Annotated[str | None, typer.Option(help="optuna: study storage URL (default RUN/study.db).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="ray: parallel trials, one CPU each.")] = None,

@@ -74,7 +74,7 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
-Technique = Literal["keep", "rank", "sparsity", "wbits", "clusters", "abits"]
+Technique = Literal["keep", "rank", "sparsity", "wbits", "clusters", "abits", "drop"]
 
 
 def _default_techniques() -> list[Technique]:

@@ -254,20 +254,22 @@ class Objective:
         block, the rest come free, so one-step-at-a-time would never start it),
         and a widening the runtime gives for free goes first. More channels of the same
         trained network rarely cost accuracy, so a policy that leaves budget
-        unused gets it back. Returns the widened policy and the number of steps
+        unused gets it back. Layers of removed blocks stay removed. Returns the widened policy and the number of steps
         (0: over budget already, nothing pruned, or no step fits).
         """
         budget = self.budget_ms if budget_ms is None else budget_ms
         if budget is None:
             raise ValueError("fill needs a latency budget (budget_ms)")
+        from edgecompress.compressors.depth import removed_blocks
         from edgecompress.compressors.structured import kept_channels
 
         layers = dict(policy.layers)
+        gone = {n for names in removed_blocks(policy, self.analysis).values() for n in names}
         members: dict[int, list[str]] = {}
         width: dict[int, int] = {}
         for spec in self.analysis.layers:
             lp = layers.get(spec.name)
-            if spec.prunable and lp is not None and lp.keep < 1.0:
+            if spec.prunable and lp is not None and lp.keep < 1.0 and spec.name not in gone:
                 members.setdefault(spec.group, []).append(spec.name)
                 width[spec.group] = spec.out_channels
 

@@ -213,3 +213,19 @@ def test_fill_takes_whole_simd_blocks_on_a_blocked_table(setup) -> None:
                 if name == s.name
             }
             assert obj.predict_ms(Policy(layers, base=wide.base)) > budget, (spec.name, n, wider)
+
+
+def test_fill_leaves_removed_blocks_removed(setup) -> None:
+    from edgecompress.compressors import LayerPolicy
+
+    model, data = setup
+    shape = (1, 1, 28, 28)
+    obj = Objective(model, data.val, "raspberry-pi-4", input_shape=shape, round_to=8)
+    lean = Policy.uniform(model, keep=0.25)
+    gone = obj.analysis.blocks()["layers.4"]
+    lean = Policy({**lean.layers, **{n: LayerPolicy(drop=True) for n in gone}}, base=lean.base)
+    budget = 0.6 * obj.base_latency_ms()
+    wide, steps = obj.fill(lean, budget)
+    assert steps > 0 and obj.predict_ms(lean) < obj.predict_ms(wide) <= budget
+    assert all(wide.get(n) == LayerPolicy(drop=True) for n in gone)
+    assert sum(lp.keep for lp in wide.layers.values()) > sum(lp.keep for lp in lean.layers.values())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgecompress.checkpoint import ModelSpec, load_compressed, save_checkpoint, save_compressed
-from edgecompress.compressors import Policy, compress
+from edgecompress.compressors import LayerPolicy, Policy, compress
 from edgecompress.errors import CheckpointError, ConfigError, PolicyError
 from edgecompress.export import export_model, module_of_node
 from edgecompress.replay import replay
@@ -211,9 +211,10 @@ def test_archive_codes_every_encoding_exactly(tmp_path: Path) -> None:
     names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     for i, name in enumerate(names):
         policy = policy.with_layer(name, **choices[i % len(choices)])
+    policy = policy.with_layer("layers.7.conv1", drop=True)  # a removed block: nothing stored for it
     compressed, report = compress(model, policy, [torch.randn(8, 1, 28, 28)])
     encodings = {e.split("-")[0] for layer in report.layers for e in layer.encoding.split("+")}
-    assert {"dense", "bitmask", "relative"} <= encodings
+    assert {"dense", "bitmask", "relative", "removed"} <= encodings
     blob, info = pack_archive(compressed, spec, policy)
     assert info["layer_bytes"] == report.totals["huffman_bytes_after"]
     import io
@@ -240,6 +241,18 @@ def test_pruned_resnet_with_residual_adds_exports(setup, tmp_path: Path) -> None
         path, "onnx-int8", tmp_path / "r8.onnx", data_dir=setup["data"], val_size=60, measure=False, all_layers=True
     )
     assert len(q["int8"]["quantized_nodes"]) == 22
+    # Two blocks removed as well: two adds fewer, and the int8 export quantizes the 18 convolutions left.
+    gone = {f"layers.{b}.conv{i}": LayerPolicy(drop=True) for b in (2, 8) for i in (1, 2)}
+    dropped = Policy({**policy.layers, **gone}, base=policy.base)
+    compressed, _ = compress(model, dropped, round_to=8)
+    path = save_compressed(tmp_path / "d.pt", compressed, spec, dropped, round_to=8)
+    r = export_model(path, "onnx", tmp_path / "d.onnx", data_dir=setup["data"], val_size=60, measure=False)
+    assert r["parity"]["max_abs_diff"] < 1e-3
+    assert sum(n.op_type == "Add" for n in onnx.load(tmp_path / "d.onnx").graph.node) == 7
+    q = export_model(
+        path, "onnx-int8", tmp_path / "d8.onnx", data_dir=setup["data"], val_size=60, measure=False, all_layers=True
+    )
+    assert len(q["int8"]["quantized_nodes"]) == 18
 
 
 def test_module_of_node() -> None:

@@ -367,10 +367,14 @@ def pack_archive(
         round_to = int(policy.base.get("round_to", 1))
     from edgecompress.analysis import analyze_model
     from edgecompress.compressors.base import weight_modules
+    from edgecompress.compressors.depth import removed_blocks
 
     analysis = analyze_model(spec.build(), spec.input_shape)
+    gone = {n for names in removed_blocks(policy, analysis).values() for n in names}
     coded: dict[str, tuple[dict[str, Any], bytes]] = {}
     for layer in analysis.layers:
+        if layer.name in gone:
+            continue
         for name, module in weight_modules(model, layer.name):
             coded[name] = _encode_tensor(module)
     baked = constraints.bake(copy.deepcopy(model))

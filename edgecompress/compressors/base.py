@@ -40,6 +40,8 @@ class CompressionContext:
     warnings: list[str] = field(default_factory=list)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per layer, what each technique did (e.g. ``{"lowrank": {"rank": 3, "rel_error": 0.2}}``)."""
+    removed: set[str] = field(default_factory=set)
+    """Base layers no longer in the model (their block was removed); later techniques skip them."""
 
     def skip(self, layer: str, technique: str, reason: str) -> None:
         self.skipped.append(Skip(layer, technique, reason))
@@ -79,7 +81,7 @@ def weight_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:
 
 
 def layers_asking(ctx: CompressionContext, predicate: Callable[[Any], bool]) -> Iterable[str]:
-    """Base layer names (forward order) whose policy satisfies ``predicate``."""
+    """Base layer names (forward order) still in the model whose policy satisfies ``predicate``."""
     for spec in ctx.analysis.layers:
-        if predicate(ctx.policy.get(spec.name)):
+        if spec.name not in ctx.removed and predicate(ctx.policy.get(spec.name)):
             yield spec.name

@@ -1,11 +1,12 @@
 """``compress(model, policy)``: all techniques composed in one fixed, documented order.
 
-Order: structured pruning -> low-rank factorisation -> unstructured sparsity ->
+Order: block removal -> structured pruning -> low-rank factorisation -> unstructured sparsity ->
 weight sharing (layers with ``clusters``) or weight quantization (``wbits``)
 -> activation quantization (``abits``, calibrated). Pruning first so later
 steps work on the surviving channels; factorisation before sparsity so masks
 apply to the factors actually run; sharing and quantization last because they
-encode the final values. The input model is never modified (a deep copy is
+encode the final values; block removal first because every later step
+skips the layers it removed. The input model is never modified (a deep copy is
 compressed) and the same inputs give bit-identical outputs: every step is
 deterministic (stable sorts, linear k-means initialisation, no sampling).
 """
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 # Importing the technique modules registers them.
+import edgecompress.compressors.depth
 import edgecompress.compressors.lowrank
 import edgecompress.compressors.quantization
 import edgecompress.compressors.sharing
@@ -33,7 +35,7 @@ from edgecompress.errors import PolicyError
 
 __all__ = ["ORDER", "compress", "report_for"]
 
-ORDER = ("structured", "lowrank", "unstructured", "sharing", "quantization")
+ORDER = ("depth", "structured", "lowrank", "unstructured", "sharing", "quantization")
 
 
 def _calibration_batches(data: Any, limit: int) -> list[torch.Tensor]:
@@ -105,7 +107,7 @@ def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
     layers: list[LayerReport] = []
     peak_before = peak_after = 0
     for spec in ctx.analysis.layers:
-        mods = weight_modules(model, spec.name)
+        mods = [] if spec.name in ctx.removed else weight_modules(model, spec.name)
         names = [n for n, _ in mods]
         recs = [after[n] for n in names if n in after]
         stored = huff = params = nonzero = 0
@@ -134,7 +136,7 @@ def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
                 huffman_bytes_after=huff,
                 out_channels_before=spec.out_channels,
                 out_channels_after=out_after,
-                encoding="+".join(encodings),
+                encoding="removed" if spec.name in ctx.removed else "+".join(encodings),
                 applied=ctx.details.get(spec.name, {}),
             )
         )
@@ -159,6 +161,8 @@ def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
 
 def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: int, lp: Any) -> None:
     """Warn where what was achieved differs from what was asked by more than rounding explains."""
+    if name in ctx.removed:
+        return
     skipped = {s.technique for s in ctx.skipped if s.layer == name}
     if lp.keep < 1 and "structured" not in skipped and c_before:
         achieved = c_after / c_before
@@ -171,5 +175,8 @@ def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: 
 
 def report_for(model: nn.Module, base: nn.Module, policy: Policy, analysis: ModelAnalysis) -> CompressionReport:
     """The size/MACs report of an already compressed ``model`` (e.g. after fine-tuning changed its values)."""
+    from edgecompress.compressors.depth import removed_blocks
+
     ctx = CompressionContext(model=model, policy=policy, analysis=analysis)
+    ctx.removed.update(n for members in removed_blocks(policy, analysis).values() for n in members)
     return _report(ctx, base)

@@ -36,6 +36,9 @@ class LayerPolicy:
     wbits:     uniform weight bits, one of 32, 16, 8, 6, 4, 2 (16 = fp16).
     clusters:  weight-sharing codebook size, 0 = off, else 2..256.
     abits:     input activation bits, one of 32, 16, 8 (16 = fp16).
+    drop:      remove the residual block this layer belongs to (the block becomes its identity
+               shortcut); only for layers of a removable block (``ModelAnalysis.blocks()``), and
+               any layer of a block asking removes the whole block.
     """
 
     keep: float = 1.0
@@ -44,6 +47,7 @@ class LayerPolicy:
     wbits: int = 32
     clusters: int = 0
     abits: int = 32
+    drop: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -62,6 +66,8 @@ class LayerPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad(name, value, "an integer")
+        if not isinstance(self.drop, bool):
+            raise bad("drop", self.drop, "true or false")
         if not 0 < self.keep <= 1:
             raise bad("keep", self.keep, "0 < keep <= 1")
         if not 0 < self.rank <= 1:

@@ -49,7 +49,7 @@ class StructuredPruning:
     name = "structured"
 
     def apply(self, ctx: CompressionContext) -> None:
-        keep = {s.name: ctx.policy.get(s.name).keep for s in ctx.analysis.layers}
+        keep = {s.name: ctx.policy.get(s.name).keep for s in ctx.analysis.layers if s.name not in ctx.removed}
         if all(k == 1.0 for k in keep.values()):
             return
         import torch_pruning as tp
@@ -61,7 +61,10 @@ class StructuredPruning:
         model = ctx.model
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(ctx.input_shape), verbose=False)
         specs = {s.name: s for s in ctx.analysis.layers}
-        for members in ctx.analysis.groups().values():
+        for all_members in ctx.analysis.groups().values():
+            members = [m for m in all_members if m in keep]  # removed blocks' layers are gone
+            if not members:
+                continue
             asked = [keep[m] for m in members]
             if all(k == 1.0 for k in asked):
                 continue

@@ -11,8 +11,10 @@ the base model and scored by :class:`edgecompress.objective.Objective`
 the order of ``techniques``: ``keep`` (channel keep ratio, linear to
 [keep_min, 1]), ``rank`` ([rank_min, 1]), ``sparsity`` ([0, sparsity_max]),
 ``wbits`` (bins over 2, 4, 6, 8, 16, 32), ``clusters`` (bins over 0 = off, 4,
-8, 16, 32, 64, 256), ``abits`` (bins over 8, 16, 32). Layers whose output
-channels are the network's outputs ignore ``keep``.
+8, 16, 32, 64, 256), ``abits`` (bins over 8, 16, 32), ``drop`` (remove the
+residual block when > 0; decided at a removable block's first layer, and its
+other layers follow). Layers whose output channels are the network's outputs
+ignore ``keep``; layers outside removable blocks ignore ``drop``.
 
 **Observation.** AMC's layer embedding, every entry in [0, 1]: layer index,
 kind (conv 0, depthwise 0.5, linear 1), input and output channels, stride,
@@ -22,7 +24,7 @@ the base latency), then the previous layer's action rescaled to [0, 1].
 
 **Budget.** A hard constraint, AMC's way: before a ``keep`` action is applied
 it is limited so that, even if every later layer took ``keep_min``, the
-latency estimate stays within budget. That estimate is anchored on two true
+latency estimate stays within budget (removed blocks count zero). That estimate is anchored on two true
 predictions per layer, at keep 1 and at ``keep_min`` (channels rounded to
 ``round_to`` as ``compress`` rounds them), and affine in the layer's channel
 scale (input keep x output keep; output keep for depthwise) in between; the
@@ -42,7 +44,8 @@ resource-constrained), ``"acc_log_latency"`` ``-(1 - acc) * log(latency_ms)``
 (AMC accuracy-guaranteed). ``info`` carries accuracy, latency, size, the
 policy and whether the budget held.
 
-**Version history.** v0: first version.
+**Version history.** v0: first version; the ``drop`` technique added 2026-12-02 (opt-in, so
+episodes without it are unchanged).
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ __all__ = ["TECHNIQUE_CHOICES", "CompressionEnv"]
 WBITS_BINS = (2, 4, 6, 8, 16, 32)
 CLUSTER_BINS = (0, 4, 8, 16, 32, 64, 256)
 ABITS_BINS = (8, 16, 32)
-TECHNIQUE_CHOICES = ("keep", "rank", "sparsity", "wbits", "clusters", "abits")
+TECHNIQUE_CHOICES = ("keep", "rank", "sparsity", "wbits", "clusters", "abits", "drop")
 REWARDS = ("acc", "acc_log_latency")
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
 N_FEATURES = 10
@@ -197,6 +200,8 @@ class CompressionEnv(gym.Env):
         layers = {s.name: LayerPolicy(**(fields if s.prunable or "keep" not in fields else
                                          {k: v for k, v in fields.items() if k != "keep"}))
                   for s in self.layers}  # fmt: skip
+        if "drop" in self.techniques:
+            layers.update({s.name: LayerPolicy(drop=True) for s in self.layers if s.block})
         return Policy(layers, base={"input_shape": list(self.objective.input_shape)})
 
     def _decode(self, action: np.ndarray) -> dict[str, Any]:
@@ -213,6 +218,8 @@ class CompressionEnv(gym.Env):
                 out[t] = _bin(float(a), WBITS_BINS)
             elif t == "clusters":
                 out[t] = _bin(float(a), CLUSTER_BINS)
+            elif t == "drop":
+                out[t] = bool(a > 0)
             else:
                 out[t] = _bin(float(a), ABITS_BINS)
         return out
@@ -249,7 +256,10 @@ class CompressionEnv(gym.Env):
         span = np.where(self._scale_min < 1.0, 1.0 - self._scale_min, 1.0)
         t = np.clip((scales - self._scale_min) / span, 0.0, 1.0)
         t = np.where(self._scale_min < 1.0, t, 1.0)
-        layers = float(np.sum(self.layer_ms_min + (self.layer_ms - self.layer_ms_min) * t))
+        per_layer = self.layer_ms_min + (self.layer_ms - self.layer_ms_min) * t
+        gone = [i for i, spec in enumerate(self.layers) if self._block_drop.get(spec.block, False)]
+        per_layer[gone] = 0.0
+        layers = float(np.sum(per_layer))
         share = float(np.clip((mean_keep - self.keep_min) / (1 - self.keep_min), 0.0, 1.0)) if self.keep_min < 1 else 1
         return layers + self.fixed_min_ms + (self.fixed_ms - self.fixed_min_ms) * share
 
@@ -258,6 +268,7 @@ class CompressionEnv(gym.Env):
         self._t = 0
         self._chosen: list[dict[str, Any]] = []
         self._group_keep = {}
+        self._block_drop: dict[str, bool] = {}
         self._prev = np.zeros(len(self.techniques), dtype=np.float32)
 
     def _obs(self) -> np.ndarray:
@@ -282,6 +293,11 @@ class CompressionEnv(gym.Env):
     def step(self, action: np.ndarray):  # type: ignore[override]
         spec = self.layers[self._t]
         choice = self._decode(np.asarray(action, dtype=np.float32))
+        if "drop" in choice:
+            if not spec.block:
+                choice["drop"] = False
+            else:  # the block's first layer decides; its other layers follow
+                choice["drop"] = self._block_drop.setdefault(spec.block, choice["drop"])
         if "keep" in choice:
             if not spec.prunable:
                 choice["keep"] = 1.0
@@ -303,7 +319,11 @@ class CompressionEnv(gym.Env):
     def _policy(self, scale: float = 1.0) -> Policy:
         layers = {}
         for spec, choice in zip(self.layers, self._chosen, strict=True):
+            if choice.get("drop"):
+                layers[spec.name] = LayerPolicy(drop=True)  # the layer leaves the model: nothing else applies
+                continue
             fields = dict(choice)
+            fields.pop("drop", None)
             if "keep" in fields and spec.prunable:
                 fields["keep"] = max(self.keep_min, round(fields["keep"] * scale, 4))
             layers[spec.name] = LayerPolicy(**fields)
@@ -325,7 +345,10 @@ class CompressionEnv(gym.Env):
             repaired = True
             policy = self._policy(scale)
             result = self.objective(policy)
-            if all(lp.keep <= self.keep_min for lp in policy.layers.values()) and result.latency_ms > self.budget_ms:
+            if (
+                all(lp.keep <= self.keep_min or lp.drop for lp in policy.layers.values())
+                and result.latency_ms > self.budget_ms
+            ):
                 policy = self._strongest()
                 result = self.objective(policy)
                 break

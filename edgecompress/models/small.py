@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.mobilenetv2 import MobileNetV2
 
+from edgecompress.analysis import register_removable_block
 from edgecompress.models._registry import register_model
 
 
@@ -93,6 +94,11 @@ class BasicBlock(nn.Module):
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.act(out + self.shortcut(x))
+
+
+# With an identity shortcut the block is relu(x + f(x)) on x >= 0 (every block's input leaves a ReLU):
+# removing it leaves relu(x) = x, exactly the identity.
+register_removable_block(BasicBlock, lambda m: isinstance(m.shortcut, nn.Identity))
 
 
 class CifarResNet(nn.Module):

@@ -5,7 +5,7 @@ per (layer, other technique), over the ranges :class:`CompressionEnv` uses:
 ``keep`` in [keep_min, 1] (one ratio per group of layers whose channels are
 coupled through residual adds; output layers are never pruned), ``rank`` in
 [rank_min, 1], ``sparsity`` in [0, sparsity_max], ``wbits``, ``clusters`` and
-``abits`` over the env's bins. Optuna suggests them directly; Ray Tune gets
+``abits`` over the env's bins, ``drop`` one yes/no per removable block. Optuna suggests them directly; Ray Tune gets
 them through Optuna's define-by-run search space; ``from_params`` turns a flat
 parameter dict back into a :class:`Policy`.
 
@@ -71,6 +71,10 @@ class PolicySpace:
         seen_groups: set[int] = set()
         for spec in self.layers:
             for t in self.techniques:
+                if t == "drop":
+                    if spec.block and f"{spec.block}.drop" not in params:
+                        params[f"{spec.block}.drop"] = trial.suggest_categorical(f"{spec.block}.drop", [False, True])
+                    continue
                 if t == "keep":
                     if spec.prunable and spec.group not in seen_groups:
                         seen_groups.add(spec.group)
@@ -92,10 +96,16 @@ class PolicySpace:
     def from_params(self, params: dict[str, Any]) -> Policy:
         layers: dict[str, LayerPolicy] = {}
         for spec in self.layers:
+            if "drop" in self.techniques and spec.block and f"{spec.block}.drop" not in params:
+                raise ConfigError(f"parameter {spec.block + '.drop'!r} missing; this space has "
+                                  f"{', '.join(sorted(params)[:5])}...")  # fmt: skip
+            if "drop" in self.techniques and spec.block and bool(params[f"{spec.block}.drop"]):
+                layers[spec.name] = LayerPolicy(drop=True)  # the layer leaves the model: nothing else applies
+                continue
             fields: dict[str, Any] = {}
             for t in self.techniques:
                 key = f"g{spec.group}.keep" if t == "keep" else f"{spec.name}.{t}"
-                if t == "keep" and not spec.prunable:
+                if t == "drop" or (t == "keep" and not spec.prunable):
                     continue
                 if key not in params:
                     raise ConfigError(f"parameter {key!r} missing; this space has {', '.join(sorted(params)[:5])}...")

@@ -122,3 +122,33 @@ def test_gym_make_with_defaults(fmnist) -> None:
     obs, _ = env.reset(seed=0)
     assert obs.shape == (11,) and len(base.layers) == 5
     env.close()
+
+
+def test_drop_is_decided_per_block_and_counted_by_the_limiter(objective) -> None:
+    env = _env(objective, techniques=("keep", "drop"), budget_ratio=0.6)
+    blocks = objective.analysis.blocks()
+    # The strongest compression removes every removable block.
+    strongest = env._strongest()
+    assert all(strongest.get(n).drop for names in blocks.values() for n in names)
+    assert env.min_ms < _env(objective, techniques=("keep",), budget_ratio=0.6).min_ms
+    env.reset()
+    done, t = False, 0
+    while not done:
+        spec = env.layers[t]
+        # Ask to drop at a block's first layer only for layers.1; ask the opposite at its later layers.
+        first = spec.block and blocks[spec.block][0] == spec.name
+        drop = 1.0 if (spec.block == "layers.1") == bool(first) else -1.0
+        _, _, done, _, info = env.step(np.array([0.6, drop], dtype=np.float32))
+        t += 1
+    layers = info["policy"]["layers"]
+    assert layers["layers.1.conv1"] == {"drop": True} and layers["layers.1.conv2"] == {"drop": True}
+    assert not any(lp.get("drop") for name, lp in layers.items() if not name.startswith("layers.1."))
+    assert info["within_budget"]
+    # A removed block's layers count zero in the limiter's surrogate.
+    env.reset()
+    env._block_drop = {"layers.1": True}
+    saved = env._estimate(0, 1.0, 1.0)
+    env._block_drop = {}
+    index = [s.index for s in env.layers if s.block == "layers.1"]
+    assert index == [3, 4]
+    assert env._estimate(0, 1.0, 1.0) - saved == pytest.approx(sum(env.layer_ms[index]))

@@ -219,3 +219,22 @@ def test_report_renders_from_each_agents_run_folder(tmp_path, checkpoint, tiny_f
 def test_bad_sampler_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"search.sampler = 'bohb'"):
         load_config(None, {"search.sampler": "bohb"})
+
+
+def test_policy_space_decides_drop_once_per_block() -> None:
+    import optuna
+
+    from edgecompress.analysis import analyze_model
+    from edgecompress.models import create_model
+    from edgecompress.search.space import PolicySpace
+
+    analysis = analyze_model(create_model("resnet20").eval(), (1, 1, 28, 28))
+    space = PolicySpace(analysis.layers, ("keep", "drop"), (1, 1, 28, 28))
+    trial = optuna.trial.FixedTrial({**{f"g{s.group}.keep": 0.5 for s in analysis.layers},
+                                     **{f"{b}.drop": b == "layers.5" for b in analysis.blocks()}})  # fmt: skip
+    policy = space.suggest(trial)
+    assert sorted(n for n, lp in policy.layers.items() if lp.drop) == ["layers.5.conv1", "layers.5.conv2"]
+    assert policy.get("layers.5.conv1").keep == 1.0 and policy.get("layers.4.conv1").keep == 0.5
+    assert sorted(k for k in trial.params if k.endswith(".drop")) == sorted(f"{b}.drop" for b in analysis.blocks())
+    with pytest.raises(ConfigError, match=r"parameter 'layers.0.drop' missing"):
+        space.from_params({f"g{s.group}.keep": 0.5 for s in analysis.layers})
