@@ -24,6 +24,7 @@ This module only reads a model; it never changes one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -130,13 +131,13 @@ def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-_REMOVABLE: list[tuple[type, Any]] = []
+_REMOVABLE: list[tuple[type[nn.Module], Callable[[nn.Module], bool] | None]] = []
 
 
-def register_removable_block(cls: type, when: Any = None) -> None:
+def register_removable_block(cls: type[nn.Module], when: Callable[[nn.Module], bool] | None = None) -> None:
     """Declare instances of ``cls`` (those for which ``when(module)`` holds, when given) removable: the
     module computes ``x + f(x)`` (or ``relu(x + f(x))`` on non-negative ``x``), so replacing it with
-    ``nn.Identity`` removes ``f`` exactly."""
+    ``nn.Identity`` leaves exactly its shortcut, ``x``."""
     _REMOVABLE.append((cls, when))
 
 
