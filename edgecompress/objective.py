@@ -260,11 +260,11 @@ class Objective:
         budget = self.budget_ms if budget_ms is None else budget_ms
         if budget is None:
             raise ValueError("fill needs a latency budget (budget_ms)")
-        from edgecompress.compressors.depth import removed_blocks
+        from edgecompress.compressors.depth import removed_layers
         from edgecompress.compressors.structured import kept_channels
 
         layers = dict(policy.layers)
-        gone = {n for names in removed_blocks(policy, self.analysis).values() for n in names}
+        gone = removed_layers(policy, self.analysis)
         members: dict[int, list[str]] = {}
         width: dict[int, int] = {}
         for spec in self.analysis.layers:

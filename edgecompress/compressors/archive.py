@@ -367,10 +367,10 @@ def pack_archive(
         round_to = int(policy.base.get("round_to", 1))
     from edgecompress.analysis import analyze_model
     from edgecompress.compressors.base import weight_modules
-    from edgecompress.compressors.depth import removed_blocks
+    from edgecompress.compressors.depth import removed_layers
 
     analysis = analyze_model(spec.build(), spec.input_shape)
-    gone = {n for names in removed_blocks(policy, analysis).values() for n in names}
+    gone = removed_layers(policy, analysis)
     coded: dict[str, tuple[dict[str, Any], bytes]] = {}
     for layer in analysis.layers:
         if layer.name in gone:

@@ -175,8 +175,7 @@ def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: 
 
 def report_for(model: nn.Module, base: nn.Module, policy: Policy, analysis: ModelAnalysis) -> CompressionReport:
     """The size/MACs report of an already compressed ``model`` (e.g. after fine-tuning changed its values)."""
-    from edgecompress.compressors.depth import removed_blocks
+    from edgecompress.compressors.depth import removed_layers
 
-    ctx = CompressionContext(model=model, policy=policy, analysis=analysis)
-    ctx.removed.update(n for members in removed_blocks(policy, analysis).values() for n in members)
+    ctx = CompressionContext(model=model, policy=policy, analysis=analysis, removed=removed_layers(policy, analysis))
     return _report(ctx, base)

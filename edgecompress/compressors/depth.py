@@ -36,6 +36,11 @@ def removed_blocks(policy: Any, analysis: ModelAnalysis) -> dict[str, list[str]]
     return {b: blocks[b] for b in dict.fromkeys(s.block for s in asking)}
 
 
+def removed_layers(policy: Any, analysis: ModelAnalysis) -> set[str]:
+    """Every layer of the blocks the policy removes."""
+    return {name for names in removed_blocks(policy, analysis).values() for name in names}
+
+
 @register_technique
 class BlockRemoval:
     name = "depth"

@@ -96,10 +96,7 @@ class PolicySpace:
     def from_params(self, params: dict[str, Any]) -> Policy:
         layers: dict[str, LayerPolicy] = {}
         for spec in self.layers:
-            if "drop" in self.techniques and spec.block and f"{spec.block}.drop" not in params:
-                raise ConfigError(f"parameter {spec.block + '.drop'!r} missing; this space has "
-                                  f"{', '.join(sorted(params)[:5])}...")  # fmt: skip
-            if "drop" in self.techniques and spec.block and bool(params[f"{spec.block}.drop"]):
+            if "drop" in self.techniques and spec.block and bool(_param(params, f"{spec.block}.drop")):
                 layers[spec.name] = LayerPolicy(drop=True)  # the layer leaves the model: nothing else applies
                 continue
             fields: dict[str, Any] = {}
@@ -107,12 +104,16 @@ class PolicySpace:
                 key = f"g{spec.group}.keep" if t == "keep" else f"{spec.name}.{t}"
                 if t == "drop" or (t == "keep" and not spec.prunable):
                     continue
-                if key not in params:
-                    raise ConfigError(f"parameter {key!r} missing; this space has {', '.join(sorted(params)[:5])}...")
-                value = params[key]
+                value = _param(params, key)
                 fields[t] = round(float(value), 4) if t in ("keep", "rank", "sparsity") else int(value)
             layers[spec.name] = LayerPolicy(**fields)
         return Policy(layers, base={"input_shape": list(self.input_shape)})
+
+
+def _param(params: dict[str, Any], key: str) -> Any:
+    if key not in params:
+        raise ConfigError(f"parameter {key!r} missing; this space has {', '.join(sorted(params)[:5])}...")
+    return params[key]
 
 
 def identity_policy(objective: Any) -> Policy:
