@@ -32,8 +32,11 @@ operators outside the layers likewise, in the mean keep ratio. Per-operator
 overhead makes latency far from proportional to channels, so a MACs-style
 scaling would misjudge the budget. After the last
 layer the true prediction is computed; if it is still over budget, every keep
-ratio is scaled down (factor 0.9 per round, floor ``keep_min``) until it fits,
-and ``info["repaired"]`` says so. With an objective made with ``fill_budget``
+ratio is scaled down (factor 0.9 per round, floor ``keep_min``) until it fits;
+at the floor, with ``drop`` among the techniques, removable blocks are removed
+one at a time (the one leaving the least predicted latency first) until the
+prediction fits, and only then, if still over, the strongest policy is taken;
+``info["repaired"]`` says so. With an objective made with ``fill_budget``
 the policy is then widened into the budget it leaves unused
 (:meth:`Objective.fill`; ``info["filled"]`` counts the steps). A budget below the latency of the strongest
 compression raises ``ConfigError`` (a ``ValueError``) at construction, stating
@@ -329,29 +332,62 @@ class CompressionEnv(gym.Env):
             layers[spec.name] = LayerPolicy(**fields)
         return Policy(layers, base={"input_shape": list(self.objective.input_shape)})
 
+    def _at_floor(self, policy: Policy) -> bool:
+        """Every prunable layer at keep_min or removed: scaling the keeps down cannot shrink it further."""
+        if "keep" not in self.techniques:
+            return True
+        return all(policy.get(s.name).keep <= self.keep_min or policy.get(s.name).drop for s in self.layers if s.prunable)
+
+    def _drop_until_within(self, policy: Policy) -> Policy:
+        """Keeps at their floor and still over budget: remove blocks, the one whose removal leaves the least
+        predicted latency first, until the prediction fits (or no block is left). Removing one block spares
+        the accuracy the strongest policy (every block removed) would cost."""
+        blocks: dict[str, list[str]] = {}
+        for s in self.layers:
+            if s.block:
+                blocks.setdefault(s.block, []).append(s.name)
+        layers = dict(policy.layers)
+
+        def without(block: str) -> Policy:
+            return Policy({**layers, **dict.fromkeys(blocks[block], LayerPolicy(drop=True))}, base=policy.base)
+
+        current = self.objective.predict_ms(policy)
+        while current > self.budget_ms:
+            kept = [b for b, names in blocks.items() if not layers[names[0]].drop]
+            if not kept:
+                break
+            best = min(kept, key=lambda b: self.objective.predict_ms(without(b)))
+            layers = dict(without(best).layers)
+            current = self.objective.predict_ms(Policy(layers, base=policy.base))
+        return Policy(layers, base=policy.base)
+
     def _finish(self):  # type: ignore[no-untyped-def]
         scale, repaired, filled = 1.0, False, 0
         policy = self._policy()
+        drop = "drop" in self.techniques
         if getattr(self.objective, "fill_budget", False):
             # Repair by prediction first (scoring is the costly part), then widen into the unused budget.
-            while self.objective.predict_ms(policy) > self.budget_ms and scale > 1e-3:
+            while self.objective.predict_ms(policy) > self.budget_ms and scale > 1e-3 and not self._at_floor(policy):
                 scale *= 0.9
                 repaired = True
                 policy = self._policy(scale)
+            if drop and self.objective.predict_ms(policy) > self.budget_ms:
+                policy, repaired = self._drop_until_within(policy), True
             policy, filled = self.objective.fill(policy)
         result = self.objective(policy)
         while result.latency_ms > self.budget_ms and scale > 1e-3:
-            scale *= 0.9
             repaired = True
+            if self._at_floor(policy):
+                if drop:
+                    policy = self._drop_until_within(policy)
+                    result = self.objective(policy)
+                if result.latency_ms > self.budget_ms:
+                    policy = self._strongest()
+                    result = self.objective(policy)
+                break
+            scale *= 0.9
             policy = self._policy(scale)
             result = self.objective(policy)
-            if (
-                all(lp.keep <= self.keep_min or lp.drop for lp in policy.layers.values())
-                and result.latency_ms > self.budget_ms
-            ):
-                policy = self._strongest()
-                result = self.objective(policy)
-                break
         if self.reward_kind == "acc":
             reward = result.accuracy
         else:

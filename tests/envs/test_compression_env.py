@@ -124,6 +124,23 @@ def test_gym_make_with_defaults(fmnist) -> None:
     env.close()
 
 
+def test_repair_removes_blocks_when_keep_min_is_not_enough(objective) -> None:
+    # A budget below what keep_min everywhere reaches, above the strongest policy (every block removed):
+    # the end repair must remove some blocks, not give up over budget nor jump to the strongest policy.
+    keep_floor = _env(objective, techniques=("keep",), budget_ratio=0.9).min_ms
+    drop_floor = _env(objective, techniques=("keep", "drop"), budget_ratio=0.9).min_ms
+    budget = keep_floor - 0.25 * (keep_floor - drop_floor)
+    env = _env(objective, techniques=("keep", "drop"), budget_ms=budget)
+    env.reset()
+    done = False
+    while not done:  # ask for no pruning and no removal: only the repair can meet the budget
+        _, _, done, _, info = env.step(np.array([1.0, -1.0], dtype=np.float32))
+    blocks = objective.analysis.blocks()
+    removed = [b for b, names in blocks.items() if info["policy"]["layers"][names[0]].get("drop")]
+    assert info["repaired"] and info["within_budget"] and info["latency_ms"] <= budget
+    assert 0 < len(removed) < len(blocks), removed
+
+
 def test_drop_is_decided_per_block_and_counted_by_the_limiter(objective) -> None:
     env = _env(objective, techniques=("keep", "drop"), budget_ratio=0.6)
     blocks = objective.analysis.blocks()
