@@ -256,7 +256,17 @@ class Objective:
         trained network rarely cost accuracy, so a policy that leaves budget
         unused gets it back. Layers of removed blocks stay removed. Returns the widened policy and the number of steps
         (0: over budget already, nothing pruned, or no step fits).
+
+        Lazy greedy: a candidate's cost is re-priced only when it reaches the
+        head of the queue (a widening rarely gets cheaper when other groups
+        grow), so a step costs a few predictions instead of one per group;
+        MobileNetV2-0.5's 25 groups took 5,144 predictions (530 s) per fill
+        when every step re-priced every group. When the queue runs dry every
+        group is re-priced once more, so the result is maximal: no further
+        step fits the budget.
         """
+        import heapq
+
         budget = self.budget_ms if budget_ms is None else budget_ms
         if budget is None:
             raise ValueError("fill needs a latency budget (budget_ms)")
@@ -281,31 +291,52 @@ class Objective:
             return Policy(new, base=policy.base, meta=policy.meta)
 
         keeps = {g: layers[names[0]].keep for g, names in members.items()}
+        order = {g: i for i, g in enumerate(keeps)}
         block = self.channel_block
         current = self.predict_ms(policy)
-        steps = 0
-        while current <= budget:
-            best: tuple[float, int, float, float] | None = None  # (ms per channel, group, keep, ms)
-            for g, keep in keeps.items():
-                c = width[g]
-                n = kept_channels(c, keep, self.round_to)
-                if n >= c:
+        steps = state = 0
+        # Queue entries: (ms per added channel, group order, new keep, the keep it widens, state priced at).
+        queue: list[tuple[float, int, float, float, int]] = []
+
+        def offer(g: int) -> None:
+            """Price g's possible widenings against the current state; queue those within the budget."""
+            c = width[g]
+            n = kept_channels(c, keeps[g], self.round_to)
+            if n >= c:
+                return
+            for wider in sorted({min(c, n + self.round_to), min(c, -(-(n + 1) // block) * block)}):
+                new_keep = 1.0 if wider >= c else round(wider / c, 4)
+                if kept_channels(c, new_keep, self.round_to) <= n:
                     continue
-                targets = {min(c, n + self.round_to), min(c, -(-(n + 1) // block) * block)}
-                for wider in sorted(targets):
-                    new_keep = 1.0 if wider >= c else round(wider / c, 4)
-                    if kept_channels(c, new_keep, self.round_to) <= n:
-                        continue
-                    ms = self.predict_ms(with_keeps({**keeps, g: new_keep}))
-                    if ms <= budget:
-                        cost = max(0.0, ms - current) / (wider - n)
-                        if best is None or cost < best[0]:
-                            best = (cost, g, new_keep, ms)
-            if best is None:
-                break
-            _, g, keep, current = best
-            keeps[g] = keep
-            steps += 1
+                ms = self.predict_ms(with_keeps({**keeps, g: new_keep}))
+                if ms <= budget:
+                    cost = max(0.0, ms - current) / (wider - n)
+                    heapq.heappush(queue, (cost, order[g], new_keep, keeps[g], state))
+
+        if current <= budget:
+            for g in keeps:
+                offer(g)
+        groups = list(keeps)
+        while queue:
+            _, i, new_keep, old_keep, priced = heapq.heappop(queue)
+            g = groups[i]
+            if keeps[g] != old_keep:
+                continue  # g has grown since: its new widenings are queued
+            if priced != state:  # stale: re-price against the current state, queue again
+                ms = self.predict_ms(with_keeps({**keeps, g: new_keep}))
+                if ms <= budget:
+                    n = kept_channels(width[g], old_keep, self.round_to)
+                    added = kept_channels(width[g], new_keep, self.round_to) - n
+                    heapq.heappush(queue, (max(0.0, ms - current) / added, i, new_keep, old_keep, state))
+            else:  # fresh and no dearer than any other candidate's last price: take it
+                current = self.predict_ms(with_keeps({**keeps, g: new_keep}))
+                keeps[g] = new_keep
+                steps += 1
+                state += 1
+                offer(g)
+            if not queue:  # maximal: every group re-priced at the final state
+                for other in groups:
+                    offer(other)
         return (with_keeps(keeps) if steps else policy), steps
 
     def score(self, policy: Policy) -> Evaluation:
