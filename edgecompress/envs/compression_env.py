@@ -336,7 +336,8 @@ class CompressionEnv(gym.Env):
         """Every prunable layer at keep_min or removed: scaling the keeps down cannot shrink it further."""
         if "keep" not in self.techniques:
             return True
-        return all(policy.get(s.name).keep <= self.keep_min or policy.get(s.name).drop for s in self.layers if s.prunable)
+        layers = [policy.get(s.name) for s in self.layers if s.prunable]
+        return all(lp.keep <= self.keep_min or lp.drop for lp in layers)
 
     def _drop_until_within(self, policy: Policy) -> Policy:
         """Keeps at their floor and still over budget: remove blocks, the one whose removal leaves the least
