@@ -343,24 +343,18 @@ class CompressionEnv(gym.Env):
         """Keeps at their floor and still over budget: remove blocks, the one whose removal leaves the least
         predicted latency first, until the prediction fits (or no block is left). Removing one block spares
         the accuracy the strongest policy (every block removed) would cost."""
-        blocks: dict[str, list[str]] = {}
-        for s in self.layers:
-            if s.block:
-                blocks.setdefault(s.block, []).append(s.name)
-        layers = dict(policy.layers)
-
-        def without(block: str) -> Policy:
-            return Policy({**layers, **dict.fromkeys(blocks[block], LayerPolicy(drop=True))}, base=policy.base)
-
-        current = self.objective.predict_ms(policy)
-        while current > self.budget_ms:
-            kept = [b for b, names in blocks.items() if not layers[names[0]].drop]
-            if not kept:
+        blocks = self.objective.analysis.blocks()
+        predict = self.objective.predict_ms
+        while predict(policy) > self.budget_ms:
+            options = [
+                Policy({**policy.layers, **dict.fromkeys(names, LayerPolicy(drop=True))}, base=policy.base)
+                for names in blocks.values()
+                if not policy.get(names[0]).drop
+            ]
+            if not options:
                 break
-            best = min(kept, key=lambda b: self.objective.predict_ms(without(b)))
-            layers = dict(without(best).layers)
-            current = self.objective.predict_ms(Policy(layers, base=policy.base))
-        return Policy(layers, base=policy.base)
+            policy = min(options, key=predict)
+        return policy
 
     def _finish(self):  # type: ignore[no-untyped-def]
         scale, repaired, filled = 1.0, False, 0
