@@ -215,17 +215,45 @@ def test_fill_takes_whole_simd_blocks_on_a_blocked_table(setup) -> None:
             assert obj.predict_ms(Policy(layers, base=wide.base)) > budget, (spec.name, n, wider)
 
 
-def test_fill_leaves_removed_blocks_removed(setup) -> None:
+def test_fill_widens_before_it_brings_back_a_removed_block(setup) -> None:
     from edgecompress.compressors import LayerPolicy
 
     model, data = setup
     shape = (1, 1, 28, 28)
     obj = Objective(model, data.val, "raspberry-pi-4", input_shape=shape, round_to=8)
-    lean = Policy.uniform(model, keep=0.25)
-    gone = obj.analysis.blocks()["layers.4"]
-    lean = Policy({**lean.layers, **{n: LayerPolicy(drop=True) for n in gone}}, base=lean.base)
-    budget = 0.6 * obj.base_latency_ms()
+    blocks = obj.analysis.blocks()
+    gone = blocks["layers.4"]
+    removed = {n: LayerPolicy(drop=True) for n in gone}
+    # Pruned elsewhere and a tight budget: the widening takes the budget, the block stays removed.
+    lean = Policy({**Policy.uniform(model, keep=0.25).layers, **removed}, base={"input_shape": list(shape)})
+    budget = obj.predict_ms(lean) + 0.02 * obj.base_latency_ms()
     wide, steps = obj.fill(lean, budget)
     assert steps > 0 and obj.predict_ms(lean) < obj.predict_ms(wide) <= budget
     assert all(wide.get(n) == LayerPolicy(drop=True) for n in gone)
     assert sum(lp.keep for lp in wide.layers.values()) > sum(lp.keep for lp in lean.layers.values())
+    # Nothing left to widen: the block comes back at its narrowest width if the budget holds it, else stays out.
+    full = Policy(removed, base={"input_shape": list(shape)})
+    full_ms = obj.predict_ms(full)
+    assert obj.fill(full, full_ms) == (full, 0)
+    back, steps = obj.fill(full, obj.base_latency_ms())
+    assert steps >= 1 and back.layers == {n: LayerPolicy() for n in gone}  # widened on to the whole model
+    narrow = obj._restore(full, obj.base_latency_ms())
+    assert narrow is not None
+    outside = {s.group for s in obj.analysis.layers if s.name not in gone}
+    inner = [n for n in gone if obj.analysis.layer(n).group not in outside]
+    assert inner and all(narrow.get(n).keep == pytest.approx(8 / obj.analysis.layer(n).out_channels, abs=1e-4)
+                         for n in inner)  # fmt: skip
+    assert all(narrow.get(n).keep == 1.0 for n in gone if n not in inner)  # coupled to the kept model: its keep
+    # Two blocks removed: the cheaper one comes back, the other stays removed.
+    drop7 = {n: LayerPolicy(drop=True) for n in blocks["layers.7"]}
+    two = Policy({**removed, **drop7}, base=full.base)
+    one_back = obj._restore(two, obj.base_latency_ms())
+    assert one_back is not None
+    back_blocks = [b for b in ("layers.4", "layers.7") if not one_back.get(blocks[b][0]).drop]
+    assert len(back_blocks) == 1
+    other = "layers.7" if back_blocks == ["layers.4"] else "layers.4"
+    only_other = Policy({n: LayerPolicy(drop=True) for n in blocks[other]}, base=full.base)
+    alt = obj._restore(only_other, obj.base_latency_ms())
+    assert alt is not None
+    alt = Policy({**alt.layers, **{n: LayerPolicy(drop=True) for n in blocks[back_blocks[0]]}}, base=full.base)
+    assert obj.predict_ms(one_back) <= obj.predict_ms(alt)
