@@ -37,8 +37,9 @@ at the floor, with ``drop`` among the techniques, removable blocks are removed
 one at a time (the one leaving the least predicted latency first) until the
 prediction fits, and only then, if still over, the strongest policy is taken;
 ``info["repaired"]`` says so. With an objective made with ``fill_budget``
-the policy is then widened into the budget it leaves unused
-(:meth:`Objective.fill`; ``info["filled"]`` counts the steps). A budget below the latency of the strongest
+the policy is then widened into the budget it leaves unused, removed blocks
+coming back once no widening fits (:meth:`Objective.fill`; ``info["filled"]``
+counts the steps). A budget below the latency of the strongest
 compression raises ``ConfigError`` (a ``ValueError``) at construction, stating
 that latency.
 
