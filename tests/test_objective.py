@@ -231,19 +231,19 @@ def test_fill_widens_before_it_brings_back_a_removed_block(setup) -> None:
     assert steps > 0 and obj.predict_ms(lean) < obj.predict_ms(wide) <= budget
     assert all(wide.get(n) == LayerPolicy(drop=True) for n in gone)
     assert sum(lp.keep for lp in wide.layers.values()) > sum(lp.keep for lp in lean.layers.values())
-    # Nothing left to widen: the block comes back at its narrowest width if the budget holds it, else stays out.
+    # Nothing left to widen: the block comes back whole if the budget holds it, else stays out.
     full = Policy(removed, base={"input_shape": list(shape)})
     full_ms = obj.predict_ms(full)
     assert obj.fill(full, full_ms) == (full, 0)
-    back, steps = obj.fill(full, obj.base_latency_ms())
-    assert steps >= 1 and back.layers == {n: LayerPolicy() for n in gone}  # widened on to the whole model
-    narrow = obj._restore(full, obj.base_latency_ms())
-    assert narrow is not None
+    assert obj.fill(full, obj.base_latency_ms()) == (Policy({n: LayerPolicy() for n in gone}, base=full.base), 1)
+    # Its layer coupled to a pruned kept group takes that group's keep; its own channels stay whole.
+    half = Policy({**Policy.uniform(model, keep=0.5).layers, **removed}, base=full.base)
+    back = obj._restore(half, obj.base_latency_ms())
+    assert back is not None
     outside = {s.group for s in obj.analysis.layers if s.name not in gone}
     inner = [n for n in gone if obj.analysis.layer(n).group not in outside]
-    assert inner and all(narrow.get(n).keep == pytest.approx(8 / obj.analysis.layer(n).out_channels, abs=1e-4)
-                         for n in inner)  # fmt: skip
-    assert all(narrow.get(n).keep == 1.0 for n in gone if n not in inner)  # coupled to the kept model: its keep
+    assert inner and all(back.get(n).keep == 1.0 for n in inner)
+    assert all(back.get(n).keep == 0.5 for n in gone if n not in inner)
     # Two blocks removed: the cheaper one comes back, the other stays removed.
     drop7 = {n: LayerPolicy(drop=True) for n in blocks["layers.7"]}
     two = Policy({**removed, **drop7}, base=full.base)
