@@ -277,15 +277,16 @@ class Objective:
     def _restore(self, policy: Policy, budget: float) -> Policy | None:
         """The policy with the cheapest removed block back whole, if that fits the budget."""
         from edgecompress.compressors import LayerPolicy
-        from edgecompress.compressors.depth import removed_blocks, removed_layers
+        from edgecompress.compressors.depth import removed_blocks
 
-        gone = removed_layers(policy, self.analysis)
-        if not gone or self.predict_ms(policy) > budget:
+        blocks = removed_blocks(policy, self.analysis)
+        if not blocks or self.predict_ms(policy) > budget:
             return None
+        gone = {name for members in blocks.values() for name in members}
         # A restored layer coupled to a kept one (a projection into the residual stream) takes that keep.
         group_keep = {s.group: policy.get(s.name).keep for s in self.analysis.layers if s.name not in gone}
         best: tuple[float, Policy] | None = None
-        for members in removed_blocks(policy, self.analysis).values():
+        for members in blocks.values():
             layers = dict(policy.layers)
             for name in members:
                 spec = self.analysis.layer(name)
