@@ -11,12 +11,14 @@ CONFIG ?= configs/default.yaml
 ifdef VIRTUAL_ENV
 PY := python
 VENV_DEP :=
+VENV_BIN :=
 else
 PY := $(VENV)/bin/python
 VENV_DEP := $(VENV)/bin/python
+VENV_BIN := $(VENV)/bin/
 endif
 
-.PHONY: demo test install install-test data lint typecheck pytest slow benchmarks
+.PHONY: demo test install install-test data lint imports typecheck pytest slow benchmarks
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,23 +47,29 @@ lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The layers contract in pyproject.toml: every module imports only from the layers below it.
+imports:
+	$(VENV_BIN)lint-imports
+
 typecheck:
 	$(PY) -m mypy
 
 pytest:
 	$(PY) -m pytest
 
-test: install-test data lint typecheck pytest
+test: install-test data lint imports typecheck pytest
 
 # Long runs (training to target accuracy, full searches); not part of `make test`.
 slow: install-test data
 	$(PY) -m pytest -m slow
 
+# Re-runs the recorded command of every file in benchmarks/results/ (each one listed in
+# benchmarks/README.md; `python3 benchmarks/reproduce.py --list` prints them; hours), then
+# regenerates benchmarks/README.md. `make benchmarks-readme` only regenerates the README.
 benchmarks: install data
-	$(PY) benchmarks/train_base_models.py
-	$(PY) benchmarks/compressors.py
-	$(PY) benchmarks/latency_models.py
-	$(PY) benchmarks/search_agents.py --models lenet5 --evals 60
-	$(PY) benchmarks/search_agents.py --models resnet20 --evals 40
-	$(PY) benchmarks/search_agents.py --models lenet5 --evals 24 --ray-throughput
-	$(PY) benchmarks/replay_export.py --models resnet20 mobilenetv2 --episodes 60 --finetune-epochs 1
+	$(PY) benchmarks/reproduce.py
+	$(PY) benchmarks/render_readme.py
+
+.PHONY: benchmarks-readme
+benchmarks-readme:
+	$(PYTHON) benchmarks/render_readme.py

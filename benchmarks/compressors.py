@@ -11,7 +11,7 @@
 3. Wall time of one compress() call on resnet20 and mobilenetv2 (median).
 
 Needs the base checkpoints (`python benchmarks/train_base_models.py`); writes
-benchmarks/results/compressors.json.
+benchmarks/results/compressors.json (``--quick``: compressors__quick.json).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 from edgecompress._progress import make_console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import result_path, write_result
 
 from edgecompress import LayerPolicy, Policy, compress, distill
 from edgecompress.analysis import analyze_model
-from edgecompress.checkpoint import load_checkpoint
+from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.compressors.constraints import bake
 from edgecompress.data import load_dataset
 from edgecompress.models import create_model
@@ -163,8 +163,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--compress-repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1+1 distillation epochs, fewer repeats (smoke run)")
-    parser.add_argument("--out", default="benchmarks/results/compressors.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/compressors[__quick].json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = result_path("compressors", "quick" if args.quick else "")
     if args.quick:
         args.prune_epochs, args.share_epochs, args.repeats, args.compress_repeats = 1, 1, 20, 2
     torch.set_num_threads(2)

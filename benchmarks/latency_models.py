@@ -14,7 +14,8 @@
    unchanged model, which is timed in the same round-robin rounds.
 
 Writes the profiles under edgecompress/latency_models/profiles/ and
-benchmarks/results/latency_models.json. Run it on an otherwise idle machine.
+benchmarks/results/latency_models__<profile>[-reuse-table].json (profile ``host`` at 2 threads,
+else ``host-Nthread``). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import result_path, write_result
 
 from edgecompress._progress import make_console
 from edgecompress.latency_models import calibrate, profiler
@@ -44,11 +45,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
-    parser.add_argument("--out", default=None, help="default: benchmarks/results/latency_models[_Nthread].json")
+    parser.add_argument(
+        "--out", default=None, help="default: benchmarks/results/latency_models__<profile>[-reuse-table].json"
+    )
     args = parser.parse_args()
     if args.out is None:
-        suffix = "" if args.threads == 2 else f"_{args.threads}thread"
-        args.out = f"benchmarks/results/latency_models{suffix}.json"
+        variant = "host" if args.threads == 2 else f"host-{args.threads}thread"
+        args.out = result_path("latency_models", f"{variant}-reuse-table" if args.reuse_table else variant)
     result: dict[str, Any] = {}
     console.print("[bold]1/2 device models[/]")
     devices = {}
@@ -109,12 +112,12 @@ def main() -> None:
     # How much this machine drifts: the same model measured repeatedly, a few seconds apart.
     import time
 
-    from edgecompress.latency_models.host import measure_onnx_ms
+    from edgecompress.latency_models.onnx import measure_ms
 
     base = create_model("resnet20").eval()
     drift = []
     for _ in range(8):
-        drift.append(measure_onnx_ms(base, (1, 1, 28, 28), threads=args.threads, repeats=300))
+        drift.append(measure_ms(base, (1, 1, 28, 28), threads=args.threads, repeats=300))
         time.sleep(2)
     result["machine_drift_resnet20_ms"] = drift
     console.print(

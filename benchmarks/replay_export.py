@@ -29,9 +29,9 @@ Per model, in one run:
    round; predicted (host table, 2 threads) vs measured speed-up.
 
 ``--measure-only`` re-exports and re-times an earlier run's models (search and
-replays reused), for a quiet machine. Writes benchmarks/results/replay_export.json
-(a run for some models keeps the other models' entries); run folders under
-benchmarks/runs/replay_export/.
+replays reused), for a quiet machine. Writes one file per model and setting,
+benchmarks/results/replay_export__<entry>-ep<finetune epochs>.json (``--out``: the whole
+run in one file); run folders under benchmarks/runs/replay_export/.
 """
 
 from __future__ import annotations
@@ -44,18 +44,20 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import result_path, write_result
 from rich.console import Console
 from rich.table import Table
 
 from edgecompress.analysis import analyze_model
-from edgecompress.checkpoint import load_checkpoint, load_compressed, save_compressed
+from edgecompress.artifacts.checkpoint import load_checkpoint
+from edgecompress.artifacts.compressed import load_compressed, save_compressed
+from edgecompress.artifacts.export import export_model
 from edgecompress.compressors import LayerPolicy, Policy
 from edgecompress.config import load_config
-from edgecompress.export import export_model
 from edgecompress.latency_models import estimate_latency, load_device
-from edgecompress.objective import policy_latency
-from edgecompress.replay import replay
+from edgecompress.search.objective import policy_latency
+from edgecompress.workflows.replay import replay
+from edgecompress.workflows.search import run_search
 
 CONFIGS = {
     "resnet20": "configs/resnet20-fmnist.yaml",
@@ -160,7 +162,6 @@ def bench(
     fill: bool = False,
     techniques: tuple[str, ...] = ("keep",),
 ) -> dict[str, Any]:
-    from edgecompress.agents.driver import run_ddpg_search
 
     folder = root / entry_name(model, budget_ratio, finetune_batches, latency, device, fill, techniques)
     if fresh and folder.exists() and not measure_only:
@@ -199,13 +200,15 @@ def bench(
         searched = json.loads((folder / "searched" / "report.json").read_text())
         baseline = json.loads((folder / "uniform" / "report.json").read_text())
     else:
-        search = run_ddpg_search(cfg, console, progress=False)
+        search = run_search(cfg, console, progress=False)
         searched = replay(
             best, folder / "searched", finetune_epochs=epochs, max_batches=max_batches, force=True, progress=False
         )
         policy = Policy.load(best)
         prunable = [s.name for s in analyze_model(base, spec.input_shape).layers if s.prunable]
-        uniform = Policy({name: LayerPolicy(keep=0.5) for name in prunable}, base=dict(policy.base))
+        uniform = Policy(
+            {name: LayerPolicy(keep=0.5) for name in prunable}, base=dict(policy.base), round_to=policy.round_to
+        )
         uniform_path = uniform.save(folder / "uniform_keep0.5.json")
         baseline = replay(
             uniform_path, folder / "uniform", finetune_epochs=epochs, max_batches=max_batches, force=True,
@@ -213,9 +216,7 @@ def bench(
         )  # fmt: skip
     assert policy is not None
     (folder / "original").mkdir(parents=True, exist_ok=True)
-    original_file = save_compressed(
-        folder / "original" / "model.pt", base, spec, Policy({}, base=dict(policy.base)), round_to=1
-    )
+    original_file = save_compressed(folder / "original" / "model.pt", base, spec, Policy({}, base=dict(policy.base)))
     measured = {
         "original": exports(original_file, folder / "original"),
         "searched": exports(folder / "searched" / "model.pt", folder / "searched"),
@@ -310,7 +311,9 @@ def main() -> None:
     parser.add_argument(
         "--techniques", default="keep", help="search.techniques, comma list (keep,drop: prune and remove blocks)"
     )
-    parser.add_argument("--out", default="benchmarks/results/replay_export.json")
+    parser.add_argument(
+        "--out", default=None, help="one file for the whole run (default: replay_export__<entry>-ep<N>.json each)"
+    )
     args = parser.parse_args()
     if not 0.0 < args.budget_ratio <= 1.0:
         parser.error(f"--budget-ratio must be in (0, 1], got {args.budget_ratio}")
@@ -348,10 +351,12 @@ def main() -> None:
                     f"{t['batch1_1thread'][key]['speedup']:.2f}x",
                 )  # fmt: skip
     console.print(table)
-    # Keep the other models' latest figures: a run for one model updates only its entry.
-    out = Path(args.out)
-    previous = json.loads(out.read_text()).get("results", {}) if out.exists() else {}
-    console.print(f"wrote {write_result(out, {'results': {**previous, **results}})}")
+    if args.out:
+        console.print(f"wrote {write_result(args.out, {'results': results})}")
+        return
+    for key, row in results.items():  # one file per entry; the epochs are those replayed (also --measure-only)
+        out = result_path("replay_export", f"{key}-ep{row['finetune_epochs']}")
+        console.print(f"wrote {write_result(out, {'results': {key: row}})}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ validation accuracy within budget per seed, its mean, the accuracy-latency
 hypervolume (``edgecompress.search.report``), evaluations per minute; plus
 the largest uniform keep ratio within budget. ``--ray-throughput`` times Ray
 Tune with 1 and 2 workers (trials per minute, Ray start-up included and
-excluded). Results: benchmarks/results/search_agents.json (merged per model).
+excluded). Results: one file per model and mode, benchmarks/results/search_agents__<model>.json
+(``__<model>-ray-throughput`` with ``--ray-throughput``; ``-<methods>`` appended where
+``--methods`` is not all four); ``--out`` writes every model of the run to one file instead.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import result_path, write_result
 from rich.console import Console
 
 from edgecompress.config import load_config
-from edgecompress.search.report import load_run, summarize
+from edgecompress.workflows.report import load_run, summarize
+from edgecompress.workflows.search import run_search
 
 CONFIGS = {"lenet5": "configs/default.yaml", "resnet20": "configs/resnet20-fmnist.yaml"}
 METHODS = {
@@ -66,14 +69,7 @@ def run_one(
         },
     )
     started = time.perf_counter()
-    if agent == "ddpg":
-        from edgecompress.agents.driver import run_ddpg_search
-
-        result = run_ddpg_search(cfg, console, progress=False)
-    else:
-        from edgecompress.search.optuna_driver import run_optuna_search
-
-        result = run_optuna_search(cfg, console, progress=False)
+    result = run_search(cfg, console, progress=False)
     minutes = (time.perf_counter() - started) / 60
     summary = summarize(load_run(out))
     return {
@@ -106,8 +102,6 @@ def time_split(runs: list[dict[str, Any]]) -> dict[str, float]:
 def ray_throughput(model: str, evals: int, val_samples: int, root: Path) -> dict[str, Any]:
     import ray
 
-    from edgecompress.search.ray_driver import run_ray_search
-
     rows = {}
     for workers in (1, 2):
         out = root / f"{model}-ray-w{workers}"
@@ -127,7 +121,7 @@ def ray_throughput(model: str, evals: int, val_samples: int, root: Path) -> dict
             },
         )
         started = time.perf_counter()
-        result = run_ray_search(cfg, console, progress=False)
+        result = run_search(cfg, console, progress=False)
         total = time.perf_counter() - started
         records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
         ray.shutdown()
@@ -156,13 +150,12 @@ def main() -> None:
     parser.add_argument("--root", default="benchmarks/runs/search_agents")
     parser.add_argument("--fresh", action="store_true", help="delete earlier run folders first (else they resume)")
     parser.add_argument("--ray-throughput", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/search_agents.json")
+    parser.add_argument("--out", default=None, help="one file for the whole run (default: one per model)")
     args = parser.parse_args()
     root = Path(args.root)
-    previous = json.loads(Path(args.out).read_text()).get("results", {}) if Path(args.out).exists() else {}
-    results: dict[str, Any] = dict(previous)
+    results: dict[str, Any] = {}
     for model in args.models:
-        row: dict[str, Any] = dict(results.get(model, {}))
+        row: dict[str, Any] = {}
         if args.ray_throughput:
             row["ray_throughput"] = ray_throughput(model, args.evals, args.val_samples, root)
             results[model] = row
@@ -193,7 +186,13 @@ def main() -> None:
             )
         results[model] = row
         console.print(f"{model} uniform within budget: {row['uniform_within_budget']}")
-    console.print(f"wrote {write_result(args.out, {'results': results})}")
+    if args.out:
+        console.print(f"wrote {write_result(args.out, {'results': results})}")
+        return
+    methods = "" if sorted(args.methods) == sorted(METHODS) else "-" + "+".join(args.methods)
+    for model, row in results.items():
+        variant = f"{model}-ray-throughput" if args.ray_throughput else f"{model}{methods}"
+        console.print(f"wrote {write_result(result_path('search_agents', variant), {'results': {model: row}})}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ actions, no fine-tuning: best validation accuracy within budget of
 - DDPG: ``episodes`` episodes (warm-up a third of them);
 - random: the same number of episodes with uniform random actions through the same env;
 - uniform: the largest single keep ratio whose policy meets the budget (bisection).
-Also episodes per minute. Writes benchmarks/results/search_ddpg.json.
+Also episodes per minute. Writes benchmarks/results/search_ddpg.json
+(search_ddpg__<models>.json for other ``--models``).
 """
 
 from __future__ import annotations
@@ -24,15 +25,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import result_path, write_result
 
 from edgecompress._progress import make_console
 from edgecompress.agents import AMCDDPG
-from edgecompress.checkpoint import load_checkpoint
+from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.compressors import Policy
 from edgecompress.data import load_dataset
 from edgecompress.envs import CompressionEnv
-from edgecompress.objective import Objective
+from edgecompress.search.objective import Objective
 
 console = make_console()
 SETUPS = {
@@ -67,12 +68,12 @@ def run_ddpg(env: CompressionEnv, episodes: int, seed: int) -> list[dict[str, An
 
 
 def uniform(env: CompressionEnv) -> dict[str, Any]:
-    obj, lo, hi = env.objective, env.keep_min, 1.0
+    obj, lo, hi = env.objective, env.space.keep_min, 1.0
     best = None
     for _ in range(12):
         mid = (lo + hi) / 2
         layers = {s.name: {"keep": round(mid, 4)} for s in env.layers if s.prunable}
-        policy = Policy.from_dict({"format": "edgecompress.policy", "version": 1, "layers": layers})
+        policy = Policy.from_dict({"format": "edgecompress.policy", "version": 2, "layers": layers, "round_to": 1})
         ev = obj(policy)
         if ev.latency_ms <= env.budget_ms:
             best, lo = {"keep": round(mid, 4), "accuracy": ev.accuracy, "latency_ms": ev.latency_ms}, mid
@@ -87,8 +88,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--val-samples", type=int, default=1000)
     parser.add_argument("--models", nargs="+", default=list(SETUPS))
-    parser.add_argument("--out", default="benchmarks/results/search_ddpg.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/search_ddpg[__<models>].json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = result_path("search_ddpg", "" if args.models == list(SETUPS) else "+".join(args.models))
     data = load_dataset("fashion-mnist")
     results: dict[str, Any] = {}
     for name in args.models:
@@ -99,8 +102,8 @@ def main() -> None:
             bests, rates = [], []
             for seed in args.seeds:
                 obj = Objective(model, data.val_subset(args.val_samples), "raspberry-pi-4",
-                                input_shape=spec.input_shape, round_to=1)  # fmt: skip
-                env = CompressionEnv(objective=obj, budget_ratio=ratio)
+                                input_shape=spec.input_shape)  # fmt: skip
+                env = CompressionEnv(objective=obj, budget_ratio=ratio, round_to=1)
                 t = time.perf_counter()
                 records = (
                     run_ddpg(env, args.episodes, seed) if method == "ddpg" else run_random(env, args.episodes, seed)

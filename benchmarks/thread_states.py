@@ -58,14 +58,14 @@ def main() -> None:
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
         sys.exit("needs at least 2 CPUs")
 
-    from edgecompress.checkpoint import load_checkpoint
+    from edgecompress.artifacts.checkpoint import load_checkpoint
     from edgecompress.compressors import Policy, compress
-    from edgecompress.latency_models.host import export_onnx_bytes
+    from edgecompress.latency_models.onnx import to_onnx
 
     base, spec = load_checkpoint(args.checkpoint)
     shape = spec.input_shape
-    pruned = compress(base, Policy.uniform(base, keep=0.2, exclude=["fc"]), input_shape=shape, round_to=8)[0]
-    models = {"original": export_onnx_bytes(base, shape), "keep 0.2": export_onnx_bytes(pruned, shape)}
+    pruned = compress(base, Policy.uniform(base, keep=0.2, exclude=["fc"], round_to=8), input_shape=shape)[0]
+    models = {"original": to_onnx(base, shape), "keep 0.2": to_onnx(pruned, shape)}
     x = np.zeros(shape, np.float32)
     result: dict[str, Any] = {"checkpoint": args.checkpoint, "repeats": args.repeats, "settings": {}}
     all_cpus = os.sched_getaffinity(0)

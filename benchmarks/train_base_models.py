@@ -2,8 +2,9 @@
 
     python benchmarks/train_base_models.py --configs configs/default.yaml configs/resnet20-fmnist.yaml
 
-Writes benchmarks/results/train_base_models.json and the checkpoints named in
-the configs (existing checkpoints are kept unless --retrain is given).
+Writes benchmarks/results/train_base_models__<models>.json (e.g. ``__lenet5+resnet20``
+for the default configs) and the checkpoints named in the configs (existing checkpoints
+are kept unless --retrain is given).
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import result_path, write_result
 
-from edgecompress.checkpoint import load_checkpoint
+from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.config import load_config
-from edgecompress.training import train_base_model
+from edgecompress.workflows.train import train_base_model
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["configs/default.yaml", "configs/resnet20-fmnist.yaml"])
     parser.add_argument("--retrain", action="store_true", help="train even where the checkpoint exists")
-    parser.add_argument("--out", default="benchmarks/results/train_base_models.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/train_base_models__<models>.json")
     args = parser.parse_args()
     rows = []
     for path in args.configs:
@@ -53,7 +54,8 @@ def main() -> None:
             r["model"], str(r["epochs"]), f"{r['test_acc']:.4f}", f"{r['train_seconds']:.0f}", r["checkpoint"]
         )
     Console().print(table)
-    print(f"wrote {write_result(args.out, {'results': rows})}")
+    out = args.out or result_path("train_base_models", "+".join(r["model"] for r in rows))
+    print(f"wrote {write_result(out, {'results': rows})}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,25 @@
 """edgecompress: hardware-aware AutoML model compression.
 
 Searches per-layer mixed compression policies (structured and unstructured
-pruning, quantization, weight sharing, low-rank factorisation, distillation)
-for a target device under a latency budget.
+pruning, block removal, quantization, weight sharing, low-rank factorisation,
+distillation) for a target device under a latency budget.
+
+The public names below load on first use (PEP 562), so ``import edgecompress``
+does not import torch: the CLI's ``--help`` and tools that only read policy
+files stay fast.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, compress, distill
-from edgecompress.models import create_model, list_models
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from edgecompress.version import __version__
+
+if TYPE_CHECKING:
+    from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, compress  # type: ignore[no-redef]
+    from edgecompress.models import create_model, list_models
+    from edgecompress.training import distill
 
 __all__ = [
     "CompressionReport",
@@ -20,3 +31,25 @@ __all__ = [
     "distill",
     "list_models",
 ]
+
+_LAZY = {
+    "CompressionReport": "edgecompress.compressors",
+    "LayerPolicy": "edgecompress.compressors",
+    "Policy": "edgecompress.compressors",
+    "compress": "edgecompress.compressors",
+    "create_model": "edgecompress.models",
+    "list_models": "edgecompress.models",
+    "distill": "edgecompress.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

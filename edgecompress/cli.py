@@ -59,9 +59,9 @@ def config_cmd(config: ConfigOpt = None) -> None:
     """Print the resolved config (the defaults when no file is given) as YAML."""
     import yaml
 
-    from edgecompress.config import load_config
+    from edgecompress.workflows.config import load_run_config
 
-    print(yaml.safe_dump(load_config(config).model_dump(mode="json"), sort_keys=False), end="")
+    print(yaml.safe_dump(load_run_config(config).model_dump(mode="json"), sort_keys=False), end="")
 
 
 @app.command("train")
@@ -83,12 +83,12 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train a base model and save a checkpoint (state_dict + JSON model spec)."""
-    from edgecompress.config import load_config
-    from edgecompress.training import train_base_model
+    from edgecompress.workflows.config import load_run_config
+    from edgecompress.workflows.train import train_base_model
 
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to replace it, or choose another --out")
-    cfg = load_config(
+    cfg = load_run_config(
         config,
         {"model.name": model, "data.dataset": dataset, "data.data_dir": data_dir, "train.epochs": epochs,
          "train.seed": seed, "train.batch_size": batch_size, "train.lr": lr, "train.augment": augment},
@@ -106,7 +106,7 @@ def train_cmd(
 def _load_for_analysis(
     model: str | None, checkpoint: Path | None, in_channels: int, input_size: int, num_classes: int
 ) -> tuple[Any, tuple[int, ...], str]:
-    from edgecompress.checkpoint import load_checkpoint
+    from edgecompress.artifacts.checkpoint import load_checkpoint
     from edgecompress.models import create_model
 
     if checkpoint is not None:
@@ -157,7 +157,7 @@ def _analyze_policy(
     pol = Policy.load(policy_path, net)
     calibration = None
     if any(lp.abits == 8 for lp in pol.layers.values()):
-        from edgecompress.checkpoint import load_checkpoint
+        from edgecompress.artifacts.checkpoint import load_checkpoint
         from edgecompress.data import batches, load_dataset
 
         name = dataset or (load_checkpoint(checkpoint)[1].dataset if checkpoint else None)
@@ -252,7 +252,7 @@ def run_cmd(
     data_dir: Annotated[str | None, typer.Option(help="Folder to look for the dataset in first.")] = None,
 ) -> None:
     """The main job on a config: base model (trained if its checkpoint is missing), analysis, summary."""
-    from edgecompress.pipeline import run_pipeline
+    from edgecompress.workflows.run import run_pipeline
 
     run_pipeline(config, {"out": out, "data.data_dir": data_dir}, console=console)
 
@@ -541,12 +541,10 @@ def latency_validate(
 
 
 def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # a Figure of its own: no pyplot state, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(results), 4.5))
+    axes = fig.subplots(1, len(results), squeeze=False)
     for ax, (label, r) in zip(axes[0], results.items(), strict=True):
         ax.scatter(r["measured"], r["predicted"], s=3, alpha=0.4)
         hi = max(max(r["measured"]), max(r["predicted"]))
@@ -557,13 +555,12 @@ def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 @app.command("search")
 def search_cmd(
     out: Annotated[str | None, typer.Option(help="Run folder (re-running on it resumes).")] = None,
-    agent: Annotated[str | None, typer.Option(help="Search driver: ddpg (default), optuna or ray.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Search driver: ddpg (default), optuna, ray or random.")] = None,
     config: ConfigOpt = None,
     model: Annotated[str | None, typer.Option()] = None,
     checkpoint: Annotated[str | None, typer.Option()] = None,
@@ -583,7 +580,8 @@ def search_cmd(
     data_dir: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Search per-layer compression policies under a latency budget (AMC's DDPG, Optuna or Ray Tune)."""
-    from edgecompress.config import load_config, write_resolved_config
+    from edgecompress.workflows.config import load_run_config
+    from edgecompress.workflows.search import run_search
 
     if episodes is not None and trials is not None and episodes != trials:
         raise ConfigError(f"--episodes {episodes} and --trials {trials} disagree; give one")
@@ -595,23 +593,11 @@ def search_cmd(
         "search.sampler": sampler, "search.storage": storage, "search.workers": workers,
         "search.ray_address": ray_address,
     }  # fmt: skip
-    cfg = load_config(config, overrides)
-    write_resolved_config(cfg, cfg.out)
-    if cfg.search.agent == "ddpg":
-        from edgecompress.agents.driver import run_ddpg_search
-
-        result = run_ddpg_search(cfg, console)
-        unit = "episodes"
-    elif cfg.search.agent == "optuna":
-        from edgecompress.search.optuna_driver import run_optuna_search
-
-        result = run_optuna_search(cfg, console)
-        unit = "trials"
-    else:
-        from edgecompress.search.ray_driver import run_ray_search
-
-        result = run_ray_search(cfg, console)
-        unit = "trials"
+    cfg = load_run_config(config, overrides)
+    result = run_search(cfg, console)
+    unit = (
+        "episodes" if cfg.search.agent == "ddpg" else "trials" if cfg.search.agent in ("optuna", "ray") else "policies"
+    )
     best = result["best"]
     console.print(
         f"{result['episodes']} {unit} in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
@@ -637,7 +623,7 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(help="Where report.json and pareto.png go (default: first run).")] = None,
 ) -> None:
     """Best policies under the budget, the Pareto front and pareto.png, across search runs."""
-    from edgecompress.search.report import write_report
+    from edgecompress.workflows.report import write_report
 
     r = write_report(list(runs), out)
     table = Table(title="best policy within budget per run (validation accuracy; predicted latency)")
@@ -711,7 +697,7 @@ def replay_cmd(
     force: Annotated[bool, typer.Option(help="Replace a replay already in --out.")] = False,
 ) -> None:
     """Rebuild a found policy, fine-tune it (distillation by default), evaluate and report."""
-    from edgecompress.replay import replay
+    from edgecompress.workflows.replay import replay
 
     r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
                augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force,
@@ -733,9 +719,12 @@ def export_cmd(
     data_dir: Annotated[str | None, typer.Option()] = None,
     val_size: Annotated[int, typer.Option(min=1, help="Training images held out (as in the search).")] = 5000,
     force: Annotated[bool, typer.Option()] = False,
+    exporter: Annotated[
+        str, typer.Option(help="ONNX exporter: torchscript (default, what latency is measured with) or dynamo.")
+    ] = "torchscript",
 ) -> None:
     """Export a replayed model as ONNX (fp32, fp16, mixed int8), TorchScript or the packed archive; verified."""
-    from edgecompress.export import export_model
+    from edgecompress.artifacts.export import export_model
 
     r = export_model(
         model,
@@ -748,6 +737,7 @@ def export_cmd(
         verify_samples=verify_samples,
         force=force,
         val_size=val_size,
+        exporter=exporter,
     )
     if json_out:
         print(json.dumps(r, indent=2))

@@ -11,6 +11,8 @@ folder (:func:`write_resolved_config`) so a run folder describes itself.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ __all__ = [
     "RunConfig",
     "SearchConfig",
     "TrainConfig",
+    "is_host",
     "load_config",
     "write_resolved_config",
 ]
@@ -82,7 +85,8 @@ def _default_techniques() -> list[Technique]:
 
 
 class SearchConfig(_Section):
-    agent: Literal["ddpg", "optuna", "ray"] = "ddpg"
+    agent: Literal["ddpg", "optuna", "ray", "random"] = "ddpg"
+    """Search driver (``edgecompress.drivers``): AMC's DDPG, Optuna, Ray Tune, or uniform random policies."""
     episodes: int = Field(30, ge=1)
     """Policies scored (episodes for ddpg, trials for optuna and ray; ``--trials`` sets it too)."""
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
@@ -156,6 +160,12 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _shown(value: Any, limit: int = 200) -> str:
+    """A bad value as an error message shows it: its repr, cut at ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _explain(exc: ValidationError, source: str) -> ConfigError:
     lines = []
     for err in exc.errors():
@@ -165,13 +175,31 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
             lines.append(
                 f"unknown key {key!r}.{did_you_mean(str(err['loc'][-1]), valid)} Valid keys here: {', '.join(valid)}"
             )
+        elif err["type"] == "literal_error":
+            expected = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            hint = did_you_mean(str(err.get("input")), expected)
+            lines.append(f"{key} = {_shown(err.get('input'))}: {err['msg']}.{hint}")
         else:
-            lines.append(f"{key} = {err.get('input')!r}: {err['msg']}")
+            lines.append(f"{key} = {_shown(err.get('input'))}: {err['msg']}")
     return ConfigError(f"invalid config ({source}):\n  " + "\n  ".join(lines))
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read ``path`` (YAML; None for the defaults), apply dotted ``overrides`` whose value is not None."""
+def is_host(device: str) -> bool:
+    """A table profiled on this machine: ``host`` (2 threads) or ``host-Nthread``."""
+    return device == "host" or (device.startswith("host-") and device.endswith("thread"))
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    known_devices: Iterable[str] | None = None,
+) -> RunConfig:
+    """Read ``path`` (YAML; None for the defaults), apply dotted ``overrides`` whose value is not None.
+
+    ``known_devices``: the device profile names ``device`` must be one of
+    (``edgecompress.workflows.load_run_config`` passes the installed ones).
+    """
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -196,16 +224,13 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str,
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise _explain(exc, source) from None
-    from edgecompress.latency_models.devices import list_devices
-
-    known = list_devices()
-    if config.device not in known:
-        raise ConfigError(
-            f"invalid config ({source}):\n  device = {config.device!r}: unknown device."
-            f"{did_you_mean(config.device, known)} Valid devices: {', '.join(known)}"
-        )
-    from edgecompress.objective import is_host
-
+    if known_devices is not None:
+        known = list(known_devices)
+        if config.device not in known:
+            raise ConfigError(
+                f"invalid config ({source}):\n  device = {config.device!r}: unknown device."
+                f"{did_you_mean(config.device, known)} Valid devices: {', '.join(known)}"
+            )
     if config.search.latency == "measured" and not is_host(config.device):
         raise ConfigError(
             f"invalid config ({source}):\n  search.latency = 'measured' times policies on this machine, but "

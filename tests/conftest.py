@@ -5,9 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from edgecompress.analysis import analyze_model
 from edgecompress.data import DataBundle, load_dataset
 from edgecompress.errors import DataError
+from edgecompress.models import create_model
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -76,3 +79,27 @@ def _train_tiny(folder: Path, model_name: str, epochs: int):  # type: ignore[no-
 def train_tiny():  # type: ignore[no-untyped-def]
     """``train_tiny(folder, model_name, epochs)``: the shared recipe for small trained test models."""
     return _train_tiny
+
+
+SHAPE = (1, 1, 28, 28)
+"""The input shape of the small-model fixtures below (module-scoped: do not modify their models)."""
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    # Non-trivial BatchNorm statistics so pruned-vs-unpruned outputs are meaningful.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, *SHAPE[1:]))
+    model.eval()
+    return model, analyze_model(model, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def lenet5():
+    torch.manual_seed(0)
+    model = create_model("lenet5").eval()
+    return model, analyze_model(model, SHAPE)

@@ -6,7 +6,10 @@ import pytest
 
 import edgecompress
 
-SUBPACKAGES = ["envs", "agents", "compressors", "search", "latency_models", "models"]
+SUBPACKAGES = [
+    "envs", "agents", "compressors", "search", "latency_models", "models", "training", "artifacts", "drivers",
+    "workflows",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SUBPACKAGES)
@@ -16,7 +19,7 @@ def test_subpackages_document_their_role(name: str) -> None:
 
 
 def test_top_level_api() -> None:
-    assert edgecompress.__version__ == "0.1.0"
+    assert edgecompress.__version__ == "0.2.0"
     assert "lenet5" in edgecompress.list_models()
     assert set(edgecompress.__all__) >= {"create_model", "list_models"}
 

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn as nn
 
 from edgecompress.analysis import ModelAnalysis
-from edgecompress.compressors.policy import Policy
+from edgecompress.compressors.policy import LayerPolicy, Policy
 
-__all__ = ["TECHNIQUES", "CompressionContext", "Skip", "Technique", "register_technique", "weight_modules"]
+__all__ = [
+    "KNOBS",
+    "TECHNIQUES",
+    "CompressionContext",
+    "Knob",
+    "Skip",
+    "Technique",
+    "register_knob",
+    "register_technique",
+    "weight_modules",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,65 @@ def register_technique(cls: Callable[[], Technique]) -> Callable[[], Technique]:
     inst = cls()
     TECHNIQUES[inst.name] = inst
     return cls
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One policy field a search may set, declared next to the technique that applies it.
+
+    The search space (``edgecompress.search.space``) reads every driver's
+    parameters from these, so a new technique's range is written once, here.
+
+    kind ``float``: a value in [low, high] (rounded to 4 decimals); the RL
+    environment maps its action in [-1, 1] linearly onto the range.
+    kind ``choice``: one of ``choices``; the environment bins [-1, 1] into
+    ``len(choices)`` equal parts. kind ``bool``: the environment's action > 0.
+    scope ``layer``: one value per layer; ``group``: one per coupled channel
+    group, prunable layers only (``keep``); ``block``: one per removable
+    residual block (``drop``). ``movable`` names the end a user may move
+    (``keep_min``, ``rank_min``, ``sparsity_max``). ``exclusive``: a layer
+    taking a non-identity value gets no other field (a removed layer).
+    """
+
+    field: str
+    technique: str
+    kind: Literal["float", "choice", "bool"]
+    low: float = 0.0
+    high: float = 1.0
+    choices: tuple[int, ...] = ()
+    scope: Literal["layer", "group", "block"] = "layer"
+    movable: Literal["low", "high", ""] = ""
+    exclusive: bool = False
+    help: str = ""
+
+    @property
+    def identity(self) -> Any:
+        """The value that leaves a layer unchanged (LayerPolicy's default)."""
+        return getattr(LayerPolicy(), self.field)
+
+    @property
+    def strongest(self) -> Any:
+        """The value that compresses most (the floor a budget is checked against)."""
+        if self.kind == "bool":
+            return True
+        if self.kind == "float":
+            return self.high if self.movable == "high" else self.low
+        return self.identity
+
+
+KNOBS: dict[str, Knob] = {}
+"""Policy field -> its knob, for every registered technique."""
+
+
+def register_knob(knob: Knob) -> Knob:
+    """Declare a searchable policy field; KNOBS stays in LayerPolicy's field order, whatever the import order."""
+    if knob.field not in LayerPolicy.__dataclass_fields__:
+        raise ValueError(f"knob {knob.field!r} is not a LayerPolicy field")
+    KNOBS[knob.field] = knob
+    order = list(LayerPolicy.__dataclass_fields__)
+    for name in sorted(KNOBS, key=order.index):
+        KNOBS[name] = KNOBS.pop(name)
+    return knob
 
 
 def weight_modules(model: nn.Module, name: str) -> list[tuple[str, nn.Module]]:

@@ -9,6 +9,12 @@ encode the final values; block removal first because every later step
 skips the layers it removed. The input model is never modified (a deep copy is
 compressed) and the same inputs give bit-identical outputs: every step is
 deterministic (stable sorts, linear k-means initialisation, no sampling).
+
+Everything that decides the model's structure comes from the policy (its
+``round_to`` included), so ``compress(model, policy)`` has no structural
+argument to get wrong. A policy that records what was applied (``applied``)
+is checked against what this call produced, and its recorded 8-bit
+activation ranges are used when no calibration data is given.
 """
 
 from __future__ import annotations
@@ -21,15 +27,15 @@ import torch
 import torch.nn as nn
 
 # Importing the technique modules registers them.
-import edgecompress.compressors.depth
 import edgecompress.compressors.lowrank
-import edgecompress.compressors.quantization
 import edgecompress.compressors.sharing
 import edgecompress.compressors.structured
 import edgecompress.compressors.unstructured  # noqa: F401
 from edgecompress.analysis import ModelAnalysis, analyze_model, measure_layers
 from edgecompress.compressors.base import TECHNIQUES, CompressionContext, weight_modules
+from edgecompress.compressors.depth import removed_layers
 from edgecompress.compressors.policy import Policy
+from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.compressors.report import CompressionReport, LayerReport, module_storage
 from edgecompress.errors import PolicyError
 
@@ -62,17 +68,18 @@ def compress(
     input_shape: tuple[int, ...] | None = None,
     analysis: ModelAnalysis | None = None,
     importance: str = "l1",
-    round_to: int = 1,
     unstructured: str = "magnitude",
-    calibration_batches: int = 4,
+    calibration_batches: int = CALIBRATION_BATCHES,
 ) -> tuple[nn.Module, CompressionReport]:
     """Apply ``policy`` to a copy of ``model``; return the compressed copy (eval mode) and its report.
 
     ``input_shape`` defaults to the policy's ``base["input_shape"]``; pass the
     base model's ``analysis`` to skip recomputing it (searches call this often).
+    Kept channels and ranks round up to ``policy.round_to``.
     ``calibration_data`` (input batches or (input, target) pairs; the first
-    ``calibration_batches`` are used) is required when a layer asks for 8-bit
-    activations.
+    ``calibration_batches`` are used) calibrates the layers asking for 8-bit
+    activations; without it, the ranges ``policy.applied`` records are used,
+    and a layer with neither is an error.
     """
     if input_shape is None:
         if analysis is not None:
@@ -84,21 +91,34 @@ def compress(
     if analysis is None:
         analysis = analyze_model(model, input_shape)
     policy.check_layers([s.name for s in analysis.layers])
-    if round_to < 1:
-        raise PolicyError(f"round_to must be >= 1, got {round_to}")
     new = copy.deepcopy(model).eval()
     ctx = CompressionContext(
         model=new,
         policy=policy,
         analysis=analysis,
         calibration=_calibration_batches(calibration_data, calibration_batches),
-        options={"importance": importance, "round_to": round_to, "unstructured": unstructured},
+        options={"importance": importance, "round_to": policy.round_to, "unstructured": unstructured},
     )
     # No torch.no_grad() here: torch-pruning traces the graph with autograd. Techniques detach themselves.
     for name in ORDER:
         TECHNIQUES[name].apply(ctx)
     new.eval()
-    return new, _report(ctx, model)
+    report = _report(ctx, model)
+    _check_recorded(policy, report)
+    return new, report
+
+
+def _check_recorded(policy: Policy, report: CompressionReport) -> None:
+    """Refuse to return a model other than the one the policy records having been applied."""
+    got = report.applied()
+    for layer, record in policy.applied.items():
+        for key in ("channels", "rank"):
+            if key in record and got.get(layer, {}).get(key) != record[key]:
+                raise PolicyError(
+                    f"policy records layer {layer!r} with {key} {record[key]}, but compressing with it gives "
+                    f"{got.get(layer, {}).get(key, 'the layer unchanged')} (round_to {policy.round_to}); the policy "
+                    "was edited or made by another version. Delete its 'applied' section to accept the new model."
+                )
 
 
 def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
@@ -111,7 +131,7 @@ def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
         names = [n for n, _ in mods]
         recs = [after[n] for n in names if n in after]
         stored = huff = params = nonzero = 0
-        encodings = []
+        encodings: list[str] = []
         for _, m in mods:
             sizes, p, nz = module_storage(m)
             stored += sizes.stored_bytes
@@ -175,7 +195,5 @@ def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: 
 
 def report_for(model: nn.Module, base: nn.Module, policy: Policy, analysis: ModelAnalysis) -> CompressionReport:
     """The size/MACs report of an already compressed ``model`` (e.g. after fine-tuning changed its values)."""
-    from edgecompress.compressors.depth import removed_layers
-
     ctx = CompressionContext(model=model, policy=policy, analysis=analysis, removed=removed_layers(policy, analysis))
     return _report(ctx, base)

@@ -9,6 +9,7 @@ pass by the straight-through estimator).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -210,7 +211,6 @@ def float_view(model: nn.Module) -> nn.Module:
     What a float runtime executes; used to count operators and time layers
     without the fake-quantization arithmetic, which no deployment runs.
     """
-    import copy
 
     view = bake(copy.deepcopy(model))
     for module in view.modules():

@@ -18,7 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from edgecompress.analysis import ModelAnalysis
-from edgecompress.compressors.base import CompressionContext, register_technique
+from edgecompress.compressors.base import CompressionContext, Knob, register_knob, register_technique
 from edgecompress.errors import PolicyError
 
 
@@ -39,6 +39,18 @@ def removed_blocks(policy: Any, analysis: ModelAnalysis) -> dict[str, list[str]]
 def removed_layers(policy: Any, analysis: ModelAnalysis) -> set[str]:
     """Every layer of the blocks the policy removes."""
     return {name for names in removed_blocks(policy, analysis).values() for name in names}
+
+
+DROP = register_knob(
+    Knob(
+        "drop",
+        "depth",
+        "bool",
+        scope="block",
+        exclusive=True,
+        help="remove the residual block (it becomes its identity shortcut)",
+    )
+)
 
 
 @register_technique

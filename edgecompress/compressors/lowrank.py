@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edgecompress.compressors.base import CompressionContext, layers_asking, register_technique
+from edgecompress.compressors.base import CompressionContext, Knob, layers_asking, register_knob, register_technique
 from edgecompress.compressors.constraints import effective_weight
 
 
@@ -61,6 +61,19 @@ def factorise(module: nn.Module, rank_ratio: float, round_to: int = 1) -> tuple[
         if bias is not None and second.bias is not None:
             second.bias.copy_(bias.detach())
     return LowRank(first, second), r, full, rel_error
+
+
+RANK = register_knob(
+    Knob(
+        "rank",
+        "lowrank",
+        "float",
+        low=0.2,
+        high=1.0,
+        movable="low",
+        help="kept rank as a fraction of the full rank (SVD)",
+    )
+)
 
 
 @register_technique

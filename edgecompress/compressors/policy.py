@@ -4,6 +4,19 @@ A policy is data, not code: it round-trips through JSON (``Policy.save`` /
 ``Policy.load``), names the base model it was made for, and is validated on
 load. Every field's default means "unchanged", so a layer missing from a
 policy is left as it is.
+
+A policy carries everything ``compress(model, policy)`` needs to rebuild one
+model exactly, with no other argument: the ratios asked (``layers``), the
+rounding in force (``round_to``: kept channels and ranks round up to a
+multiple of it) and, once a policy has been applied, what was applied
+(``applied``: per layer the channels kept, the rank kept, the calibrated
+8-bit activation range). ``compress`` checks the counts it gets against
+``applied`` and restores the recorded activation ranges, so a policy found
+by any search replays to the model that search scored, or fails loudly.
+
+Schema history: version 1 kept ``round_to`` in ``base`` (where ``compress``
+ignored it); version 2 (edgecompress 0.2) has ``round_to`` and ``applied``.
+Version 1 files load, their ``base.round_to`` becoming ``round_to``.
 """
 
 from __future__ import annotations
@@ -17,11 +30,14 @@ from typing import Any
 import torch.nn as nn
 
 from edgecompress._io import read_json, write_json_atomic
+from edgecompress.analysis import compressible_layers
 from edgecompress.errors import PolicyError, did_you_mean
 
 __all__ = ["ABITS", "POLICY_SCHEMA_VERSION", "WBITS", "LayerPolicy", "Policy"]
 
-POLICY_SCHEMA_VERSION = 1
+POLICY_SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+APPLIED_FIELDS = {"channels": "kept output channels", "rank": "kept rank", "act_range": "[min, max] of 8-bit input"}
 WBITS = (32, 16, 8, 6, 4, 2)
 ABITS = (32, 16, 8)
 
@@ -116,18 +132,37 @@ class Policy:
 
     ``base`` identifies that model (``model`` name, ``input_shape``,
     ``num_classes``, optionally ``checkpoint``); ``meta`` carries scores and
-    provenance written by searches (free-form JSON).
+    provenance written by searches (free-form JSON). ``round_to`` is the
+    rounding of kept channels and ranks (1: exactly as asked; searches use
+    their ``search.round_to``); ``applied`` records what compressing with
+    this policy produced (see the module docstring).
     """
 
     layers: dict[str, LayerPolicy]
     base: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     version: int = POLICY_SCHEMA_VERSION
+    round_to: int = 1
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, lp in self.layers.items():
             if not isinstance(lp, LayerPolicy):
                 raise PolicyError(f"layer {name!r}: expected a LayerPolicy, got {type(lp).__name__}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise PolicyError(f"round_to = {self.round_to!r} is invalid; valid: an integer >= 1")
+        self.applied = _check_applied(self.applied)
+
+    def replace(self, **changes: Any) -> Policy:
+        """A copy with ``changes`` (any field); ``applied`` is dropped unless given, since it described the old one."""
+        return Policy(
+            changes.get("layers", dict(self.layers)),
+            changes.get("base", dict(self.base)),
+            changes.get("meta", dict(self.meta)),
+            changes.get("version", self.version),
+            changes.get("round_to", self.round_to),
+            changes.get("applied", {}),
+        )
 
     def get(self, name: str) -> LayerPolicy:
         return self.layers.get(name, LayerPolicy())
@@ -139,20 +174,23 @@ class Policy:
         *,
         base: dict[str, Any] | None = None,
         exclude: Iterable[str] = (),
+        round_to: int = 1,
         **fields_: Any,
     ) -> Policy:
         """The same choice on every compressible layer (conv and linear) of ``model``."""
-        from edgecompress.analysis import compressible_layers
-
         names = list(compressible_layers(model)) if isinstance(model, nn.Module) else list(model)
         lp = LayerPolicy.from_dict(fields_, "<uniform>")
         skip = set(exclude)
-        return cls({n: lp for n in names if n not in skip}, base=dict(base or {}))
+        return cls({n: lp for n in names if n not in skip}, base=dict(base or {}), round_to=round_to)
 
     def with_layer(self, name: str, **changes: Any) -> Policy:
         layers = dict(self.layers)
         layers[name] = replace(self.get(name), **changes)
-        return Policy(layers, dict(self.base), dict(self.meta), self.version)
+        return self.replace(layers=layers)
+
+    def with_applied(self, applied: Mapping[str, Mapping[str, Any]]) -> Policy:
+        """This policy recording ``applied`` (``CompressionReport.applied()`` of compressing with it)."""
+        return self.replace(applied={k: dict(v) for k, v in applied.items()})
 
     def check_layers(self, valid: Iterable[str]) -> None:
         """Raise for a layer name the model does not have, with a suggestion."""
@@ -167,9 +205,11 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "edgecompress.policy",
-            "version": self.version,
+            "version": POLICY_SCHEMA_VERSION,
+            "round_to": self.round_to,
             "base": self.base,
             "layers": {name: lp.to_dict() for name, lp in self.layers.items()},
+            "applied": self.applied,
             "meta": self.meta,
         }
 
@@ -177,16 +217,27 @@ class Policy:
     def from_dict(cls, data: Mapping[str, Any], source: str = "policy") -> Policy:
         if not isinstance(data, Mapping) or data.get("format") != "edgecompress.policy":
             raise PolicyError(f"{source} is not an edgecompress policy (no 'format: edgecompress.policy')")
-        if data.get("version") != POLICY_SCHEMA_VERSION:
+        version = data.get("version")
+        if version not in READABLE_VERSIONS:
             raise PolicyError(
-                f"{source} has policy schema version {data.get('version')!r}; this edgecompress reads "
-                f"version {POLICY_SCHEMA_VERSION}"
+                f"{source} has policy schema version {version!r}; this edgecompress reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         layers = data.get("layers", {})
         if not isinstance(layers, Mapping):
             raise PolicyError(f"{source}: 'layers' must be a mapping of layer name to fields")
+        unknown = set(data) - {"format", "version", "round_to", "base", "layers", "applied", "meta"}
+        if unknown:
+            raise PolicyError(f"{source}: unknown top-level keys {sorted(unknown)}")
         parsed = {str(name): LayerPolicy.from_dict(lp, str(name)) for name, lp in layers.items()}
-        return cls(parsed, dict(data.get("base") or {}), dict(data.get("meta") or {}), POLICY_SCHEMA_VERSION)
+        base = dict(data.get("base") or {})
+        # Version 1 kept the rounding in base (where compress() ignored it); it is the rounding the search used.
+        round_to = base.pop("round_to", 1) if version == 1 else data.get("round_to", 1)
+        try:
+            return cls(parsed, base, dict(data.get("meta") or {}), POLICY_SCHEMA_VERSION, round_to,
+                       dict(data.get("applied") or {}))  # fmt: skip
+        except PolicyError as exc:
+            raise PolicyError(f"{source}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_json_atomic(path, self.to_dict())
@@ -197,10 +248,34 @@ class Policy:
         data = read_json(path, "policy file", PolicyError)
         policy = cls.from_dict(data, str(path))
         if model is not None:
-            from edgecompress.analysis import compressible_layers
-
             policy.check_layers(compressible_layers(model))
         return policy
 
     def summary(self) -> dict[str, Any]:
         return {name: asdict(lp) for name, lp in self.layers.items()}
+
+
+def _check_applied(applied: Any) -> dict[str, dict[str, Any]]:
+    """Validate an ``applied`` section: layer -> {channels: int, rank: int, act_range: [min, max]}."""
+    if not isinstance(applied, Mapping):
+        raise PolicyError(f"'applied' must map layer names to records, got {type(applied).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for layer, record in applied.items():
+        if not isinstance(record, Mapping):
+            raise PolicyError(f"applied[{layer!r}] must be a mapping, got {type(record).__name__}")
+        for key, value in record.items():
+            if key not in APPLIED_FIELDS:
+                raise PolicyError(
+                    f"applied[{layer!r}]: unknown field {key!r}.{did_you_mean(str(key), APPLIED_FIELDS)} "
+                    f"Valid fields: {', '.join(f'{k} ({v})' for k, v in APPLIED_FIELDS.items())}"
+                )
+            if key == "act_range":
+                ok = (isinstance(value, (list, tuple)) and len(value) == 2
+                      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                      and value[0] <= value[1])  # fmt: skip
+                if not ok:
+                    raise PolicyError(f"applied[{layer!r}].act_range = {value!r} is invalid; valid: [min, max]")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PolicyError(f"applied[{layer!r}].{key} = {value!r} is invalid; valid: an integer >= 1")
+        out[str(layer)] = dict(record)
+    return out

@@ -13,8 +13,36 @@ from __future__ import annotations
 import torch
 
 from edgecompress.compressors import constraints
-from edgecompress.compressors.base import CompressionContext, layers_asking, register_technique, weight_modules
+from edgecompress.compressors.base import (
+    CompressionContext,
+    Knob,
+    layers_asking,
+    register_knob,
+    register_technique,
+    weight_modules,
+)
 from edgecompress.errors import PolicyError
+
+__all__ = ["CALIBRATION_BATCHES", "Quantization"]
+
+CALIBRATION_BATCHES = 4
+"""Input batches 8-bit activation ranges are calibrated on (min/max), wherever a policy is applied."""
+
+
+WBITS = register_knob(
+    Knob(
+        "wbits", "quantization", "choice", choices=(2, 4, 6, 8, 16, 32), help="weight bits (16 = fp16, 32 = unchanged)"
+    )
+)
+ABITS = register_knob(
+    Knob(
+        "abits",
+        "quantization",
+        "choice",
+        choices=(8, 16, 32),
+        help="input activation bits (8 calibrated, 16 = fp16, 32 = unchanged)",
+    )
+)
 
 
 @register_technique
@@ -36,21 +64,31 @@ class Quantization:
             first = weight_modules(ctx.model, name)[0][1]  # the factor that consumes the layer's input
             quantizers.append(constraints.attach_input_quantizer(first, bits))
             ctx.record(name, "aquant", abits=bits)
-        to_calibrate = [q for q in quantizers if q.bits == 8]
+        to_calibrate = {n: q for n, q in zip(act, quantizers, strict=True) if q.bits == 8}
         if not to_calibrate:
             return
         if not ctx.calibration:
-            raise PolicyError(
-                f"layers {', '.join(n for n in act if ctx.policy.get(n).abits == 8)} ask for 8-bit activations: "
-                "pass calibration_data (a few input batches) to compress()"
-            )
-        was_training = ctx.model.training
-        ctx.model.eval()
-        for q in to_calibrate:
-            q.observing = True
-        with torch.no_grad():
-            for x in ctx.calibration:
-                ctx.model(x)
-        for q in to_calibrate:
-            q.observing = False
-        ctx.model.train(was_training)
+            recorded = {n: ctx.policy.applied.get(n, {}).get("act_range") for n in to_calibrate}
+            missing = [n for n, r in recorded.items() if r is None]
+            if missing:
+                raise PolicyError(
+                    f"layers {', '.join(missing)} ask for 8-bit activations and the policy records no calibrated "
+                    "range for them: pass calibration_data (a few input batches) to compress()"
+                )
+            for name, q in to_calibrate.items():
+                lo, hi = recorded[name]  # type: ignore[misc]
+                q.min_val.fill_(lo)
+                q.max_val.fill_(hi)
+        else:
+            was_training = ctx.model.training
+            ctx.model.eval()
+            for q in to_calibrate.values():
+                q.observing = True
+            with torch.no_grad():
+                for x in ctx.calibration:
+                    ctx.model(x)
+            for q in to_calibrate.values():
+                q.observing = False
+            ctx.model.train(was_training)
+        for name, q in to_calibrate.items():
+            ctx.record(name, "aquant", abits=8, act_range=[float(q.min_val), float(q.max_val)])

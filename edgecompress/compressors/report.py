@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress.compressors import constraints
 from edgecompress.compressors.base import Skip
 
 __all__ = ["CompressionReport", "LayerReport", "SizeBreakdown", "huffman_bits", "tensor_storage"]
@@ -218,6 +219,22 @@ class CompressionReport:
             "huffman": t["dense_bytes_before"] / max(t["huffman_bytes_after"], 1),
         }
 
+    def applied(self) -> dict[str, dict[str, Any]]:
+        """What was applied, per layer, as a policy records it: channels kept (pruned layers), rank kept
+        (factorised layers), the calibrated input range (8-bit activations)."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.layers:
+            record: dict[str, Any] = {}
+            if "structured" in r.applied:
+                record["channels"] = r.out_channels_after
+            if "lowrank" in r.applied:
+                record["rank"] = r.applied["lowrank"]["rank"]
+            if "act_range" in r.applied.get("aquant", {}):
+                record["act_range"] = list(r.applied["aquant"]["act_range"])
+            if record:
+                out[r.name] = record
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layers": [asdict(r) for r in self.layers],
@@ -232,8 +249,6 @@ class CompressionReport:
 
 def module_storage(module: nn.Module) -> tuple[SizeBreakdown, int, int]:
     """Stored size of a conv/linear's weight + bias; returns (sizes, params, non-zero weights)."""
-    from edgecompress.compressors import constraints
-
     w = constraints.effective_weight(module)
     chain = constraints.transforms(module)
     shared = next((t for t in chain if isinstance(t, constraints.SharedWeights)), None)
@@ -260,8 +275,6 @@ def module_storage(module: nn.Module) -> tuple[SizeBreakdown, int, int]:
 
 def _levels(module: nn.Module, bits: int) -> torch.Tensor:
     """Integer grid positions (-qmax..qmax) of a fake-quantized weight, from its parametrization chain."""
-    from edgecompress.compressors import constraints
-
     x = module.get_parameter("parametrizations.weight.original").detach()
     with torch.no_grad():
         for t in constraints.transforms(module):

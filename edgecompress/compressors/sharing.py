@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 
 from edgecompress.compressors import constraints
-from edgecompress.compressors.base import CompressionContext, layers_asking, register_technique, weight_modules
+from edgecompress.compressors.base import (
+    CompressionContext,
+    Knob,
+    layers_asking,
+    register_knob,
+    register_technique,
+    weight_modules,
+)
 
 
 def kmeans_1d(values: torch.Tensor, k: int, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,6 +52,11 @@ def kmeans_1d(values: torch.Tensor, k: int, iters: int = 100) -> tuple[torch.Ten
     bounds = (centroids[1:] + centroids[:-1]) / 2
     assign = torch.searchsorted(bounds, flat, right=True)
     return centroids.to(torch.float32), assign
+
+
+CLUSTERS = register_knob(
+    Knob("clusters", "sharing", "choice", choices=(0, 4, 8, 16, 32, 64, 256), help="k-means codebook size (0 = off)")
+)
 
 
 @register_technique

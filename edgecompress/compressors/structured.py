@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
-from edgecompress.compressors.base import CompressionContext, register_technique
+from edgecompress.compressors.base import CompressionContext, Knob, register_knob, register_technique
 from edgecompress.compressors.constraints import effective_weight
 from edgecompress.errors import PolicyError
 
@@ -42,6 +42,20 @@ def kept_channels(channels: int, keep: float, round_to: int = 1) -> int:
     if round_to > 1:
         n = min(channels, math.ceil(n / round_to) * round_to)
     return n
+
+
+KEEP = register_knob(
+    Knob(
+        "keep",
+        "structured",
+        "float",
+        low=0.2,
+        high=1.0,
+        scope="group",
+        movable="low",
+        help="fraction of output channels kept; one ratio per coupled channel group",
+    )
+)
 
 
 @register_technique

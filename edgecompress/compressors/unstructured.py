@@ -15,8 +15,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from edgecompress.analysis import measure_layers
 from edgecompress.compressors import constraints
-from edgecompress.compressors.base import CompressionContext, layers_asking, register_technique, weight_modules
+from edgecompress.compressors.base import (
+    CompressionContext,
+    Knob,
+    layers_asking,
+    register_knob,
+    register_technique,
+    weight_modules,
+)
 from edgecompress.compressors.constraints import effective_weight
 from edgecompress.errors import PolicyError
 
@@ -25,7 +33,6 @@ METHODS = ("magnitude", "lookahead")
 
 def forward_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
     """Conv and linear modules in the order a forward pass calls them."""
-    from edgecompress.analysis import measure_layers
 
     return [model.get_submodule(name) for name in measure_layers(model, input_shape)]
 
@@ -72,6 +79,11 @@ def magnitude_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
         order = torch.argsort(scores.flatten(), stable=True)
         mask[order[:n_prune]] = 0.0
     return mask.view_as(scores)
+
+
+SPARSITY = register_knob(
+    Knob("sparsity", "unstructured", "float", low=0.0, high=0.9, movable="high", help="fraction of weights zeroed")
+)
 
 
 @register_technique

@@ -28,6 +28,7 @@ import numpy as np
 
 from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models.nb201 import OPS, NB201Network, _op, live_edges, parse_arch
 from edgecompress.latency_models.ops import OpRecord, trace_ops
 
 __all__ = [
@@ -117,8 +118,6 @@ def _nb201_parts() -> tuple[dict[str, float], dict[tuple[str, int], dict[str, fl
     import torch
     import torch.nn as nn
 
-    from edgecompress.latency_models.nb201 import OPS, NB201Network, _op
-
     class _Add(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + x
@@ -142,7 +141,6 @@ def nb201_features(arch: str, fold_constants: bool = True) -> dict[str, float]:
     Without it (see :func:`~edgecompress.latency_models.nb201.live_edges`)
     such a network still runs its stem, reductions and head.
     """
-    from edgecompress.latency_models.nb201 import live_edges, parse_arch
 
     fixed, parts = _nb201_parts()
     live = live_edges(parse_arch(arch), fold_constants)
@@ -163,7 +161,6 @@ def nb201_features(arch: str, fold_constants: bool = True) -> dict[str, float]:
 
 def is_constant_network(arch: str, fold_constants: bool = True) -> bool:
     """Whether the deployed network computes a constant (only where constants are folded)."""
-    from edgecompress.latency_models.nb201 import live_edges, parse_arch
 
     return fold_constants and not live_edges(parse_arch(arch))[2]
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress.errors import EdgeCompressError
 from edgecompress.latency_models.device_model import EXTRAPOLATED_KINDS, DeviceModel
 from edgecompress.latency_models.devices import load_device
 from edgecompress.latency_models.ops import trace_ops
@@ -185,7 +186,6 @@ def _resolve(
     precision: Any,
     force: bool,
 ) -> tuple[DeviceModel | None, LatencyTable | None]:
-    from edgecompress.errors import EdgeCompressError
 
     dm: DeviceModel | None = None
     tab: LatencyTable | None = None

@@ -1,8 +1,9 @@
 """End-to-end latency measured on this machine, and validation of a lookup table against it.
 
-``measure_onnx_ms`` exports a (compressed) model's float view to ONNX and
-times whole inferences in ONNX Runtime: the ground truth a table's sum is
-checked against (``validate_table``) and, later, what replay reports.
+Whole compressed models exported by the one ONNX path
+(:func:`edgecompress.latency_models.onnx.to_onnx`) and timed in ONNX Runtime
+are the ground truth a table's sum is checked against (``validate_table``),
+and the probes in-graph profiling measures (``export_probes``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,23 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.latency_models.table import LatencyTable
+from edgecompress.analysis import analyze_model
+from edgecompress.compressors import LayerPolicy, Policy, compress
+from edgecompress.latency_models.estimate import dispatched_ops, estimate_latency
+from edgecompress.latency_models.onnx import to_onnx
+from edgecompress.latency_models.ops import trace_ops
+from edgecompress.latency_models.profiler import time_onnx_interleaved
+from edgecompress.latency_models.table import CONTEXT_GROUP, LatencyTable, op_key
+from edgecompress.models import create_model
 
-__all__ = ["export_probes", "fit_context", "measure_onnx_ms", "probe_policies", "random_policy", "validate_table"]
+__all__ = ["export_probes", "fit_context", "probe_policies", "random_policy", "validate_table"]
 
 PROBE_KEEPS = (0.25, 0.5, 0.75, 1.0)
 PROBE_RANKS = (0.25, 0.5)
@@ -27,22 +36,6 @@ CALIBRATION_MODELS = ("lenet5", "resnet20", "mobilenetv2")
 CALIBRATION_POLICIES: tuple[dict[str, Any], ...] = (
     {}, {"keep": 0.25}, {"keep": 0.5}, {"keep": 0.75}, {"rank": 0.5}, {"keep": 0.5, "rank": 0.5},
 )  # fmt: skip
-
-
-def export_onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    from edgecompress.compressors.constraints import float_view
-    from edgecompress.latency_models.profiler import _export
-
-    return _export(float_view(model), torch.zeros(input_shape))
-
-
-def measure_onnx_ms(
-    model: nn.Module, input_shape: tuple[int, ...], *, threads: int = 2, warmup: int = 20, repeats: int = 100
-) -> float:
-    """Median ms of one ONNX Runtime inference (CPU provider, ``threads`` intra-op threads)."""
-    from edgecompress.latency_models.profiler import time_onnx
-
-    return time_onnx(export_onnx_bytes(model, input_shape), torch.randn(input_shape), threads, warmup, repeats)
 
 
 def probe_policies(model: nn.Module, analysis: Any) -> list[tuple[str, Any]]:
@@ -54,7 +47,6 @@ def probe_policies(model: nn.Module, analysis: Any) -> list[tuple[str, Any]]:
     output keep) pair of the grid. Low-rank probes factorise every layer at
     each of ``PROBE_RANKS``.
     """
-    from edgecompress.compressors import LayerPolicy, Policy
 
     base = {"input_shape": list(analysis.input_shape)}
     groups = list(analysis.groups().values())
@@ -81,10 +73,6 @@ def export_probes(names: tuple[str, ...], folder: Any, *, round_to: int = 8, inp
     """Write the probe models of each named model as ONNX files into ``folder``; returns their paths."""
     from pathlib import Path
 
-    from edgecompress.analysis import analyze_model
-    from edgecompress.compressors import compress
-    from edgecompress.models import create_model
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -94,16 +82,15 @@ def export_probes(names: tuple[str, ...], folder: Any, *, round_to: int = 8, inp
         shape = (1, 1, input_size, input_size)
         analysis = analyze_model(base, shape)
         for label, policy in probe_policies(base, analysis):
-            model = compress(base, policy, analysis=analysis, round_to=round_to)[0]
+            model = compress(base, replace(policy, round_to=round_to), analysis=analysis)[0]
             path = folder / f"{name.replace(':', '_')}-{label}.onnx"
-            path.write_bytes(export_onnx_bytes(model, shape))
+            path.write_bytes(to_onnx(model, shape))
             paths.append(path)
     return paths
 
 
 def random_policy(model: nn.Module, analysis: Any, rng: random.Random, *, rank_prob: float = 0.3) -> Any:
     """A random structured policy: a keep ratio per coupled group, low-rank on some convolutions."""
-    from edgecompress.compressors import LayerPolicy, Policy
 
     layers = {}
     for members in analysis.groups().values():
@@ -118,8 +105,6 @@ def random_policy(model: nn.Module, analysis: Any, rng: random.Random, *, rank_p
 
 
 def _kind_sums(model: nn.Module, shape: tuple[int, ...], table: LatencyTable) -> dict[str, float]:
-    from edgecompress.latency_models.ops import trace_ops
-    from edgecompress.latency_models.table import CONTEXT_GROUP, op_key
 
     sums: dict[str, float] = {}
     for op in trace_ops(model, shape):
@@ -152,12 +137,6 @@ def fit_context(
     """
     from scipy.optimize import nnls
 
-    from edgecompress.compressors import Policy, compress
-    from edgecompress.latency_models.estimate import dispatched_ops
-    from edgecompress.latency_models.ops import trace_ops
-    from edgecompress.latency_models.profiler import time_onnx_interleaved
-    from edgecompress.models import create_model
-
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     threads = int(table.meta.get("threads", 2))
@@ -170,9 +149,9 @@ def fit_context(
         base = create_model(name).eval()
         for fields in CALIBRATION_POLICIES:
             policy = Policy.uniform(base, **fields)
-            model = compress(base, policy, input_shape=shape, round_to=round_to)[0] if fields else base
+            model = compress(base, replace(policy, round_to=round_to), input_shape=shape)[0] if fields else base
             label = f"{name} {fields or 'unchanged'}"
-            onnx[label] = export_onnx_bytes(model, shape)
+            onnx[label] = to_onnx(model, shape)
             sums = _kind_sums(model, shape, table)
             rows.append([sums.get(g, 0.0) for g in groups] + [float(dispatched_ops(trace_ops(model, shape)))])
     x = torch.randn(shape).numpy()
@@ -216,11 +195,6 @@ def validate_table(
     to the machine's drift between runs."""
     from scipy.stats import spearmanr
 
-    from edgecompress.analysis import analyze_model
-    from edgecompress.compressors import compress
-    from edgecompress.latency_models.estimate import estimate_latency
-    from edgecompress.models import create_model
-
     threads = int(table.meta.get("threads", 2))
     rng = random.Random(seed)
     compare = compare or {}
@@ -232,15 +206,14 @@ def validate_table(
         shape = (1, 1, 28, 28)
         analysis = analyze_model(base, shape)
         # The unchanged model runs in every round too: speed-ups against it are immune to the machine's drift.
-        candidates.append((name, -1, export_onnx_bytes(base, shape), estimate_latency(base, shape, table)))
+        candidates.append((name, -1, to_onnx(base, shape), estimate_latency(base, shape, table)))
         others[len(candidates) - 1] = {k: estimate_latency(base, shape, t).total_ms for k, t in compare.items()}
         for i in range(per_model):
             policy = random_policy(base, analysis, rng)
-            model = compress(base, policy, analysis=analysis, round_to=round_to)[0]
-            candidates.append((name, i, export_onnx_bytes(model, shape), estimate_latency(model, shape, table)))
+            model = compress(base, replace(policy, round_to=round_to), analysis=analysis)[0]
+            candidates.append((name, i, to_onnx(model, shape), estimate_latency(model, shape, table)))
             others[len(candidates) - 1] = {k: estimate_latency(model, shape, t).total_ms for k, t in compare.items()}
     # Round-robin rounds, median per model: the machine's slow drift hits every model alike.
-    from edgecompress.latency_models.profiler import time_onnx_interleaved
 
     x = torch.randn(1, 1, 28, 28).numpy()
     times = time_onnx_interleaved(

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from edgecompress.compressors.constraints import float_view
+
 __all__ = ["OpRecord", "op_kind_features", "trace_ops"]
 
 FP32 = 4
@@ -142,7 +144,6 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[OpRecord]:
     fake quantizers removed), so weight masks and quantizer arithmetic are not
     mistaken for operators.
     """
-    from edgecompress.compressors.constraints import float_view
 
     if any(isinstance(m, (nn.utils.parametrize.ParametrizationList,)) for m in model.modules()) or any(
         hasattr(m, "input_quantizer") for m in model.modules()

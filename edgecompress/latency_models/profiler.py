@@ -21,6 +21,7 @@ almost nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -83,24 +84,26 @@ def build_op(sig: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 
 def _export(module, x) -> bytes:  # type: ignore[no-untyped-def]
+    """ONNX bytes of ``module`` on ``x``'s shape: a copy of ``edgecompress.latency_models.onnx.export_module``
+    (TorchScript exporter), kept here so this file runs without edgecompress; a test checks they agree."""
     import warnings
 
     import torch
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in torch 2.9+, but the dynamo one needs onnxscript,
-        # which a Pi or Jetson install need not have.
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(module.eval(), (x,), buf, dynamo=False, opset_version=17, input_names=["x"])  # type: ignore[arg-type]
+        torch.onnx.export(
+            module.eval(), (x,), buf,  # type: ignore[arg-type]
+            dynamo=False, opset_version=17, input_names=["x"], output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )  # fmt: skip
     return buf.getvalue()
 
 
 def _to_int8(model_bytes: bytes, x) -> bytes:  # type: ignore[no-untyped-def]
-    import logging
     import tempfile
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice, once per operator
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -113,11 +116,34 @@ def _to_int8(model_bytes: bytes, x) -> bytes:  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "op.onnx", Path(tmp) / "op.int8.onnx"
         src.write_bytes(model_bytes)
-        quantize_static(
-            str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
+        with _quiet_onnxruntime():  # the quantizer's pre-processing advice, once per operator
+            quantize_static(
+                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            )  # fmt: skip
         return dst.read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime():  # type: ignore[no-untyped-def]
+    """A copy of ``edgecompress._logging.quiet_library_logs("onnxruntime")``: drops onnxruntime's root-logger
+    warnings inside the block, leaving the host process's logging as it was."""
+    import logging
+
+    marker = f"{os.sep}onnxruntime{os.sep}"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return marker not in record.pathname or record.levelno >= logging.ERROR
+
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addFilter(keep)
+    root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
+        root.removeFilter(keep)
 
 
 def _to_fp16(model_bytes: bytes) -> bytes:

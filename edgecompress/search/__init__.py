@@ -1,10 +1,35 @@
-"""Black-box search drivers over the same policy space and objective as the RL environment.
+"""The search core: one policy space, one budget, one objective, one run-folder log, for every driver.
 
-Role: Optuna (TPE under a latency constraint, NSGA-II Pareto fronts, SQLite or
-URL storage, resumable studies) and Ray Tune (parallel and multi-machine
-trials; ray is imported lazily so other drivers never pay for it). Drivers
-only propose policies; scoring is the shared objective's job. Not implemented
-yet: arrives with the Optuna / Ray Tune issue.
+* :mod:`~edgecompress.search.space`: :class:`PolicySpace`, the parameters
+  every driver searches, read from the techniques' knobs;
+* :mod:`~edgecompress.search.budget`: the latency limit, AMC's per-step
+  limiter, the end-of-episode repair, the budget fill;
+* :mod:`~edgecompress.search.objective`: :class:`Objective`, which only
+  scores a policy (compress, recalibrate, fine-tune, evaluate, price);
+* :mod:`~edgecompress.search.runlog`: the run folder (episodes, best and
+  top-k policies, plots);
+* :mod:`~edgecompress.search.setup`: :class:`SearchSetup`, what a driver is
+  handed.
+
+Drivers (:mod:`edgecompress.drivers`) propose policies over this core and
+nothing else.
 """
 
-__all__: list[str] = []
+from edgecompress.search.budget import Budget, Limiter, fill
+from edgecompress.search.objective import Evaluation, Objective, policy_latency
+from edgecompress.search.runlog import RunLog
+from edgecompress.search.setup import SearchSetup, create_setup
+from edgecompress.search.space import PolicySpace
+
+__all__ = [
+    "Budget",
+    "Evaluation",
+    "Limiter",
+    "Objective",
+    "PolicySpace",
+    "RunLog",
+    "SearchSetup",
+    "create_setup",
+    "fill",
+    "policy_latency",
+]

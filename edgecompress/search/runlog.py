@@ -59,7 +59,7 @@ class RunLog:
         best = self.best()
         if best is not None:
             policy = Policy.from_dict(best["policy"])
-            policy.base = dict(self.base)
+            policy.base = {**policy.base, **self.base}
             policy.meta = {
                 "scores": {k: best[k] for k in ("accuracy", "latency_ms", "stored_bytes", "reward", "episode")},
                 "latency_source": best.get("latency_source", ""),
@@ -71,10 +71,7 @@ class RunLog:
     def plot(self) -> Path | None:
         if not self.records:
             return None
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # a Figure of its own: no pyplot state, no backend switch
 
         episodes = [r["episode"] for r in self.records]
         acc = [r["accuracy"] for r in self.records]
@@ -83,7 +80,8 @@ class RunLog:
             if r.get("within_budget"):
                 top = max(top, r["accuracy"])
             best_so_far.append(top if top > float("-inf") else None)
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        axes = fig.subplots(1, 2)
         axes[0].scatter(episodes, acc, s=8, label="episode accuracy")
         axes[0].plot(episodes, best_so_far, color="C1", label="best within budget")
         axes[0].set_xlabel("episode")
@@ -100,5 +98,4 @@ class RunLog:
         fig.tight_layout()
         out = self.folder / "search.png"
         fig.savefig(out, dpi=100)
-        plt.close(fig)
         return out

@@ -1,297 +1,243 @@
-"""The policy space every driver searches, and the set-up they share.
+"""The policy space every driver searches, built from the techniques' own knobs.
 
-``PolicySpace`` names one parameter per (coupled channel group, ``keep``) and
-per (layer, other technique), over the ranges :class:`CompressionEnv` uses:
-``keep`` in [keep_min, 1] (one ratio per group of layers whose channels are
-coupled through residual adds; output layers are never pruned), ``rank`` in
-[rank_min, 1], ``sparsity`` in [0, sparsity_max], ``wbits``, ``clusters`` and
-``abits`` over the env's bins, ``drop`` one yes/no per removable block. Optuna suggests them directly; Ray Tune gets
-them through Optuna's define-by-run search space; ``from_params`` turns a flat
-parameter dict back into a :class:`Policy`.
+Each technique declares the policy fields a search may set, with their range
+and kind, next to its code (:class:`edgecompress.compressors.Knob`, e.g.
+``keep`` in [0.2, 1] per coupled channel group in ``structured.py``).
+:class:`PolicySpace` reads them and serves every driver from that one
+declaration: the RL environment's action decoding (:meth:`decode`), Optuna's
+define-by-run suggestions and Ray Tune's search space (:meth:`suggest`),
+flat parameter dicts (:meth:`from_params`), uniform random sampling
+(:meth:`sample`), and the policies a budget is checked against
+(:meth:`strongest`). Every policy it makes carries the space's ``round_to``,
+so ``compress(model, policy)`` rebuilds what was scored.
 
-``prepare_search`` loads data and the base model, builds the one
-:class:`Objective` and the env (which fixes the budget and refuses an
-infeasible one), and writes ``reference.json``: the base model and uniform
-policies scored by the same objective, for reports.
+Parameters are named ``g<group>.keep`` (one per coupled channel group of
+prunable layers), ``<block>.drop`` (one per removable block) and
+``<layer>.<field>`` for the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rich.console import Console
+import numpy as np
 
-from edgecompress._io import read_json, write_json_atomic
-from edgecompress.compressors import LayerPolicy, Policy
-from edgecompress.config import RunConfig
-from edgecompress.envs.compression_env import ABITS_BINS, CLUSTER_BINS, WBITS_BINS
-from edgecompress.errors import ConfigError
+from edgecompress.analysis import LayerSpec
+from edgecompress.compressors import KNOBS, Knob, LayerPolicy, Policy
+from edgecompress.config import SearchConfig
+from edgecompress.errors import ConfigError, did_you_mean
 
-__all__ = [
-    "PolicySpace",
-    "SearchSetup",
-    "evaluation_record",
-    "identity_policy",
-    "prepare_search",
-    "uniform_policy",
-    "uniform_within_budget",
-]
+__all__ = ["DEFAULT_ROUND_TO", "PolicySpace", "check_techniques"]
+
+DEFAULT_ROUND_TO = SearchConfig.model_fields["round_to"].default
+"""A searched policy's rounding unless the caller says otherwise: the config's ``search.round_to`` owns it."""
+
+
+def check_techniques(techniques: Iterable[str]) -> tuple[str, ...]:
+    """The techniques as a tuple, or a ConfigError naming the unknown one and the valid ones."""
+    out = tuple(techniques)
+    if not out:
+        raise ConfigError(f"no techniques given; choose from {', '.join(KNOBS)}")
+    for t in out:
+        if t not in KNOBS:
+            raise ConfigError(f"unknown technique {t!r}.{did_you_mean(t, KNOBS)} Valid techniques: {', '.join(KNOBS)}")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"techniques {list(out)} name one twice")
+    return out
 
 
 @dataclass
 class PolicySpace:
-    layers: list[Any]
-    """LayerSpec of every compressible layer (name, group, prunable)."""
+    """Per-layer policies over ``techniques`` for the layers of one analysed model.
+
+    ``bounds`` moves a float knob's movable end (``{"keep": 0.3}`` sets keep_min,
+    ``{"sparsity": 0.8}`` sparsity_max); ``round_to`` goes into every policy.
+    """
+
+    layers: list[LayerSpec]
     techniques: tuple[str, ...]
     input_shape: tuple[int, ...]
-    keep_min: float = 0.2
-    rank_min: float = 0.2
-    sparsity_max: float = 0.9
+    round_to: int = DEFAULT_ROUND_TO
+    bounds: dict[str, float] = field(default_factory=dict)
 
-    @classmethod
-    def from_env(cls, env: Any) -> PolicySpace:
-        return cls(
-            list(env.layers),
-            tuple(env.techniques),
-            tuple(env.objective.input_shape),
-            env.keep_min,
-            env.rank_min,
-            env.sparsity_max,
-        )
+    def __post_init__(self) -> None:
+        self.techniques = check_techniques(self.techniques)
+        self.input_shape = tuple(self.input_shape)
+        for name, value in self.bounds.items():
+            knob = KNOBS.get(name)
+            if knob is None or not knob.movable:
+                movable = [k for k, v in KNOBS.items() if v.movable]
+                raise ConfigError(f"bound for {name!r} invalid; bounds can be set for: {', '.join(movable)}")
+            low, high = (value, knob.high) if knob.movable == "low" else (knob.low, value)
+            if not knob.low <= low < high <= knob.high:
+                raise ConfigError(
+                    f"{name} bound {value!r} is outside the technique's range [{knob.low}, {knob.high}]"
+                    f" or leaves it empty"
+                )
+
+    # ---- the knobs, with bounds applied
+    def knob(self, technique: str) -> Knob:
+        knob = KNOBS[technique]
+        if technique in self.bounds:
+            value = self.bounds[technique]
+            knob = replace(knob, low=value) if knob.movable == "low" else replace(knob, high=value)
+        return knob
+
+    def range(self, technique: str) -> tuple[float, float]:
+        k = self.knob(technique)
+        return k.low, k.high
+
+    @property
+    def keep_min(self) -> float:
+        return self.knob("keep").low
+
+    # ---- which layers a knob applies to
+    @staticmethod
+    def applies(knob: Knob, spec: LayerSpec) -> bool:
+        if knob.scope == "group":
+            return spec.prunable
+        if knob.scope == "block":
+            return bool(spec.block)
+        return True
+
+    @staticmethod
+    def param_name(knob: Knob, spec: LayerSpec) -> str:
+        if knob.scope == "group":
+            return f"g{spec.group}.{knob.field}"
+        if knob.scope == "block":
+            return f"{spec.block}.{knob.field}"
+        return f"{spec.name}.{knob.field}"
+
+    def parameters(self) -> dict[str, Knob]:
+        """Every parameter of the space (name -> knob), in forward layer order."""
+        out: dict[str, Knob] = {}
+        for spec in self.layers:
+            for t in self.techniques:
+                knob = self.knob(t)
+                if self.applies(knob, spec):
+                    out.setdefault(self.param_name(knob, spec), knob)
+        return out
+
+    # ---- values
+    @staticmethod
+    def cast(knob: Knob, value: Any) -> Any:
+        if knob.kind == "float":
+            return round(float(value), 4)
+        if knob.kind == "bool":
+            return bool(value)
+        return int(value)
+
+    def decode(self, technique: str, action: float) -> Any:
+        """The RL environment's action in [-1, 1] for ``technique`` as a policy value."""
+        knob = self.knob(technique)
+        a = float(np.clip(action, -1.0, 1.0))
+        if knob.kind == "bool":
+            return a > 0
+        u = (a + 1) / 2
+        if knob.kind == "float":
+            return round(knob.low + u * (knob.high - knob.low), 4)
+        i = int(np.clip(np.floor(u * len(knob.choices)), 0, len(knob.choices) - 1))
+        return knob.choices[i]
+
+    # ---- policies
+    def policy(self, layers: Mapping[str, LayerPolicy]) -> Policy:
+        """A policy of this space: the given layers, the model's input shape, the space's rounding."""
+        return Policy(dict(layers), base={"input_shape": list(self.input_shape)}, round_to=self.round_to)
+
+    def from_params(self, params: Mapping[str, Any]) -> Policy:
+        """A flat parameter dict (Optuna, Ray Tune) as a policy."""
+        layers: dict[str, LayerPolicy] = {}
+        for spec in self.layers:
+            fields: dict[str, Any] = {}
+            exclusive: dict[str, Any] = {}
+            for t in self.techniques:
+                knob = self.knob(t)
+                if not self.applies(knob, spec):
+                    continue
+                value = self.cast(knob, _param(params, self.param_name(knob, spec)))
+                if knob.exclusive and value != knob.identity:
+                    exclusive = {knob.field: value}
+                fields[knob.field] = value
+            layers[spec.name] = LayerPolicy(**(exclusive or fields))
+        return self.policy(layers)
+
+    def suggest(self, trial: Any) -> Policy:
+        """Ask an Optuna trial for every parameter; return the policy."""
+        params: dict[str, Any] = {}
+        for name, knob in self.parameters().items():
+            if knob.kind == "float":
+                params[name] = trial.suggest_float(name, knob.low, knob.high)
+            elif knob.kind == "bool":
+                params[name] = trial.suggest_categorical(name, [False, True])
+            else:
+                params[name] = trial.suggest_categorical(name, list(knob.choices))
+        return self.from_params(params)
 
     def __call__(self, trial: Any) -> None:
         """Define-by-run search space (what Ray Tune's OptunaSearch calls; picklable, unlike a closure)."""
         self.suggest(trial)
 
-    def suggest(self, trial: Any) -> Policy:
-        """Ask an Optuna trial for every parameter; return the policy."""
+    def sample(self, rng: random.Random) -> Policy:
+        """A policy drawn uniformly from the space (floats uniform in range, choices uniform)."""
         params: dict[str, Any] = {}
-        seen_groups: set[int] = set()
-        for spec in self.layers:
-            for t in self.techniques:
-                if t == "drop":
-                    if spec.block and f"{spec.block}.drop" not in params:
-                        params[f"{spec.block}.drop"] = trial.suggest_categorical(f"{spec.block}.drop", [False, True])
-                    continue
-                if t == "keep":
-                    if spec.prunable and spec.group not in seen_groups:
-                        seen_groups.add(spec.group)
-                        params[f"g{spec.group}.keep"] = trial.suggest_float(f"g{spec.group}.keep", self.keep_min, 1.0)
-                    continue
-                name = f"{spec.name}.{t}"
-                if t == "rank":
-                    params[name] = trial.suggest_float(name, self.rank_min, 1.0)
-                elif t == "sparsity":
-                    params[name] = trial.suggest_float(name, 0.0, self.sparsity_max)
-                elif t == "wbits":
-                    params[name] = trial.suggest_categorical(name, list(WBITS_BINS))
-                elif t == "clusters":
-                    params[name] = trial.suggest_categorical(name, list(CLUSTER_BINS))
-                else:
-                    params[name] = trial.suggest_categorical(name, list(ABITS_BINS))
+        for name, knob in self.parameters().items():
+            if knob.kind == "float":
+                params[name] = rng.uniform(knob.low, knob.high)
+            elif knob.kind == "bool":
+                params[name] = rng.random() < 0.5
+            else:
+                params[name] = rng.choice(knob.choices)
         return self.from_params(params)
 
-    def from_params(self, params: dict[str, Any]) -> Policy:
+    def strongest(self) -> Policy:
+        """The latency floor: every knob that removes work at its extreme (``keep`` and ``rank`` at their
+        minimum, every removable block removed); sparsity, bits and codebooks, which the dense runtimes do
+        not turn into speed, stay unchanged."""
         layers: dict[str, LayerPolicy] = {}
         for spec in self.layers:
-            if "drop" in self.techniques and spec.block and bool(_param(params, f"{spec.block}.drop")):
-                layers[spec.name] = LayerPolicy(drop=True)  # the layer leaves the model: nothing else applies
-                continue
-            fields: dict[str, Any] = {}
+            fields = {}
             for t in self.techniques:
-                key = f"g{spec.group}.keep" if t == "keep" else f"{spec.name}.{t}"
-                if t == "drop" or (t == "keep" and not spec.prunable):
-                    continue
-                value = _param(params, key)
-                fields[t] = round(float(value), 4) if t in ("keep", "rank", "sparsity") else int(value)
+                knob = self.knob(t)
+                if self.applies(knob, spec) and knob.kind == "float" and knob.movable == "low":
+                    fields[knob.field] = knob.strongest
+            exclusive = [self.knob(t) for t in self.techniques if self.knob(t).exclusive]
+            if any(self.applies(k, spec) for k in exclusive):
+                fields = {k.field: k.strongest for k in exclusive if self.applies(k, spec)}
             layers[spec.name] = LayerPolicy(**fields)
-        return Policy(layers, base={"input_shape": list(self.input_shape)})
+        return self.policy(layers)
+
+    def identity(self) -> Policy:
+        """The base model unchanged."""
+        return self.policy({})
+
+    def uniform(self, keep: float) -> Policy:
+        """One keep ratio on every prunable layer."""
+        return self.policy({s.name: LayerPolicy(keep=keep) for s in self.layers if s.prunable})
+
+    def scaled(self, policy: Policy, scale: float) -> Policy:
+        """Every prunable layer's keep times ``scale`` (floor keep_min); removed layers stay removed."""
+        if "keep" not in self.techniques:
+            return policy
+        layers = dict(policy.layers)
+        for spec in self.layers:
+            lp = policy.get(spec.name)
+            if spec.prunable and not lp.drop:
+                layers[spec.name] = replace(lp, keep=max(self.keep_min, round(lp.keep * scale, 4)))
+        return policy.replace(layers=layers)
+
+    def at_floor(self, policy: Policy) -> bool:
+        """Every prunable layer at keep_min or removed: scaling the keeps down cannot shrink it further."""
+        if "keep" not in self.techniques:
+            return True
+        return all(policy.get(s.name).keep <= self.keep_min or policy.get(s.name).drop for s in self.layers
+                   if s.prunable)  # fmt: skip
 
 
-def _param(params: dict[str, Any], key: str) -> Any:
+def _param(params: Mapping[str, Any], key: str) -> Any:
     if key not in params:
-        raise ConfigError(f"parameter {key!r} missing; this space has {', '.join(sorted(params)[:5])}...")
+        shown: Sequence[str] = sorted(params)[:5]
+        raise ConfigError(f"parameter {key!r} missing; this space has {', '.join(shown)}...")
     return params[key]
-
-
-def identity_policy(objective: Any) -> Policy:
-    return Policy({}, base={"input_shape": list(objective.input_shape)})
-
-
-def evaluation_record(ev: Any, accuracy_source: str) -> dict[str, Any]:
-    """One RunLog record from an :class:`Evaluation` (the same keys the ddpg driver writes)."""
-    return {
-        "policy": {"format": "edgecompress.policy", "version": 1, "base": {}, "layers": ev.policy, "meta": {}},
-        "accuracy": ev.accuracy,
-        "latency_ms": ev.latency_ms,
-        "budget_ms": ev.budget_ms,
-        "stored_bytes": ev.stored_bytes,
-        "reward": ev.accuracy,
-        "within_budget": ev.feasible,
-        "repaired": False,
-        "latency_source": ev.latency_source,
-        "accuracy_source": accuracy_source,
-    }
-
-
-def uniform_policy(env: Any, keep: float) -> Policy:
-    """One keep ratio on every prunable layer of the env's model."""
-    layers = {s.name: LayerPolicy(keep=keep) for s in env.layers if s.prunable}
-    return Policy(layers, base={"input_shape": list(env.objective.input_shape)})
-
-
-def uniform_within_budget(env: Any, steps: int = 10) -> dict[str, Any] | None:
-    """The largest single keep ratio whose policy meets the budget (bisection), scored."""
-    lo, hi, best = env.keep_min, 1.0, None
-    for _ in range(steps):
-        mid = round((lo + hi) / 2, 4)
-        ev = env.objective(uniform_policy(env, mid))
-        if ev.latency_ms <= env.budget_ms:
-            best, lo = (
-                {"keep": mid, "accuracy": ev.accuracy, "latency_ms": ev.latency_ms, "stored_bytes": ev.stored_bytes},
-                mid,
-            )
-        else:
-            hi = mid
-    return best
-
-
-@dataclass
-class SearchSetup:
-    env: Any
-    objective: Any
-    space: PolicySpace
-    spec: Any
-    checkpoint: Path
-    base: dict[str, Any]
-    """The ``base`` section of every policy the search writes."""
-    accuracy_source: str
-
-    def open_log(self, cfg: RunConfig, agent: str, **provenance: Any) -> Any:
-        """The run folder's :class:`RunLog`, with the provenance every driver records (plus ``provenance``)."""
-        from edgecompress.checkpoint import software_versions
-        from edgecompress.search.runlog import RunLog
-
-        return RunLog(
-            cfg.out,
-            base=self.base,
-            provenance={
-                "agent": agent,
-                "device": cfg.device,
-                "budget_ms": self.env.budget_ms,
-                "base_latency_ms": self.env.base_ms,
-                "seed": cfg.search.seed,
-                **provenance,
-                "versions": software_versions(),
-            },
-            top_k=cfg.search.top_k,
-        )
-
-    def status(self, log: Any, unit: str) -> str:
-        """The progress bar's status: the best policy within budget so far."""
-        best = log.best()
-        if best is None:
-            return f"no {unit} within budget yet"
-        return f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {self.env.budget_ms:.3f} ms"
-
-    def result(self, log: Any, seconds: float, *, scored_here: bool = True, **extra: Any) -> dict[str, Any]:
-        """Plot the run and return what every driver returns; ``scored_here=False`` when workers scored the
-        policies (this process's objective timings and cache hits would then describe only the set-up)."""
-        plot = log.plot()
-        out: dict[str, Any] = {
-            "episodes": len(log.records),
-            "seconds": seconds,
-            "budget_ms": self.env.budget_ms,
-            "base_latency_ms": self.env.base_ms,
-            "best": log.best(),
-            "plot": str(plot) if plot else None,
-        }
-        if scored_here:
-            out["scoring_seconds"] = dict(self.objective.timings)
-            out["cache_hits"] = self.objective.hits
-        out["base_accuracy"] = self.objective(identity_policy(self.objective)).accuracy
-        return {**out, **extra}
-
-
-def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
-    from edgecompress.config import write_resolved_config
-    from edgecompress.data import load_dataset
-    from edgecompress.envs import CompressionEnv
-    from edgecompress.objective import Objective
-    from edgecompress.pipeline import ensure_base_model
-
-    s = cfg.search
-    write_resolved_config(cfg, cfg.out)  # the run folder describes itself; a different config is refused
-    bundle = load_dataset(
-        cfg.data.dataset,
-        cfg.data.data_dir,
-        val_size=cfg.data.val_size,
-        seed=cfg.data.seed,
-        image_size=cfg.data.image_size,
-    )
-    model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
-    objective = Objective(
-        model,
-        bundle.val_subset(cfg.data.val_samples),
-        cfg.device,
-        input_shape=spec.input_shape,
-        train_data=bundle.train,
-        bn_batches=s.bn_batches,
-        finetune_batches=s.finetune_batches,
-        latency=s.latency,
-        fill_budget=s.fill_budget,
-        round_to=s.round_to,
-        seed=s.seed,
-    )
-    env = CompressionEnv(
-        objective=objective,
-        budget_ms=s.budget_ms,
-        budget_ratio=s.budget_ratio,
-        techniques=tuple(s.techniques),
-        reward=s.reward,
-    )
-    base = {
-        "model": spec.model,
-        "checkpoint": str(ckpt),
-        "input_shape": list(spec.input_shape),
-        "num_classes": spec.num_classes,
-        "dataset": spec.dataset,
-        "round_to": s.round_to,
-    }
-    source = f"measured on the first {cfg.data.val_samples} validation samples"
-    write_reference(Path(cfg.out), env)
-    return SearchSetup(env, objective, PolicySpace.from_env(env), spec, ckpt, base, source)
-
-
-def write_reference(run_dir: Path, env: Any) -> dict[str, Any]:
-    """``reference.json``: the base model and uniform-keep policies, scored by the search's objective."""
-    path = run_dir / "reference.json"
-    if path.exists():
-        return read_json(path, "reference file", ConfigError)  # type: ignore[no-any-return]
-    obj = env.objective
-    base = obj(Policy({}, base={"input_shape": list(obj.input_shape)}))
-    uniform = []
-    for keep in (0.3, 0.5, 0.7, 0.9):
-        ev = obj(uniform_policy(env, keep))
-        uniform.append(
-            {
-                "keep": keep,
-                "accuracy": ev.accuracy,
-                "latency_ms": ev.latency_ms,
-                "stored_bytes": ev.stored_bytes,
-                "within_budget": ev.feasible,
-            }
-        )
-    ref = {
-        "device": obj.device,
-        "budget_ms": env.budget_ms,
-        "base": {"accuracy": base.accuracy, "latency_ms": base.latency_ms, "stored_bytes": base.stored_bytes},
-        "uniform": uniform,
-        "uniform_within_budget": uniform_within_budget(env),
-        "latency_source": base.latency_source,
-        "note": "scored by the search's objective (validation subset, predicted latency, counted size)",
-    }
-    write_json_atomic(path, ref)
-    return ref

@@ -5,7 +5,7 @@ import pytest
 
 from edgecompress.agents import AMCDDPG
 from edgecompress.envs import CompressionEnv
-from edgecompress.objective import Objective
+from edgecompress.search.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,22 @@ def test_save_and_resume_keeps_amc_state(objective, tmp_path) -> None:
     assert loaded.baseline == pytest.approx(agent.baseline) and loaded.replay_buffer.size() == 15
     loaded.learn(total_timesteps=5 * 2, reset_num_timesteps=False)
     assert loaded.episodes_done == 5
+
+
+def test_sb3_private_methods_amc_overrides_keep_their_signatures() -> None:
+    """AMCDDPG overrides two private methods of SB3's OffPolicyAlgorithm (the truncated-normal noise needs the
+    actor's action, the back-fill the whole episode); pyproject caps stable-baselines3 below 3. This fails
+    first when SB3 changes them."""
+    import inspect
+
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+    def params(f):  # type: ignore[no-untyped-def]
+        return list(inspect.signature(f).parameters)
+
+    assert params(OffPolicyAlgorithm._sample_action) == ["self", "learning_starts", "action_noise", "n_envs"]
+    assert params(OffPolicyAlgorithm._store_transition) == [
+        "self", "replay_buffer", "buffer_action", "new_obs", "reward", "dones", "infos",
+    ]  # fmt: skip
+    assert params(AMCDDPG._sample_action) == params(OffPolicyAlgorithm._sample_action)
+    assert params(AMCDDPG._store_transition) == params(OffPolicyAlgorithm._store_transition)

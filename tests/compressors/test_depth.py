@@ -19,8 +19,8 @@ from edgecompress.models import create_model
 SHAPE = (1, 1, 28, 28)
 
 
-def _policy(layers: dict[str, LayerPolicy]) -> Policy:
-    return Policy(layers, base={"input_shape": list(SHAPE)})
+def _policy(layers: dict[str, LayerPolicy], round_to: int = 1) -> Policy:
+    return Policy(layers, base={"input_shape": list(SHAPE)}, round_to=round_to)
 
 
 def test_removable_blocks_are_the_identity_shortcut_ones(resnet20) -> None:
@@ -69,8 +69,8 @@ def test_drop_with_pruning_removes_operators_and_predicted_latency(resnet20) -> 
     model, analysis = resnet20
     keep = {s.name: LayerPolicy(keep=0.5) for s in analysis.layers if s.prunable}
     dropped = {**keep, **{n: LayerPolicy(drop=True) for b in ("layers.2", "layers.8") for n in analysis.blocks()[b]}}
-    pruned, _ = compress(model, _policy(keep), analysis=analysis, round_to=8)
-    both, report = compress(model, _policy(dropped), analysis=analysis, round_to=8)
+    pruned, _ = compress(model, _policy(keep, 8), analysis=analysis)
+    both, report = compress(model, _policy(dropped, 8), analysis=analysis)
     x = torch.randn(2, 1, 28, 28)
     assert both(x).shape == (2, 10)
     # Each removed BasicBlock takes 2 convolutions, 2 BatchNorms, 2 ReLUs and the add out of the traced graph.
@@ -94,7 +94,7 @@ def test_dropped_block_in_mobilenet_keeps_the_rest_prunable() -> None:
     analysis = analyze_model(model, SHAPE)
     layers = {s.name: LayerPolicy(keep=0.5) for s in analysis.layers if s.prunable}
     layers.update({n: LayerPolicy(drop=True) for n in analysis.blocks()["features.5"]})
-    compressed, report = compress(model, _policy(layers), analysis=analysis, round_to=8)
+    compressed, report = compress(model, _policy(layers, 8), analysis=analysis)
     assert isinstance(compressed.features[5], nn.Identity)
     assert compressed(torch.randn(1, 1, 28, 28)).shape == (1, 10)
     kept = {r.name: r.out_channels_after for r in report.layers}

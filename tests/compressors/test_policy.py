@@ -89,7 +89,7 @@ def test_load_bad_files(tmp_path) -> None:
     path = path.rename(tmp_path / "v99.json")
     text = path.read_text().replace('"version": 1, ', "")
     path.write_text(text)
-    with pytest.raises(PolicyError, match="has policy schema version 99; this edgecompress reads version 1"):
+    with pytest.raises(PolicyError, match="has policy schema version 99; this edgecompress reads versions 1, 2"):
         Policy.load(path)
 
 

@@ -81,10 +81,17 @@ def test_fp16_weights(lenet5) -> None:
 def test_activation_quant_needs_calibration_and_uses_it(lenet5) -> None:
     model, a = lenet5
     policy = Policy.uniform(model, abits=8)
-    with pytest.raises(PolicyError, match="ask for 8-bit activations: pass calibration_data"):
+    with pytest.raises(PolicyError, match="ask for 8-bit activations and the policy records no calibrated range"):
         compress(model, policy, analysis=a)
     calib = [torch.randn(16, *SHAPE[1:]) for _ in range(2)]
-    small, _ = compress(model, policy, calib, analysis=a)
+    small, report = compress(model, policy, calib, analysis=a)
+    # The policy as applied records each calibrated range: it rebuilds the same model without data.
+    recorded = policy.with_applied(report.applied())
+    assert recorded.applied["fc1"]["act_range"] == [float(small.fc1.input_quantizer.min_val),
+                                                    float(small.fc1.input_quantizer.max_val)]  # fmt: skip
+    again, _ = compress(model, Policy.from_dict(recorded.to_dict()), analysis=a)
+    probe = torch.randn(4, *SHAPE[1:])
+    assert torch.equal(again(probe), small(probe))
     q = small.fc1.input_quantizer
     assert q.calibrated and float(q.min_val) >= 0  # fc1's input is post-ReLU
     x = torch.randn(4, *SHAPE[1:])

@@ -53,10 +53,10 @@ def test_round_to_and_kept_channels(resnet20) -> None:
     assert kept_channels(64, 0.3, round_to=8) == 24
     assert kept_channels(16, 0.01) == 1
     model, a = resnet20
-    small, _ = compress(model, Policy.uniform(model, keep=0.3), analysis=a, round_to=8)
+    small, _ = compress(model, Policy.uniform(model, keep=0.3, round_to=8), analysis=a)
     assert small.layers[7].conv1.out_channels == 24
-    with pytest.raises(PolicyError, match="round_to must be >= 1, got 0"):
-        compress(model, Policy.uniform(model, keep=0.3), analysis=a, round_to=0)
+    with pytest.raises(PolicyError, match="round_to = 0 is invalid; valid: an integer >= 1"):
+        Policy.uniform(model, keep=0.3, round_to=0)
 
 
 def test_importance_choices_differ(resnet20) -> None:

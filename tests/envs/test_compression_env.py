@@ -9,7 +9,7 @@ import pytest
 from edgecompress.envs import ENV_ID, CompressionEnv
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models import estimate_latency
-from edgecompress.objective import Objective
+from edgecompress.search.objective import Objective
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +65,11 @@ def test_budget_holds_for_random_actions(objective, ratio) -> None:
 
 def test_filled_episodes_use_the_budget_the_actions_leave(tiny_fmnist_shared, train_tiny) -> None:
     model, data = train_tiny(tiny_fmnist_shared, "resnet20", epochs=1)
-    plain = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), round_to=8)
-    filling = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28), round_to=8, fill_budget=True)
+    obj = Objective(model, data.val, "raspberry-pi-4", input_shape=(1, 1, 28, 28))
     lean = np.full(1, -1.0, dtype=np.float32)  # keep_min everywhere: far under a 0.7 budget
     infos = []
-    for obj in (plain, filling):
-        env = _env(obj, budget_ratio=0.7)
+    for filling in (False, True):
+        env = _env(obj, budget_ratio=0.7, fill_budget=filling)
         env.reset()
         done = False
         while not done:
@@ -100,25 +99,29 @@ def test_latency_surrogate_is_exact_at_both_ends(objective) -> None:
     """The limiter's surrogate matches the estimator at keep 1 and at keep_min (a fixed non-layer share made it
     over-prune LeNet-5 and under-estimate ResNet-20's per-operator overhead)."""
     env = _env(objective, budget_ratio=0.9)
-    assert env.fixed_min_ms != env.fixed_ms
-    assert env._estimate(0, 1.0, 1.0) == pytest.approx(env.base_ms)
-    assert env._estimate(0, env.keep_min, env.keep_min) == pytest.approx(env.min_ms)
+    lim = env.limiter
+    assert lim.fixed_min_ms != lim.fixed_ms
+    assert lim.estimate({}, set(), 0, 1.0, 1.0) == pytest.approx(env.base_ms)
+    assert lim.estimate({}, set(), 0, lim.keep_min, lim.keep_min) == pytest.approx(env.min_ms)
 
 
 def test_infeasible_budget_and_bad_settings(objective) -> None:
     with pytest.raises(ValueError, match="cannot be met: the strongest compression allowed reaches"):
         _env(objective, budget_ms=1e-6)
-    with pytest.raises(ConfigError, match="choose from keep, rank, sparsity, wbits, clusters, abits"):
+    with pytest.raises(ConfigError, match="unknown technique 'prune'. Valid techniques: "):
         _env(objective, techniques=("prune",))
+    with pytest.raises(ConfigError, match="unknown technique 'sparsty'. Did you mean 'sparsity'?"):
+        _env(objective, techniques=("keep", "sparsty"))
     with pytest.raises(ConfigError, match="reward 'accuracy' invalid; valid: acc, acc_log_latency"):
         _env(objective, reward="accuracy")
 
 
 def test_gym_make_with_defaults(fmnist) -> None:
     with pytest.warns(UserWarning, match="no checkpoint given: lenet5 is scored with random weights"):
-        env = gym.make(ENV_ID, val_samples=200)
+        env = gym.make(ENV_ID, val_samples=200, budget_ratio=0.7)  # 0.5 is below LeNet-5's floor at round_to 8
     base = env.unwrapped
-    assert base.objective.device == "raspberry-pi-4" and base.budget_ms == pytest.approx(0.5 * base.base_ms)
+    assert base.objective.device == "raspberry-pi-4" and base.budget_ms == pytest.approx(0.7 * base.base_ms)
+    assert base.space.round_to == 8 and base.space.keep_min == 0.2
     obs, _ = env.reset(seed=0)
     assert obs.shape == (11,) and len(base.layers) == 5
     env.close()
@@ -145,7 +148,7 @@ def test_drop_is_decided_per_block_and_counted_by_the_limiter(objective) -> None
     env = _env(objective, techniques=("keep", "drop"), budget_ratio=0.6)
     blocks = objective.analysis.blocks()
     # The strongest compression removes every removable block.
-    strongest = env._strongest()
+    strongest = env.space.strongest()
     assert all(strongest.get(n).drop for names in blocks.values() for n in names)
     assert env.min_ms < _env(objective, techniques=("keep",), budget_ratio=0.6).min_ms
     env.reset()
@@ -162,10 +165,7 @@ def test_drop_is_decided_per_block_and_counted_by_the_limiter(objective) -> None
     assert not any(lp.get("drop") for name, lp in layers.items() if not name.startswith("layers.1."))
     assert info["within_budget"]
     # A removed block's layers count zero in the limiter's surrogate.
-    env.reset()
-    env._block_drop = {"layers.1": True}
-    saved = env._estimate(0, 1.0, 1.0)
-    env._block_drop = {}
+    saved = env.limiter.estimate({}, {"layers.1"}, 0, 1.0, 1.0)
     index = [s.index for s in env.layers if s.block == "layers.1"]
     assert index == [3, 4]
-    assert env._estimate(0, 1.0, 1.0) - saved == pytest.approx(sum(env.layer_ms[index]))
+    assert env.limiter.estimate({}, set(), 0, 1.0, 1.0) - saved == pytest.approx(sum(env.limiter.layer_ms[index]))

@@ -206,11 +206,11 @@ def test_shipped_host_table_prices_the_zoo() -> None:
 def test_in_graph_profiling_maps_nodes_to_signatures(tmp_path) -> None:
     import torch
 
-    from edgecompress.latency_models.host import export_onnx_bytes
+    from edgecompress.latency_models.onnx import to_onnx
 
     model = create_model("resnet20").eval()
     path = tmp_path / "resnet20.onnx"
-    path.write_bytes(export_onnx_bytes(model, (1, 1, 28, 28)))
+    path.write_bytes(to_onnx(model, (1, 1, 28, 28)))
     table_doc = profiler.run_in_graph([path], tmp_path / "t.json", repeats=3, warmup=1)
     table = LatencyTable.load(tmp_path / "t.json")
     assert table.meta["mode"] == "in-graph" and table.meta["fused_adds"] is True
@@ -257,7 +257,7 @@ def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch
         return sums
 
     monkeypatch.setattr(host, "_kind_sums", recording_sums)
-    monkeypatch.setattr("edgecompress.latency_models.profiler.time_onnx_interleaved", fake_timing)
+    monkeypatch.setattr(host, "time_onnx_interleaved", fake_timing)
     ctx = host.fit_context(table, repeats=7, rounds=3)
     assert calls == {"n": 18, "rounds": 3, "repeats": 7}
     assert len(ctx["measured_ms"]) == 18 and "median of 3 round-robin rounds" in ctx["fitted_on"]

@@ -1,6 +1,6 @@
 """The main job (``edgecompress run``): one config in, one self-describing run folder out.
 
-Steps today: resolve and record the config; load the data; load the base model
+Steps: resolve and record the config; load the data; load the base model
 from its checkpoint, or train it there when the file is missing; analyse it;
 measure its accuracy; write ``summary.json`` and print a summary. Search,
 replay and export steps join here as they land. Re-running the same command
@@ -20,34 +20,15 @@ from rich.table import Table
 
 from edgecompress._progress import make_console
 from edgecompress.analysis import analyze_model
-from edgecompress.checkpoint import load_checkpoint, software_versions
-from edgecompress.config import RunConfig, load_config, write_resolved_config
+from edgecompress.config import write_resolved_config
 from edgecompress.data import load_dataset
-from edgecompress.errors import CheckpointError
-from edgecompress.training import evaluate, train_base_model
+from edgecompress.latency_models import estimate_latency
+from edgecompress.training import evaluate
+from edgecompress.version import software_versions
+from edgecompress.workflows.config import load_run_config
+from edgecompress.workflows.train import ensure_base_model
 
-__all__ = ["default_checkpoint", "run_pipeline"]
-
-
-def default_checkpoint(cfg: RunConfig) -> Path:
-    return Path(cfg.model.checkpoint or f"checkpoints/{cfg.model.name.replace(':', '_')}-{cfg.data.dataset}.pt")
-
-
-def ensure_base_model(cfg: RunConfig, bundle: Any, console: Console) -> tuple[Any, Any, Path, bool]:
-    """Load the config's base checkpoint, or train it there when missing; refuse one for another model."""
-    ckpt = default_checkpoint(cfg)
-    if ckpt.exists():
-        model, spec = load_checkpoint(ckpt)
-        if spec.model != cfg.model.name or spec.dataset != bundle.name:
-            raise CheckpointError(
-                f"{ckpt} holds {spec.model!r} trained on {spec.dataset!r}, but the config asks for "
-                f"{cfg.model.name!r} on {bundle.name!r}; point model.checkpoint elsewhere"
-            )
-        console.print(f"base model: loaded {ckpt} ({spec.model}, trained {spec.created})")
-        return model, spec, ckpt, False
-    console.print(f"base model: {ckpt} not found, training {cfg.model.name} for {cfg.train.epochs} epochs")
-    model, spec = train_base_model(cfg, ckpt, bundle=bundle)
-    return model, spec, ckpt, True
+__all__ = ["run_pipeline"]
 
 
 def run_pipeline(
@@ -55,7 +36,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     console = console or make_console()
     started = time.perf_counter()
-    cfg = load_config(config_path, overrides)
+    cfg = load_run_config(config_path, overrides)
     run_dir = Path(cfg.out)
     write_resolved_config(cfg, run_dir)
     bundle = load_dataset(
@@ -72,8 +53,6 @@ def run_pipeline(
     test = evaluate(model, bundle.test, topk=(1, 5))
     val = evaluate(model, bundle.val_subset(cfg.data.val_samples))
     eval_seconds = time.perf_counter() - t0
-    from edgecompress.latency_models import estimate_latency
-
     latency = estimate_latency(model, spec.input_shape, cfg.device)
     totals = analysis.totals
     summary = {

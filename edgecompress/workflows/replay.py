@@ -24,7 +24,21 @@ from typing import Any
 import torch
 
 from edgecompress._io import write_json_atomic
+from edgecompress.analysis import analyze_model
+from edgecompress.artifacts.checkpoint import load_checkpoint
+from edgecompress.artifacts.compressed import save_compressed
+from edgecompress.compressors import Policy, compress, report_for
+from edgecompress.compressors.quantization import CALIBRATION_BATCHES
+from edgecompress.config import TrainConfig
+from edgecompress.data import batches, load_dataset
 from edgecompress.errors import ConfigError, PolicyError
+from edgecompress.latency_models import estimate_latency
+from edgecompress.latency_models.devices import list_devices
+from edgecompress.latency_models.onnx import measure_ms
+from edgecompress.search.objective import policy_latency
+from edgecompress.training import distill as run_distill
+from edgecompress.training import evaluate, recalibrate_batchnorm, train
+from edgecompress.version import cpu_name, software_versions
 
 __all__ = ["replay", "report_markdown"]
 
@@ -50,19 +64,6 @@ def replay(
     force: bool = False,
     val_size: int = 5000,
 ) -> dict[str, Any]:
-    from edgecompress.analysis import analyze_model
-    from edgecompress.checkpoint import cpu_name, load_checkpoint, save_compressed, software_versions
-    from edgecompress.compressors import Policy, compress
-    from edgecompress.compressors.compress import report_for
-    from edgecompress.compressors.distill import distill as run_distill
-    from edgecompress.config import TrainConfig
-    from edgecompress.data import batches, load_dataset
-    from edgecompress.latency_models import estimate_latency
-    from edgecompress.latency_models.devices import list_devices
-    from edgecompress.latency_models.host import measure_onnx_ms
-    from edgecompress.objective import policy_latency, recalibrate_batchnorm
-    from edgecompress.training import evaluate, train
-
     if finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     out = Path(out)
@@ -86,15 +87,17 @@ def replay(
         raise PolicyError(
             f"policy {policy_path} is for input shape {list(shape)}, checkpoint {ckpt} for {list(spec.input_shape)}"
         )
-    round_to = int(base_info.get("round_to", 1))
     bundle = load_dataset(spec.dataset, data_dir, val_size=val_size)  # fine-tuning never sees the search's split
     analysis = analyze_model(base, spec.input_shape)
     policy.check_layers([s.name for s in analysis.layers])
 
     torch.manual_seed(seed)
-    drawn = [x for x, _ in batches(bundle.train, 64, shuffle=True, seed=seed)][: max(bn_batches, 4)]
-    needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
-    model, _ = compress(base, policy, drawn[:4] if needs_calibration else None, analysis=analysis, round_to=round_to)
+    drawn = [x for x, _ in batches(bundle.train, 64, shuffle=True, seed=seed)][: max(bn_batches, CALIBRATION_BATCHES)]
+    # A searched policy records its calibrated 8-bit ranges: the searched model is rebuilt with them.
+    recorded = all("act_range" in policy.applied.get(n, {}) for n, lp in policy.layers.items() if lp.abits == 8)
+    calibration = None if recorded else drawn[:CALIBRATION_BATCHES]
+    model, compression = compress(base, policy, calibration, analysis=analysis)
+    policy = policy.with_applied(compression.applied())
     recalibrate_batchnorm(model, drawn[:bn_batches])
     topk = (1, 5)
     base_acc = evaluate(base, bundle.test, topk=topk)
@@ -136,8 +139,8 @@ def replay(
         }
     measured: dict[str, Any] = {}
     if measure:
-        base_ms = measure_onnx_ms(base, spec.input_shape, threads=threads)
-        compressed_ms = measure_onnx_ms(model, spec.input_shape, threads=threads)
+        base_ms = measure_ms(base, spec.input_shape, threads=threads)
+        compressed_ms = measure_ms(model, spec.input_shape, threads=threads)
         measured["batch1"] = {"base_ms": base_ms, "compressed_ms": compressed_ms, "speedup": base_ms / compressed_ms}
         measured["source"] = (
             f"measured on this machine ({cpu_name()}, {os.cpu_count()} cores, ONNX Runtime CPU provider, "
@@ -147,7 +150,7 @@ def replay(
 
     metrics = {"test_top1": after["top1"], "test_top5": after["top5"]}
     out.mkdir(parents=True, exist_ok=True)
-    path = save_compressed(out / "model.pt", model, spec, policy, round_to=round_to, metrics=metrics)
+    path = save_compressed(out / "model.pt", model, spec, policy, metrics=metrics)
     result: dict[str, Any] = {
         "policy": str(policy_path),
         "checkpoint": str(ckpt),

@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 
 from edgecompress._progress import make_console
-from edgecompress.checkpoint import load_checkpoint
+from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.compressors import Policy, compress
 from edgecompress.config import RunConfig, load_config
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models import estimate_latency
-from edgecompress.search.optuna_driver import run_optuna_search
-from edgecompress.search.report import hypervolume_2d, pareto_front, write_report
+from edgecompress.workflows.report import hypervolume_2d, pareto_front, write_report
+from edgecompress.workflows.search import run_search
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_fmnist_shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgecompress.data import load_dataset
-    from edgecompress.training import train_base_model
+    from edgecompress.workflows.train import train_base_model
 
     path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
     cfg = load_config(
@@ -61,9 +61,9 @@ def records(run: Path) -> list[dict[str, Any]]:
 
 def assert_best_within_budget(run: Path, cfg: RunConfig, result: dict[str, Any]) -> Policy:
     policy = Policy.load(run / "best_policy.json")
-    assert policy.base["model"] == "lenet5" and policy.base["round_to"] == 1
+    assert policy.base["model"] == "lenet5" and policy.round_to == 1
     base, _ = load_checkpoint(policy.base["checkpoint"])
-    model, _ = compress(base, policy, round_to=1)
+    model, _ = compress(base, policy)
     assert estimate_latency(model, (1, 1, 28, 28), cfg.device).total_ms <= result["budget_ms"] + 1e-9
     assert policy.meta["scores"]["accuracy"] == result["best"]["accuracy"]
     return policy
@@ -71,7 +71,7 @@ def assert_best_within_budget(run: Path, cfg: RunConfig, result: dict[str, Any])
 
 def test_optuna_tpe_writes_a_valid_best_policy_within_budget(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
     cfg = make_cfg(tmp_path / "tpe", checkpoint, tiny_fmnist_shared)
-    result = run_optuna_search(cfg, make_console(), progress=False)
+    result = run_search(cfg, make_console(), progress=False)
     run = Path(cfg.out)
     assert (run / "study.db").is_file() and (run / "reference.json").is_file() and (run / "search.png").is_file()
     recs = records(run)
@@ -87,11 +87,11 @@ def test_optuna_tpe_writes_a_valid_best_policy_within_budget(tmp_path, checkpoin
 def test_same_seed_gives_the_same_trials(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
     a = make_cfg(tmp_path / "a", checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"])
     b = make_cfg(tmp_path / "b", checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"])
-    run_optuna_search(a, make_console(), progress=False)
-    run_optuna_search(b, make_console(), progress=False)
+    run_search(a, make_console(), progress=False)
+    run_search(b, make_console(), progress=False)
     assert [r["policy"] for r in records(Path(a.out))] == [r["policy"] for r in records(Path(b.out))]
     c = make_cfg(tmp_path / "c", checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"], seed=1)
-    run_optuna_search(c, make_console(), progress=False)
+    run_search(c, make_console(), progress=False)
     assert [r["policy"] for r in records(Path(a.out))] != [r["policy"] for r in records(Path(c.out))]
 
 
@@ -112,11 +112,11 @@ def test_resume_keeps_the_trial_count_and_never_reruns(tmp_path, checkpoint, tin
 
     monkeypatch.setattr(PolicySpace, "suggest", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_optuna_search(cfg, make_console(), progress=False)
+        run_search(cfg, make_console(), progress=False)
     monkeypatch.setattr(PolicySpace, "suggest", real)
     first = records(Path(cfg.out))
     assert len(first) == 3
-    result = run_optuna_search(cfg, make_console(), progress=False)
+    result = run_search(cfg, make_console(), progress=False)
     recs = records(Path(cfg.out))
     assert result["episodes"] == 6 and len(recs) == 6
     assert recs[:3] == first  # finished trials kept, not re-run
@@ -124,7 +124,7 @@ def test_resume_keeps_the_trial_count_and_never_reruns(tmp_path, checkpoint, tin
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 6 and states.count("FAIL") == 1
     # Running again does nothing more.
-    assert run_optuna_search(cfg, make_console(), progress=False)["episodes"] == 6
+    assert run_search(cfg, make_console(), progress=False)["episodes"] == 6
     assert len(optuna.load_study(study_name=cfg.name, storage=study._storage).trials) == 7
 
 
@@ -132,7 +132,7 @@ def test_nsga2_pareto_front_is_non_dominated(tmp_path, checkpoint, tiny_fmnist_s
     cfg = make_cfg(
         tmp_path / "nsga", checkpoint, tiny_fmnist_shared, sampler="nsga2", episodes=10, techniques=["keep", "wbits"]
     )
-    run_optuna_search(cfg, make_console(), progress=False)
+    run_search(cfg, make_console(), progress=False)
     front = json.loads((Path(cfg.out) / "pareto.json").read_text())
     recs = records(Path(cfg.out))
     assert front
@@ -176,33 +176,31 @@ def test_pareto_front_and_hypervolume_known_answers() -> None:
 
 def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
     ray = pytest.importorskip("ray")
-    from edgecompress.search.ray_driver import run_ray_search
 
     cfg = make_cfg(tmp_path / "ray", checkpoint, tiny_fmnist_shared, agent="ray", episodes=4, workers=2)
     try:
-        result = run_ray_search(cfg, make_console(), progress=False)
+        result = run_search(cfg, make_console(), progress=False)
         assert result["errors"] == [] and result["episodes"] == 4
         run = Path(cfg.out)
         recs = records(run)
         assert len({r["trial"] for r in recs}) == 4
         policy = assert_best_within_budget(run, cfg, result)
         assert policy.meta["agent"].startswith("ray tune")
-        again = run_ray_search(cfg, make_console(), progress=False)  # Tuner.restore: nothing re-run
+        again = run_search(cfg, make_console(), progress=False)  # Tuner.restore: nothing re-run
         assert again["episodes"] == 4 and records(run) == recs
     finally:
         ray.shutdown()
 
 
 def test_report_renders_from_each_agents_run_folder(tmp_path, checkpoint, tiny_fmnist_shared, capsys) -> None:  # type: ignore[no-untyped-def]
-    from edgecompress.agents.driver import run_ddpg_search
     from edgecompress.cli import main
 
     tpe = make_cfg(tmp_path / "tpe", checkpoint, tiny_fmnist_shared, episodes=4)
     rnd = make_cfg(tmp_path / "random", checkpoint, tiny_fmnist_shared, episodes=4, sampler="random")
     ddpg = make_cfg(tmp_path / "ddpg", checkpoint, tiny_fmnist_shared, agent="ddpg", episodes=4, warmup_episodes=2)
-    run_optuna_search(tpe, make_console(), progress=False)
-    run_optuna_search(rnd, make_console(), progress=False)
-    run_ddpg_search(ddpg, make_console(), progress=False)
+    run_search(tpe, make_console(), progress=False)
+    run_search(rnd, make_console(), progress=False)
+    run_search(ddpg, make_console(), progress=False)
     report = write_report([tpe.out, rnd.out, ddpg.out], tmp_path / "cmp")
     assert [r["agent"] for r in report["runs"]] == ["optuna-tpe", "optuna-random", "ddpg"]
     assert all(r["evaluations"] == 4 for r in report["runs"])

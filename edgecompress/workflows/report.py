@@ -133,12 +133,10 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
 
 
 def _plot(runs: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure  # a Figure of its own: no pyplot state, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.subplots()
     markers = "osD^vP*X"
     all_sizes = [r["stored_bytes"] for run in runs for r in run["records"]] or [1]
     vmin, vmax = min(all_sizes), max(all_sizes)
@@ -193,5 +191,4 @@ def _plot(runs: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from edgecompress import Policy, compress, distill
-from edgecompress.compressors.distill import distillation_loss
 from edgecompress.data import load_dataset
 from edgecompress.errors import ConfigError
 from edgecompress.models import create_model
 from edgecompress.training import evaluate
+from edgecompress.training.distill import distillation_loss
 
 
 def test_loss_is_zero_kl_when_student_equals_teacher() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from edgecompress.config import load_config
-from edgecompress.training import train_base_model
+from edgecompress.workflows.train import train_base_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_lenet5_default_config_reaches_89_percent_in_3_epochs(fmnist, tmp_path) -> None:

@@ -35,8 +35,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.compressors import constraints
-from edgecompress.compressors.report import _bits_for, _bytes, huffman_code_lengths
+from edgecompress.analysis import analyze_model
+from edgecompress.artifacts.checkpoint import ModelSpec, rebuild_structure, with_round_to
+from edgecompress.compressors import Policy, constraints
+from edgecompress.compressors.base import weight_modules
+from edgecompress.compressors.depth import removed_layers
+from edgecompress.compressors.report import _bits_for, _bytes, huffman_bits_from_counts, huffman_code_lengths
 from edgecompress.errors import CheckpointError
 
 __all__ = ["ARCHIVE_MAGIC", "load_archive", "pack_archive"]
@@ -107,7 +111,6 @@ def _huffman_decode(symbols: list[int], lengths: bytes, data: bytes, count: int)
 
 
 def _huffman_bytes(stream: np.ndarray) -> int:
-    from edgecompress.compressors.report import huffman_bits_from_counts
 
     if stream.size == 0:
         return 0
@@ -357,18 +360,9 @@ def _decode_tensor(h: dict[str, Any], data: bytes) -> tuple[torch.Tensor, torch.
 
 # ---------------------------------------------------------------- whole model
 def pack_archive(
-    model: nn.Module, spec: Any, policy: Any, *, round_to: int | None = None, metrics: dict[str, Any] | None = None
+    model: nn.Module, spec: ModelSpec, policy: Policy, *, metrics: dict[str, Any] | None = None
 ) -> tuple[bytes, dict[str, Any]]:
-    """Pack a compressed model; return (archive bytes, size accounting).
-
-    ``round_to`` (default: the policy's ``base["round_to"]``, else 1) must be the one it was compressed with.
-    """
-    if round_to is None:
-        round_to = int(policy.base.get("round_to", 1))
-    from edgecompress.analysis import analyze_model
-    from edgecompress.compressors.base import weight_modules
-    from edgecompress.compressors.depth import removed_layers
-
+    """Pack a model compressed by ``policy``; return (archive bytes, size accounting)."""
     analysis = analyze_model(spec.build(), spec.input_shape)
     gone = removed_layers(policy, analysis)
     coded: dict[str, tuple[dict[str, Any], bytes]] = {}
@@ -402,7 +396,7 @@ def pack_archive(
         "version": ARCHIVE_VERSION,
         "spec": asdict(spec),
         "policy": policy.to_dict(),
-        "round_to": int(round_to),
+        "round_to": policy.round_to,
         "metrics": metrics or {},
         "layers": layer_entries,
         "tensors": raw,
@@ -423,9 +417,6 @@ def pack_archive(
 
 def load_archive(source: str | Path | IO[bytes]) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
     """Rebuild the model from an archive: (model with plain weights, base spec, policy, metrics)."""
-    from edgecompress.checkpoint import ModelSpec, rebuild_structure
-    from edgecompress.compressors import Policy
-
     name = str(source) if isinstance(source, (str, Path)) else "archive"
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
@@ -441,11 +432,11 @@ def load_archive(source: str | Path | IO[bytes]) -> tuple[nn.Module, Any, Any, d
     try:
         header = json.loads(blob[9 : 9 + hlen])
         spec = ModelSpec.from_dict(header["spec"])
-        policy = Policy.from_dict(header["policy"], name)
+        policy = with_round_to(Policy.from_dict(header["policy"], name), int(header["round_to"]))
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{name} has a corrupt header: {exc}") from exc
     payload = memoryview(blob)[9 + hlen :]
-    model = constraints.bake(rebuild_structure(spec, policy, header["round_to"]))
+    model = constraints.bake(rebuild_structure(spec, policy))
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
     for lname, h in header["layers"].items():

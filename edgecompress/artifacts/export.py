@@ -33,33 +33,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress._imports import optional
+from edgecompress._logging import quiet_library_logs
+from edgecompress.artifacts.archive import load_archive, pack_archive
+from edgecompress.artifacts.compressed import load_compressed
+from edgecompress.compressors.constraints import float_view
+from edgecompress.data import batches, load_dataset
 from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.latency_models.onnx import EXPORTERS, runner, to_onnx
+from edgecompress.latency_models.profiler import time_onnx
+from edgecompress.training import evaluate
 
-__all__ = ["FORMATS", "export_model", "module_of_node", "onnx_bytes"]
+__all__ = ["FORMATS", "export_model", "module_of_node"]
 
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "torchscript", "archive")
-
-
-def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    """fp32 ONNX (opset 17, dynamic batch axis) of ``model`` with its compression constraints folded in."""
-    import warnings
-
-    from edgecompress.compressors.constraints import float_view
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter: no onnxscript needed on a Pi
-        torch.onnx.export(
-            float_view(model).eval(),
-            (torch.zeros(input_shape),),
-            buf,  # type: ignore[arg-type]
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return buf.getvalue()
 
 
 def module_of_node(node_name: str) -> str:
@@ -80,26 +67,8 @@ def module_of_node(node_name: str) -> str:
     return ".".join(path)
 
 
-def _session(model_bytes: bytes, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-
-
-def _onnx_runner(model_bytes: bytes, threads: int) -> Any:
-    """The ONNX model as a callable on input batches, for :func:`_parity`."""
-    session = _session(model_bytes, threads)
-    return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).float()
-
-
 def _parity(run: Any, reference: nn.Module, dataset: Any, samples: int | None, reference_name: str) -> dict[str, Any]:
     """Run ``run`` and the PyTorch ``reference`` on the test split; compare outputs and accuracy."""
-    from edgecompress.data import batches
-
     max_diff, agree, correct, total = 0.0, 0, 0, 0
     with torch.no_grad():
         for x, y in batches(dataset, 256):
@@ -120,8 +89,6 @@ def _parity(run: Any, reference: nn.Module, dataset: Any, samples: int | None, r
 
 
 def _time(model_bytes: bytes, input_shape: tuple[int, ...], threads: int, repeats: int) -> dict[str, float]:
-    from edgecompress.latency_models.profiler import time_onnx
-
     out = {}
     for batch in (1, 64):
         x = torch.randn((batch, *input_shape[1:]))
@@ -142,13 +109,10 @@ def _int8(
     calibration_batches: int,
     seed: int,
 ) -> tuple[bytes, dict[str, Any]]:
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from edgecompress.data import batches
-
+    onnx = optional("onnx", needed_for="onnx-int8 export")
+    quantization = optional("onnxruntime.quantization", needed_for="onnx-int8 export")
+    CalibrationDataReader, QuantFormat = quantization.CalibrationDataReader, quantization.QuantFormat
+    QuantType, quantize_static = quantization.QuantType, quantization.quantize_static
     graph = onnx.load_from_string(fp32).graph
     weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     int8_layers = sorted(name for name, lp in policy.layers.items() if lp.abits <= 8)
@@ -167,15 +131,14 @@ def _int8(
     ops = ["Conv", "Gemm", "MatMul"] + (["Add", "MaxPool", "GlobalAveragePool"] if all_layers or not excluded else [])
     drawn = [x.numpy() for x, _ in batches(train_data, 32, shuffle=True, seed=seed)][:calibration_batches]
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:
             self.items = iter([{"x": x} for x in drawn])
 
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.items, None)
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice, once per operator
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, quiet_library_logs("onnxruntime"):  # its per-operator advice
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
         quantize_static(
@@ -216,15 +179,18 @@ def export_model(
     force: bool = False,
     seed: int = 0,
     val_size: int = 5000,
+    exporter: str = "torchscript",
 ) -> dict[str, Any]:
     """Export the compressed model in ``model_dir`` (a replay folder or its model.pt) as ``fmt`` to ``out``."""
-    from edgecompress.checkpoint import load_compressed
-    from edgecompress.compressors.constraints import float_view
-    from edgecompress.data import load_dataset
-    from edgecompress.training import evaluate
-
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    if exporter != "torchscript" and fmt == "onnx-int8":
+        raise ConfigError(
+            "onnx-int8 picks the layers to quantize by the TorchScript exporter's node scopes; "
+            f"--exporter {exporter} names nodes otherwise: use --exporter torchscript"
+        )
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force to replace it")
@@ -242,14 +208,13 @@ def export_model(
     }
     data: bytes
     if fmt in ("onnx", "onnx-fp16", "onnx-int8"):
-        import onnx
-
-        fp32 = onnx_bytes(model, shape)
+        onnx = optional("onnx", needed_for="ONNX export")
+        fp32 = to_onnx(model, shape, exporter=exporter)
+        result["exporter"] = exporter
         data = fp32
         if fmt == "onnx-fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            half = convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
+            float16 = optional("onnxruntime.transformers.float16", needed_for="onnx-fp16 export")
+            half = float16.convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
             _topological_sort(half.graph)  # the converter appends its input casts after their consumers
             data = half.SerializeToString()
         elif fmt == "onnx-int8":
@@ -266,7 +231,7 @@ def export_model(
             result["int8"] = info
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
         result["checker"] = "onnx.checker passed (full_check)"
-        result["parity"] = _parity(_onnx_runner(data, threads), folded, bundle.test, verify_samples,
+        result["parity"] = _parity(runner(data, threads), folded, bundle.test, verify_samples,
                                    "PyTorch model with constraints folded (what the export encodes)")  # fmt: skip
         if measure:
             result["measured"] = {
@@ -286,8 +251,6 @@ def export_model(
             loaded = torch.jit.load(io.BytesIO(data))
         result["parity"] = _parity(loaded, folded, bundle.test, verify_samples, "PyTorch model with constraints folded")
     else:
-        from edgecompress.compressors.archive import load_archive, pack_archive
-
         data, info = pack_archive(model, spec, policy, metrics=metrics)
         restored, *_ = load_archive(io.BytesIO(data))
         result["archive"] = info

@@ -21,35 +21,39 @@ Ray is imported here only, so the other agents never pay for it.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
+from edgecompress._imports import optional
 from edgecompress._progress import progress_bar
 from edgecompress.config import RunConfig
+from edgecompress.drivers.optuna import make_sampler
+from edgecompress.errors import ConfigError
+from edgecompress.search.setup import SearchSetup
 
-__all__ = ["run_ray_search"]
+__all__ = ["run"]
 
 
-def _trial(
-    config: dict[str, Any], objective: Any = None, space: Any = None, budget_ms: float = 0.0, accuracy_source: str = ""
-) -> dict[str, Any]:
-    import torch
-
-    from edgecompress.search.space import evaluation_record
-
+def _trial(config: dict[str, Any], setup: SearchSetup | None = None) -> dict[str, Any]:
+    assert setup is not None  # Tune passes it through with_parameters
     torch.set_num_threads(1)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
-    ev = objective.score(space.from_params(params))
-    within = ev.latency_ms <= budget_ms
+    policy, filled = setup.fill(setup.space.from_params(params))
+    ev = setup.objective(policy)
+    budget_ms = setup.budget.limit_ms
+    within = setup.budget.within(ev.latency_ms)
     return {
         "score": ev.accuracy if within else -ev.latency_ms / budget_ms,
         "accuracy": ev.accuracy,
         "latency_ms": ev.latency_ms,
         "within_budget": within,
-        "record_json": json.dumps(evaluation_record(ev, accuracy_source)),
+        "record_json": json.dumps(setup.record(ev, filled=filled)),
     }
 
 
@@ -74,26 +78,17 @@ def _logger(tune: Any, on_complete: Any) -> Any:
     return logger
 
 
-def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
-    import logging
-    import os
-
+def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import ray
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from edgecompress.search.optuna_driver import make_sampler
-    from edgecompress.search.space import prepare_search
+    ray = optional("ray", needed_for="search.agent ray")
+    tune = optional("ray.tune", needed_for="search.agent ray")
+    ConcurrencyLimiter = optional("ray.tune.search", needed_for="search.agent ray").ConcurrencyLimiter
+    OptunaSearch = optional("ray.tune.search.optuna", needed_for="search.agent ray").OptunaSearch
 
     s = cfg.search
     run_dir = Path(cfg.out).resolve()
-    setup = prepare_search(cfg, console)
-    env, objective, space = setup.env, setup.objective, setup.space
+    space = setup.space
     if s.sampler == "nsga2":
-        from edgecompress.errors import ConfigError
-
         raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
     log = setup.open_log(cfg, f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)")
     started = time.perf_counter()
@@ -104,9 +99,7 @@ def run_ray_search(cfg: RunConfig, console: Console, *, progress: bool = True) -
             ray.init(num_cpus=s.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
     trainable = tune.with_resources(
-        tune.with_parameters(
-            _trial, objective=objective, space=space, budget_ms=env.budget_ms, accuracy_source=setup.accuracy_source
-        ),
+        tune.with_parameters(_trial, setup=setup),
         {"cpu": 1},
     )
     logged = {r.get("trial") for r in log.records}

@@ -1,4 +1,4 @@
-"""Training and evaluation of base models (and, later, fine-tuning of compressed ones).
+"""The one training loop (base models, fine-tuning, distillation) and evaluation.
 
 SGD with Nesterov momentum (or AdamW), a short linear warm-up then cosine
 annealing to zero, stepped per batch; optional batch-level augmentation. Fixed
@@ -12,8 +12,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,14 +19,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from edgecompress._progress import progress_bar, stderr_console
-from edgecompress.checkpoint import ModelSpec, save_checkpoint
-from edgecompress.config import RunConfig, TrainConfig
-from edgecompress.data import DataBundle, batches, load_dataset, num_batches
-from edgecompress.models import create_model
+from edgecompress.config import TrainConfig
+from edgecompress.data import batches, num_batches
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["EpochRecord", "TrainResult", "augment_batch", "evaluate", "train", "train_base_model"]
+__all__ = ["EpochRecord", "LossFn", "TrainResult", "augment_batch", "evaluate", "train"]
 
 
 @dataclass
@@ -162,48 +158,3 @@ def train(
                 )
     result.seconds = time.perf_counter() - start
     return result
-
-
-def train_base_model(
-    config: RunConfig,
-    out: str | Path,
-    *,
-    bundle: DataBundle | None = None,
-    max_batches: int | None = None,
-    progress: bool = True,
-) -> tuple[nn.Module, ModelSpec]:
-    """Train ``config.model.name`` on ``config.data`` and save the checkpoint at ``out``.
-
-    Accuracies in the spec are measured after training: ``val_acc`` on the
-    validation split, ``test_acc`` on the test split.
-    """
-    if bundle is None:
-        bundle = load_dataset(
-            config.data.dataset, config.data.data_dir, val_size=config.data.val_size,
-            seed=config.data.seed, image_size=config.data.image_size,
-        )  # fmt: skip
-    torch.manual_seed(config.train.seed)
-    model = create_model(config.model.name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
-    result = train(model, bundle.train, config.train, val_set=bundle.val, max_batches=max_batches, progress=progress)
-    val = evaluate(model, bundle.val)["top1"]
-    test = evaluate(model, bundle.test, topk=(1, 5))
-    train_record: dict[str, Any] = config.train.model_dump()
-    train_record.update(
-        seconds=round(result.seconds, 2),
-        max_batches=max_batches,
-        history=[vars(r) for r in result.history],
-        torch_threads=torch.get_num_threads(),
-    )
-    spec = ModelSpec(
-        model=config.model.name,
-        num_classes=bundle.num_classes,
-        in_channels=bundle.in_channels,
-        input_size=bundle.input_size,
-        dataset=bundle.name,
-        seed=config.train.seed,
-        metrics={"val_acc": val, "test_acc": test["top1"], "test_top5": test["top5"]},
-        train=train_record,
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    )
-    save_checkpoint(out, model, spec)
-    return model, spec

@@ -26,11 +26,13 @@ from typing import Any
 
 from rich.console import Console
 
+from edgecompress._imports import optional
 from edgecompress._io import write_json_atomic
 from edgecompress._progress import progress_bar
 from edgecompress.config import RunConfig
+from edgecompress.search.setup import SearchSetup
 
-__all__ = ["make_sampler", "run_optuna_search", "storage_url"]
+__all__ = ["make_sampler", "run", "storage_url"]
 
 
 def storage_url(cfg: RunConfig) -> str:
@@ -38,7 +40,7 @@ def storage_url(cfg: RunConfig) -> str:
 
 
 def make_sampler(kind: str, seed: int, trials: int, multi: bool) -> Any:
-    import optuna
+    optuna = optional("optuna", needed_for="search.agent optuna / ray")
 
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(4, min(10, trials // 4)))
@@ -47,17 +49,14 @@ def make_sampler(kind: str, seed: int, trials: int, multi: bool) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def run_optuna_search(
-    cfg: RunConfig, console: Console, *, progress: bool = True, _stop_after: int | None = None
+def run(
+    setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True, _stop_after: int | None = None
 ) -> dict[str, Any]:
-    import optuna
-
-    from edgecompress.search.space import evaluation_record, prepare_search
+    optuna = optional("optuna", needed_for="search.agent optuna")
 
     s = cfg.search
     run_dir = Path(cfg.out)
-    setup = prepare_search(cfg, console)
-    env, objective, space = setup.env, setup.objective, setup.space
+    objective, space, budget = setup.objective, setup.space, setup.budget
     multi = s.sampler == "nsga2"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
@@ -100,11 +99,14 @@ def run_optuna_search(
 
     def fn(trial: Any) -> Any:
         policy = space.suggest(trial)
-        ev = objective(policy) if multi else objective.score(policy)  # a Pareto front keeps latency free
-        record = evaluation_record(ev, setup.accuracy_source)
+        filled = 0
+        if not multi:  # a Pareto front keeps latency free
+            policy, filled = setup.fill(policy)
+        ev = objective(policy)
+        record = setup.record(ev, filled=filled)
         trial.set_user_attr("record", record)
         # The budget as an Optuna constraint: feasible when latency - budget <= 0 (TPE and NSGA-II honour it).
-        trial.set_constraint("latency_over_budget_ms", ev.latency_ms - env.budget_ms)
+        trial.set_constraint("latency_over_budget_ms", ev.latency_ms - budget.limit_ms)
         return (ev.accuracy, ev.latency_ms, float(ev.stored_bytes)) if multi else ev.accuracy
 
     with progress_bar(progress) as bar:

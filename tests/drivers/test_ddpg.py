@@ -5,11 +5,11 @@ import json
 import pytest
 
 from edgecompress._progress import make_console
-from edgecompress.agents import driver
 from edgecompress.compressors import Policy, compress
 from edgecompress.config import load_config
 from edgecompress.latency_models import estimate_latency
-from edgecompress.training import train_base_model
+from edgecompress.workflows.search import run_search
+from edgecompress.workflows.train import train_base_model
 
 
 @pytest.fixture
@@ -28,17 +28,17 @@ def cfg(tmp_path, tiny_fmnist_shared):
 
 
 def test_twenty_episode_search_writes_a_policy_within_budget(cfg) -> None:
-    result = driver.run_ddpg_search(cfg, make_console(), progress=False)
+    result = run_search(cfg, make_console(), progress=False)
     run = cfg.out
     records = [json.loads(line) for line in open(f"{run}/episodes.jsonl")]
     assert [r["episode"] for r in records] == list(range(1, 21)) and all(r["filled"] == 0 for r in records)
     policy = Policy.load(f"{run}/best_policy.json")
     assert policy.base["model"] == "lenet5" and policy.meta["agent"].startswith("ddpg")
     assert policy.meta["scores"]["accuracy"] == result["best"]["accuracy"]
-    from edgecompress.checkpoint import load_checkpoint
+    from edgecompress.artifacts.checkpoint import load_checkpoint
 
     base, _ = load_checkpoint(cfg.model.checkpoint)
-    model, _ = compress(base, policy, round_to=cfg.search.round_to)
+    model, _ = compress(base, policy)
     assert estimate_latency(model, (1, 1, 28, 28), cfg.device).total_ms <= result["budget_ms"] + 1e-9
     assert len(json.load(open(f"{run}/topk.json"))) == 5
 
@@ -47,7 +47,7 @@ def test_resume_continues_the_episode_count(cfg) -> None:
     class Stop(Exception):
         pass
 
-    original = driver.run_ddpg_search
+    original = run_search
     cfg.search.episodes = 8
     calls = {"n": 0}
     from edgecompress.agents import amc
@@ -74,7 +74,7 @@ def test_resume_continues_the_episode_count(cfg) -> None:
 
 def test_filled_search_logs_the_widened_policies(cfg) -> None:
     cfg.search.episodes, cfg.search.warmup_episodes, cfg.search.fill_budget = 4, 4, True
-    result = driver.run_ddpg_search(cfg, make_console(), progress=False)
+    result = run_search(cfg, make_console(), progress=False)
     records = [json.loads(line) for line in open(f"{cfg.out}/episodes.jsonl")]
     assert len(records) == 4 and any(r["filled"] > 0 for r in records)
     assert all(r["latency_ms"] <= r["budget_ms"] + 1e-9 for r in records)

@@ -3,11 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgecompress.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from edgecompress.artifacts.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from edgecompress.config import load_config
 from edgecompress.errors import CheckpointError
 from edgecompress.models import create_model
-from edgecompress.training import augment_batch, evaluate, train, train_base_model
+from edgecompress.training import augment_batch, evaluate, train
+from edgecompress.workflows.train import train_base_model
 
 
 def test_one_epoch_lenet5_beats_chance_by_far(fmnist, tmp_path) -> None:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from edgecompress.config import TrainConfig
 from edgecompress.errors import ConfigError
-from edgecompress.training import EpochRecord, train
+from edgecompress.training.loop import EpochRecord, train
 
 __all__ = ["distill", "distillation_loss"]
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.checkpoint import ModelSpec, load_compressed, save_checkpoint, save_compressed
+from edgecompress.artifacts.checkpoint import ModelSpec, save_checkpoint
+from edgecompress.artifacts.compressed import load_compressed, save_compressed
+from edgecompress.artifacts.export import export_model, module_of_node
 from edgecompress.compressors import LayerPolicy, Policy, compress
 from edgecompress.errors import CheckpointError, ConfigError, PolicyError
-from edgecompress.export import export_model, module_of_node
-from edgecompress.replay import replay
 from edgecompress.training import evaluate
+from edgecompress.workflows.replay import replay
 
 DEVICES = ["raspberry-pi-4"]
 
@@ -26,7 +27,7 @@ def setup(tiny_fmnist_shared: Path, train_tiny, tmp_path_factory: pytest.TempPat
     model, _data = train_tiny(tiny_fmnist_shared, "lenet5", 2)
     spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
     ckpt = save_checkpoint(root / "base.pt", model, spec)
-    base = {"model": "lenet5", "checkpoint": str(ckpt), "input_shape": [1, 1, 28, 28], "round_to": 1}
+    base = {"model": "lenet5", "checkpoint": str(ckpt), "input_shape": [1, 1, 28, 28]}
     policy = Policy.uniform(model, keep=0.5, base=base)
     policy = policy.with_layer("conv2", wbits=4, abits=8).with_layer("fc1", clusters=16, sparsity=0.5)
     policy_path = policy.save(root / "policy.json")
@@ -143,7 +144,7 @@ def test_int8_refuses_policy_without_8bit_layers(setup, tmp_path: Path) -> None:
     spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
     policy = Policy.uniform(model, keep=0.5, base={"input_shape": [1, 1, 28, 28]})
     compressed, _ = compress(model, policy)
-    path = save_compressed(tmp_path / "m.pt", compressed, spec, policy, round_to=1)
+    path = save_compressed(tmp_path / "m.pt", compressed, spec, policy)
     with pytest.raises(ConfigError, match=r"asks for 8-bit activations on no layer .* --all-layers"):
         export_model(path, "onnx-int8", tmp_path / "x.onnx", data_dir=setup["data"], val_size=60, measure=False)
     r = export_model(
@@ -182,7 +183,7 @@ def test_archive_round_trip_identical_and_sized_as_reported(setup) -> None:  # t
     original, *_ = load_compressed(setup["out"])
     x = torch.randn(16, 1, 28, 28)
     assert torch.equal(restored(x), original(x))
-    from edgecompress.compressors.archive import load_archive
+    from edgecompress.artifacts.archive import load_archive
 
     path.write_bytes(b"XXXX" + path.read_bytes()[4:])
     with pytest.raises(CheckpointError, match=r"is not an edgecompress archive \(bad magic b'XXXX'\)"):
@@ -191,7 +192,7 @@ def test_archive_round_trip_identical_and_sized_as_reported(setup) -> None:  # t
 
 def test_archive_codes_every_encoding_exactly(tmp_path: Path) -> None:
     """Sparse, quantized, shared, fp16, factorised layers: coded bytes equal the report's, outputs identical."""
-    from edgecompress.compressors.archive import load_archive, pack_archive
+    from edgecompress.artifacts.archive import load_archive, pack_archive
 
     spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
     torch.manual_seed(0)
@@ -207,7 +208,7 @@ def test_archive_codes_every_encoding_exactly(tmp_path: Path) -> None:
         dict(wbits=2, sparsity=0.99),
         {},
     ]
-    policy = Policy({}, base={"input_shape": [1, 1, 28, 28], "round_to": 1})
+    policy = Policy({}, base={"input_shape": [1, 1, 28, 28]})
     names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     for i, name in enumerate(names):
         policy = policy.with_layer(name, **choices[i % len(choices)])
@@ -228,9 +229,9 @@ def test_pruned_resnet_with_residual_adds_exports(setup, tmp_path: Path) -> None
     spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
     torch.manual_seed(0)
     model = spec.build().eval()
-    policy = Policy.uniform(model, keep=0.5, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]})
-    compressed, _ = compress(model, policy, round_to=8)
-    path = save_compressed(tmp_path / "r.pt", compressed, spec, policy, round_to=8)
+    policy = Policy.uniform(model, keep=0.5, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]}, round_to=8)
+    compressed, _ = compress(model, policy)
+    path = save_compressed(tmp_path / "r.pt", compressed, spec, policy)
     r = export_model(path, "onnx", tmp_path / "r.onnx", data_dir=setup["data"], val_size=60, measure=False)
     assert r["parity"]["max_abs_diff"] < 1e-3
     import onnx
@@ -243,9 +244,9 @@ def test_pruned_resnet_with_residual_adds_exports(setup, tmp_path: Path) -> None
     assert len(q["int8"]["quantized_nodes"]) == 22
     # Two blocks removed as well: two adds fewer, and the int8 export quantizes the 18 convolutions left.
     gone = {f"layers.{b}.conv{i}": LayerPolicy(drop=True) for b in (2, 8) for i in (1, 2)}
-    dropped = Policy({**policy.layers, **gone}, base=policy.base)
-    compressed, _ = compress(model, dropped, round_to=8)
-    path = save_compressed(tmp_path / "d.pt", compressed, spec, dropped, round_to=8)
+    dropped = policy.replace(layers={**policy.layers, **gone})
+    compressed, _ = compress(model, dropped)
+    path = save_compressed(tmp_path / "d.pt", compressed, spec, dropped)
     r = export_model(path, "onnx", tmp_path / "d.onnx", data_dir=setup["data"], val_size=60, measure=False)
     assert r["parity"]["max_abs_diff"] < 1e-3
     assert sum(n.op_type == "Add" for n in onnx.load(tmp_path / "d.onnx").graph.node) == 7

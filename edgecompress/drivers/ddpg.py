@@ -15,19 +15,18 @@ from typing import Any
 from rich.console import Console
 
 from edgecompress._progress import progress_bar
+from edgecompress.agents.amc import AMCDDPG
 from edgecompress.config import RunConfig
+from edgecompress.envs import CompressionEnv
+from edgecompress.search.setup import SearchSetup
 
-__all__ = ["run_ddpg_search"]
+__all__ = ["run"]
 
 
-def run_ddpg_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
-    from edgecompress.agents.amc import AMCDDPG
-    from edgecompress.search.space import prepare_search
-
+def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     s = cfg.search
     run_dir = Path(cfg.out)
-    setup = prepare_search(cfg, console)
-    env = setup.env
+    env = CompressionEnv(setup=setup, reward=s.reward)
     n_layers = len(env.layers)
     warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
     agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.pkl"

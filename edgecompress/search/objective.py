@@ -1,0 +1,252 @@
+"""The one objective every search driver scores policies with.
+
+``Objective(policy)`` compresses the base model with the policy, optionally
+recalibrates BatchNorm statistics on a few training batches, optionally
+distils it from the base model for ``finetune_batches`` steps (the same seeded
+batches for every policy), measures top-1 accuracy on the validation subset,
+predicts latency on the target device (or, with ``latency="measured"`` and
+the ``host`` device, measures it here: see :meth:`Objective.latency`) and
+reads the stored size from the compression report. Every driver calls it,
+so a policy found by any of them scores, and later replays, the same way:
+the evaluation carries the policy as applied (its ``applied`` section), so
+``compress(model, policy)`` rebuilds the scored model. Identical policies are
+scored once (cached by their JSON form). It only scores: it does not choose
+policies and knows no budget (:mod:`edgecompress.search.budget` does).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from edgecompress.analysis import ModelAnalysis, analyze_model
+from edgecompress.compressors import Policy, compress
+from edgecompress.compressors.quantization import CALIBRATION_BATCHES
+from edgecompress.config import is_host
+from edgecompress.data import batches
+from edgecompress.latency_models import LatencyReport, estimate_latency, load_device, priced_precisions
+from edgecompress.latency_models.onnx import to_onnx
+from edgecompress.latency_models.profiler import time_onnx_interleaved
+from edgecompress.training import distill, evaluate, recalibrate_batchnorm
+
+__all__ = ["Evaluation", "Objective", "activation_precisions", "policy_latency"]
+
+PRECISION_OF_ABITS = {8: "int8", 16: "fp16", 32: "fp32"}
+LATENCY_MODES = ("table", "measured")
+
+
+def activation_precisions(policy: Policy) -> dict[str, str]:
+    """Layer -> the precision its ``abits`` deploys at (int8, fp16), for the layers not at fp32."""
+    return {name: PRECISION_OF_ABITS[lp.abits] for name, lp in policy.layers.items() if lp.abits < 32}
+
+
+def policy_latency(
+    compressed: nn.Module,
+    policy: Policy,
+    input_shape: Sequence[int],
+    device: str,
+    priced: set[str] | None = None,
+) -> tuple[LatencyReport, str]:
+    """Predicted latency of a compressed model, each layer at the precision its ``abits`` asks where the
+    device prices it (``priced``, default ``priced_precisions(device)``); the returned source names the
+    layers priced at fp32 instead."""
+    priced = priced_precisions(device) if priced is None else priced
+    asked = activation_precisions(policy)
+    usable = {layer: p for layer, p in asked.items() if p in priced}
+    report = estimate_latency(compressed, tuple(input_shape), device, precision=usable or "fp32")
+    source = report.source
+    unpriced = sorted(set(asked) - set(usable))
+    if unpriced:
+        wanted = sorted({asked[layer] for layer in unpriced})
+        source += (
+            f"; {len(unpriced)} layers asking {'/'.join(wanted)} activations priced at fp32: device {device!r} "
+            f"prices only {'/'.join(sorted(priced))} (profile `--precision {wanted[0]}` into a table to price them)"
+        )
+    return report, source
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    """Top-1 on the validation subset, measured."""
+    latency_ms: float
+    """Predicted batch-1 latency on the device (``latency_source`` says how)."""
+    latency_source: str
+    stored_bytes: int
+    huffman_bytes: int
+    params: int
+    macs: int
+    seconds: float
+    policy: dict[str, Any] = field(default_factory=dict)
+    """The policy scored, as applied (a policy file's JSON, ``applied`` included)."""
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _policy_key(policy: Policy) -> str:
+    """Cache key of a policy: its layers and rounding, canonically serialised (what decides the model)."""
+    return json.dumps([policy.round_to, policy.to_dict()["layers"]], sort_keys=True)
+
+
+class Objective:
+    def __init__(
+        self,
+        model: nn.Module,
+        val_data: Dataset,
+        device: str,
+        *,
+        input_shape: tuple[int, ...],
+        train_data: Dataset | None = None,
+        bn_batches: int = 0,
+        finetune_batches: int = 0,
+        calibration_batches: int = CALIBRATION_BATCHES,
+        batch_size: int = 256,
+        analysis: ModelAnalysis | None = None,
+        seed: int = 0,
+        latency: str = "table",
+        latency_rounds: int = 3,
+    ) -> None:
+        if latency not in LATENCY_MODES:
+            raise ValueError(f"latency {latency!r} is not one of: {', '.join(LATENCY_MODES)}")
+        if latency == "measured" and not is_host(device):
+            raise ValueError(
+                f"latency 'measured' times each policy on this machine, so the device must be 'host' or "
+                f"'host-Nthread' (got {device!r}); for another device use latency 'table' (its table or device model)"
+            )
+        if latency_rounds < 1:
+            raise ValueError(f"latency_rounds must be >= 1, got {latency_rounds}")
+        self.latency_mode = latency
+        self._predicted: dict[str, float] = {}
+        self.latency_rounds = latency_rounds
+        self._base_onnx: bytes | None = None
+        self.model = model.eval()
+        self.val_data = val_data
+        self.device = device
+        self.input_shape = tuple(input_shape)
+        self.batch_size = batch_size
+        self.analysis = analysis or analyze_model(model, self.input_shape)
+        source = train_data if train_data is not None else val_data
+        n = max(bn_batches, calibration_batches)
+        drawn = [x for x, _ in batches(source, 64, shuffle=True, seed=seed)][:n] if n else []
+        self.bn_inputs = drawn[:bn_batches]
+        if finetune_batches and train_data is None:
+            raise ValueError("finetune_batches needs train_data (the distillation set)")
+        self.train_data = train_data
+        self.finetune_batches = finetune_batches
+        self.seed = seed
+        self.calibration = drawn[:calibration_batches]
+        self.priced = priced_precisions(device)
+        """Precisions the device prices per layer; layers asking others are priced at fp32, and said so."""
+        self._cache: dict[str, Evaluation] = {}
+        self.hits = 0
+        phases = ("compress", "bn_recalibration", "finetune", "evaluate", "latency")
+        self.timings: dict[str, float] = dict.fromkeys(phases, 0.0)
+        """Cumulative wall seconds per scoring phase (where a search's time goes)."""
+
+    def base_latency_ms(self) -> float:
+        return estimate_latency(self.model, self.input_shape, self.device).total_ms
+
+    def latency(self, compressed: nn.Module, policy: Policy) -> tuple[LatencyReport, str]:
+        """Predicted latency (``latency="table"``), or measured here (``"measured"``, device ``host``).
+
+        Measured: the compressed model's fp32 ONNX export and the base model's
+        are timed round-robin in ONNX Runtime (the host table's thread count,
+        batch 1, ``latency_rounds`` rounds of 100 runs after 10 warm-up); the
+        latency is the base model's predicted latency times the median per-round
+        ratio. The ratio of two models timed in the same rounds holds while
+        this machine's speed swings; anchoring it on the base's prediction keeps
+        budgets (a ratio of that prediction) and scores on one scale.
+        """
+        report, source = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
+        if self.latency_mode == "table":
+            return report, source
+        if self._base_onnx is None:  # once per objective: the base model's export, prediction and table threads
+            self._base_onnx = to_onnx(self.model, self.input_shape)
+            self._base_ms = self.base_latency_ms()
+            self._threads = int(getattr(load_device(self.device), "meta", {}).get("threads", 2))
+        threads = self._threads
+        x = torch.zeros(self.input_shape).numpy()
+        models: dict[str, bytes | str] = {
+            "base": self._base_onnx,
+            "policy": to_onnx(compressed, self.input_shape),
+        }
+        times = time_onnx_interleaved(models, dict.fromkeys(models, x), threads, self.latency_rounds, 10, 100)
+        ratio = statistics.median(t / b for t, b in zip(times["policy"], times["base"], strict=True))
+        source = (
+            f"measured on this machine: ONNX Runtime, {threads} threads, batch 1, fp32, median over "
+            f"{self.latency_rounds} rounds of the ratio to the base model timed in the same round ({ratio:.3f}), "
+            f"times the base's {self._base_ms:.4f} ms from {self.device}"
+        )
+        lower = activation_precisions(policy)
+        if lower:
+            source += f"; {len(lower)} layers asking lower-precision activations timed at fp32 (fp32 export)"
+        return replace(report, total_ms=self._base_ms * ratio, source=source), source
+
+    def predict_ms(self, policy: Policy) -> float:
+        """Predicted latency of a policy (compressed, priced at its precisions; never measured, never scored)."""
+        key = _policy_key(policy)
+        if key not in self._predicted:
+            needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
+            compressed, _ = compress(
+                self.model, policy, self.calibration if needs_calibration else None, analysis=self.analysis
+            )
+            report, _ = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
+            self._predicted[key] = report.total_ms
+        return self._predicted[key]
+
+    @cached_property
+    def channel_block(self) -> int:
+        """The device table's SIMD channel block (1 for device models, which have none)."""
+        device = load_device(self.device) if isinstance(self.device, str) else self.device
+        return int(getattr(device, "channel_block", 1))
+
+    def __call__(self, policy: Policy) -> Evaluation:
+        key = _policy_key(policy)
+        if key in self._cache:
+            self.hits += 1
+            return self._cache[key]
+        start = time.perf_counter()
+        needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
+        compressed, report = compress(
+            self.model, policy, self.calibration if needs_calibration else None, analysis=self.analysis
+        )
+        t1 = time.perf_counter()
+        if self.bn_inputs:
+            recalibrate_batchnorm(compressed, self.bn_inputs)
+        t2 = time.perf_counter()
+        if self.finetune_batches and self.train_data is not None:
+            # The same batches for every policy (seeded), so the score stays a function of the policy.
+            per_epoch = -(-len(self.train_data) // 64)  # type: ignore[arg-type]
+            epochs = -(-self.finetune_batches // per_epoch)
+            distill(compressed, self.model, self.train_data, epochs=epochs, batch_size=64, lr=0.01,
+                    max_batches=-(-self.finetune_batches // epochs), seed=self.seed, progress=False)  # fmt: skip
+            compressed.eval()
+            self.model.eval()
+        t3 = time.perf_counter()
+        accuracy = evaluate(compressed, self.val_data, batch_size=self.batch_size)["top1"]
+        t4 = time.perf_counter()
+        latency, latency_source = self.latency(compressed, policy)
+        t5 = time.perf_counter()
+        for phase, seconds in zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            self.timings[phase] += seconds
+        totals = report.totals
+        result = Evaluation(
+            accuracy=accuracy, latency_ms=latency.total_ms, latency_source=latency_source,
+            stored_bytes=totals["stored_bytes_after"], huffman_bytes=totals["huffman_bytes_after"],
+            params=totals["params_after"], macs=totals["macs_after"],
+            seconds=time.perf_counter() - start, policy=policy.with_applied(report.applied()).to_dict(),
+            skipped=[f"{s.layer} ({s.technique}): {s.reason}" for s in report.skipped],
+        )  # fmt: skip
+        self._cache[key] = result
+        return result

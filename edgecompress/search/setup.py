@@ -1,0 +1,208 @@
+"""What every driver is handed: the objective, the space, the budget, and the run folder's log.
+
+:func:`create_setup` builds them once from a config, a loaded base model and
+its data; the search workflow (:mod:`edgecompress.workflows.search`) calls it
+and passes the result to the driver the config names. Drivers only propose
+policies: :meth:`SearchSetup.score` fills (when ``search.fill_budget``) and
+scores them, :meth:`SearchSetup.record` writes the run folder's log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from edgecompress._io import read_json, write_json_atomic
+from edgecompress.compressors import Policy
+from edgecompress.config import RunConfig
+from edgecompress.errors import ConfigError
+from edgecompress.search.budget import Budget, Limiter, fill
+from edgecompress.search.objective import Evaluation, Objective
+from edgecompress.search.runlog import RunLog
+from edgecompress.search.space import PolicySpace
+from edgecompress.version import software_versions
+
+__all__ = ["SearchSetup", "create_setup", "evaluation_record", "uniform_within_budget", "write_reference"]
+
+
+@dataclass
+class SearchSetup:
+    """One search's objective, policy space, budget and run-folder provenance."""
+
+    objective: Objective
+    space: PolicySpace
+    budget: Budget
+    base: dict[str, Any]
+    """The ``base`` section of every policy the search writes (model, checkpoint, input shape, ...)."""
+    accuracy_source: str
+    fill_budget: bool = False
+    setup_seconds: float = 0.0
+    """Wall time to build the objective, score the floor policy and set the budget."""
+    _limiter: Limiter | None = None
+
+    @property
+    def limiter(self) -> Limiter:
+        """AMC's per-step keep limiter (built on first use: only step-by-step drivers need it)."""
+        if self._limiter is None:
+            self._limiter = Limiter(self.objective, self.space, self.budget)
+        return self._limiter
+
+    def fill(self, policy: Policy) -> tuple[Policy, int]:
+        """``policy`` widened into the budget it leaves unused (when ``fill_budget``), and the steps taken."""
+        if not self.fill_budget:
+            return policy, 0
+        return fill(self.objective, policy, self.budget.limit_ms)
+
+    def score(self, policy: Policy, *, fill_first: bool = True) -> Evaluation:
+        """Score ``policy`` (after :meth:`fill` unless ``fill_first`` is false)."""
+        if fill_first:
+            policy, _ = self.fill(policy)
+        return self.objective(policy)
+
+    def record(self, ev: Evaluation, **extra: Any) -> dict[str, Any]:
+        """The run log's record of an evaluation (every driver writes the same keys)."""
+        return {**evaluation_record(ev, self.budget.limit_ms, self.accuracy_source), **extra}
+
+    def open_log(self, cfg: RunConfig, agent: str, **provenance: Any) -> RunLog:
+        """The run folder's :class:`RunLog`, with the provenance every driver records (plus ``provenance``)."""
+        return RunLog(
+            cfg.out,
+            base=self.base,
+            provenance={
+                "agent": agent,
+                "device": cfg.device,
+                "budget_ms": self.budget.limit_ms,
+                "base_latency_ms": self.budget.base_ms,
+                "seed": cfg.search.seed,
+                "setup_seconds": self.setup_seconds,
+                **provenance,
+                "versions": software_versions(),
+            },
+            top_k=cfg.search.top_k,
+        )
+
+    def status(self, log: RunLog, unit: str) -> str:
+        """The progress bar's status: the best policy within budget so far."""
+        best = log.best()
+        if best is None:
+            return f"no {unit} within budget yet"
+        return f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {self.budget.limit_ms:.3f} ms"
+
+    def result(self, log: RunLog, seconds: float, *, scored_here: bool = True, **extra: Any) -> dict[str, Any]:
+        """Plot the run and return what every driver returns; ``scored_here=False`` when workers scored the
+        policies (this process's objective timings and cache hits would then describe only the set-up)."""
+        plot = log.plot()
+        out: dict[str, Any] = {
+            "episodes": len(log.records),
+            "seconds": seconds,
+            "budget_ms": self.budget.limit_ms,
+            "base_latency_ms": self.budget.base_ms,
+            "best": log.best(),
+            "plot": str(plot) if plot else None,
+        }
+        if scored_here:
+            out["scoring_seconds"] = dict(self.objective.timings)
+            out["seconds_per_policy"] = seconds / max(1, len(log.records))
+            out["cache_hits"] = self.objective.hits
+        out["base_accuracy"] = self.objective(self.space.identity()).accuracy
+        return {**out, **extra}
+
+
+def evaluation_record(ev: Evaluation, budget_ms: float, accuracy_source: str) -> dict[str, Any]:
+    """One RunLog record from an :class:`Evaluation`."""
+    return {
+        "policy": ev.policy,
+        "accuracy": ev.accuracy,
+        "latency_ms": ev.latency_ms,
+        "budget_ms": budget_ms,
+        "stored_bytes": ev.stored_bytes,
+        "reward": ev.accuracy,
+        "within_budget": ev.latency_ms <= budget_ms,
+        "repaired": False,
+        "latency_source": ev.latency_source,
+        "accuracy_source": accuracy_source,
+    }
+
+
+def create_setup(
+    cfg: RunConfig,
+    model: Any,
+    *,
+    val_data: Dataset,
+    train_data: Dataset,
+    input_shape: tuple[int, ...],
+    base: dict[str, Any],
+) -> SearchSetup:
+    """The objective, space and budget of ``cfg.search`` for a loaded base model; refuses an infeasible budget."""
+    s = cfg.search
+    started = time.perf_counter()
+    objective = Objective(
+        model,
+        val_data,
+        cfg.device,
+        input_shape=input_shape,
+        train_data=train_data,
+        bn_batches=s.bn_batches,
+        finetune_batches=s.finetune_batches,
+        latency=s.latency,
+        seed=s.seed,
+    )
+    space = PolicySpace(list(objective.analysis.layers), tuple(s.techniques), input_shape, round_to=s.round_to)
+    base_ms = objective.base_latency_ms()
+    # The floor is scored, not only priced: with measured latency, a prediction is not what the search compares.
+    floor = objective(space.strongest()).latency_ms
+    budget = Budget.create(base_ms, floor, device=cfg.device, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio)
+    source = f"measured on the first {cfg.data.val_samples} validation samples"
+    setup = SearchSetup(objective, space, budget, dict(base), source, fill_budget=s.fill_budget)
+    setup.setup_seconds = round(time.perf_counter() - started, 2)
+    return setup
+
+
+def uniform_within_budget(setup: SearchSetup, steps: int = 10) -> dict[str, Any] | None:
+    """The largest single keep ratio whose policy meets the budget (bisection), scored."""
+    lo, hi, best = setup.space.keep_min, 1.0, None
+    for _ in range(steps):
+        mid = round((lo + hi) / 2, 4)
+        ev = setup.objective(setup.space.uniform(mid))
+        if setup.budget.within(ev.latency_ms):
+            best = {"keep": mid, "accuracy": ev.accuracy, "latency_ms": ev.latency_ms, "stored_bytes": ev.stored_bytes}
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def write_reference(run_dir: Path, setup: SearchSetup) -> dict[str, Any]:
+    """``reference.json``: the base model and uniform-keep policies, scored by the search's objective."""
+    path = run_dir / "reference.json"
+    if path.exists():
+        return read_json(path, "reference file", ConfigError)  # type: ignore[no-any-return]
+    obj, space = setup.objective, setup.space
+    base = obj(space.identity())
+    uniform = []
+    for keep in (0.3, 0.5, 0.7, 0.9):
+        ev = obj(space.uniform(keep))
+        uniform.append(
+            {
+                "keep": keep,
+                "accuracy": ev.accuracy,
+                "latency_ms": ev.latency_ms,
+                "stored_bytes": ev.stored_bytes,
+                "within_budget": setup.budget.within(ev.latency_ms),
+            }
+        )
+    ref = {
+        "device": obj.device,
+        "budget_ms": setup.budget.limit_ms,
+        "base": {"accuracy": base.accuracy, "latency_ms": base.latency_ms, "stored_bytes": base.stored_bytes},
+        "uniform": uniform,
+        "uniform_within_budget": uniform_within_budget(setup),
+        "latency_source": base.latency_source,
+        "note": "scored by the search's objective (validation subset, predicted latency, counted size)",
+    }
+    write_json_atomic(path, ref)
+    return ref

@@ -1,0 +1,64 @@
+"""``edgecompress search``: config -> data and base model -> the search core -> the driver the config names.
+
+Every driver gets the same :class:`~edgecompress.search.SearchSetup` (one
+objective, policy space and budget) and writes the same run folder:
+``config.yaml``, ``reference.json``, ``episodes.jsonl``,
+``best_policy.json``, ``topk.json``, ``search.png``, plus the driver's own
+state (``agent.zip`` and ``replay_buffer.pkl``, ``study.db``, ``ray/``).
+Re-running the same command on the same folder resumes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgecompress.config import RunConfig, write_resolved_config
+from edgecompress.data import load_dataset
+from edgecompress.drivers import get_driver
+from edgecompress.search.setup import SearchSetup, create_setup, write_reference
+from edgecompress.workflows.train import ensure_base_model
+
+__all__ = ["prepare_search", "run_search"]
+
+
+def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
+    """Record the config in the run folder, load data and the base model, build the search core."""
+    s = cfg.search
+    write_resolved_config(cfg, cfg.out)  # the run folder describes itself; a different config is refused
+    bundle = load_dataset(
+        cfg.data.dataset, cfg.data.data_dir, val_size=cfg.data.val_size, seed=cfg.data.seed,
+        image_size=cfg.data.image_size,
+    )  # fmt: skip
+    model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
+    base = {
+        "model": spec.model,
+        "checkpoint": str(ckpt),
+        "input_shape": list(spec.input_shape),
+        "num_classes": spec.num_classes,
+        "dataset": spec.dataset,
+    }
+    setup = create_setup(
+        cfg,
+        model,
+        val_data=bundle.val_subset(cfg.data.val_samples),
+        train_data=bundle.train,
+        input_shape=spec.input_shape,
+        base=base,
+    )
+    write_reference(Path(cfg.out), setup)
+    console.print(
+        f"search: {len(setup.space.parameters())} parameters over {', '.join(s.techniques)}; budget "
+        f"{setup.budget.limit_ms:.4f} ms (base {setup.budget.base_ms:.4f} ms, floor {setup.budget.floor_ms:.4f} ms, "
+        f"predicted on {cfg.device}); set-up {setup.setup_seconds:.1f} s"
+    )
+    return setup
+
+
+def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
+    """Run the driver ``cfg.search.agent`` over the search core; returns the driver's result."""
+    driver = get_driver(cfg.search.agent)
+    setup = prepare_search(cfg, console)
+    return driver(setup, cfg, console, progress=progress)
