@@ -259,8 +259,32 @@ def render_thread_states(p: dict[str, Any]) -> list[str]:
                   "samples"], rows)  # fmt: skip
 
 
+def render_import_time(p: dict[str, Any]) -> list[str]:
+    rows = []
+    for label, r in p["results"].items():
+        b, a = r["before"], r["after"]
+        speedup = times(b["median_s"] / a["median_s"])
+        rows.append([f"`{label}`", f"{b['median_s']:.2f} s", f"{a['median_s']:.2f} s", speedup,
+                     "yes" if b["imports_torch"] else "no", "yes" if a["imports_torch"] else "no"])  # fmt: skip
+    return table([f"command (median of {p['runs']})", f"before ({p['before_commit']})", "after", "faster",
+                  "torch imported before", "after"], rows)  # fmt: skip
+
+
+def render_onnx_exporters(p: dict[str, Any]) -> list[str]:
+    rows = [
+        [name, f"{r['export_seconds_median']['torchscript']:.2f} s", f"{r['export_seconds_median']['dynamo']:.2f} s",
+         times(r["dynamo_over_torchscript"]), f"{r['nodes']['torchscript']} / {r['nodes']['dynamo']}",
+         f"{r['max_abs_output_difference']:.1e}"]
+        for name, r in p["results"].items()
+    ]  # fmt: skip
+    return table(["model (28x28)", "TorchScript export", "dynamo export", "dynamo / TorchScript",
+                  "ONNX nodes (TS / dynamo)", "max output difference"], rows)  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "compressors": render_compressors,
+    "import_time": render_import_time,
+    "onnx_exporters": render_onnx_exporters,
     "latency_models": render_latency_models,
     "replay_export": render_replay_export,
     "search_agents": render_search_agents,

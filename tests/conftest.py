@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from edgecompress.analysis import analyze_model
+from edgecompress.artifacts.checkpoint import ModelSpec, save_checkpoint
+from edgecompress.compressors import Policy
 from edgecompress.data import DataBundle, load_dataset
 from edgecompress.errors import DataError
 from edgecompress.models import create_model
+from edgecompress.workflows.replay import replay
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -103,3 +106,35 @@ def lenet5():
     torch.manual_seed(0)
     model = create_model("lenet5").eval()
     return model, analyze_model(model, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def replayed(tiny_fmnist_shared: Path, train_tiny, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A LeNet-5 policy (pruning, 4-bit weights, 8-bit activations, sharing, sparsity) replayed for one epoch."""
+    root = tmp_path_factory.mktemp("replay")
+    model, _data = train_tiny(tiny_fmnist_shared, "lenet5", 2)
+    spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
+    ckpt = save_checkpoint(root / "base.pt", model, spec)
+    base = {"model": "lenet5", "checkpoint": str(ckpt), "input_shape": [1, 1, 28, 28]}
+    policy = Policy.uniform(model, keep=0.5, base=base)
+    policy = policy.with_layer("conv2", wbits=4, abits=8).with_layer("fc1", clusters=16, sparsity=0.5)
+    policy_path = policy.save(root / "policy.json")
+    out = root / "r1"
+    report = replay(
+        policy_path,
+        out,
+        finetune_epochs=1,
+        data_dir=str(tiny_fmnist_shared),
+        val_size=60,
+        devices=["raspberry-pi-4"],
+        progress=False,
+    )
+    return {
+        "root": root,
+        "ckpt": ckpt,
+        "policy": policy_path,
+        "out": out,
+        "report": report,
+        "data": str(tiny_fmnist_shared),
+        "model": model,
+    }

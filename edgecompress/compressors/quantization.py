@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from edgecompress.compressors import constraints
+import edgecompress.compressors.constraints as constraints
 from edgecompress.compressors.base import (
     CompressionContext,
     Knob,

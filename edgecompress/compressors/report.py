@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgecompress.compressors import constraints
+import edgecompress.compressors.constraints as constraints
 from edgecompress.compressors.base import Skip
 
 __all__ = ["CompressionReport", "LayerReport", "SizeBreakdown", "huffman_bits", "tensor_storage"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+import edgecompress.compressors.constraints as constraints
 from edgecompress.analysis import measure_layers
-from edgecompress.compressors import constraints
 from edgecompress.compressors.base import (
     CompressionContext,
     Knob,

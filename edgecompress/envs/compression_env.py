@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.compressors import LayerPolicy, Policy
+from edgecompress.config import DataConfig, SearchConfig
 from edgecompress.data import load_dataset
 from edgecompress.errors import ConfigError
 from edgecompress.models import create_model
@@ -21,6 +22,10 @@ from edgecompress.search.objective import Objective
 from edgecompress.search.space import DEFAULT_ROUND_TO, PolicySpace
 
 __all__ = ["REWARDS", "CompressionEnv"]
+
+# The config owns the defaults a user also meets in YAML; the environment reads them from there.
+_SEARCH = SearchConfig.model_fields
+_DATA = DataConfig.model_fields
 
 REWARDS = ("acc", "acc_log_latency")
 KIND_CODE = {"conv": 0.0, "depthwise": 0.5, "linear": 1.0}
@@ -86,7 +91,9 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
     ``budget_ms`` / ``budget_ratio``, ``techniques``, ``keep_min``,
     ``rank_min``, ``sparsity_max`` (None: the technique's default),
     ``round_to`` (None: the config's ``search.round_to``) and
-    ``fill_budget``. ``reward`` as above.
+    ``fill_budget``. ``reward`` as above. Defaults shared with the config
+    (``budget_ratio``, ``val_samples``, ``bn_batches``, ``round_to``) are read
+    from it, so the environment and a YAML run agree.
 
     **Version history.**
 
@@ -94,7 +101,8 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
       the budget fill bringing removed blocks back, the end repair removing
       blocks before taking the strongest policy; policies carry ``round_to``
       and what was applied, so ``info["policy"]`` replays exactly;
-      ``round_to`` defaults to the config's (8) instead of 1.
+      ``round_to`` defaults to the config's (8) instead of 1 and
+      ``val_samples`` to the config's (2000) instead of 1000.
     * v0: first version.
     """
 
@@ -108,11 +116,11 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
         data_dir: str | None = None,
         device: str = "raspberry-pi-4",
         budget_ms: float | None = None,
-        budget_ratio: float | None = 0.5,
+        budget_ratio: float | None = _SEARCH["budget_ratio"].default,
         techniques: Sequence[str] = ("keep",),
         reward: str = "acc",
-        val_samples: int = 1000,
-        bn_batches: int = 0,
+        val_samples: int = _DATA["val_samples"].default,
+        bn_batches: int = _SEARCH["bn_batches"].default,
         keep_min: float | None = None,
         rank_min: float | None = None,
         sparsity_max: float | None = None,

@@ -1,0 +1,171 @@
+"""Export: ONNX fp32 / fp16 / int8, TorchScript and the archive, each verified against PyTorch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgecompress.artifacts.checkpoint import ModelSpec
+from edgecompress.artifacts.compressed import load_compressed, save_compressed
+from edgecompress.artifacts.export import export_model, module_of_node
+from edgecompress.compressors import LayerPolicy, Policy, compress
+from edgecompress.errors import CheckpointError, ConfigError
+
+DEVICES = ["raspberry-pi-4"]
+
+
+def test_onnx_export_matches_pytorch(replayed) -> None:  # type: ignore[no-untyped-def]
+    out = replayed["root"] / "m.onnx"
+    r = export_model(replayed["out"], "onnx", out, data_dir=replayed["data"], val_size=60, measure=False)
+    assert out.stat().st_size == r["bytes"]
+    assert r["checker"].startswith("onnx.checker passed")
+    assert r["parity"]["samples"] == 50
+    assert r["parity"]["top1_agreement"] >= 0.995 and r["parity"]["max_abs_diff"] < 1e-3
+    with pytest.raises(ConfigError, match="exists; choose another --out or pass --force"):
+        export_model(replayed["out"], "onnx", out, data_dir=replayed["data"], val_size=60, measure=False)
+
+
+def test_int8_export_quantizes_only_abits8_layers_and_keeps_accuracy(replayed) -> None:  # type: ignore[no-untyped-def]
+    out = replayed["root"] / "m8.onnx"
+    r = export_model(replayed["out"], "onnx-int8", out, data_dir=replayed["data"], val_size=60, measure=False)
+    assert [module_of_node(n) for n in r["int8"]["quantized_nodes"]] == ["conv2"]
+    assert sorted(module_of_node(n) for n in r["int8"]["float_nodes"]) == ["conv1", "fc1", "fc2", "fc3"]
+    # Stated bound: within 4 points (2 of the 50 test images) of the PyTorch compressed model.
+    assert abs(r["parity"]["top1"] - r["accuracy_pytorch"]) <= 0.04
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_int8_refuses_policy_without_8bit_layers(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = replayed["model"]
+    spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
+    policy = Policy.uniform(model, keep=0.5, base={"input_shape": [1, 1, 28, 28]})
+    compressed, _ = compress(model, policy)
+    path = save_compressed(tmp_path / "m.pt", compressed, spec, policy)
+    with pytest.raises(ConfigError, match=r"asks for 8-bit activations on no layer .* --all-layers"):
+        export_model(path, "onnx-int8", tmp_path / "x.onnx", data_dir=replayed["data"], val_size=60, measure=False)
+    r = export_model(
+        path, "onnx-int8", tmp_path / "y.onnx", data_dir=replayed["data"], val_size=60, measure=False, all_layers=True
+    )
+    assert len(r["int8"]["quantized_nodes"]) == 5 and r["int8"]["float_nodes"] == []
+
+
+def test_fp16_and_torchscript_exports(replayed) -> None:  # type: ignore[no-untyped-def]
+    half = export_model(
+        replayed["out"],
+        "onnx-fp16",
+        replayed["root"] / "m16.onnx",
+        data_dir=replayed["data"],
+        val_size=60,
+        measure=False,
+    )
+    assert half["parity"]["top1_agreement"] >= 0.98 and half["parity"]["max_abs_diff"] < 0.1
+    ts_path = replayed["root"] / "m.ts"
+    ts = export_model(replayed["out"], "torchscript", ts_path, data_dir=replayed["data"], val_size=60)
+    assert ts["parity"]["max_abs_diff"] == 0.0
+    # Loadable by plain torch, with edgecompress made unimportable.
+    code = (
+        "import sys; sys.modules['edgecompress'] = None; import torch; "
+        f"m = torch.jit.load({str(ts_path)!r}); print(tuple(m(torch.zeros(2, 1, 28, 28)).shape))"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "(2, 10)"
+
+
+def test_archive_round_trip_identical_and_sized_as_reported(replayed) -> None:  # type: ignore[no-untyped-def]
+    path = replayed["root"] / "m.ecar"
+    r = export_model(replayed["out"], "archive", path, data_dir=replayed["data"], val_size=60)
+    assert r["parity"]["max_abs_diff"] == 0.0 and r["parity"]["top1_agreement"] == 1.0
+    assert r["archive"]["layer_bytes"] == replayed["report"]["size"]["huffman_bytes_after"]
+    assert (
+        path.stat().st_size
+        == r["archive"]["layer_bytes"] + r["archive"]["other_tensor_bytes"] + r["archive"]["header_bytes"]
+    )
+    restored, *_ = load_compressed(path)  # edgecompress loads archives where it loads compressed models
+    original, *_ = load_compressed(replayed["out"])
+    x = torch.randn(16, 1, 28, 28)
+    assert torch.equal(restored(x), original(x))
+    from edgecompress.artifacts.archive import load_archive
+
+    path.write_bytes(b"XXXX" + path.read_bytes()[4:])
+    with pytest.raises(CheckpointError, match=r"is not an edgecompress archive \(bad magic b'XXXX'\)"):
+        load_archive(path)
+
+
+def test_archive_codes_every_encoding_exactly(tmp_path: Path) -> None:
+    """Sparse, quantized, shared, fp16, factorised layers: coded bytes equal the report's, outputs identical."""
+    from edgecompress.artifacts.archive import load_archive, pack_archive
+
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    choices = [
+        dict(sparsity=0.9),
+        dict(wbits=4, sparsity=0.7),
+        dict(clusters=16, sparsity=0.95),
+        dict(wbits=16),
+        dict(rank=0.5),
+        dict(keep=0.5, wbits=8, abits=8),
+        dict(clusters=4),
+        dict(wbits=2, sparsity=0.99),
+        {},
+    ]
+    policy = Policy({}, base={"input_shape": [1, 1, 28, 28]})
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for i, name in enumerate(names):
+        policy = policy.with_layer(name, **choices[i % len(choices)])
+    policy = policy.with_layer("layers.7.conv1", drop=True)  # a removed block: nothing stored for it
+    compressed, report = compress(model, policy, [torch.randn(8, 1, 28, 28)])
+    encodings = {e.split("-")[0] for layer in report.layers for e in layer.encoding.split("+")}
+    assert {"dense", "bitmask", "relative", "removed"} <= encodings
+    blob, info = pack_archive(compressed, spec, policy)
+    assert info["layer_bytes"] == report.totals["huffman_bytes_after"]
+    import io
+
+    restored, *_ = load_archive(io.BytesIO(blob))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(restored(x), compressed(x))
+
+
+def test_pruned_resnet_with_residual_adds_exports(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    policy = Policy.uniform(model, keep=0.5, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]}, round_to=8)
+    compressed, _ = compress(model, policy)
+    path = save_compressed(tmp_path / "r.pt", compressed, spec, policy)
+    r = export_model(path, "onnx", tmp_path / "r.onnx", data_dir=replayed["data"], val_size=60, measure=False)
+    assert r["parity"]["max_abs_diff"] < 1e-3
+    import onnx
+
+    graph = onnx.load(tmp_path / "r.onnx").graph
+    assert sum(n.op_type == "Add" for n in graph.node) == 9
+    q = export_model(
+        path, "onnx-int8", tmp_path / "r8.onnx", data_dir=replayed["data"], val_size=60, measure=False, all_layers=True
+    )
+    assert len(q["int8"]["quantized_nodes"]) == 22
+    # Two blocks removed as well: two adds fewer, and the int8 export quantizes the 18 convolutions left.
+    gone = {f"layers.{b}.conv{i}": LayerPolicy(drop=True) for b in (2, 8) for i in (1, 2)}
+    dropped = policy.replace(layers={**policy.layers, **gone})
+    compressed, _ = compress(model, dropped)
+    path = save_compressed(tmp_path / "d.pt", compressed, spec, dropped)
+    r = export_model(path, "onnx", tmp_path / "d.onnx", data_dir=replayed["data"], val_size=60, measure=False)
+    assert r["parity"]["max_abs_diff"] < 1e-3
+    assert sum(n.op_type == "Add" for n in onnx.load(tmp_path / "d.onnx").graph.node) == 7
+    q = export_model(
+        path, "onnx-int8", tmp_path / "d8.onnx", data_dir=replayed["data"], val_size=60, measure=False, all_layers=True
+    )
+    assert len(q["int8"]["quantized_nodes"]) == 18
+
+
+def test_module_of_node() -> None:
+    assert module_of_node("/layers/layers.0/conv1/Conv") == "layers.0.conv1"
+    assert module_of_node("/layers/layers.3/shortcut/shortcut.0/Conv") == "layers.3.shortcut.0"
+    assert module_of_node("/fc/Gemm") == "fc"
+    assert module_of_node("/layers/layers.3/shortcut/shortcut.0/shortcut.0.1/Conv") == "layers.3.shortcut.0.1"
