@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgecompress._progress import make_console
@@ -34,6 +35,7 @@ console = make_console()
 err_console = make_console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override its values.")]
+TRAIN_IF_MISSING_HELP = "Train the base model at the checkpoint path when that file does not exist."
 
 
 def _fmt_int(n: int) -> str:
@@ -110,7 +112,7 @@ def _load_for_analysis(
     from edgecompress.models import create_model
 
     if checkpoint is not None:
-        net, spec = load_checkpoint(checkpoint)
+        net, spec = load_checkpoint(checkpoint, trust_factory=model)
         if model is not None and model != spec.model:
             raise ConfigError(f"--model {model!r} does not match checkpoint {checkpoint}, which holds {spec.model!r}")
         return net, spec.input_shape, f"{spec.model} from {checkpoint}"
@@ -139,7 +141,7 @@ def analyze_cmd(
     net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes)
     analysis = analyze_model(net, shape)
     if policy is not None:
-        _analyze_policy(net, analysis, policy, dataset, checkpoint, what, as_json)
+        _analyze_policy(net, analysis, policy, dataset, checkpoint, what, as_json, model)
         return
     if as_json:
         doc = analysis.to_dict()
@@ -150,7 +152,14 @@ def analyze_cmd(
 
 
 def _analyze_policy(
-    net: Any, analysis: Any, policy_path: Path, dataset: str | None, checkpoint: Path | None, what: str, as_json: bool
+    net: Any,
+    analysis: Any,
+    policy_path: Path,
+    dataset: str | None,
+    checkpoint: Path | None,
+    what: str,
+    as_json: bool,
+    model: str | None,
 ) -> None:
     from edgecompress.compressors import Policy, compress
 
@@ -160,7 +169,7 @@ def _analyze_policy(
         from edgecompress.artifacts.checkpoint import load_checkpoint
         from edgecompress.data import batches, load_dataset
 
-        name = dataset or (load_checkpoint(checkpoint)[1].dataset if checkpoint else None)
+        name = dataset or (load_checkpoint(checkpoint, trust_factory=model)[1].dataset if checkpoint else None)
         if name is None:
             raise ConfigError(
                 "the policy quantizes activations to 8 bits: give --dataset (or --checkpoint) to calibrate"
@@ -250,11 +259,15 @@ def run_cmd(
     config: ConfigOpt = Path("configs/default.yaml"),
     out: Annotated[str | None, typer.Option(help="Run folder (overrides the config's `out`).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Folder to look for the dataset in first.")] = None,
+    train_if_missing: Annotated[
+        bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
+    ] = None,
 ) -> None:
-    """The main job on a config: base model (trained if its checkpoint is missing), analysis, summary."""
+    """The main job on a config: base model (trained if missing and asked to), analysis, summary."""
     from edgecompress.workflows.run import run_pipeline
 
-    run_pipeline(config, {"out": out, "data.data_dir": data_dir}, console=console)
+    overrides = {"out": out, "data.data_dir": data_dir, "model.train_if_missing": train_if_missing}
+    run_pipeline(config, overrides, console=console)
 
 
 @app.command("devices")
@@ -578,6 +591,9 @@ def search_cmd(
     ray_address: Annotated[str | None, typer.Option(help="ray: join this cluster instead of a local Ray.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     data_dir: Annotated[str | None, typer.Option()] = None,
+    train_if_missing: Annotated[
+        bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
+    ] = None,
 ) -> None:
     """Search per-layer compression policies under a latency budget (AMC's DDPG, Optuna or Ray Tune)."""
     from edgecompress.workflows.config import load_run_config
@@ -591,8 +607,10 @@ def search_cmd(
         "search.episodes": episodes if episodes is not None else trials, "search.seed": seed,
         "data.data_dir": data_dir, "search.techniques": techniques.split(",") if techniques else None,
         "search.sampler": sampler, "search.storage": storage, "search.workers": workers,
-        "search.ray_address": ray_address,
+        "search.ray_address": ray_address, "model.train_if_missing": train_if_missing,
     }  # fmt: skip
+    if checkpoint is not None and train_if_missing is None:
+        overrides["model.train_if_missing"] = False  # a path typed on the command line must exist
     cfg = load_run_config(config, overrides)
     result = run_search(cfg, console)
     unit = (
@@ -695,13 +713,16 @@ def replay_cmd(
     data_dir: Annotated[str | None, typer.Option()] = None,
     val_size: Annotated[int, typer.Option(min=1, help="Training images held out (as in the search).")] = 5000,
     force: Annotated[bool, typer.Option(help="Replace a replay already in --out.")] = False,
+    trust_factory: Annotated[
+        str | None, typer.Option(help="The package.module:function the checkpoint names, if any (it runs code).")
+    ] = None,
 ) -> None:
     """Rebuild a found policy, fine-tune it (distillation by default), evaluate and report."""
     from edgecompress.workflows.replay import replay
 
     r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
                augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force,
-               val_size=val_size)  # fmt: skip
+               val_size=val_size, trust_factory=trust_factory)  # fmt: skip
     console.print((out / "report.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {r['compressed_model']}, {out / 'report.json'}, {out / 'report.md'}")
 
@@ -722,6 +743,9 @@ def export_cmd(
     exporter: Annotated[
         str, typer.Option(help="ONNX exporter: torchscript (default, what latency is measured with) or dynamo.")
     ] = "torchscript",
+    trust_factory: Annotated[
+        str | None, typer.Option(help="The package.module:function the model names, if any (it runs code).")
+    ] = None,
 ) -> None:
     """Export a replayed model as ONNX (fp32, fp16, mixed int8), TorchScript or the packed archive; verified."""
     from edgecompress.artifacts.export import export_model
@@ -738,6 +762,7 @@ def export_cmd(
         force=force,
         val_size=val_size,
         exporter=exporter,
+        trust_factory=trust_factory,
     )
     if json_out:
         print(json.dumps(r, indent=2))
@@ -792,7 +817,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="edgecompress")
     except EdgeCompressError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # User text (paths, YAML excerpts) is escaped: "[bold]" in a path is not markup, "[/x]" must not crash.
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -44,13 +45,17 @@ class ModelConfig(_Section):
     name: str = "lenet5"
     """Model registry name, ``torchvision:NAME`` or ``package.module:factory``."""
     checkpoint: str | None = None
-    """Trained base model. ``run`` trains one here when the file does not exist yet."""
+    """Trained base model (default ``checkpoints/NAME-DATASET.pt``)."""
+    train_if_missing: bool = False
+    """Train the base model at ``checkpoint`` when that file does not exist. Off by default: a mistyped path
+    must be an error, not minutes of training and a search on a model nobody asked for."""
 
 
 class DataConfig(_Section):
     dataset: Literal["fashion-mnist", "cifar10", "imagefolder"] = "fashion-mnist"
     data_dir: str | None = None
-    """Folder to look in first (else $EDGECOMPRESS_DATA, the Debian package's folder, torchvision's root)."""
+    """The folder holding the data; used alone when given (default: $EDGECOMPRESS_DATA when set, else the
+    Debian package's folder, then torchvision's root)."""
     val_size: int = Field(5000, ge=1)
     """Training samples held out, with a fixed seed, as the validation split."""
     val_samples: int = Field(2000, ge=1)
@@ -160,10 +165,30 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _shown(value: Any, limit: int = 200) -> str:
-    """A bad value as an error message shows it: its repr, cut at ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+MAX_CONFIG_VALUES = 100_000
+"""A config document expanding to more values than this is refused (a YAML alias bomb expands exponentially)."""
+
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother = 3, 6, 6, 120, 120
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error message shows it: a bounded repr (never the whole of a huge input)."""
+    return _REPR.repr(value)
+
+
+def _count_values(node: Any, limit: int) -> int:
+    """Values in a parsed document counting every alias expansion, stopping once past ``limit``."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def _explain(exc: ValidationError, source: str) -> ConfigError:
@@ -215,6 +240,11 @@ def load_config(
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        if _count_values(loaded, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"config file {p} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeating "
+                "each other?); a run config has a few dozen keys"
+            )
         raw = loaded
     for dotted, value in (overrides or {}).items():
         if value is not None:

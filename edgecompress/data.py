@@ -1,7 +1,9 @@
 """Datasets with fixed-seed train / validation / test splits.
 
-* ``fashion-mnist``: the original idx ``.gz`` files, looked up in ``data_dir``,
-  ``$EDGECOMPRESS_DATA``, ``/usr/share/datasets/fashion-mnist`` (Debian package
+* ``fashion-mnist``: the original idx ``.gz`` files, in ``data_dir`` when it is
+  given, else in ``$EDGECOMPRESS_DATA`` when that is set (a folder the user
+  names is used alone: a typo is an error, never a fallback to another copy),
+  else in ``/usr/share/datasets/fashion-mnist`` (Debian package
   ``dataset-fashion-mnist``), then torchvision's root (``~/.cache/edgecompress``);
   :func:`download_fashion_mnist` fetches it with torchvision's downloader.
 * ``cifar10``: torchvision's ``cifar-10-batches-py`` folder, local only.
@@ -114,7 +116,24 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _locate_fashion_mnist(data_dir: str | os.PathLike[str] | None) -> Path:
-    searched = fashion_mnist_search_path(data_dir)
+    # A folder the user names (--data-dir, else $EDGECOMPRESS_DATA) is used alone: a typo must not fall back
+    # silently to another copy of the data.
+    env = os.environ.get("EDGECOMPRESS_DATA") or None
+    named = ("--data-dir", data_dir) if data_dir is not None else ("$EDGECOMPRESS_DATA", env) if env else None
+    if named is not None:
+        flag, given = named
+        root = Path(given)  # type: ignore[arg-type]
+        folders = [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+        for folder in folders:
+            if all(_find_idx(folder, stem) for stem in _FMNIST_FILES.values()):
+                return folder
+        problem = "no such folder" if not root.is_dir() else "no Fashion-MNIST idx files there"
+        raise DataError(
+            f"{flag} {root}: {problem} (looked in {', '.join(str(f) for f in folders)} for "
+            f"{', '.join(s + '[.gz]' for s in _FMNIST_FILES.values())}). Point it at the folder holding the four "
+            "files, or leave it out to use the installed copy (Debian's dataset-fashion-mnist)."
+        )
+    searched = fashion_mnist_search_path(None)
     for folder in searched:
         if all(_find_idx(folder, stem) for stem in _FMNIST_FILES.values()):
             return folder

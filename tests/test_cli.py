@@ -64,7 +64,7 @@ def test_run_pipeline_writes_a_self_describing_folder(tmp_path, tiny_fmnist, cap
             {
                 "name": "t",
                 "out": str(tmp_path / "run"),
-                "model": {"name": "lenet5", "checkpoint": str(tmp_path / "base.pt")},
+                "model": {"name": "lenet5", "checkpoint": str(tmp_path / "base.pt"), "train_if_missing": True},
                 "data": {"data_dir": str(tiny_fmnist), "val_size": 40, "val_samples": 20},
                 "train": {"epochs": 1, "batch_size": 32},
             }

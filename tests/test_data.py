@@ -48,10 +48,10 @@ def test_missing_data_says_where_it_looked(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(data_mod, "TORCHVISION_ROOT", tmp_path / "nope-tv")
     monkeypatch.delenv("EDGECOMPRESS_DATA", raising=False)
     with pytest.raises(DataError) as err:
-        load_dataset("fashion-mnist", tmp_path / "empty")
+        load_dataset("fashion-mnist")
     msg = str(err.value)
     assert msg.startswith("Fashion-MNIST not found. Looked in: ")
-    assert str(tmp_path / "empty") in msg and str(tmp_path / "nope-debian") in msg
+    assert str(tmp_path / "nope-debian") in msg and str(tmp_path / "nope-tv") in msg
     assert "apt-get install dataset-fashion-mnist" in msg
 
 

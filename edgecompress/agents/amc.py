@@ -12,13 +12,18 @@ What AMC adds to DDPG, and nothing else:
 * training once per episode, as many gradient steps as the episode had transitions.
 
 It is seeded (``seed``), logs to TensorBoard (``tensorboard_log``), and saves and
-restores with SB3's ``save`` / ``load`` plus ``save_replay_buffer`` /
-``load_replay_buffer`` (the AMC state above is saved with the model).
+restores with SB3's ``save`` / ``load`` (the AMC state above is saved with the
+model). The replay buffer is saved as plain arrays (:meth:`AMCDDPG.save_buffer`,
+an ``.npz`` read with ``allow_pickle=False``), not with SB3's pickle-based
+``save_replay_buffer``: a run folder someone hands you must not run code
+when it is resumed.
 """
 
 from __future__ import annotations
 
+import os
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,6 +137,33 @@ class AMCDDPG(DDPG):
         self.logger.record("amc/final_reward", final)
         self.logger.record("amc/baseline", self.baseline)
         self.logger.record("amc/sigma", self.sigma)
+
+    BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+    def save_buffer(self, path: str | os.PathLike[str]) -> Path:
+        """Write the replay buffer's arrays and position as ``.npz`` (atomically; no pickled objects)."""
+        buffer = self.replay_buffer
+        assert buffer is not None
+        arrays = {name: getattr(buffer, name) for name in self.BUFFER_ARRAYS}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, pos=np.array(buffer.pos), full=np.array(buffer.full), **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def load_buffer(self, path: str | os.PathLike[str]) -> None:
+        """Restore the replay buffer written by :meth:`save_buffer` (``allow_pickle=False``; shapes checked)."""
+        buffer = self.replay_buffer
+        assert buffer is not None
+        with np.load(path, allow_pickle=False) as data:
+            for name in self.BUFFER_ARRAYS:
+                current = getattr(buffer, name)
+                if name not in data or data[name].shape != current.shape or data[name].dtype != current.dtype:
+                    raise ValueError(f"{path}: {name} does not match this agent's replay buffer {current.shape}")
+                current[...] = data[name]
+            buffer.pos = int(data["pos"])
+            buffer.full = bool(data["full"])
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_episode", "episode_end_hook"]

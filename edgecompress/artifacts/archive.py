@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.analysis import analyze_model
-from edgecompress.artifacts.checkpoint import ModelSpec, rebuild_structure, with_round_to
+from edgecompress.artifacts.checkpoint import ModelSpec, check_factory, rebuild_structure, with_round_to
 from edgecompress.compressors import Policy, constraints
 from edgecompress.compressors.base import weight_modules
 from edgecompress.compressors.depth import removed_layers
@@ -363,7 +363,7 @@ def pack_archive(
     model: nn.Module, spec: ModelSpec, policy: Policy, *, metrics: dict[str, Any] | None = None
 ) -> tuple[bytes, dict[str, Any]]:
     """Pack a model compressed by ``policy``; return (archive bytes, size accounting)."""
-    analysis = analyze_model(spec.build(), spec.input_shape)
+    analysis = analyze_model(spec.build(trust_factory=spec.model), spec.input_shape)  # the caller's own model
     gone = removed_layers(policy, analysis)
     coded: dict[str, tuple[dict[str, Any], bytes]] = {}
     for layer in analysis.layers:
@@ -415,8 +415,12 @@ def pack_archive(
     return blob, info
 
 
-def load_archive(source: str | Path | IO[bytes]) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
-    """Rebuild the model from an archive: (model with plain weights, base spec, policy, metrics)."""
+def load_archive(
+    source: str | Path | IO[bytes], *, trust_factory: str | None = None
+) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
+    """Rebuild the model from an archive: (model with plain weights, base spec, policy, metrics).
+
+    ``trust_factory``: the ``package.module:function`` the caller chose, if the archive names one."""
     name = str(source) if isinstance(source, (str, Path)) else "archive"
     if isinstance(source, (str, Path)):
         if not Path(source).is_file():
@@ -436,7 +440,8 @@ def load_archive(source: str | Path | IO[bytes]) -> tuple[nn.Module, Any, Any, d
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{name} has a corrupt header: {exc}") from exc
     payload = memoryview(blob)[9 + hlen :]
-    model = constraints.bake(rebuild_structure(spec, policy))
+    check_factory(spec.model, trust_factory, f"archive {name}")
+    model = constraints.bake(rebuild_structure(spec, policy, trust_factory=trust_factory))
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
     for lname, h in header["layers"].items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "ModelSpec",
+    "check_factory",
+    "is_user_factory",
     "load_checkpoint",
     "load_payload",
     "rebuild_structure",
@@ -60,7 +63,10 @@ class ModelSpec:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, self.in_channels, self.input_size, self.input_size)
 
-    def build(self) -> nn.Module:
+    def build(self, *, trust_factory: str | None = None) -> nn.Module:
+        """A fresh model of this spec. A user factory (``package.module:function``) named by the spec is
+        imported and called only when ``trust_factory`` names the same factory (see :func:`check_factory`)."""
+        check_factory(self.model, trust_factory)
         return create_model(self.model, self.num_classes, self.in_channels, input_size=self.input_size)
 
     @classmethod
@@ -86,8 +92,18 @@ def load_payload(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)``; any failure becomes a CheckpointError naming ``what`` and the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc):
+            raise CheckpointError(f"cannot read {what} {path}: {exc}") from None
+        # torch's own advice is to re-run with weights_only=False, i.e. to let the file run code: not ours.
+        raise CheckpointError(
+            f"cannot read {what} {path}: it holds pickled Python objects besides tensors (a whole pickled model, "
+            "or a crafted file), and unpickling those can run code, so edgecompress reads only tensors, "
+            "numbers, strings and containers (torch.load(weights_only=True)). Save a plain state_dict "
+            "(torch.save(model.state_dict(), path)) or an edgecompress checkpoint (`edgecompress train`)"
+        ) from None
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from None
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelSpec) -> Path:
@@ -100,8 +116,31 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelS
     })  # fmt: skip
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the model a checkpoint describes and load its weights (``weights_only=True``)."""
+def is_user_factory(name: str) -> bool:
+    """``package.module:function`` (importing it runs that module's code), not a registry or torchvision name."""
+    return ":" in name and not name.startswith("torchvision:")
+
+
+def check_factory(name: str, trusted: str | None, where: str = "the file") -> None:
+    """Refuse a user factory a file names unless the user named the same one (``--model`` / ``--trust-factory``).
+
+    A checkpoint or policy that passes ``weights_only=True`` can still name any importable module as its
+    model factory; importing it runs that module's code (it ran ``os:getpid``, and a stray ``evilmod.py`` in the
+    working folder). So the file may only repeat what the user chose.
+    """
+    if is_user_factory(name) and trusted != name:
+        raise CheckpointError(
+            f"{where} names the model factory {name!r}; edgecompress imports and calls a factory named in a file "
+            f"only when you name the same one, because importing a module runs its code: pass --model {name} "
+            f"(or --trust-factory {name}; in Python trust_factory={name!r})"
+            + (f"; you named {trusted!r}" if trusted else "")
+        )
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, trust_factory: str | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model a checkpoint describes and load its weights (``weights_only=True``).
+
+    ``trust_factory``: the ``package.module:function`` the caller chose, if the checkpoint names one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -117,7 +156,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]
         spec = ModelSpec.from_dict(json.loads(payload["spec"]))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} has a corrupt model spec: {exc}") from exc
-    model = spec.build()
+    check_factory(spec.model, trust_factory, f"checkpoint {path}")
+    model = spec.build(trust_factory=trust_factory)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -126,7 +166,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec]
     return model, spec
 
 
-def rebuild_structure(spec: ModelSpec, policy: Policy) -> nn.Module:
+def rebuild_structure(spec: ModelSpec, policy: Policy, *, trust_factory: str | None = None) -> nn.Module:
     """The compressed model's structure: the policy applied to a freshly built base model.
 
     Kept channels, factor ranks and codebook sizes depend only on the policy
@@ -135,7 +175,9 @@ def rebuild_structure(spec: ModelSpec, policy: Policy) -> nn.Module:
     """
     needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
     calibration = [torch.zeros(spec.input_shape)] if needs_calibration else None  # ranges replaced by the caller
-    model, _ = compress(spec.build().eval(), policy, calibration, input_shape=spec.input_shape)
+    model, _ = compress(
+        spec.build(trust_factory=trust_factory).eval(), policy, calibration, input_shape=spec.input_shape
+    )
     return model
 
 

@@ -22,6 +22,7 @@ from edgecompress.artifacts.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     ModelSpec,
+    check_factory,
     load_payload,
     rebuild_structure,
     save_payload,
@@ -60,8 +61,12 @@ def save_compressed(
     })  # fmt: skip
 
 
-def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec, Policy, dict[str, Any]]:
-    """Rebuild a compressed model written by :func:`save_compressed`: (model, base spec, policy, metrics)."""
+def load_compressed(
+    path: str | os.PathLike[str], *, trust_factory: str | None = None
+) -> tuple[nn.Module, ModelSpec, Policy, dict[str, Any]]:
+    """Rebuild a compressed model written by :func:`save_compressed`: (model, base spec, policy, metrics).
+
+    ``trust_factory``: the ``package.module:function`` the caller chose, if the file names one."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -69,7 +74,7 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec,
         raise CheckpointError(f"compressed model {path} does not exist (give a replay folder or its model.pt)")
     with path.open("rb") as f:
         if f.read(4) == b"ECAR":
-            return load_archive(path)
+            return load_archive(path, trust_factory=trust_factory)
     payload = load_payload(path, "compressed model")
     if not isinstance(payload, dict) or payload.get("format") != COMPRESSED_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
@@ -85,7 +90,8 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, ModelSpec,
         policy = with_round_to(policy, int(payload["round_to"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has a corrupt header: {exc}") from exc
-    model = rebuild_structure(spec, policy)
+    check_factory(spec.model, trust_factory, f"compressed model {path}")
+    model = rebuild_structure(spec, policy, trust_factory=trust_factory)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

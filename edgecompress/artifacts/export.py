@@ -180,6 +180,7 @@ def export_model(
     seed: int = 0,
     val_size: int = 5000,
     exporter: str = "torchscript",
+    trust_factory: str | None = None,
 ) -> dict[str, Any]:
     """Export the compressed model in ``model_dir`` (a replay folder or its model.pt) as ``fmt`` to ``out``."""
     if fmt not in FORMATS:
@@ -195,7 +196,7 @@ def export_model(
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force to replace it")
     started = time.perf_counter()
-    model, spec, policy, metrics = load_compressed(model_dir)
+    model, spec, policy, metrics = load_compressed(model_dir, trust_factory=trust_factory)
     shape = spec.input_shape
     bundle = load_dataset(spec.dataset, data_dir, val_size=val_size)
     folded = float_view(model).eval()
@@ -252,7 +253,7 @@ def export_model(
         result["parity"] = _parity(loaded, folded, bundle.test, verify_samples, "PyTorch model with constraints folded")
     else:
         data, info = pack_archive(model, spec, policy, metrics=metrics)
-        restored, *_ = load_archive(io.BytesIO(data))
+        restored, *_ = load_archive(io.BytesIO(data), trust_factory=spec.model)  # the model just loaded
         result["archive"] = info
         result["parity"] = _parity(restored, model, bundle.test, verify_samples,
                                    "the compressed PyTorch model (activation quantizers included)")  # fmt: skip

@@ -1,6 +1,7 @@
 """``edgecompress search --agent ddpg``: the AMC search loop around the environment and the agent.
 
-Resumable: the agent and its replay buffer are saved after every episode, the
+Resumable: the agent (SB3's zip) and its replay buffer (plain arrays, ``replay_buffer.npz``,
+never a pickle) are saved after every episode, each file replaced atomically, the
 episode log is appended as each policy is scored; re-running the same command
 on the same run folder continues from the last completed episode (the log is
 cut back to the agent's checkpoint if a crash fell between the two).
@@ -8,6 +9,7 @@ cut back to the agent's checkpoint if a crash fell between the two).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from edgecompress._progress import progress_bar
 from edgecompress.agents.amc import AMCDDPG
 from edgecompress.config import RunConfig
 from edgecompress.envs import CompressionEnv
+from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup
 
 __all__ = ["run"]
@@ -29,10 +32,17 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
     env = CompressionEnv(setup=setup, reward=s.reward)
     n_layers = len(env.layers)
     warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
-    agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.pkl"
+    agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.npz"
+    if (run_dir / "replay_buffer.pkl").exists() and not buffer_path.exists():
+        raise ConfigError(
+            f"{run_dir} holds replay_buffer.pkl, written by edgecompress 0.1; resuming would unpickle it, which can "
+            "run code, so edgecompress 0.2 does not read it. Search into a new --out (episodes.jsonl and "
+            "best_policy.json of this folder stay valid), or delete the folder's agent.zip and replay_buffer.pkl "
+            "if you trust neither."
+        )
     if agent_path.exists() and buffer_path.exists():
         agent = AMCDDPG.load(agent_path, env=env)
-        agent.load_replay_buffer(buffer_path)
+        agent.load_buffer(buffer_path)
         console.print(f"resuming {run_dir}: {agent.episodes_done} episodes done")
     else:
         agent = AMCDDPG(env, n_layers=n_layers, warmup_episodes=warmup, seed=s.seed,
@@ -52,8 +62,11 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
                 "latency_source": info["latency_source"],
                 "accuracy_source": setup.accuracy_source,
             })  # fmt: skip
-            agent.save(agent_path)
-            agent.save_replay_buffer(buffer_path)
+            # Each file replaced whole (a kill mid-save leaves the previous one, never a torn file).
+            tmp = agent_path.with_name("agent.tmp.zip")
+            agent.save(tmp)
+            os.replace(tmp, agent_path)
+            agent.save_buffer(buffer_path)
             bar.update(task, completed=agent.episodes_done, status=setup.status(log, "policy"))
 
         agent.episode_end_hook = on_episode

@@ -1,7 +1,9 @@
 """``edgecompress search --agent ray``: parallel trials with Ray Tune, Optuna's sampler as the search algorithm.
 
 * ``workers`` trials run at once, one CPU each (torch uses one thread per
-  trial); a local Ray is started unless ``ray_address`` names a cluster.
+  trial); a private local Ray bound to 127.0.0.1 is started unless
+  ``ray_address`` names a cluster (a cluster recorded by an earlier
+  ``ray start`` is never joined implicitly).
 * The objective (base model, validation subset, BatchNorm batches, analysis)
   is put in Ray's object store once (``tune.with_parameters``); trials read
   it from there, never re-sending it.
@@ -20,10 +22,12 @@ Ray is imported here only, so the other agents never pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,32 @@ def _trial(config: dict[str, Any], setup: SearchSetup | None = None) -> dict[str
         "within_budget": within,
         "record_json": json.dumps(setup.record(ev, filled=filled)),
     }
+
+
+@contextlib.contextmanager
+def _loopback_only(ray: Any) -> Iterator[None]:
+    """Start Ray's servers on the loopback address only, restoring the caller's environment afterwards.
+
+    Ray turns a loopback ``_node_ip_address`` into the machine's external address and then binds its GCS,
+    raylets and agents there (and on every interface), unauthenticated by default. With
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (what Ray does on a laptop) the node address is the loopback
+    one and every server binds it; ``tests/drivers/test_optuna_ray_report.py`` reads the listening sockets.
+    Ray reads the setting when it is imported, so the loaded module's copy is set for the call as well.
+    """
+    name = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    old_env = os.environ.get(name)
+    constants = ray._private.ray_constants
+    old_value = constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = "0"
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = old_value
+        if old_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old_env
 
 
 def _logger(tune: Any, on_complete: Any) -> Any:
@@ -96,7 +126,13 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
         if s.ray_address:
             ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         else:
-            ray.init(num_cpus=s.workers, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+            # A private instance: never join a cluster some earlier `ray start` left recorded (address "local"),
+            # never listen on an external interface (loopback node address, see _loopback_only).
+            with _loopback_only(ray):
+                ray.init(
+                    address="local", num_cpus=s.workers, include_dashboard=False, logging_level=logging.WARNING,
+                    log_to_driver=False,
+                )  # fmt: skip
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, setup=setup),

@@ -176,7 +176,7 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
     def _build_objective(model, checkpoint, dataset, data_dir, device, val_samples, bn_batches, seed):  # type: ignore[no-untyped-def]
         bundle = load_dataset(dataset, data_dir, seed=seed)
         if checkpoint is not None:
-            net, _spec = load_checkpoint(checkpoint)
+            net, _spec = load_checkpoint(checkpoint, trust_factory=model if isinstance(model, str) else None)
         elif isinstance(model, nn.Module):
             net = model
         else:

@@ -17,7 +17,10 @@ from edgecompress.latency_models.devices import load_device
 from edgecompress.latency_models.ops import trace_ops
 from edgecompress.latency_models.table import LatencyTable, op_key
 
-__all__ = ["LatencyReport", "LatencyRow", "estimate_latency", "layer_precision", "priced_precisions"]
+__all__ = ["PRECISIONS", "LatencyReport", "LatencyRow", "estimate_latency", "layer_precision", "priced_precisions"]
+
+PRECISIONS = ("fp32", "fp16", "int8")
+"""The precisions a layer can be priced at (a device model prices its own one; a table those it measured)."""
 
 
 @dataclass
@@ -82,6 +85,10 @@ def estimate_latency(
     (layers not named run fp32). A table measured for another device, or
     without the asked precision, is refused unless ``force``.
     """
+    asked = {precision} if isinstance(precision, str) else set(precision.values())
+    bad = sorted(asked - set(PRECISIONS))
+    if bad:
+        raise EdgeCompressError(f"precision {bad[0]!r} is not one of {', '.join(PRECISIONS)}")
     dm, tab = _resolve(device, table, precision, force)
     shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     shape = (1, *shape[1:])

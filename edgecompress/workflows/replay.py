@@ -63,6 +63,7 @@ def replay(
     progress: bool = True,
     force: bool = False,
     val_size: int = 5000,
+    trust_factory: str | None = None,
 ) -> dict[str, Any]:
     if finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
@@ -75,7 +76,7 @@ def replay(
     ckpt = Path(checkpoint or base_info.get("checkpoint") or "")
     if not str(ckpt) or str(ckpt) == ".":
         raise PolicyError(f"policy {policy_path} names no base checkpoint; pass --checkpoint")
-    base, spec = load_checkpoint(ckpt)
+    base, spec = load_checkpoint(ckpt, trust_factory=trust_factory)
     wanted = base_info.get("model")
     if wanted and wanted != spec.model:
         raise PolicyError(

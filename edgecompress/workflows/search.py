@@ -4,7 +4,7 @@ Every driver gets the same :class:`~edgecompress.search.SearchSetup` (one
 objective, policy space and budget) and writes the same run folder:
 ``config.yaml``, ``reference.json``, ``episodes.jsonl``,
 ``best_policy.json``, ``topk.json``, ``search.png``, plus the driver's own
-state (``agent.zip`` and ``replay_buffer.pkl``, ``study.db``, ``ray/``).
+state (``agent.zip`` and ``replay_buffer.npz``, ``study.db``, ``ray/``).
 Re-running the same command on the same folder resumes.
 """
 

@@ -33,7 +33,7 @@ def ensure_base_model(cfg: RunConfig, bundle: Any, console: Console) -> tuple[An
     """Load the config's base checkpoint, or train it there when missing; refuse one for another model."""
     ckpt = default_checkpoint(cfg)
     if ckpt.exists():
-        model, spec = load_checkpoint(ckpt)
+        model, spec = load_checkpoint(ckpt, trust_factory=cfg.model.name)  # the factory the user configured
         if spec.model != cfg.model.name or spec.dataset != bundle.name:
             raise CheckpointError(
                 f"{ckpt} holds {spec.model!r} trained on {spec.dataset!r}, but the config asks for "
@@ -41,6 +41,12 @@ def ensure_base_model(cfg: RunConfig, bundle: Any, console: Console) -> tuple[An
             )
         console.print(f"base model: loaded {ckpt} ({spec.model}, trained {spec.created})")
         return model, spec, ckpt, False
+    if not cfg.model.train_if_missing:
+        raise CheckpointError(
+            f"base checkpoint {ckpt} does not exist. Give the path of a trained checkpoint (model.checkpoint, "
+            "--checkpoint), or set model.train_if_missing: true (--train-if-missing) to train "
+            f"{cfg.model.name} there first"
+        )
     console.print(f"base model: {ckpt} not found, training {cfg.model.name} for {cfg.train.epochs} epochs")
     model, spec = train_base_model(cfg, ckpt, bundle=bundle)
     return model, spec, ckpt, True

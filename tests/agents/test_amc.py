@@ -58,12 +58,16 @@ def test_save_and_resume_keeps_amc_state(objective, tmp_path) -> None:
     agent = _agent(objective, warmup=1)
     agent.learn(total_timesteps=5 * 3)
     agent.save(tmp_path / "agent.zip")
-    agent.save_replay_buffer(tmp_path / "buffer.pkl")
+    agent.save_buffer(tmp_path / "buffer.npz")
+    with np.load(tmp_path / "buffer.npz", allow_pickle=False) as data:  # plain arrays: nothing to unpickle
+        assert sorted(data.files) == sorted([*AMCDDPG.BUFFER_ARRAYS, "pos", "full"])
     env = CompressionEnv(objective=objective, budget_ratio=0.8)
     loaded = AMCDDPG.load(tmp_path / "agent.zip", env=env)
-    loaded.load_replay_buffer(tmp_path / "buffer.pkl")
+    loaded.load_buffer(tmp_path / "buffer.npz")
     assert loaded.episodes_done == 3 and loaded.sigma == pytest.approx(agent.sigma)
     assert loaded.baseline == pytest.approx(agent.baseline) and loaded.replay_buffer.size() == 15
+    for name in AMCDDPG.BUFFER_ARRAYS:
+        assert np.array_equal(getattr(loaded.replay_buffer, name), getattr(agent.replay_buffer, name))
     loaded.learn(total_timesteps=5 * 2, reset_num_timesteps=False)
     assert loaded.episodes_done == 5
 

@@ -181,6 +181,17 @@ def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, checkpoint, tiny_f
     try:
         result = run_search(cfg, make_console(), progress=False)
         assert result["errors"] == [] and result["episodes"] == 4
+        # The private Ray listens on loopback only (it was reachable on every interface).
+        import psutil
+
+        listening = set()
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                conns = proc.net_connections(kind="inet")
+                listening |= {(c.laddr.ip, proc.name()) for c in conns if c.status == psutil.CONN_LISTEN}
+            except psutil.NoSuchProcess:  # a worker that finished while we looked
+                continue
+        assert listening and all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip, _ in listening), listening
         run = Path(cfg.out)
         recs = records(run)
         assert len({r["trial"] for r in recs}) == 4
