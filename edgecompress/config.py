@@ -276,20 +276,33 @@ def load_config(
     return config
 
 
+NOT_IDENTITY = ("search.episodes",)
+"""Config keys that do not make a run another experiment: a larger target count extends the run."""
+
+
 def write_resolved_config(config: RunConfig, run_dir: str | os.PathLike[str]) -> Path:
-    """Write ``config.yaml`` into the run folder, refusing to replace a different one."""
+    """Write ``config.yaml`` into the run folder, refusing to replace a different one.
+
+    Keys in :data:`NOT_IDENTITY` may change (``search.episodes``: a re-run with a larger count extends the
+    search, a smaller one reports what is there); the file then records the latest value.
+    """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file, not a folder; choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / "config.yaml"
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     if target.exists() and target.read_text() != text:
         existing = yaml.safe_load(target.read_text()) or {}
-        changed = _diff_keys(existing, config.model_dump(mode="json"))
-        raise ConfigError(
-            f"{run_dir} already holds a run with a different config (changed: {', '.join(changed) or 'format'}). "
-            "Use another --out, or delete the folder to start over."
-        )
-    target.write_text(text)
+        changed = [k for k in _diff_keys(existing, config.model_dump(mode="json")) if k not in NOT_IDENTITY]
+        if changed or not isinstance(existing, dict):
+            raise ConfigError(
+                f"{run_dir} already holds a run with a different config (changed: {', '.join(changed) or 'format'})."
+                " Use another --out, or delete the folder to start over."
+            )
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
     return target
 
 

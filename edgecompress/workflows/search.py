@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from edgecompress._lock import run_folder_lock
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import load_dataset
 from edgecompress.drivers import get_driver
@@ -60,5 +61,6 @@ def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
 def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     """Run the driver ``cfg.search.agent`` over the search core; returns the driver's result."""
     driver = get_driver(cfg.search.agent)
-    setup = prepare_search(cfg, console)
-    return driver(setup, cfg, console, progress=progress)
+    with run_folder_lock(cfg.out):  # one process per run folder
+        setup = prepare_search(cfg, console)
+        return driver(setup, cfg, console, progress=progress)

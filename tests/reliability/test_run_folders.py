@@ -1,0 +1,72 @@
+"""A run folder belongs to one process at a time, and a finished search can be extended (issue 23, faults)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecompress._lock import run_folder_lock
+from edgecompress._progress import make_console
+from edgecompress.config import load_config, write_resolved_config
+from edgecompress.data import load_dataset
+from edgecompress.errors import ConfigError
+from edgecompress.workflows.search import run_search
+from edgecompress.workflows.train import train_base_model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_fmnist_shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
+    cfg = load_config(None, {"data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "train.epochs": 1,
+                             "train.batch_size": 32})  # fmt: skip
+    train_base_model(cfg, path, bundle=load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60), progress=False)
+    return path
+
+
+def _cfg(out: Path, checkpoint: Path, data: Path, agent: str, episodes: int):  # type: ignore[no-untyped-def]
+    return load_config(None, {
+        "out": str(out), "name": out.name, "model.checkpoint": str(checkpoint), "data.data_dir": str(data),
+        "data.val_size": 60, "data.val_samples": 60, "search.agent": agent, "search.episodes": episodes,
+        "search.warmup_episodes": 1, "search.budget_ratio": 0.9,
+    })  # fmt: skip
+
+
+def test_a_second_process_on_a_run_folder_is_refused(
+    tmp_path: Path, checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
+    cfg = _cfg(tmp_path / "run", checkpoint, tiny_fmnist_shared, "random", 2)
+    with run_folder_lock(cfg.out):  # another search holds the folder
+        with pytest.raises(ConfigError, match=r"run folder .* is in use by another edgecompress process \(pid \d+\)"):
+            run_search(cfg, make_console(), progress=False)
+    assert not (tmp_path / "run" / "episodes.jsonl").exists()
+    assert run_search(cfg, make_console(), progress=False)["episodes"] == 2  # released: the next run goes ahead
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "optuna", "random"])
+def test_a_finished_search_is_extended_by_a_larger_count(
+    agent: str, tmp_path: Path, checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
+    def search(episodes: int):  # type: ignore[no-untyped-def]
+        cfg = _cfg(tmp_path / agent, checkpoint, tiny_fmnist_shared, agent, episodes)
+        return run_search(cfg, make_console(), progress=False)
+
+    search(2)
+    first = (tmp_path / agent / "episodes.jsonl").read_text().splitlines()
+    result = search(3)
+    lines = (tmp_path / agent / "episodes.jsonl").read_text().splitlines()
+    assert result["episodes"] == 3 and lines[:2] == first and [json.loads(x)["episode"] for x in lines] == [1, 2, 3]
+    # A smaller count reports what is there and changes nothing.
+    again = search(1)
+    assert again["episodes"] == 3 and (tmp_path / agent / "episodes.jsonl").read_text().splitlines() == lines
+
+
+def test_other_keys_still_make_another_experiment(tmp_path: Path) -> None:
+    write_resolved_config(load_config(None, {"search.episodes": 5}), tmp_path)
+    write_resolved_config(load_config(None, {"search.episodes": 9}), tmp_path)  # extends: accepted
+    with pytest.raises(ConfigError, match=r"different config \(changed: search.budget_ratio\)"):
+        write_resolved_config(load_config(None, {"search.episodes": 9, "search.budget_ratio": 0.3}), tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file, not a folder; choose another --out"):
+        write_resolved_config(load_config(None), tmp_path / "file")
