@@ -53,9 +53,9 @@ from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.artifacts.compressed import load_compressed, save_compressed
 from edgecompress.artifacts.export import export_model
 from edgecompress.compressors import LayerPolicy, Policy
-from edgecompress.config import load_config
 from edgecompress.latency_models import estimate_latency, load_device
 from edgecompress.search.objective import policy_latency
+from edgecompress.workflows.config import load_run_config as load_config
 from edgecompress.workflows.replay import replay
 from edgecompress.workflows.search import run_search
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import result_path, write_result
 from rich.console import Console
 
-from edgecompress.config import load_config
+from edgecompress.workflows.config import load_run_config as load_config
 from edgecompress.workflows.report import load_run, summarize
 from edgecompress.workflows.search import run_search
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import result_path, write_result
 
 from edgecompress.artifacts.checkpoint import load_checkpoint
-from edgecompress.config import load_config
+from edgecompress.workflows.config import load_run_config as load_config
 from edgecompress.workflows.train import train_base_model
 
 

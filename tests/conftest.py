@@ -138,3 +138,16 @@ def replayed(tiny_fmnist_shared: Path, train_tiny, tmp_path_factory: pytest.Temp
         "data": str(tiny_fmnist_shared),
         "model": model,
     }
+
+
+@pytest.fixture(scope="session")
+def lenet_checkpoint(tiny_fmnist_shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet-5 base checkpoint trained for 3 epochs on the tiny data set (shared: do not modify it)."""
+    from edgecompress.config import load_config
+    from edgecompress.workflows.train import train_base_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
+    cfg = load_config(None, {"data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "train.epochs": 3,
+                             "train.batch_size": 32})  # fmt: skip
+    train_base_model(cfg, path, bundle=load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60), progress=False)
+    return path

@@ -227,7 +227,7 @@ class Policy:
         if not isinstance(layers, Mapping):
             raise PolicyError(f"{source}: 'layers' must be a mapping of layer name to fields")
         unknown = set(data) - {"format", "version", "round_to", "base", "layers", "applied", "meta"}
-        if unknown:
+        if unknown and version >= 2:  # version-1 files were read leniently; keep reading them
             raise PolicyError(f"{source}: unknown top-level keys {sorted(unknown)}")
         parsed = {str(name): LayerPolicy.from_dict(lp, str(name)) for name, lp in layers.items()}
         base = dict(data.get("base") or {})

@@ -82,6 +82,13 @@ def run(
         study.set_metric_names(["accuracy", "latency_ms", "stored_bytes"] if multi else ["accuracy"])
     log = setup.open_log(cfg, f"optuna ({s.sampler})", storage=storage_url(cfg))
     complete = optuna.trial.TrialState.COMPLETE
+    if s.storage is None:
+        # The study lives in this run folder, which this process holds the lock on: a trial still RUNNING
+        # was left by a process that died. Fail it now instead of waiting out the heartbeat grace period.
+        # (A shared --storage may have trials running on other machines: those are left to the heartbeat.)
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+            console.print(f"trial {stale.number} was left running by a process that stopped: marked failed")
 
     def sync() -> None:
         """Record every completed trial the episode log lacks (the study is the truth)."""

@@ -155,6 +155,11 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
                 budget_ms=budget_ms, budget_ratio=budget_ratio,
             )  # fmt: skip
             self.fill_budget = fill_budget
+        if self.fill_budget and self.objective.latency_mode != "table":
+            raise ConfigError(
+                "fill_budget widens policies by their predicted latency; the objective measures latency "
+                f"({self.objective.latency_mode!r}): use latency 'table' or fill_budget false"
+            )
         self.techniques = self.space.techniques
         self.layers = list(self.space.layers)
         self.limiter = setup.limiter if setup is not None else Limiter(self.objective, self.space, self.budget)
@@ -223,7 +228,9 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
     def step(self, action: np.ndarray):  # type: ignore[override]
         spec = self.layers[self._t]
         choice = self._decode(np.asarray(action, dtype=np.float32))
-        for t in self.techniques:
+        # Block-scope knobs first: whether the block stays decides nothing else, but the keep limiter must
+        # know it (a removed block costs nothing), whatever order the techniques were listed in.
+        for t in sorted(self.techniques, key=lambda t: self.space.knob(t).scope != "block"):
             knob = self.space.knob(t)
             if not self.space.applies(knob, spec):
                 choice[t] = knob.identity

@@ -9,6 +9,7 @@ they change. Drivers only call :meth:`RunLog.record`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,23 @@ __all__ = ["RunLog"]
 
 
 class RunLog:
-    def __init__(self, folder: str | Path, *, base: dict[str, Any], provenance: dict[str, Any], top_k: int = 5) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        base: dict[str, Any],
+        provenance: dict[str, Any],
+        top_k: int = 5,
+        round_to: int | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "episodes.jsonl"
         self.base = base
         self.provenance = provenance
         self.top_k = top_k
+        self.round_to = round_to
+        """The search's rounding, for records an older edgecompress wrote without it (policy schema 1)."""
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
@@ -59,6 +70,9 @@ class RunLog:
         best = self.best()
         if best is not None:
             policy = Policy.from_dict(best["policy"])
+            legacy = best["policy"].get("version") == 1 and "round_to" not in (best["policy"].get("base") or {})
+            if legacy and self.round_to is not None:  # scored with the search's rounding, recorded without it
+                policy = dataclasses.replace(policy, round_to=self.round_to)
             policy.base = {**policy.base, **self.base}
             policy.meta = {
                 "scores": {k: best[k] for k in ("accuracy", "latency_ms", "stored_bytes", "reward", "episode")},

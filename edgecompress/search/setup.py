@@ -83,6 +83,7 @@ class SearchSetup:
                 "versions": software_versions(),
             },
             top_k=cfg.search.top_k,
+            round_to=self.space.round_to,
         )
 
     def status(self, log: RunLog, unit: str) -> str:
@@ -139,6 +140,11 @@ def create_setup(
 ) -> SearchSetup:
     """The objective, space and budget of ``cfg.search`` for a loaded base model; refuses an infeasible budget."""
     s = cfg.search
+    if s.fill_budget and s.latency != "table":
+        raise ConfigError(
+            f"search.fill_budget = true widens policies by their predicted latency, but search.latency = "
+            f"{s.latency!r}; use search.latency 'table' or search.fill_budget false"
+        )
     started = time.perf_counter()
     objective = Objective(
         model,

@@ -71,12 +71,21 @@ class PolicySpace:
             if knob is None or not knob.movable:
                 movable = [k for k, v in KNOBS.items() if v.movable]
                 raise ConfigError(f"bound for {name!r} invalid; bounds can be set for: {', '.join(movable)}")
-            low, high = (value, knob.high) if knob.movable == "low" else (knob.low, value)
-            if not knob.low <= low < high <= knob.high:
-                raise ConfigError(
-                    f"{name} bound {value!r} is outside the technique's range [{knob.low}, {knob.high}]"
-                    f" or leaves it empty"
-                )
+            # The movable end may go anywhere LayerPolicy accepts: keep, rank in (0, 1], sparsity in [0, 1).
+            ok = 0 < value < knob.high if knob.movable == "low" else knob.low < value < 1
+            if not ok:
+                valid = f"0 < {name} < {knob.high}" if knob.movable == "low" else f"{knob.low} < {name} < 1"
+                raise ConfigError(f"{name} bound {value!r} is invalid; valid: {valid}")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle a space saved by edgecompress 0.1 (Ray Tune's searcher state): its keep_min, rank_min and
+        sparsity_max become bounds; its rounding is the default (policies are made from the live setup)."""
+        if "bounds" not in state:
+            old = {"keep": state.pop("keep_min", None), "rank": state.pop("rank_min", None),
+                   "sparsity": state.pop("sparsity_max", None)}  # fmt: skip
+            state["bounds"] = {k: v for k, v in old.items() if v is not None and v != KNOBS[k].strongest}
+            state.setdefault("round_to", DEFAULT_ROUND_TO)
+        self.__dict__.update(state)
 
     # ---- the knobs, with bounds applied
     def knob(self, technique: str) -> Knob:
@@ -136,10 +145,10 @@ class PolicySpace:
         a = float(np.clip(action, -1.0, 1.0))
         if knob.kind == "bool":
             return a > 0
-        u = (a + 1) / 2
         if knob.kind == "float":
+            u = float((np.float32(a) + 1) / 2)  # float32, as edgecompress 0.1 computed it: identical episodes
             return round(knob.low + u * (knob.high - knob.low), 4)
-        i = int(np.clip(np.floor(u * len(knob.choices)), 0, len(knob.choices) - 1))
+        i = int(np.clip(np.floor((a + 1) / 2 * len(knob.choices)), 0, len(knob.choices) - 1))
         return knob.choices[i]
 
     # ---- policies

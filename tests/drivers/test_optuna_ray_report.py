@@ -18,30 +18,10 @@ from edgecompress.workflows.report import hypervolume_2d, pareto_front, write_re
 from edgecompress.workflows.search import run_search
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_fmnist_shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgecompress.data import load_dataset
-    from edgecompress.workflows.train import train_base_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
-    cfg = load_config(
-        None,
-        {
-            "model.checkpoint": str(path),
-            "data.data_dir": str(tiny_fmnist_shared),
-            "data.val_size": 60,
-            "train.epochs": 3,
-            "train.batch_size": 32,
-        },
-    )
-    train_base_model(cfg, path, bundle=load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60), progress=False)
-    return path
-
-
-def make_cfg(out: Path, checkpoint: Path, data: Path, **search: Any) -> RunConfig:
+def make_cfg(out: Path, lenet_checkpoint: Path, data: Path, **search: Any) -> RunConfig:
     overrides = {
         "out": str(out),
-        "model.checkpoint": str(checkpoint),
+        "model.checkpoint": str(lenet_checkpoint),
         "data.data_dir": str(data),
         "data.val_size": 60,
         "data.val_samples": 60,
@@ -69,8 +49,8 @@ def assert_best_within_budget(run: Path, cfg: RunConfig, result: dict[str, Any])
     return policy
 
 
-def test_optuna_tpe_writes_a_valid_best_policy_within_budget(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
-    cfg = make_cfg(tmp_path / "tpe", checkpoint, tiny_fmnist_shared)
+def test_optuna_tpe_writes_a_valid_best_policy_within_budget(tmp_path, lenet_checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
+    cfg = make_cfg(tmp_path / "tpe", lenet_checkpoint, tiny_fmnist_shared)
     result = run_search(cfg, make_console(), progress=False)
     run = Path(cfg.out)
     assert (run / "study.db").is_file() and (run / "reference.json").is_file() and (run / "search.png").is_file()
@@ -84,23 +64,25 @@ def test_optuna_tpe_writes_a_valid_best_policy_within_budget(tmp_path, checkpoin
             assert 0.2 <= lp.get("keep", 1.0) <= 1.0
 
 
-def test_same_seed_gives_the_same_trials(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
-    a = make_cfg(tmp_path / "a", checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"])
-    b = make_cfg(tmp_path / "b", checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"])
+def test_same_seed_gives_the_same_trials(tmp_path, lenet_checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
+    a = make_cfg(tmp_path / "a", lenet_checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"])
+    b = make_cfg(tmp_path / "b", lenet_checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"])
     run_search(a, make_console(), progress=False)
     run_search(b, make_console(), progress=False)
     assert [r["policy"] for r in records(Path(a.out))] == [r["policy"] for r in records(Path(b.out))]
-    c = make_cfg(tmp_path / "c", checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"], seed=1)
+    c = make_cfg(tmp_path / "c", lenet_checkpoint, tiny_fmnist_shared, episodes=5, techniques=["keep", "wbits"], seed=1)
     run_search(c, make_console(), progress=False)
     assert [r["policy"] for r in records(Path(a.out))] != [r["policy"] for r in records(Path(c.out))]
 
 
-def test_resume_keeps_the_trial_count_and_never_reruns(tmp_path, checkpoint, tiny_fmnist_shared, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_resume_keeps_the_trial_count_and_never_reruns(
+    tmp_path, lenet_checkpoint, tiny_fmnist_shared, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     import optuna
 
     from edgecompress.search.space import PolicySpace
 
-    cfg = make_cfg(tmp_path / "resume", checkpoint, tiny_fmnist_shared)
+    cfg = make_cfg(tmp_path / "resume", lenet_checkpoint, tiny_fmnist_shared)
     real = PolicySpace.suggest
     calls = {"n": 0}
 
@@ -128,9 +110,14 @@ def test_resume_keeps_the_trial_count_and_never_reruns(tmp_path, checkpoint, tin
     assert len(optuna.load_study(study_name=cfg.name, storage=study._storage).trials) == 7
 
 
-def test_nsga2_pareto_front_is_non_dominated(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
+def test_nsga2_pareto_front_is_non_dominated(tmp_path, lenet_checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
     cfg = make_cfg(
-        tmp_path / "nsga", checkpoint, tiny_fmnist_shared, sampler="nsga2", episodes=10, techniques=["keep", "wbits"]
+        tmp_path / "nsga",
+        lenet_checkpoint,
+        tiny_fmnist_shared,
+        sampler="nsga2",
+        episodes=10,
+        techniques=["keep", "wbits"],
     )
     run_search(cfg, make_console(), progress=False)
     front = json.loads((Path(cfg.out) / "pareto.json").read_text())
@@ -174,10 +161,10 @@ def test_pareto_front_and_hypervolume_known_answers() -> None:
     assert hypervolume_2d([(1.2, 0.9)]) == 0.0  # slower than the base: outside the reference box
 
 
-def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
+def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, lenet_checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
     ray = pytest.importorskip("ray")
 
-    cfg = make_cfg(tmp_path / "ray", checkpoint, tiny_fmnist_shared, agent="ray", episodes=4, workers=2)
+    cfg = make_cfg(tmp_path / "ray", lenet_checkpoint, tiny_fmnist_shared, agent="ray", episodes=4, workers=2)
     try:
         result = run_search(cfg, make_console(), progress=False)
         assert result["errors"] == [] and result["episodes"] == 4
@@ -203,12 +190,14 @@ def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, checkpoint, tiny_f
         ray.shutdown()
 
 
-def test_report_renders_from_each_agents_run_folder(tmp_path, checkpoint, tiny_fmnist_shared, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_report_renders_from_each_agents_run_folder(tmp_path, lenet_checkpoint, tiny_fmnist_shared, capsys) -> None:  # type: ignore[no-untyped-def]
     from edgecompress.cli import main
 
-    tpe = make_cfg(tmp_path / "tpe", checkpoint, tiny_fmnist_shared, episodes=4)
-    rnd = make_cfg(tmp_path / "random", checkpoint, tiny_fmnist_shared, episodes=4, sampler="random")
-    ddpg = make_cfg(tmp_path / "ddpg", checkpoint, tiny_fmnist_shared, agent="ddpg", episodes=4, warmup_episodes=2)
+    tpe = make_cfg(tmp_path / "tpe", lenet_checkpoint, tiny_fmnist_shared, episodes=4)
+    rnd = make_cfg(tmp_path / "random", lenet_checkpoint, tiny_fmnist_shared, episodes=4, sampler="random")
+    ddpg = make_cfg(
+        tmp_path / "ddpg", lenet_checkpoint, tiny_fmnist_shared, agent="ddpg", episodes=4, warmup_episodes=2
+    )
     run_search(tpe, make_console(), progress=False)
     run_search(rnd, make_console(), progress=False)
     run_search(ddpg, make_console(), progress=False)

@@ -17,13 +17,11 @@ from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.artifacts.compressed import load_compressed
 from edgecompress.compressors import Policy, compress
 from edgecompress.config import load_config
-from edgecompress.data import load_dataset
 from edgecompress.drivers import DRIVERS, get_driver
 from edgecompress.errors import ConfigError
 from edgecompress.search.objective import policy_latency
 from edgecompress.workflows.replay import replay
 from edgecompress.workflows.search import run_search
-from edgecompress.workflows.train import train_base_model
 
 
 def test_registry_knows_four_drivers_and_suggests() -> None:
@@ -33,21 +31,14 @@ def test_registry_knows_four_drivers_and_suggests() -> None:
     assert callable(get_driver("random"))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_fmnist_shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
-    cfg = load_config(None, {"data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "train.epochs": 3,
-                             "train.batch_size": 32})  # fmt: skip
-    train_base_model(cfg, path, bundle=load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60), progress=False)
-    return path
-
-
 @pytest.mark.parametrize("agent", ["ddpg", "optuna", "ray", "random"])
-def test_best_policy_replays_exactly(agent: str, tmp_path: Path, checkpoint: Path, tiny_fmnist_shared: Path) -> None:
+def test_best_policy_replays_exactly(
+    agent: str, tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
     if agent == "ray":
         ray = pytest.importorskip("ray")
     cfg = load_config(None, {
-        "out": str(tmp_path / agent), "name": agent, "model.checkpoint": str(checkpoint),
+        "out": str(tmp_path / agent), "name": agent, "model.checkpoint": str(lenet_checkpoint),
         "data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "data.val_samples": 60,
         "search.agent": agent, "search.episodes": 4, "search.warmup_episodes": 2, "search.workers": 2,
         "search.budget_ratio": 0.9, "search.techniques": ["keep", "abits"],
@@ -60,7 +51,7 @@ def test_best_policy_replays_exactly(agent: str, tmp_path: Path, checkpoint: Pat
     best = Path(cfg.out) / "best_policy.json"
     policy = Policy.load(best)
     assert policy.round_to == cfg.search.round_to == 8 and policy.applied
-    base, spec = load_checkpoint(checkpoint)
+    base, spec = load_checkpoint(lenet_checkpoint)
     model, report = compress(base, policy)  # nothing but the policy
     latency, _ = policy_latency(model, policy, spec.input_shape, cfg.device)
     assert latency.total_ms == policy.meta["scores"]["latency_ms"]

@@ -169,3 +169,20 @@ def test_drop_is_decided_per_block_and_counted_by_the_limiter(objective) -> None
     index = [s.index for s in env.layers if s.block == "layers.1"]
     assert index == [3, 4]
     assert env.limiter.estimate({}, set(), 0, 1.0, 1.0) - saved == pytest.approx(sum(env.limiter.layer_ms[index]))
+
+
+def test_the_order_of_techniques_does_not_change_an_episode(objective) -> None:
+    """drop is settled before keep is limited, whichever is listed first (a removed block costs nothing)."""
+    n = len(objective.analysis.layers)
+    # Wide keeps, so the limiter acts; every third layer asks to remove its block.
+    actions = np.array([[0.9, 1.0 if i % 3 == 0 else -1.0] for i in range(n)], dtype=np.float32)
+    chosen = []
+    for order in (("keep", "drop"), ("drop", "keep")):
+        env = _env(objective, techniques=order, budget_ratio=0.3)
+        env.reset()
+        done = False
+        for a in actions:
+            _, _, done, _, info = env.step(np.ascontiguousarray(a if order[0] == "keep" else a[::-1]))
+        assert done
+        chosen.append(([c["keep"] for c in env._chosen], dict(env._group_keep), info["policy"]["layers"]))
+    assert chosen[0] == chosen[1]

@@ -10,33 +10,22 @@ import pytest
 from edgecompress._lock import run_folder_lock
 from edgecompress._progress import make_console
 from edgecompress.config import load_config, write_resolved_config
-from edgecompress.data import load_dataset
 from edgecompress.errors import ConfigError
 from edgecompress.workflows.search import run_search
-from edgecompress.workflows.train import train_base_model
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_fmnist_shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "lenet.pt"
-    cfg = load_config(None, {"data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "train.epochs": 1,
-                             "train.batch_size": 32})  # fmt: skip
-    train_base_model(cfg, path, bundle=load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60), progress=False)
-    return path
-
-
-def _cfg(out: Path, checkpoint: Path, data: Path, agent: str, episodes: int):  # type: ignore[no-untyped-def]
+def _cfg(out: Path, lenet_checkpoint: Path, data: Path, agent: str, episodes: int):  # type: ignore[no-untyped-def]
     return load_config(None, {
-        "out": str(out), "name": out.name, "model.checkpoint": str(checkpoint), "data.data_dir": str(data),
+        "out": str(out), "name": out.name, "model.checkpoint": str(lenet_checkpoint), "data.data_dir": str(data),
         "data.val_size": 60, "data.val_samples": 60, "search.agent": agent, "search.episodes": episodes,
         "search.warmup_episodes": 1, "search.budget_ratio": 0.9,
     })  # fmt: skip
 
 
 def test_a_second_process_on_a_run_folder_is_refused(
-    tmp_path: Path, checkpoint: Path, tiny_fmnist_shared: Path
+    tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
 ) -> None:
-    cfg = _cfg(tmp_path / "run", checkpoint, tiny_fmnist_shared, "random", 2)
+    cfg = _cfg(tmp_path / "run", lenet_checkpoint, tiny_fmnist_shared, "random", 2)
     with run_folder_lock(cfg.out):  # another search holds the folder
         with pytest.raises(ConfigError, match=r"run folder .* is in use by another edgecompress process \(pid \d+\)"):
             run_search(cfg, make_console(), progress=False)
@@ -46,10 +35,10 @@ def test_a_second_process_on_a_run_folder_is_refused(
 
 @pytest.mark.parametrize("agent", ["ddpg", "optuna", "random"])
 def test_a_finished_search_is_extended_by_a_larger_count(
-    agent: str, tmp_path: Path, checkpoint: Path, tiny_fmnist_shared: Path
+    agent: str, tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
 ) -> None:
     def search(episodes: int):  # type: ignore[no-untyped-def]
-        cfg = _cfg(tmp_path / agent, checkpoint, tiny_fmnist_shared, agent, episodes)
+        cfg = _cfg(tmp_path / agent, lenet_checkpoint, tiny_fmnist_shared, agent, episodes)
         return run_search(cfg, make_console(), progress=False)
 
     search(2)
@@ -70,3 +59,18 @@ def test_other_keys_still_make_another_experiment(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file, not a folder; choose another --out"):
         write_resolved_config(load_config(None), tmp_path / "file")
+
+
+def test_an_optuna_trial_left_running_by_a_killed_process_is_failed_on_resume(
+    tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
+    import optuna
+
+    cfg = _cfg(tmp_path / "opt", lenet_checkpoint, tiny_fmnist_shared, "optuna", 2)
+    run_search(cfg, make_console(), progress=False)
+    url = f"sqlite:///{(tmp_path / 'opt' / 'study.db').resolve()}"
+    optuna.load_study(study_name="opt", storage=url).ask()  # a process asked for a trial, then was killed
+    cfg = _cfg(tmp_path / "opt", lenet_checkpoint, tiny_fmnist_shared, "optuna", 3)
+    assert run_search(cfg, make_console(), progress=False)["episodes"] == 3
+    states = [t.state.name for t in optuna.load_study(study_name="opt", storage=url).trials]
+    assert states.count("RUNNING") == 0 and states.count("FAIL") == 1 and states.count("COMPLETE") == 3

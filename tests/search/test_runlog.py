@@ -28,3 +28,13 @@ def test_best_within_budget_plot_and_the_callers_backend(tmp_path) -> None:  # t
     assert log.plot().stat().st_size > 5_000
     assert matplotlib.get_backend() == backend  # no global backend switch
     assert len(RunLog(tmp_path, base={}, provenance={}).records) == 2  # a re-opened log resumes
+
+
+def test_records_an_older_version_wrote_keep_the_searchs_rounding(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    old = {"format": "edgecompress.policy", "version": 1, "base": {"input_shape": [1, 1, 28, 28]},
+           "layers": {"conv1": {"keep": 0.5}}, "meta": {}}  # fmt: skip
+    (tmp_path / "episodes.jsonl").write_text(json.dumps({"episode": 1, "policy": old, "accuracy": 0.7,
+        "latency_ms": 1.0, "stored_bytes": 1, "reward": 0.7, "within_budget": True}) + "\n")  # fmt: skip
+    log = RunLog(tmp_path, base={"model": "lenet5"}, provenance={}, round_to=8)
+    log.record(_record(0.6, 0.9, True))  # rewrites best_policy.json: the old record is still the best
+    assert Policy.load(tmp_path / "best_policy.json").round_to == 8

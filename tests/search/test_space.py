@@ -83,5 +83,18 @@ def test_bad_techniques_and_bounds_are_refused(analysis) -> None:  # type: ignor
         PolicySpace(analysis.layers, (), SHAPE)
     with pytest.raises(ConfigError, match="bound for 'wbits' invalid; bounds can be set for: keep, rank, sparsity"):
         PolicySpace(analysis.layers, ("keep",), SHAPE, bounds={"wbits": 4})
-    with pytest.raises(ConfigError, match=r"keep bound 1.5 is outside the technique's range \[0.2, 1.0\]"):
+    with pytest.raises(ConfigError, match=r"keep bound 1.5 is invalid; valid: 0 < keep < 1.0"):
         PolicySpace(analysis.layers, ("keep",), SHAPE, bounds={"keep": 1.5})
+    # The movable end may widen the range as far as LayerPolicy allows.
+    assert PolicySpace(analysis.layers, ("keep", "sparsity"), SHAPE, bounds={"keep": 0.1, "sparsity": 0.95}).range(
+        "sparsity"
+    ) == (0.0, 0.95)
+
+
+def test_a_space_pickled_by_edgecompress_0_1_unpickles(analysis) -> None:  # type: ignore[no-untyped-def]
+    """Ray Tune's searcher state pickles the space; an experiment saved before 0.2 must restore."""
+    space = PolicySpace.__new__(PolicySpace)
+    space.__setstate__({"layers": analysis.layers, "techniques": ("keep",), "input_shape": SHAPE,
+                        "keep_min": 0.3, "rank_min": 0.2, "sparsity_max": 0.9})  # fmt: skip
+    assert space.bounds == {"keep": 0.3} and space.round_to == 8 and space.keep_min == 0.3
+    assert space.decode("keep", -1.0) == 0.3
