@@ -74,6 +74,8 @@ class LayerSpec:
     """The other layers whose output channels are tied to this one's."""
     block: str = ""
     """The removable residual block (module name) this layer belongs to; empty when none."""
+    prune_note: str = ""
+    """Why structured pruning leaves this layer's output channels alone, when it is not for being an output."""
 
 
 @dataclass
@@ -195,13 +197,24 @@ def _spec_for(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> 
     )  # fmt: skip
 
 
+def _grouped(m: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (1 < groups < in_channels)."""
+    return isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels
+
+
 def _channel_groups(
     model: nn.Module, example: torch.Tensor, names: list[str]
-) -> tuple[dict[str, int], dict[str, bool], list[str]]:
-    """Union the layers whose output channels torch-pruning says must be pruned together."""
+) -> tuple[dict[str, int], dict[str, bool], list[str], dict[str, str]]:
+    """Union the layers whose output channels torch-pruning says must be pruned together.
+
+    Returns group roots, prunability, notes and, per layer, why it is not prunable (besides being an
+    output). A model torch-pruning cannot trace, and groups coupled to a grouped (not depthwise)
+    convolution, which it does not prune group-consistently, are left unpruned with the reason: the other
+    techniques still apply, and ``compress`` reports the skip instead of failing inside the library."""
     import torch_pruning as tp
 
     notes: list[str] = []
+    reasons: dict[str, str] = {}
     modules = dict(model.named_modules())
     parent = {n: n for n in names}
     order = {n: i for i, n in enumerate(names)}
@@ -213,8 +226,15 @@ def _channel_groups(
         return n
 
     prunable = dict.fromkeys(names, True)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    try:
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    except Exception as exc:  # the library's own failures on graphs it does not support (e.g. channel shuffles)
+        why = (f"torch-pruning cannot trace this model's channel dependencies ({type(exc).__name__}: {exc}); "
+               "structured pruning is off for it, the other techniques apply")  # fmt: skip
+        notes.append(why)
+        return {n: i for i, n in enumerate(names)}, dict.fromkeys(names, False), notes, dict.fromkeys(names, why)
     name_of = {m: n for n, m in modules.items()}
+    unsafe: dict[str, str] = {}
     for n in names:
         m = modules[n]
         pruner = dg.get_pruner_of_module(m)
@@ -228,6 +248,11 @@ def _channel_groups(
             target = name_of.get(dep.target.module)
             if target is None or target not in parent:
                 continue
+            if _grouped(dep.target.module):
+                g = dep.target.module.groups
+                what = "it is" if target == n else f"its channels are coupled to {target},"
+                unsafe[n] = (f"{what} a grouped convolution (groups={g}), which torch-pruning does not prune "
+                             "group-consistently")  # fmt: skip
             if dg.is_out_channel_pruning_fn(dep.handler):
                 a, b = find(n), find(target)
                 if a != b:
@@ -240,10 +265,16 @@ def _channel_groups(
                 consumers += 1
         if consumers == 0:
             prunable[n] = False
-    # An output layer makes its whole group unprunable.
+    # An output layer makes its whole group unprunable; so does a coupling to a grouped convolution.
     blocked = {find(n) for n in names if not prunable[n]}
+    for n, why in unsafe.items():
+        if find(n) not in blocked:
+            for other in names:
+                if find(other) == find(n):
+                    reasons.setdefault(other, why)
+    blocked |= {find(n) for n in unsafe}
     root_index = {n: order[find(n)] for n in names}
-    return root_index, {n: find(n) not in blocked for n in names}, notes
+    return root_index, {n: find(n) not in blocked for n in names}, notes, reasons
 
 
 def measure_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, dict[str, Any]]:
@@ -285,14 +316,14 @@ def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28
     notes = [f"{n}: defined but not used in the forward pass; left out" for n in layers if n not in records]
     notes += [f"{n}: called {c} times; counted once" for n, c in calls.items() if c > 1]
     names = list(records)  # forward-execution order (dicts keep insertion order)
-    group, prunable, graph_notes = _channel_groups(model, torch.zeros(input_shape), names)
+    group, prunable, graph_notes, reasons = _channel_groups(model, torch.zeros(input_shape), names)
     notes += graph_notes
     members: dict[int, list[str]] = {}
     for n in names:
         members.setdefault(group[n], []).append(n)
     block_of = {n: b for b in removable_blocks(model) for n in names if n.startswith(b + ".")}
     specs = [
-        LayerSpec(index=i, group=group[n], prunable=prunable[n],
+        LayerSpec(index=i, group=group[n], prunable=prunable[n], prune_note=reasons.get(n, ""),
                   coupled_with=tuple(x for x in members[group[n]] if x != n), block=block_of.get(n, ""),
                   **records[n])
         for i, n in enumerate(names)

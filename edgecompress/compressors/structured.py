@@ -73,8 +73,13 @@ class StructuredPruning:
         if importance not in IMPORTANCES:
             raise PolicyError(f"unknown channel importance {importance!r}; valid: {', '.join(IMPORTANCES)}")
         model = ctx.model
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(ctx.input_shape), verbose=False)
         specs = {s.name: s for s in ctx.analysis.layers}
+        if not any(specs[n].prunable and k < 1.0 for n, k in keep.items()):
+            dg = None  # nothing to prune: the dependency graph (which may not build for this model) is not needed
+        else:
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=torch.zeros(ctx.input_shape), verbose=False
+            )
         for all_members in ctx.analysis.groups().values():
             members = [m for m in all_members if m in keep]  # removed blocks' layers are gone
             if not members:
@@ -85,8 +90,10 @@ class StructuredPruning:
             if not specs[members[0]].prunable:
                 for m in members:
                     if keep[m] < 1.0:
-                        ctx.skip(m, self.name, "its output channels are the network's outputs (classifier)")
+                        why = specs[m].prune_note or "its output channels are the network's outputs (classifier)"
+                        ctx.skip(m, self.name, why)
                 continue
+            assert dg is not None
             group_keep = max(asked)
             asking = [m for m in members if keep[m] < 1.0]
             if group_keep == 1.0:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 
 from edgecompress import Policy, compress
 from edgecompress.compressors.structured import kept_channels
@@ -80,3 +81,44 @@ def test_l1_keeps_the_largest_filters(lenet5) -> None:
     # fc1 loses the 25 flattened inputs of each dropped channel.
     cols = torch.cat([torch.arange(c * 25, c * 25 + 25) for c in kept.tolist()])
     assert torch.equal(small.fc1.weight.detach(), model.fc1.weight.detach()[:, cols])
+
+
+class _Branchy(nn.Module):
+    """A 1x1 branch and a grouped 3x3 branch concatenated (pruning the stem used to die inside torch-pruning)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(32, 8, 1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.cat([self.a(x), self.b(x)], 1)
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def test_groups_coupled_to_a_grouped_conv_are_skipped_with_the_reason_and_the_rest_pruned() -> None:
+    torch.manual_seed(0)
+    model = _Branchy().eval()
+    small, report = compress(model, Policy.uniform(model, keep=0.5), input_shape=(1, 1, 28, 28))
+    skipped = {s.layer: s.reason for s in report.skipped}
+    assert (
+        skipped["b"] == "it is a grouped convolution (groups=4), which torch-pruning does not prune group-consistently"
+    )
+    assert skipped["stem"].startswith("its channels are coupled to b, a grouped convolution (groups=4)")
+    assert small.a.out_channels == 8 and small.head.out_channels == 4 and small.stem.out_channels == 16
+    assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_model_torch_pruning_cannot_trace_keeps_its_channels_and_says_why() -> None:
+    import torchvision
+
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()  # channel shuffle: the library fails
+    small, report = compress(model, Policy.uniform(model, keep=0.5, wbits=8), input_shape=(1, 3, 64, 64))
+    reasons = {s.reason for s in report.skipped if s.technique == "structured"}
+    assert len(reasons) == 1 and "torch-pruning cannot trace this model's channel dependencies" in reasons.pop()
+    assert all(r.applied.get("wquant") for r in report.layers)  # the other techniques still apply
+    assert small(torch.randn(1, 3, 64, 64)).shape == (1, 10)
