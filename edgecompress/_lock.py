@@ -27,6 +27,8 @@ def run_folder_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     except ImportError:  # not POSIX
         yield
         return
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ConfigError(f"run folder {run_dir} is a file, not a folder; choose another --out")
     path = Path(run_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as f:

@@ -21,12 +21,11 @@ from rich.table import Table
 from edgecompress._progress import make_console
 from edgecompress.analysis import analyze_model
 from edgecompress.config import write_resolved_config
-from edgecompress.data import load_dataset
 from edgecompress.latency_models import estimate_latency
 from edgecompress.training import evaluate
 from edgecompress.version import software_versions
 from edgecompress.workflows.config import load_run_config
-from edgecompress.workflows.train import ensure_base_model
+from edgecompress.workflows.train import check_base_model, ensure_base_model, load_bundle
 
 __all__ = ["run_pipeline"]
 
@@ -38,11 +37,9 @@ def run_pipeline(
     started = time.perf_counter()
     cfg = load_run_config(config_path, overrides)
     run_dir = Path(cfg.out)
+    check_base_model(cfg)  # bad paths fail before the run folder is touched
+    bundle = load_bundle(cfg)
     write_resolved_config(cfg, run_dir)
-    bundle = load_dataset(
-        cfg.data.dataset, cfg.data.data_dir, val_size=cfg.data.val_size, seed=cfg.data.seed,
-        image_size=cfg.data.image_size,
-    )  # fmt: skip
     console.print(f"data: {bundle.name} from {bundle.source}, split {bundle.sizes()} (validation seed {cfg.data.seed})")
 
     model, spec, ckpt, trained_now = ensure_base_model(cfg, bundle, console)

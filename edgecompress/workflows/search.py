@@ -17,22 +17,20 @@ from rich.console import Console
 
 from edgecompress._lock import run_folder_lock
 from edgecompress.config import RunConfig, write_resolved_config
-from edgecompress.data import load_dataset
+from edgecompress.data import DataBundle
 from edgecompress.drivers import get_driver
 from edgecompress.search.setup import SearchSetup, create_setup, write_reference
-from edgecompress.workflows.train import ensure_base_model
+from edgecompress.workflows.train import check_base_model, ensure_base_model, load_bundle
 
 __all__ = ["prepare_search", "run_search"]
 
 
-def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
+def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle | None = None) -> SearchSetup:
     """Record the config in the run folder, load data and the base model, build the search core."""
     s = cfg.search
+    check_base_model(cfg)  # a mistyped path fails before anything is written
+    bundle = bundle if bundle is not None else load_bundle(cfg)
     write_resolved_config(cfg, cfg.out)  # the run folder describes itself; a different config is refused
-    bundle = load_dataset(
-        cfg.data.dataset, cfg.data.data_dir, val_size=cfg.data.val_size, seed=cfg.data.seed,
-        image_size=cfg.data.image_size,
-    )  # fmt: skip
     model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
     base = {
         "model": spec.model,
@@ -61,6 +59,8 @@ def prepare_search(cfg: RunConfig, console: Console) -> SearchSetup:
 def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     """Run the driver ``cfg.search.agent`` over the search core; returns the driver's result."""
     driver = get_driver(cfg.search.agent)
+    check_base_model(cfg)  # bad paths fail before the run folder is touched
+    bundle = load_bundle(cfg)
     with run_folder_lock(cfg.out):  # one process per run folder
-        setup = prepare_search(cfg, console)
+        setup = prepare_search(cfg, console, bundle)
         return driver(setup, cfg, console, progress=progress)

@@ -22,11 +22,30 @@ from edgecompress.errors import CheckpointError
 from edgecompress.models import create_model
 from edgecompress.training import evaluate, train
 
-__all__ = ["default_checkpoint", "ensure_base_model", "train_base_model"]
+__all__ = ["check_base_model", "default_checkpoint", "ensure_base_model", "load_bundle", "train_base_model"]
 
 
 def default_checkpoint(cfg: RunConfig) -> Path:
     return Path(cfg.model.checkpoint or f"checkpoints/{cfg.model.name.replace(':', '_')}-{cfg.data.dataset}.pt")
+
+
+def load_bundle(cfg: RunConfig) -> DataBundle:
+    """The config's data, split as every workflow splits it."""
+    d = cfg.data
+    return load_dataset(d.dataset, d.data_dir, val_size=d.val_size, seed=d.seed, image_size=d.image_size)
+
+
+def check_base_model(cfg: RunConfig) -> Path:
+    """The base checkpoint path, or a CheckpointError when it is missing and not to be trained (before any
+    work or any file is written)."""
+    ckpt = default_checkpoint(cfg)
+    if not ckpt.exists() and not cfg.model.train_if_missing:
+        raise CheckpointError(
+            f"base checkpoint {ckpt} does not exist. Give the path of a trained checkpoint (model.checkpoint, "
+            "--checkpoint), or set model.train_if_missing: true (--train-if-missing) to train "
+            f"{cfg.model.name} there first"
+        )
+    return ckpt
 
 
 def ensure_base_model(cfg: RunConfig, bundle: Any, console: Console) -> tuple[Any, Any, Path, bool]:
@@ -41,12 +60,7 @@ def ensure_base_model(cfg: RunConfig, bundle: Any, console: Console) -> tuple[An
             )
         console.print(f"base model: loaded {ckpt} ({spec.model}, trained {spec.created})")
         return model, spec, ckpt, False
-    if not cfg.model.train_if_missing:
-        raise CheckpointError(
-            f"base checkpoint {ckpt} does not exist. Give the path of a trained checkpoint (model.checkpoint, "
-            "--checkpoint), or set model.train_if_missing: true (--train-if-missing) to train "
-            f"{cfg.model.name} there first"
-        )
+    check_base_model(cfg)
     console.print(f"base model: {ckpt} not found, training {cfg.model.name} for {cfg.train.epochs} epochs")
     model, spec = train_base_model(cfg, ckpt, bundle=bundle)
     return model, spec, ckpt, True

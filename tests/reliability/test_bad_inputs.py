@@ -1,0 +1,139 @@
+"""Bad input through the CLI: exit status 2, one clear message naming the bad value and what is valid,
+no traceback, nothing written (issue 23's table of bad inputs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecompress.cli import main
+
+# (case id, command line with {tmp} for the test's folder and {ckpt} for a LeNet-5 checkpoint, expected parts of
+# the message: the bad value and the valid choices or the fix). Files named in {tmp} are prepared by _files below.
+CASES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("unknown model", "analyze --model lenet6", ("unknown model 'lenet6'", "Did you mean 'lenet5'?")),
+    ("unknown torchvision model", "analyze --model torchvision:resnet17 --in-channels 3",
+     ("unknown torchvision model 'resnet17'", "torchvision classification models")),
+    ("factory not importable", "analyze --model nosuchpkg.mod:build", ("cannot import 'nosuchpkg.mod'",)),
+    ("analyze without a model", "analyze", ("give --model NAME or --checkpoint PATH",)),
+    ("missing checkpoint", "analyze --checkpoint {tmp}/none.pt", ("checkpoint {tmp}/none.pt does not exist",)),
+    ("junk checkpoint", "analyze --checkpoint {tmp}/junk.pt", ("cannot read checkpoint {tmp}/junk.pt",)),
+    ("plain dict checkpoint", "analyze --checkpoint {tmp}/plain.pt", ("is not an edgecompress checkpoint",)),
+    ("checkpoint for another model", "analyze --checkpoint {ckpt} --model resnet20",
+     ("--model 'resnet20' does not match checkpoint",)),
+    ("missing policy", "analyze --model lenet5 --policy {tmp}/none.json",
+     ("policy file {tmp}/none.json does not exist",)),
+    ("corrupt policy", "analyze --model lenet5 --policy {tmp}/bad.json", ("is corrupt (not JSON)",)),
+    ("not a policy", "analyze --model lenet5 --policy {tmp}/other.json", ("is not an edgecompress policy",)),
+    ("policy field out of range", "analyze --model lenet5 --policy {tmp}/keep2.json",
+     ("layer 'conv1': keep = 2.0 is invalid; valid: 0 < keep <= 1",)),
+    ("policy unknown field", "analyze --model lenet5 --policy {tmp}/field.json",
+     ("unknown field 'kep'", "Did you mean 'keep'?")),
+    ("policy unknown layer", "analyze --model lenet5 --policy {tmp}/layer.json",
+     ("names layer 'conv9'", "Compressible layers: conv1")),
+    ("policy future version", "analyze --model lenet5 --policy {tmp}/v9.json",
+     ("policy schema version 9; this edgecompress reads versions 1, 2",)),
+    ("unknown device", "latency --model lenet5 --device raspberry-pi4",
+     ("unknown device 'raspberry-pi4'", "Did you mean 'raspberry-pi-4'?")),
+    ("latency without device", "latency --model lenet5", ("give --device NAME",)),
+    ("unknown precision", "latency --model lenet5 --device raspberry-pi-4 --precision int9",
+     ("precision 'int9' is not one of fp32, fp16, int8",)),
+    ("missing config", "config --config {tmp}/none.yaml", ("config file {tmp}/none.yaml does not exist",)),
+    ("config not YAML", "config --config {tmp}/bad.yaml", ("is not valid YAML",)),
+    ("config not a mapping", "config --config {tmp}/list.yaml", ("must hold a mapping of sections, got list",)),
+    ("config unknown key", "config --config {tmp}/key.yaml",
+     ("unknown key 'search.episods'", "Did you mean 'episodes'?")),
+    ("config bad value", "config --config {tmp}/value.yaml", ("search.budget_ratio = 1.5",)),
+    ("config unknown device", "config --config {tmp}/device.yaml", ("device = 'pi9': unknown device",)),
+    ("config alias bomb", "config --config {tmp}/bomb.yaml", ("expands to more than 100,000 values",)),
+    ("search unknown agent", "search --agent dqn --out {tmp}/run", ("search.agent = 'dqn'", "'ddpg', 'optuna', 'ray'")),
+    ("search unknown sampler", "search --agent optuna --sampler bohb --out {tmp}/run", ("search.sampler = 'bohb'",)),
+    ("search unknown technique", "search --techniques keep,prune --out {tmp}/run", ("search.techniques.1 = 'prune'",)),
+    ("search budget ratio", "search --budget-ratio 1.5 --out {tmp}/run", ("search.budget_ratio = 1.5",)),
+    ("search episodes and trials disagree", "search --episodes 3 --trials 4 --out {tmp}/run",
+     ("--episodes 3 and --trials 4 disagree",)),
+    ("search zero episodes", "search --episodes 0 --out {tmp}/run", ("Invalid value for '--episodes'",)),
+    ("search mistyped checkpoint", "search --checkpoint {tmp}/typo.pt --out {tmp}/run",
+     ("base checkpoint {tmp}/typo.pt does not exist", "--train-if-missing")),
+    ("search measured latency off host", "search --device raspberry-pi-4 --config {tmp}/measured.yaml --out {tmp}/run",
+     ("search.latency = 'measured' times policies on this machine",)),
+    ("search out is a file", "search --checkpoint {ckpt} --out {tmp}/afile", ("is a file, not a folder",)),
+    ("data dir missing", "search --checkpoint {ckpt} --out {tmp}/run --data-dir {tmp}/nodata",
+     ("--data-dir {tmp}/nodata: no such folder",)),
+    ("train existing output", "train --out {ckpt}", ("already exists; pass --force",)),
+    ("train unknown dataset", "train --out {tmp}/m.pt --dataset mnist", ("data.dataset = 'mnist'",)),
+    ("train zero epochs", "train --out {tmp}/m.pt --epochs 0", ("Invalid value for '--epochs'",)),
+    ("replay missing policy", "replay --policy {tmp}/none.json --out {tmp}/r",
+     ("policy file {tmp}/none.json does not exist",)),
+    ("replay negative epochs", "replay --policy {tmp}/p.json --out {tmp}/r --finetune-epochs -1",
+     ("Invalid value for '--finetune-epochs'",)),
+    ("replay policy without checkpoint", "replay --policy {tmp}/p.json --out {tmp}/r",
+     ("names no base checkpoint; pass --checkpoint",)),
+    ("export unknown format", "export --model {tmp}/r --format pdf --out {tmp}/x", ("unknown export format 'pdf'",)),
+    ("export unknown exporter", "export --model {tmp}/r --format onnx --out {tmp}/x --exporter jit",
+     ("unknown ONNX exporter 'jit'; valid: torchscript, dynamo",)),
+    ("export missing model", "export --model {tmp}/r --format onnx --out {tmp}/x",
+     ("compressed model {tmp}/r does not exist (give a replay folder or its model.pt)",)),
+    ("profile unknown runtime", "profile --out {tmp}/t.json --runtime tflite", ("--runtime 'tflite' is not one of",)),
+    ("profile unknown precision", "profile --out {tmp}/t.json --precision int4",
+     ("--precision 'int4' is not measurable",)),
+    ("report not a run folder", "report {tmp}", ("is not a search run folder",)),
+    ("unknown option", "models --bogus", ("No such option: --bogus",)),
+]  # fmt: skip
+
+
+def _files(tmp: Path, ckpt: Path) -> None:
+    import shutil
+
+    import torch
+
+    (tmp / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save({"state_dict": {}}, tmp / "plain.pt")
+    (tmp / "bad.json").write_text("{")
+    (tmp / "other.json").write_text('{"layers": {}}')
+    policy = {"format": "edgecompress.policy", "version": 2, "layers": {}}
+    for name, layers, version in (("keep2", {"conv1": {"keep": 2.0}}, 2), ("field", {"conv1": {"kep": 0.5}}, 2),
+                                  ("layer", {"conv9": {"keep": 0.5}}, 2), ("v9", {}, 9), ("p", {}, 2)):  # fmt: skip
+        (tmp / f"{name}.json").write_text(json.dumps({**policy, "layers": layers, "version": version}))
+    (tmp / "bad.yaml").write_text("search: [unclosed\n")
+    (tmp / "list.yaml").write_text("- a\n- b\n")
+    (tmp / "key.yaml").write_text("search:\n  episods: 3\n")
+    (tmp / "value.yaml").write_text("search:\n  budget_ratio: 1.5\n")
+    (tmp / "device.yaml").write_text("device: pi9\n")
+    (tmp / "measured.yaml").write_text("search:\n  latency: measured\n")
+    levels = ["a: &a [" + ", ".join(['"x"'] * 9) + "]"]
+    levels += [f"{n}: &{n} [" + ", ".join([f"*{p}"] * 9) + "]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)]
+    (tmp / "bomb.yaml").write_text("\n".join(levels) + "\n")
+    (tmp / "afile").write_text("")
+    shutil.copy(ckpt, tmp / "lenet.pt")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory, lenet_checkpoint: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("bad")
+    _files(tmp, lenet_checkpoint)
+    return tmp
+
+
+def test_the_table_is_large_enough() -> None:
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("case", "command", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_cleanly(case, command, expected, folder: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(folder)
+    tmp, ckpt = str(folder), str(folder / "lenet.pt")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    with pytest.raises(SystemExit) as done:
+        main([a.format(tmp=tmp, ckpt=ckpt) for a in command.split()])
+    captured = capsys.readouterr()
+    message = " ".join((captured.err + captured.out).split())  # rich wraps long lines
+    message = message.replace("│", " ").replace("  ", " ")
+    assert done.value.code == 2, message
+    assert "Traceback" not in message
+    for part in expected:
+        assert " ".join(part.format(tmp=tmp).split()) in message, (part, message)
+    after = sorted(p.relative_to(folder) for p in folder.rglob("*") if not p.name.startswith("."))
+    assert after == [p for p in before if not p.name.startswith(".")], set(after) ^ set(before)
