@@ -40,19 +40,30 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
             "best_policy.json of this folder stay valid), or delete the folder's agent.zip and replay_buffer.pkl "
             "if you trust neither."
         )
+    log = setup.open_log(cfg, "ddpg (AMC on Stable-Baselines3)")
+    agent: AMCDDPG | None = None
     if agent_path.exists() and buffer_path.exists():
-        agent = AMCDDPG.load(agent_path, env=env)
-        agent.load_buffer(buffer_path)
+        try:
+            agent = AMCDDPG.load(agent_path, env=env)
+            agent.load_buffer(buffer_path)
+        except Exception as exc:  # a torn or foreign file: the episode log stays the truth
+            console.print(f"[yellow]warning:[/] cannot read the agent state in {run_dir} ({type(exc).__name__}); "
+                          "a fresh agent continues after the logged episodes")  # fmt: skip
+            agent = None
+    if agent is not None:
+        log.truncate(agent.episodes_done)  # a crash between writing the log and saving the agent
         console.print(f"resuming {run_dir}: {agent.episodes_done} episodes done")
     else:
-        agent = AMCDDPG(env, n_layers=n_layers, warmup_episodes=warmup, seed=s.seed,
+        agent = AMCDDPG(env, n_layers=n_layers, warmup_episodes=warmup, seed=s.seed + len(log.records),
                         tensorboard_log=str(run_dir / "tensorboard"))  # fmt: skip
-    log = setup.open_log(cfg, "ddpg (AMC on Stable-Baselines3)")
-    log.truncate(agent.episodes_done)
-    remaining = s.episodes - agent.episodes_done
+        if log.records:  # agent state lost or missing: never a reason to drop the log
+            console.print(f"{run_dir}: {len(log.records)} episodes logged without an agent state to resume; a "
+                          "fresh agent (empty replay buffer, new warm-up) continues the count")  # fmt: skip
+    offset = len(log.records) - agent.episodes_done  # episodes logged before this agent existed
+    remaining = s.episodes - len(log.records)
     started = time.perf_counter()
     with progress_bar(progress) as bar:
-        task = bar.add_task("search", total=s.episodes, completed=agent.episodes_done, status="")
+        task = bar.add_task("search", total=s.episodes, completed=len(log.records), status="")
 
         def on_episode(final: float, info: dict[str, Any]) -> None:
             log.record({
@@ -67,7 +78,7 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
             agent.save(tmp)
             os.replace(tmp, agent_path)
             agent.save_buffer(buffer_path)
-            bar.update(task, completed=agent.episodes_done, status=setup.status(log, "policy"))
+            bar.update(task, completed=offset + agent.episodes_done, status=setup.status(log, "policy"))
 
         agent.episode_end_hook = on_episode
         if remaining > 0:

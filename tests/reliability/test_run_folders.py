@@ -74,3 +74,19 @@ def test_an_optuna_trial_left_running_by_a_killed_process_is_failed_on_resume(
     assert run_search(cfg, make_console(), progress=False)["episodes"] == 3
     states = [t.state.name for t in optuna.load_study(study_name="opt", storage=url).trials]
     assert states.count("RUNNING") == 0 and states.count("FAIL") == 1 and states.count("COMPLETE") == 3
+
+
+@pytest.mark.parametrize("damage", ["torn", "deleted"])
+def test_a_damaged_ddpg_agent_state_never_costs_the_log(
+    damage: str, tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
+    run = tmp_path / "ddpg"
+    run_search(_cfg(run, lenet_checkpoint, tiny_fmnist_shared, "ddpg", 2), make_console(), progress=False)
+    first = (run / "episodes.jsonl").read_text().splitlines()
+    if damage == "torn":
+        (run / "agent.zip").write_bytes(b"")  # what a kill during a non-atomic save used to leave
+    else:
+        (run / "agent.zip").unlink()
+    result = run_search(_cfg(run, lenet_checkpoint, tiny_fmnist_shared, "ddpg", 3), make_console(), progress=False)
+    lines = (run / "episodes.jsonl").read_text().splitlines()
+    assert result["episodes"] == 3 and lines[:2] == first and [json.loads(x)["episode"] for x in lines] == [1, 2, 3]
