@@ -69,6 +69,10 @@ class AMCDDPG(DDPG):
         self._noise_rng = np.random.default_rng(seed)
         self.episode_end_hook: Any = None
         """Called as ``hook(final_reward, info)`` once an episode's transitions are stored (run logging)."""
+        self.checkpoint_hook: Any = None
+        """Called as ``hook()`` once the agent's state for an episode is complete: after the episode's
+        gradient steps, or at its end when none follow (warm-up). What a resumable run saves there resumes to
+        the same run as an uninterrupted one."""
         kwargs.setdefault("policy_kwargs", {"net_arch": [300, 300]})
         super().__init__(
             policy, env, learning_rate=learning_rate, buffer_size=buffer_size,
@@ -134,6 +138,9 @@ class AMCDDPG(DDPG):
             self.sigma *= self.sigma_decay
         if self.episode_end_hook is not None:
             self.episode_end_hook(final, infos[0])
+        # SB3 trains after the rollout iff num_timesteps > learning_starts; otherwise the state is final now.
+        if self.checkpoint_hook is not None and not self.num_timesteps > self.learning_starts:
+            self.checkpoint_hook()
         self.logger.record("amc/final_reward", final)
         self.logger.record("amc/baseline", self.baseline)
         self.logger.record("amc/sigma", self.sigma)
@@ -165,5 +172,10 @@ class AMCDDPG(DDPG):
             buffer.pos = int(data["pos"])
             buffer.full = bool(data["full"])
 
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        super().train(gradient_steps, batch_size)
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook()
+
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_episode", "episode_end_hook"]
+        return [*super()._excluded_save_params(), "_episode", "episode_end_hook", "checkpoint_hook"]

@@ -1,19 +1,25 @@
 """``edgecompress search --agent ddpg``: the AMC search loop around the environment and the agent.
 
-Resumable: the agent (SB3's zip) and its replay buffer (plain arrays, ``replay_buffer.npz``,
-never a pickle) are saved after every episode, each file replaced atomically, the
-episode log is appended as each policy is scored; re-running the same command
-on the same run folder continues from the last completed episode (the log is
-cut back to the agent's checkpoint if a crash fell between the two).
+Resumable, and a resumed run equals an uninterrupted one: the agent (SB3's
+zip), its replay buffer and the global random states (plain arrays,
+``replay_buffer.npz`` and ``rng_state.npz``, never a pickle) are saved together
+once an episode's gradient steps are done (``AMCDDPG.checkpoint_hook``), each
+file replaced atomically; the episode log is appended as each policy is
+scored. Re-running the same command on the same run folder continues from the
+last checkpoint (the log is cut back to it if a crash fell in between); a torn
+or missing agent state never costs the log (a fresh agent continues the count).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from rich.console import Console
 
 from edgecompress._progress import progress_bar
@@ -23,7 +29,33 @@ from edgecompress.envs import CompressionEnv
 from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup
 
-__all__ = ["run"]
+__all__ = ["load_rng_state", "run", "save_rng_state"]
+
+
+def save_rng_state(path: Path) -> None:
+    """Python's, NumPy's and torch's global random states (SB3 samples its replay buffer and target noise from
+    them) as plain arrays, written atomically."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, py_state, py_gauss = random.getstate()
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(
+            f, np_keys=np.asarray(keys), np_meta=np.array([pos, has_gauss], dtype=np.int64),
+            np_gauss=np.array([cached]), torch=torch.get_rng_state().numpy(),
+            py_state=np.array(py_state, dtype=np.int64),
+            py_meta=np.array([version, np.nan if py_gauss is None else py_gauss]),
+        )  # fmt: skip
+    os.replace(tmp, path)
+
+
+def load_rng_state(path: Path) -> None:
+    """Restore what :func:`save_rng_state` wrote (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as d:
+        pos, has_gauss = (int(v) for v in d["np_meta"])
+        np.random.set_state(("MT19937", d["np_keys"], pos, has_gauss, float(d["np_gauss"][0])))
+        torch.set_rng_state(torch.from_numpy(d["torch"].copy()))
+        version, gauss = d["py_meta"]
+        random.setstate((int(version), tuple(int(v) for v in d["py_state"]), None if np.isnan(gauss) else gauss))
 
 
 def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
@@ -32,7 +64,7 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
     env = CompressionEnv(setup=setup, reward=s.reward)
     n_layers = len(env.layers)
     warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
-    agent_path, buffer_path = run_dir / "agent.zip", run_dir / "replay_buffer.npz"
+    agent_path, buffer_path, rng_path = run_dir / "agent.zip", run_dir / "replay_buffer.npz", run_dir / "rng_state.npz"
     if (run_dir / "replay_buffer.pkl").exists() and not buffer_path.exists():
         raise ConfigError(
             f"{run_dir} holds replay_buffer.pkl, written by edgecompress 0.1; resuming would unpickle it, which can "
@@ -46,6 +78,8 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
         try:
             agent = AMCDDPG.load(agent_path, env=env)
             agent.load_buffer(buffer_path)
+            if rng_path.exists():
+                load_rng_state(rng_path)
         except Exception as exc:  # a torn or foreign file: the episode log stays the truth
             console.print(f"[yellow]warning:[/] cannot read the agent state in {run_dir} ({type(exc).__name__}); "
                           "a fresh agent continues after the logged episodes")  # fmt: skip
@@ -73,14 +107,20 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
                 "latency_source": info["latency_source"],
                 "accuracy_source": setup.accuracy_source,
             })  # fmt: skip
-            # Each file replaced whole (a kill mid-save leaves the previous one, never a torn file).
+            bar.update(task, completed=offset + agent.episodes_done, status=setup.status(log, "policy"))
+
+        def checkpoint() -> None:
+            """The agent, its buffer and the random states, once the episode's training is done: a resumed
+            run continues exactly as an uninterrupted one. Each file is replaced whole (a kill mid-save leaves
+            the previous one, never a torn file)."""
             tmp = agent_path.with_name("agent.tmp.zip")
             agent.save(tmp)
             os.replace(tmp, agent_path)
             agent.save_buffer(buffer_path)
-            bar.update(task, completed=offset + agent.episodes_done, status=setup.status(log, "policy"))
+            save_rng_state(rng_path)
 
         agent.episode_end_hook = on_episode
+        agent.checkpoint_hook = checkpoint
         if remaining > 0:
             agent.learn(total_timesteps=remaining * n_layers, reset_num_timesteps=False)
     return setup.result(log, time.perf_counter() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgecompress._lock import run_folder_lock
@@ -90,3 +91,27 @@ def test_a_damaged_ddpg_agent_state_never_costs_the_log(
     result = run_search(_cfg(run, lenet_checkpoint, tiny_fmnist_shared, "ddpg", 3), make_console(), progress=False)
     lines = (run / "episodes.jsonl").read_text().splitlines()
     assert result["episodes"] == 3 and lines[:2] == first and [json.loads(x)["episode"] for x in lines] == [1, 2, 3]
+
+
+def test_a_resumed_ddpg_search_equals_an_uninterrupted_one(
+    tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
+    """Agent, replay buffer and random states are saved together after each episode's training, so stopping
+    after the warm-up and resuming gives the uninterrupted run (it diverged at the first episode after)."""
+
+    def cfg(out: str, episodes: int):  # type: ignore[no-untyped-def]
+        c = _cfg(tmp_path / out, lenet_checkpoint, tiny_fmnist_shared, "ddpg", episodes)
+        c.search.warmup_episodes = 2
+        return c
+
+    run_search(cfg("whole", 6), make_console(), progress=False)
+    run_search(cfg("split", 3), make_console(), progress=False)
+    run_search(cfg("split", 6), make_console(), progress=False)
+
+    def records(out: str) -> list[tuple]:  # type: ignore[type-arg]
+        lines = (tmp_path / out / "episodes.jsonl").read_text().splitlines()
+        return [(r["policy"]["layers"], r["accuracy"], r["latency_ms"]) for r in map(json.loads, lines)]
+
+    assert records("split") == records("whole") and len(records("whole")) == 6
+    with np.load(tmp_path / "split" / "rng_state.npz", allow_pickle=False) as saved:
+        assert {"np_keys", "torch", "py_state"} <= set(saved.files)
