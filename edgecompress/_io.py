@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_json", "write_json_atomic"]
+__all__ = ["check_output", "read_json", "write_json_atomic"]
 
 
 def read_json(path: str | os.PathLike[str], what: str, error: type[Exception]) -> Any:
@@ -19,6 +19,22 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[Exception]) -
         raise error(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{what} {path} is corrupt (not JSON): {exc}") from None
+
+
+def check_output(path: str | os.PathLike[str], *, folder: bool, error: type[Exception], flag: str = "--out") -> None:
+    """Refuse, before any work, an output that cannot be written: a folder that is a file (or the reverse),
+    a parent that is a file, a location this process may not write to. Creates nothing."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file" if folder else "a folder"
+        raise error(f"{flag} {path} is {kind}; give {'a folder' if folder else 'a file name'}")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise error(f"{flag} {path}: {parent} is a file, so nothing can be written below it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise error(f"{flag} {path}: {parent} is not writable by this user (read-only file system?)")
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:

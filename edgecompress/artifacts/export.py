@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress._imports import optional
+from edgecompress._io import check_output
 from edgecompress._logging import quiet_library_logs
 from edgecompress.artifacts.archive import load_archive, pack_archive
 from edgecompress.artifacts.compressed import load_compressed
@@ -193,6 +194,7 @@ def export_model(
             f"--exporter {exporter} names nodes otherwise: use --exporter torchscript"
         )
     out = Path(out)
+    check_output(out, folder=False, error=ConfigError)  # before the work, not after it
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force to replace it")
     started = time.perf_counter()

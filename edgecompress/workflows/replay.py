@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from edgecompress._io import write_json_atomic
+from edgecompress._io import check_output, write_json_atomic
 from edgecompress.analysis import analyze_model
 from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.artifacts.compressed import save_compressed
@@ -68,6 +68,7 @@ def replay(
     if finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     out = Path(out)
+    check_output(out, folder=True, error=ConfigError)  # before the work, not after it
     if (out / "model.pt").exists() and not force:
         raise ConfigError(f"{out} already holds a replayed model; use another --out or --force to replace it")
     started = time.perf_counter()
