@@ -2,7 +2,7 @@
 
 A driver is a function ``run(setup, cfg, console, *, progress) -> dict``
 that proposes policies from ``setup.space``, scores them with
-``setup.score`` and records them with ``setup.open_log(...)``; the budget,
+``setup.objective`` (after ``setup.fill``) and records them with ``setup.open_log(...)``; the budget,
 objective and run folder are the core's (:mod:`edgecompress.search`), so a
 policy found by any driver replays the same way. Registered drivers:
 

@@ -163,9 +163,6 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
         self.techniques = self.space.techniques
         self.layers = list(self.space.layers)
         self.limiter = setup.limiter if setup is not None else Limiter(self.objective, self.space, self.budget)
-        self.budget_ms = self.budget.limit_ms
-        self.base_ms = self.budget.base_ms
-        self.min_ms = self.budget.floor_ms
         k = len(self.techniques)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (N_FEATURES + k,), dtype=np.float32)
@@ -176,6 +173,19 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
             "kernel": max(s.kernel[0] for s in self.layers),
         }
         self._reset_state()
+
+    @property
+    def budget_ms(self) -> float:
+        return self.budget.limit_ms
+
+    @property
+    def base_ms(self) -> float:
+        return self.budget.base_ms
+
+    @property
+    def min_ms(self) -> float:
+        """The latency of the space's strongest policy (the floor the budget was checked against)."""
+        return self.budget.floor_ms
 
     @staticmethod
     def _build_objective(model, checkpoint, dataset, data_dir, device, val_samples, bn_batches, seed):  # type: ignore[no-untyped-def]

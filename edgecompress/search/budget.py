@@ -294,9 +294,8 @@ class Limiter:
         self.round_to = space.round_to
         shape = tuple(pricer.input_shape)
         rows = {r.layer: r.ms for r in estimate_latency(pricer.model, shape, pricer.device).rows}
-        self.base_ms = budget.base_ms
         self.layer_ms = np.array([rows.get(s.name, 0.0) for s in self.layers])
-        self.fixed_ms = self.base_ms - float(self.layer_ms.sum())
+        self.fixed_ms = budget.base_ms - float(self.layer_ms.sum())
         self.layer_ms_min = self.layer_ms.copy()
         self.fixed_min_ms = self.fixed_ms
         self._scale_min = np.ones(len(self.layers))

@@ -197,10 +197,7 @@ class Objective:
         """Predicted latency of a policy (compressed, priced at its precisions; never measured, never scored)."""
         key = _policy_key(policy)
         if key not in self._predicted:
-            needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
-            compressed, _ = compress(
-                self.model, policy, self.calibration if needs_calibration else None, analysis=self.analysis
-            )
+            compressed, _ = compress(self.model, policy, self.calibration, analysis=self.analysis)
             report, _ = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
             self._predicted[key] = report.total_ms
         return self._predicted[key]
@@ -217,10 +214,8 @@ class Objective:
             self.hits += 1
             return self._cache[key]
         start = time.perf_counter()
-        needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
-        compressed, report = compress(
-            self.model, policy, self.calibration if needs_calibration else None, analysis=self.analysis
-        )
+        # compress uses the calibration batches only for layers asking 8-bit activations.
+        compressed, report = compress(self.model, policy, self.calibration, analysis=self.analysis)
         t1 = time.perf_counter()
         if self.bn_inputs:
             recalibrate_batchnorm(compressed, self.bn_inputs)

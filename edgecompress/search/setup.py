@@ -3,8 +3,8 @@
 :func:`create_setup` builds them once from a config, a loaded base model and
 its data; the search workflow (:mod:`edgecompress.workflows.search`) calls it
 and passes the result to the driver the config names. Drivers only propose
-policies: :meth:`SearchSetup.score` fills (when ``search.fill_budget``) and
-scores them, :meth:`SearchSetup.record` writes the run folder's log.
+policies: :meth:`SearchSetup.fill` widens them (when ``search.fill_budget``),
+``setup.objective`` scores them, :meth:`SearchSetup.record` makes the log's record.
 """
 
 from __future__ import annotations
@@ -56,12 +56,6 @@ class SearchSetup:
         if not self.fill_budget:
             return policy, 0
         return fill(self.objective, policy, self.budget.limit_ms)
-
-    def score(self, policy: Policy, *, fill_first: bool = True) -> Evaluation:
-        """Score ``policy`` (after :meth:`fill` unless ``fill_first`` is false)."""
-        if fill_first:
-            policy, _ = self.fill(policy)
-        return self.objective(policy)
 
     def record(self, ev: Evaluation, **extra: Any) -> dict[str, Any]:
         """The run log's record of an evaluation (every driver writes the same keys)."""

@@ -25,11 +25,10 @@ from edgecompress.workflows.train import check_base_model, ensure_base_model, lo
 __all__ = ["prepare_search", "run_search"]
 
 
-def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle | None = None) -> SearchSetup:
-    """Record the config in the run folder, load data and the base model, build the search core."""
+def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> SearchSetup:
+    """Record the config in the run folder, load the base model, build the search core (``bundle``: the
+    config's data, loaded and ``check_base_model`` passed before the folder is touched: :func:`run_search`)."""
     s = cfg.search
-    check_base_model(cfg)  # a mistyped path fails before anything is written
-    bundle = bundle if bundle is not None else load_bundle(cfg)
     write_resolved_config(cfg, cfg.out)  # the run folder describes itself; a different config is refused
     model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
     base = {

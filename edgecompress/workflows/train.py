@@ -80,10 +80,7 @@ def train_base_model(
     validation split, ``test_acc`` on the test split.
     """
     if bundle is None:
-        bundle = load_dataset(
-            config.data.dataset, config.data.data_dir, val_size=config.data.val_size,
-            seed=config.data.seed, image_size=config.data.image_size,
-        )  # fmt: skip
+        bundle = load_bundle(config)
     torch.manual_seed(config.train.seed)
     model = create_model(config.model.name, bundle.num_classes, bundle.in_channels, input_size=bundle.input_size)
     result = train(model, bundle.train, config.train, val_set=bundle.val, max_batches=max_batches, progress=progress)
