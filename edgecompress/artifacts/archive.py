@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.analysis import analyze_model
-from edgecompress.artifacts.checkpoint import ModelSpec, check_factory, rebuild_structure, with_round_to
+from edgecompress.artifacts.checkpoint import ModelSpec, rebuild_structure, with_round_to
 from edgecompress.compressors import Policy, constraints
 from edgecompress.compressors.base import weight_modules
 from edgecompress.compressors.depth import removed_layers
@@ -440,8 +440,7 @@ def load_archive(
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{name} has a corrupt header: {exc}") from exc
     payload = memoryview(blob)[9 + hlen :]
-    check_factory(spec.model, trust_factory, f"archive {name}")
-    model = constraints.bake(rebuild_structure(spec, policy, trust_factory=trust_factory))
+    model = constraints.bake(rebuild_structure(spec, policy, trust_factory=trust_factory, where=f"archive {name}"))
     state = model.state_dict()
     new: dict[str, torch.Tensor] = {}
     for lname, h in header["layers"].items():

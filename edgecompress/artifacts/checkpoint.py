@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from edgecompress.compressors import Policy, compress
 from edgecompress.errors import CheckpointError
-from edgecompress.models import create_model
+from edgecompress.models import create_model, is_user_factory
 from edgecompress.version import software_versions
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "ModelSpec",
     "check_factory",
-    "is_user_factory",
     "load_checkpoint",
     "load_payload",
     "rebuild_structure",
@@ -63,10 +62,11 @@ class ModelSpec:
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, self.in_channels, self.input_size, self.input_size)
 
-    def build(self, *, trust_factory: str | None = None) -> nn.Module:
+    def build(self, *, trust_factory: str | None = None, where: str = "the file") -> nn.Module:
         """A fresh model of this spec. A user factory (``package.module:function``) named by the spec is
-        imported and called only when ``trust_factory`` names the same factory (see :func:`check_factory`)."""
-        check_factory(self.model, trust_factory)
+        imported and called only when ``trust_factory`` names the same factory (see :func:`check_factory`);
+        ``where`` names the file the spec came from in the refusal."""
+        check_factory(self.model, trust_factory, where)
         return create_model(self.model, self.num_classes, self.in_channels, input_size=self.input_size)
 
     @classmethod
@@ -116,11 +116,6 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelS
     })  # fmt: skip
 
 
-def is_user_factory(name: str) -> bool:
-    """``package.module:function`` (importing it runs that module's code), not a registry or torchvision name."""
-    return ":" in name and not name.startswith("torchvision:")
-
-
 def check_factory(name: str, trusted: str | None, where: str = "the file") -> None:
     """Refuse a user factory a file names unless the user named the same one (``--model`` / ``--trust-factory``).
 
@@ -156,8 +151,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_factory: str | None =
         spec = ModelSpec.from_dict(json.loads(payload["spec"]))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} has a corrupt model spec: {exc}") from exc
-    check_factory(spec.model, trust_factory, f"checkpoint {path}")
-    model = spec.build(trust_factory=trust_factory)
+    model = spec.build(trust_factory=trust_factory, where=f"checkpoint {path}")
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
@@ -166,7 +160,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_factory: str | None =
     return model, spec
 
 
-def rebuild_structure(spec: ModelSpec, policy: Policy, *, trust_factory: str | None = None) -> nn.Module:
+def rebuild_structure(
+    spec: ModelSpec, policy: Policy, *, trust_factory: str | None = None, where: str = "the file"
+) -> nn.Module:
     """The compressed model's structure: the policy applied to a freshly built base model.
 
     Kept channels, factor ranks and codebook sizes depend only on the policy
@@ -176,7 +172,7 @@ def rebuild_structure(spec: ModelSpec, policy: Policy, *, trust_factory: str | N
     needs_calibration = any(lp.abits == 8 for lp in policy.layers.values())
     calibration = [torch.zeros(spec.input_shape)] if needs_calibration else None  # ranges replaced by the caller
     model, _ = compress(
-        spec.build(trust_factory=trust_factory).eval(), policy, calibration, input_shape=spec.input_shape
+        spec.build(trust_factory=trust_factory, where=where).eval(), policy, calibration, input_shape=spec.input_shape
     )
     return model
 

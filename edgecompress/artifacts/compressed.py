@@ -22,7 +22,6 @@ from edgecompress.artifacts.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     ModelSpec,
-    check_factory,
     load_payload,
     rebuild_structure,
     save_payload,
@@ -90,8 +89,7 @@ def load_compressed(
         policy = with_round_to(policy, int(payload["round_to"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has a corrupt header: {exc}") from exc
-    check_factory(spec.model, trust_factory, f"compressed model {path}")
-    model = rebuild_structure(spec, policy, trust_factory=trust_factory)
+    model = rebuild_structure(spec, policy, trust_factory=trust_factory, where=f"compressed model {path}")
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

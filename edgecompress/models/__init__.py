@@ -7,6 +7,12 @@ weights; nothing is downloaded.
 """
 
 from edgecompress.models import small as _small  # noqa: F401  (registers the built-in models)
-from edgecompress.models._registry import create_model, list_models, model_descriptions, register_model
+from edgecompress.models._registry import (
+    create_model,
+    is_user_factory,
+    list_models,
+    model_descriptions,
+    register_model,
+)
 
-__all__ = ["create_model", "list_models", "model_descriptions", "register_model"]
+__all__ = ["create_model", "is_user_factory", "list_models", "model_descriptions", "register_model"]

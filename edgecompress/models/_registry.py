@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from edgecompress.errors import ModelError, did_you_mean
 
-__all__ = ["ModelEntry", "create_model", "list_models", "register_model"]
+__all__ = ["ModelEntry", "create_model", "is_user_factory", "list_models", "register_model"]
 
 Factory = Callable[..., nn.Module]
 
@@ -62,6 +62,11 @@ def _check_positive(name: str, value: int) -> None:
         raise ModelError(f"{name} must be a positive integer, got {value!r}")
 
 
+def is_user_factory(name: str) -> bool:
+    """``package.module:function``: a name ``create_model`` imports (running that module's code) to build."""
+    return ":" in name and not name.startswith("torchvision:") and name not in _REGISTRY
+
+
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1, *, input_size: int = 28) -> nn.Module:
     """Build a fresh (randomly initialised) model by name.
 
@@ -75,7 +80,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1, *, inpu
         return _torchvision_model(name.split(":", 1)[1], num_classes, in_channels)
     if name in _REGISTRY:
         return _REGISTRY[name].factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
-    if ":" in name:
+    if is_user_factory(name):
         return _user_model(name, num_classes, in_channels, input_size)
     raise ModelError(
         f"unknown model {name!r}.{did_you_mean(name, list_models())} Known models: "
