@@ -24,7 +24,7 @@ This module only reads a model; it never changes one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ __all__ = [
     "LayerSpec",
     "ModelAnalysis",
     "analyze_model",
+    "blocks_of",
     "compressible_layers",
     "measure_layers",
     "register_removable_block",
@@ -106,11 +107,7 @@ class ModelAnalysis:
 
     def blocks(self) -> dict[str, list[str]]:
         """Removable block -> its compressible layers (forward order)."""
-        out: dict[str, list[str]] = {}
-        for s in self.layers:
-            if s.block:
-                out.setdefault(s.block, []).append(s.name)
-        return out
+        return blocks_of(self.layers)
 
     def layer(self, name: str) -> LayerSpec:
         for s in self.layers:
@@ -126,6 +123,15 @@ class ModelAnalysis:
             "groups": {str(k): v for k, v in self.groups().items()},
             "notes": self.notes,
         }
+
+
+def blocks_of(layers: Iterable[LayerSpec]) -> dict[str, list[str]]:
+    """Removable block -> the names of its layers among ``layers`` (in their order)."""
+    out: dict[str, list[str]] = {}
+    for s in layers:
+        if s.block:
+            out.setdefault(s.block, []).append(s.name)
+    return out
 
 
 def compressible_layers(model: nn.Module) -> dict[str, nn.Module]:

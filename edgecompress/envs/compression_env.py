@@ -17,8 +17,9 @@ from edgecompress.config import DataConfig, SearchConfig
 from edgecompress.data import load_dataset
 from edgecompress.errors import ConfigError
 from edgecompress.models import create_model
-from edgecompress.search.budget import Budget, Limiter, fill
+from edgecompress.search.budget import Budget, Limiter
 from edgecompress.search.objective import Objective
+from edgecompress.search.setup import SearchSetup, budget_for
 from edgecompress.search.space import DEFAULT_ROUND_TO, PolicySpace
 
 __all__ = ["REWARDS", "CompressionEnv"]
@@ -128,41 +129,32 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
         seed: int = 0,
         objective: Objective | None = None,
         fill_budget: bool = False,
-        setup: Any = None,
+        setup: SearchSetup | None = None,
     ) -> None:
         super().__init__()
         if reward not in REWARDS:
             raise ConfigError(f"reward {reward!r} invalid; valid: {', '.join(REWARDS)}")
         self.reward_kind = reward
-        if setup is not None:
-            self.objective: Objective = setup.objective
-            self.space: PolicySpace = setup.space
-            self.budget: Budget = setup.budget
-            self.fill_budget = bool(setup.fill_budget)
-        else:
-            self.objective = objective or self._build_objective(
+        if setup is None:
+            objective = objective or self._build_objective(
                 model, checkpoint, dataset, data_dir, device, val_samples, bn_batches, seed
             )
             bounds = {k: v for k, v in (("keep", keep_min), ("rank", rank_min), ("sparsity", sparsity_max))
                       if v is not None}  # fmt: skip
-            self.space = PolicySpace(
-                list(self.objective.analysis.layers), tuple(techniques), self.objective.input_shape,
+            space = PolicySpace(
+                list(objective.analysis.layers), tuple(techniques), objective.input_shape,
                 round_to=DEFAULT_ROUND_TO if round_to is None else round_to, bounds=bounds,
             )  # fmt: skip
-            floor = self.objective(self.space.strongest()).latency_ms
-            self.budget = Budget.create(
-                self.objective.base_latency_ms(), floor, device=str(self.objective.device),
-                budget_ms=budget_ms, budget_ratio=budget_ratio,
-            )  # fmt: skip
-            self.fill_budget = fill_budget
-        if self.fill_budget and self.objective.latency_mode != "table":
-            raise ConfigError(
-                "fill_budget widens policies by their predicted latency; the objective measures latency "
-                f"({self.objective.latency_mode!r}): use latency 'table' or fill_budget false"
-            )
+            budget = budget_for(objective, space, budget_ms=budget_ms, budget_ratio=budget_ratio)
+            setup = SearchSetup(objective, space, budget, {"input_shape": list(objective.input_shape)},
+                                "validation subset", fill_budget=fill_budget)  # fmt: skip
+        self.setup: SearchSetup = setup
+        self.objective: Objective = setup.objective
+        self.space: PolicySpace = setup.space
+        self.budget: Budget = setup.budget
         self.techniques = self.space.techniques
         self.layers = list(self.space.layers)
-        self.limiter = setup.limiter if setup is not None else Limiter(self.objective, self.space, self.budget)
+        self.limiter: Limiter = setup.limiter
         k = len(self.techniques)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(0.0, 1.0, (N_FEATURES + k,), dtype=np.float32)
@@ -271,10 +263,10 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
         asked = self._policy()
         policy, scale, repaired, filled = asked, 1.0, False, 0
         predict = self.objective.predict_ms
-        if self.fill_budget:
+        if self.setup.fill_budget:
             # Repair by prediction first (scoring is the costly part), then widen into the unused budget.
             policy, scale, repaired = self.budget.repair(asked, self.space, predict, last_resort=False)
-            policy, filled = fill(self.objective, policy, self.budget.limit_ms)
+            policy, filled = self.setup.fill(policy)
         result = self.objective(policy)
         if not self.budget.within(result.latency_ms):
             policy, scale, again = self.budget.repair(

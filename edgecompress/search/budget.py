@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgecompress.analysis import ModelAnalysis
+from edgecompress.analysis import ModelAnalysis, blocks_of
 from edgecompress.compressors import LayerPolicy, Policy, compress
 from edgecompress.compressors.depth import removed_blocks, removed_layers
 from edgecompress.compressors.structured import kept_channels
@@ -100,10 +100,7 @@ class Budget:
         """Keeps at their floor and still over budget: remove blocks, the one whose removal leaves the least
         predicted latency first, until the prediction fits (or no block is left). Removing one block spares
         the accuracy the strongest policy (every block removed) would cost."""
-        blocks: dict[str, list[str]] = {}
-        for s in space.layers:
-            if s.block:
-                blocks.setdefault(s.block, []).append(s.name)
+        blocks = blocks_of(space.layers)
         while predict(policy) > self.limit_ms:
             options = [
                 policy.replace(layers={**policy.layers, **dict.fromkeys(names, LayerPolicy(drop=True))})

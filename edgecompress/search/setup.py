@@ -26,7 +26,7 @@ from edgecompress.search.runlog import RunLog
 from edgecompress.search.space import PolicySpace
 from edgecompress.version import software_versions
 
-__all__ = ["SearchSetup", "create_setup", "evaluation_record", "uniform_within_budget", "write_reference"]
+__all__ = ["SearchSetup", "budget_for", "create_setup", "evaluation_record", "uniform_within_budget", "write_reference"]
 
 
 @dataclass
@@ -43,6 +43,13 @@ class SearchSetup:
     setup_seconds: float = 0.0
     """Wall time to build the objective, score the floor policy and set the budget."""
     _limiter: Limiter | None = None
+
+    def __post_init__(self) -> None:
+        if self.fill_budget and self.objective.latency_mode != "table":
+            raise ConfigError(
+                "fill_budget widens policies by their predicted latency, but the objective's latency is "
+                f"{self.objective.latency_mode!r}; use latency 'table' (search.latency) or fill_budget false"
+            )
 
     @property
     def limiter(self) -> Limiter:
@@ -134,11 +141,6 @@ def create_setup(
 ) -> SearchSetup:
     """The objective, space and budget of ``cfg.search`` for a loaded base model; refuses an infeasible budget."""
     s = cfg.search
-    if s.fill_budget and s.latency != "table":
-        raise ConfigError(
-            f"search.fill_budget = true widens policies by their predicted latency, but search.latency = "
-            f"{s.latency!r}; use search.latency 'table' or search.fill_budget false"
-        )
     started = time.perf_counter()
     objective = Objective(
         model,
@@ -152,14 +154,23 @@ def create_setup(
         seed=s.seed,
     )
     space = PolicySpace(list(objective.analysis.layers), tuple(s.techniques), input_shape, round_to=s.round_to)
-    base_ms = objective.base_latency_ms()
-    # The floor is scored, not only priced: with measured latency, a prediction is not what the search compares.
-    floor = objective(space.strongest()).latency_ms
-    budget = Budget.create(base_ms, floor, device=cfg.device, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio)
+    budget = budget_for(objective, space, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio)
     source = f"measured on the first {cfg.data.val_samples} validation samples"
     setup = SearchSetup(objective, space, budget, dict(base), source, fill_budget=s.fill_budget)
     setup.setup_seconds = round(time.perf_counter() - started, 2)
     return setup
+
+
+def budget_for(
+    objective: Objective, space: PolicySpace, *, budget_ms: float | None, budget_ratio: float | None
+) -> Budget:
+    """The budget on the objective's device, checked against the floor: the space's strongest policy, scored
+    (not only priced: with measured latency, a prediction is not what the search compares)."""
+    floor = objective(space.strongest()).latency_ms
+    return Budget.create(
+        objective.base_latency_ms(), floor, device=str(objective.device), budget_ms=budget_ms,
+        budget_ratio=budget_ratio,
+    )  # fmt: skip
 
 
 def uniform_within_budget(setup: SearchSetup, steps: int = 10) -> dict[str, Any] | None:
