@@ -26,8 +26,9 @@ def check_output(path: str | os.PathLike[str], *, folder: bool, error: type[Exce
     a parent that is a file, a location this process may not write to. Creates nothing."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
-        kind = "a file" if folder else "a folder"
-        raise error(f"{flag} {path} is {kind}; give {'a folder' if folder else 'a file name'}")
+        if folder:
+            raise error(f"{flag} {path} is a file, not a folder; choose another {flag}")
+        raise error(f"{flag} {path} is a folder; give a file name")
     parent = path if folder else path.parent
     while not parent.exists():
         parent = parent.parent

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgecompress._io import check_output
 from edgecompress.errors import ConfigError
 
 __all__ = ["run_folder_lock"]
@@ -27,8 +28,7 @@ def run_folder_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     except ImportError:  # not POSIX
         yield
         return
-    if Path(run_dir).exists() and not Path(run_dir).is_dir():
-        raise ConfigError(f"run folder {run_dir} is a file, not a folder; choose another --out")
+    check_output(run_dir, folder=True, error=ConfigError)
     path = Path(run_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as f:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgecompress._io import check_output
 from edgecompress.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -287,8 +288,7 @@ def write_resolved_config(config: RunConfig, run_dir: str | os.PathLike[str]) ->
     search, a smaller one reports what is there); the file then records the latest value.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run folder {run_dir} is a file, not a folder; choose another --out")
+    check_output(run_dir, folder=True, error=ConfigError)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / "config.yaml"
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
