@@ -98,7 +98,7 @@ def test_imagefolder(tmp_path) -> None:
             Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
                 tmp_path / "imgs" / cls / f"{i}.png"
             )
-    b = load_dataset("imagefolder", tmp_path / "imgs", val_size=2, image_size=16)
+    b = load_dataset("imagefolder", tmp_path / "imgs", val_size=2, input_size=16)
     assert b.sizes() == {"train": 16, "val": 2, "test": 2}
     assert b.classes == ("cat", "dog") and b.input_size == 16
     x, _ = next(batches(b.train, 4))
