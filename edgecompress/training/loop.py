@@ -4,13 +4,18 @@ SGD with Nesterov momentum (or AdamW), a short linear warm-up then cosine
 annealing to zero, stepped per batch; optional batch-level augmentation. Fixed
 seeds give identical weights on the same machine and software. This module
 does not choose models or data: callers pass them in.
+
+Training and scoring run on the accelerator the config names (``cpu`` by
+default; see :mod:`edgecompress.training.accelerator`), optionally in mixed
+precision and NHWC layout; the model goes back to the device it came from when
+they end, also when they fail.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +23,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from edgecompress._inputs import call, move
 from edgecompress._progress import progress_bar, stderr_console
 from edgecompress.config import TrainConfig
 from edgecompress.data import batches, num_batches
+from edgecompress.training.accelerator import (
+    autocast,
+    check_precision,
+    describe,
+    grad_scaler,
+    on_device,
+    resolve_accelerator,
+    to_device,
+    use_channels_last,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,39 +57,92 @@ class EpochRecord:
 class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = ""
+    """Where training ran, e.g. ``cuda:0 (NVIDIA H200, 139 GiB)`` or ``cpu (8 threads)``."""
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
-    """Random crop after zero padding by ``pad`` pixels, and random horizontal flip, per sample."""
-    n, _, h, w = x.shape
+    """Random crop after zero padding by ``pad`` pixels, and random horizontal flip, per sample.
+
+    The random draws come from ``generator`` (on its own device, usually the CPU)
+    and move to ``x``'s device, so a batch already on a GPU is augmented there
+    with the same draws as on the CPU.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).view(n, 1, h, 1).expand(-1, x.shape[1], -1, w + 2 * pad)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(dev)
+    flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(dev)
+    rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)).view(n, 1, h, 1).expand(-1, c, -1, w + 2 * pad)
     out = padded.gather(2, rows)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).view(n, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=dev).view(1, w)).view(n, 1, 1, w).expand(-1, c, h, -1)
     out = out.gather(3, cols)
-    flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
 
 
-@torch.no_grad()
+def _device_batches(
+    dataset: Dataset, batch_size: int, device: torch.device, *, shuffle: bool = False, seed: int = 0,
+    workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """``batches()``, in page-locked memory when they go to a CUDA device (so the copy can overlap compute), decoded
+    by ``workers`` DataLoader processes for data read per sample (image folders)."""
+    return batches(dataset, batch_size, shuffle=shuffle, seed=seed, pin_memory=device.type == "cuda", workers=workers)
+
+
 def evaluate(
-    model: nn.Module, dataset: Dataset, batch_size: int = 512, topk: tuple[int, ...] = (1,)
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 512,
+    topk: tuple[int, ...] = (1,),
+    *,
+    accelerator: str | torch.device = "cpu",
+    precision: str = "fp32",
+    channels_last: bool | None = None,
 ) -> dict[str, float]:
-    """Top-k accuracies (fractions in [0, 1]) of ``model`` in eval mode on ``dataset``."""
+    """Top-k accuracies (fractions in [0, 1]) of ``model`` in eval mode on ``dataset``.
+
+    Runs on ``accelerator`` (a name as in ``TrainConfig.accelerator``, or a
+    ``torch.device``) under ``precision`` autocast; ``model`` returns to its own
+    device and training mode afterwards.
+    """
+    device = resolve_accelerator(accelerator)
+    check_precision(device, precision)
+    nhwc = use_channels_last(device, channels_last)
+    with on_device(model, device, nhwc):
+        return _evaluate(model, dataset, batch_size, topk, device, precision, nhwc)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    topk: tuple[int, ...],
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> dict[str, float]:
+    """``evaluate`` for a model already on ``device`` (and in the layout ``channels_last`` says)."""
     was_training = model.training
     model.eval()
-    correct = dict.fromkeys(topk, 0)
+    correct = {k: torch.zeros((), dtype=torch.int64, device=device) for k in topk}
     total = 0
-    for x, y in batches(dataset, batch_size):
-        logits = model(x)
-        ranked = logits.topk(max(topk), dim=1).indices
-        for k in topk:
-            correct[k] += int((ranked[:, :k] == y.view(-1, 1)).any(dim=1).sum())
-        total += len(y)
-    model.train(was_training)
-    return {f"top{k}": correct[k] / max(total, 1) for k in topk}
+    try:
+        for x, y in _device_batches(dataset, batch_size, device):
+            x = to_device(x, device, channels_last)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(x)
+            ranked = logits.float().topk(max(topk), dim=1).indices
+            for k in topk:
+                correct[k] += (ranked[:, :k] == y.view(-1, 1)).any(dim=1).sum()
+            total += len(y)
+    finally:
+        model.train(was_training)
+    return {f"top{k}": int(correct[k]) / max(total, 1) for k in topk}
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -103,11 +172,20 @@ def train(
     progress: bool = True,
     loss_fn: LossFn | None = None,
     description: str = "train",
+    workers: int = 0,
 ) -> TrainResult:
-    """Train ``model`` in place; ``max_batches`` caps each epoch (for tests and smoke runs).
+    """Train ``model`` in place; ``max_batches`` caps each epoch (for tests and smoke runs); ``workers``
+    DataLoader processes decode data read per sample (``DataBundle.workers``). Batches' inputs may be a tensor,
+    a tuple or a dict of tensors (:mod:`edgecompress._inputs`).
 
-    ``loss_fn(logits, inputs, targets)`` replaces cross-entropy (distillation uses it).
+    ``loss_fn(logits, inputs, targets)`` replaces cross-entropy (distillation uses it);
+    it runs inside the autocast region, on the accelerator's tensors. The model
+    trains on ``cfg.accelerator`` with ``cfg.precision`` and ``cfg.channels_last``
+    and is back on its own device, in contiguous layout, when this returns or raises.
     """
+    device = resolve_accelerator(cfg.accelerator)
+    check_precision(device, cfg.precision)
+    nhwc = use_channels_last(device, cfg.channels_last)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -116,39 +194,69 @@ def train(
     if max_batches is not None:
         per_epoch = min(per_epoch, max_batches)
     total = per_epoch * cfg.epochs
-    opt = _optimizer(model, cfg)
-    warmup = max(1, per_epoch // 4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_with_warmup(s, total, warmup))
-    result = TrainResult()
+    result = TrainResult(device=describe(device), precision=cfg.precision, channels_last=nhwc)
+    if progress:
+        layout = ", channels_last" if nhwc else ""
+        stderr_console.print(f"{description}: on {result.device}, {cfg.precision}{layout}")
     start = time.perf_counter()
-    with progress_bar(progress) as bar:
+    with on_device(model, device, nhwc), progress_bar(progress) as bar:
+        opt = _optimizer(model, cfg)
+        scaler = grad_scaler(device, cfg.precision)
+        warmup = max(1, per_epoch // 4)
+        sum_device = torch.device("cpu") if device.type == "mps" else device
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_with_warmup(s, total, warmup))
         task = bar.add_task(description, total=total, status="")
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
+            # Sums stay on the device (float64: the same sums as Python floats) so no batch waits for the GPU;
+            # MPS has no float64, so its loss sum stays on the CPU.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=sum_device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
             lr = opt.param_groups[0]["lr"]
-            for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch)):
+            epoch_batches = _device_batches(
+                train_set, cfg.batch_size, device, shuffle=True, seed=cfg.seed + epoch, workers=workers
+            )
+            for i, (x, y) in enumerate(epoch_batches):
                 if i >= per_epoch:
                     break
-                if cfg.augment:
+                x = move(x, device, non_blocking=True)  # a tensor, or a tuple / dict of inputs (edgecompress._inputs)
+                y = y.to(device, non_blocking=True)
+                if cfg.augment and isinstance(x, torch.Tensor):
                     x = augment_batch(x, gen)
-                logits = model(x)
-                if loss_fn is None:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                else:
-                    loss = loss_fn(logits, x, y)
+                if nhwc and isinstance(x, torch.Tensor) and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, cfg.precision):
+                    logits = call(model, x)
+                    if loss_fn is None:
+                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    else:
+                        loss = loss_fn(logits, x, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
                 lr = opt.param_groups[0]["lr"]
                 sched.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += loss.detach().to(sum_device, torch.float64) * len(y)
+                correct += (logits.argmax(1) == y).sum()
                 seen += len(y)
-                bar.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f}")
-            val_acc = evaluate(model, val_set)["top1"] if val_set is not None else float("nan")
-            record = EpochRecord(epoch + 1, loss_sum / seen, correct / seen, val_acc, lr, time.perf_counter() - t0)
+                if progress:
+                    status = f"epoch {epoch + 1}/{cfg.epochs} loss {float(loss_sum) / seen:.3f}"
+                    bar.update(task, advance=1, status=status)
+            val_acc = (
+                _evaluate(model, val_set, 512, (1,), device, cfg.precision, nhwc)["top1"]
+                if val_set is not None
+                else float("nan")
+            )
+            record = EpochRecord(
+                epoch + 1, float(loss_sum) / seen, int(correct) / seen, val_acc, lr, time.perf_counter() - t0
+            )
             result.history.append(record)
             if progress:
                 val = f"val acc {record.val_acc:.4f}  " if val_set is not None else ""
