@@ -17,19 +17,24 @@ from typing import TYPE_CHECKING, Any
 from edgecompress.version import __version__
 
 if TYPE_CHECKING:
+    from edgecompress.artifacts.weights import model_from_weights
     from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, compress  # type: ignore[no-redef]
     from edgecompress.models import create_model, list_models
     from edgecompress.training import distill
+    from edgecompress.workflows.api import SearchResult, search_policy
 
 __all__ = [
     "CompressionReport",
     "LayerPolicy",
     "Policy",
+    "SearchResult",
     "__version__",
     "compress",
     "create_model",
     "distill",
     "list_models",
+    "model_from_weights",
+    "search_policy",
 ]
 
 _LAZY = {
@@ -40,6 +45,9 @@ _LAZY = {
     "create_model": "edgecompress.models",
     "list_models": "edgecompress.models",
     "distill": "edgecompress.training",
+    "SearchResult": "edgecompress.workflows.api",
+    "model_from_weights": "edgecompress.artifacts.weights",
+    "search_policy": "edgecompress.workflows.api",
 }
 
 

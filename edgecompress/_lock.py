@@ -23,6 +23,8 @@ __all__ = ["run_folder_lock"]
 
 @contextlib.contextmanager
 def run_folder_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold ``RUN/.lock`` for the block. A folder this call created and the block left empty (a run that failed
+    before writing anything) is removed again, so bad input leaves nothing behind."""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -30,22 +32,29 @@ def run_folder_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
         return
     check_output(run_dir, folder=True, error=ConfigError)
     path = Path(run_dir) / ".lock"
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    try:
+        with path.open("a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise ConfigError(
+                    f"run folder {run_dir} is in use by another edgecompress process (pid {holder}); wait for it "
+                    "to finish, or use another --out"
+                ) from None
             f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise ConfigError(
-                f"run folder {run_dir} is in use by another edgecompress process (pid {holder}); wait for it to "
-                "finish, or use another --out"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        if created and {p.name for p in path.parent.iterdir()} <= {".lock"}:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()

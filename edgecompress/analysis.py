@@ -31,6 +31,8 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from edgecompress._inputs import ExampleInputs, InputSpec, call, example, normalise, shapes
+
 __all__ = [
     "LayerSpec",
     "ModelAnalysis",
@@ -81,7 +83,8 @@ class LayerSpec:
 
 @dataclass
 class ModelAnalysis:
-    input_shape: tuple[int, ...]
+    input_shape: InputSpec
+    """What the model was fed: a shape (zeros) or example inputs (see :mod:`edgecompress._inputs`)."""
     layers: list[LayerSpec]
     model_params: int
     """Every parameter of the model (BatchNorm included), not only the compressible layers'."""
@@ -117,7 +120,7 @@ class ModelAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "input_shape": list(self.input_shape),
+            "input_shape": shapes(self.input_shape),
             "layers": [asdict(s) for s in self.layers],
             "totals": self.totals,
             "groups": {str(k): v for k, v in self.groups().items()},
@@ -209,7 +212,7 @@ def _grouped(m: nn.Module) -> bool:
 
 
 def _channel_groups(
-    model: nn.Module, example: torch.Tensor, names: list[str]
+    model: nn.Module, example: ExampleInputs, names: list[str]
 ) -> tuple[dict[str, int], dict[str, bool], list[str], dict[str, str]]:
     """Union the layers whose output channels torch-pruning says must be pruned together.
 
@@ -233,7 +236,7 @@ def _channel_groups(
 
     prunable = dict.fromkeys(names, True)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=call, verbose=False)
     except Exception as exc:  # the library's own failures on graphs it does not support (e.g. channel shuffles)
         why = (f"torch-pruning cannot trace this model's channel dependencies ({type(exc).__name__}: {exc}); "
                "structured pruning is off for it, the other techniques apply")  # fmt: skip
@@ -283,8 +286,9 @@ def _channel_groups(
     return root_index, {n: find(n) not in blocked for n in names}, notes, reasons
 
 
-def measure_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, dict[str, Any]]:
-    """Shape, params and MACs of every conv/linear module, keyed by name, in forward-execution order."""
+def measure_layers(model: nn.Module, input_shape: InputSpec) -> dict[str, dict[str, Any]]:
+    """Shape, params and MACs of every conv/linear module, keyed by name, in forward-execution order
+    (``input_shape``: a shape, fed as zeros, or example inputs)."""
     was_training = model.training
     model.eval()
     records: dict[str, dict[str, Any]] = {}
@@ -302,7 +306,7 @@ def measure_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
     handles = [m.register_forward_hook(hook(n)) for n, m in compressible_layers(model).items()]
     try:
         with torch.no_grad():
-            model(torch.zeros(input_shape))
+            call(model, example(input_shape))
     finally:
         for h in handles:
             h.remove()
@@ -312,8 +316,10 @@ def measure_layers(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
     return records
 
 
-def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> ModelAnalysis:
-    """Analyse ``model`` on a zero input of ``input_shape`` (batch 1) without changing it."""
+def analyze_model(model: nn.Module, input_shape: InputSpec = (1, 1, 28, 28)) -> ModelAnalysis:
+    """Analyse ``model`` on a zero input of ``input_shape`` (batch 1), or on example inputs (a tensor, a tuple
+    or a dict of tensors), without changing it."""
+    input_shape = normalise(input_shape)
     was_training = model.training
     model.eval()
     layers = compressible_layers(model)
@@ -322,7 +328,7 @@ def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28
     notes = [f"{n}: defined but not used in the forward pass; left out" for n in layers if n not in records]
     notes += [f"{n}: called {c} times; counted once" for n, c in calls.items() if c > 1]
     names = list(records)  # forward-execution order (dicts keep insertion order)
-    group, prunable, graph_notes, reasons = _channel_groups(model, torch.zeros(input_shape), names)
+    group, prunable, graph_notes, reasons = _channel_groups(model, example(input_shape), names)
     notes += graph_notes
     members: dict[int, list[str]] = {}
     for n in names:
@@ -336,7 +342,7 @@ def analyze_model(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28
     ]  # fmt: skip
     model.train(was_training)
     return ModelAnalysis(
-        input_shape=tuple(input_shape),
+        input_shape=input_shape,
         layers=specs,
         model_params=sum(p.numel() for p in model.parameters()),
         notes=notes,

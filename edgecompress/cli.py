@@ -36,6 +36,74 @@ err_console = make_console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override its values.")]
 TRAIN_IF_MISSING_HELP = "Train the base model at the checkpoint path when that file does not exist."
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Weights trained elsewhere for --model (torchvision:NAME, a built-in or pkg.module:factory): a "
+        "state_dict, a dict holding one (Lightning), or TorchScript; read with weights_only=True."
+    ),
+]
+TrustPickleOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--trust-pickle/--no-trust-pickle",
+        help="Let --weights be a whole pickled nn.Module (unpickling runs code from the file; default off).",
+    ),
+]
+NumClassesOpt = Annotated[
+    int | None, typer.Option(min=1, help="Model outputs, when neither the weights nor the data say (default: read).")
+]
+InputSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=8,
+        help="Input side length served: imagefolder resizes and crops (default 224); fashion-mnist and cifar10 "
+        "are upsampled (default 28 / 32).",
+    ),
+]
+ChannelsOpt = Annotated[int | None, typer.Option(min=1, help="3 serves grayscale data as RGB (default: the data's).")]
+MeanOpt = Annotated[
+    str | None, typer.Option(help="Per-channel normalisation mean, comma list (default: ImageNet's / the data's).")
+]
+StdOpt = Annotated[str | None, typer.Option(help="Per-channel normalisation std, comma list (as --mean).")]
+WorkersOpt = Annotated[int | None, typer.Option(min=0, help="DataLoader workers for image folders (default 0).")]
+AcceleratorOpt = Annotated[
+    str | None,
+    typer.Option(help="auto, cpu, cuda or mps: where training, fine-tuning and accuracy scoring run (default cpu)."),
+]
+PrecisionOpt = Annotated[
+    str | None, typer.Option(help="Training/scoring precision: fp32 (default), bf16, fp16 (CUDA autocast only).")
+]
+
+
+def _floats(flag: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+def _byo_overrides(
+    weights: str | None = None,
+    trust_pickle: bool | None = None,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    channels: int | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    workers: int | None = None,
+    accelerator: str | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """Config overrides of the bring-your-own-model, data and accelerator flags."""
+    return {
+        "model.weights": weights, "model.trust_pickle": trust_pickle, "model.num_classes": num_classes,
+        "data.input_size": input_size, "data.channels": channels, "data.mean": _floats("--mean", mean),
+        "data.std": _floats("--std", std), "data.workers": workers, "train.accelerator": accelerator,
+        "train.precision": precision,
+    }  # fmt: skip
 
 
 def _fmt_int(n: int) -> str:
@@ -83,6 +151,13 @@ def train_cmd(
         int | None,
         typer.Option(min=1, help="Cap batches per epoch (smoke runs); recorded in the checkpoint."),
     ] = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    workers: WorkersOpt = None,
+    accelerator: AcceleratorOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Train a base model and save a checkpoint (state_dict + JSON model spec)."""
     from edgecompress.workflows.config import load_run_config
@@ -93,7 +168,9 @@ def train_cmd(
     cfg = load_run_config(
         config,
         {"model.name": model, "data.dataset": dataset, "data.data_dir": data_dir, "train.epochs": epochs,
-         "train.seed": seed, "train.batch_size": batch_size, "train.lr": lr, "train.augment": augment},
+         "train.seed": seed, "train.batch_size": batch_size, "train.lr": lr, "train.augment": augment,
+         **_byo_overrides(input_size=input_size, channels=channels, mean=mean, std=std, workers=workers,
+                          accelerator=accelerator, precision=precision)},
     )  # fmt: skip
     _, spec = train_base_model(cfg, out, max_batches=max_batches)
     console.print(
@@ -262,11 +339,18 @@ def run_cmd(
     train_if_missing: Annotated[
         bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
     ] = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = None,
+    accelerator: AcceleratorOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """The main job on a config: base model (trained if missing and asked to), analysis, summary."""
     from edgecompress.workflows.run import run_pipeline
 
-    overrides = {"out": out, "data.data_dir": data_dir, "model.train_if_missing": train_if_missing}
+    overrides = {
+        "out": out, "data.data_dir": data_dir, "model.train_if_missing": train_if_missing,
+        **_byo_overrides(weights=weights, trust_pickle=trust_pickle, accelerator=accelerator, precision=precision),
+    }  # fmt: skip
     run_pipeline(config, overrides, console=console)
 
 
@@ -594,6 +678,27 @@ def search_cmd(
     train_if_missing: Annotated[
         bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
     ] = None,
+    dataset: Annotated[str | None, typer.Option(help="fashion-mnist, cifar10 or imagefolder.")] = None,
+    weights: WeightsOpt = None,
+    trust_pickle: TrustPickleOpt = None,
+    num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    data_workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers for image folders.")] = None,
+    accelerator: AcceleratorOpt = None,
+    precision: PrecisionOpt = None,
+    gpus_per_trial: Annotated[
+        float | None, typer.Option(min=0.0, help="ray: GPU share per trial, when GPUs exist (default 0).")
+    ] = None,
+    val_samples: Annotated[int | None, typer.Option(min=1, help="Validation samples each policy is scored on.")] = None,
+    finetune_batches: Annotated[
+        int | None, typer.Option(min=0, help="Distillation steps each policy gets before it is scored.")
+    ] = None,
+    bn_batches: Annotated[
+        int | None, typer.Option(min=0, help="Batches BatchNorm statistics are re-estimated on per policy.")
+    ] = None,
 ) -> None:
     """Search per-layer compression policies under a latency budget (AMC's DDPG, Optuna or Ray Tune)."""
     from edgecompress.workflows.config import load_run_config
@@ -607,7 +712,11 @@ def search_cmd(
         "search.episodes": episodes if episodes is not None else trials, "search.seed": seed,
         "data.data_dir": data_dir, "search.techniques": techniques.split(",") if techniques else None,
         "search.sampler": sampler, "search.storage": storage, "search.workers": workers,
-        "search.ray_address": ray_address, "model.train_if_missing": train_if_missing,
+        "search.ray_address": ray_address, "model.train_if_missing": train_if_missing, "data.dataset": dataset,
+        "search.gpus_per_trial": gpus_per_trial, "data.val_samples": val_samples,
+        "search.finetune_batches": finetune_batches, "search.bn_batches": bn_batches,
+        **_byo_overrides(weights, trust_pickle, num_classes, input_size, channels, mean, std, data_workers, accelerator,
+                         precision),
     }  # fmt: skip
     if checkpoint is not None and train_if_missing is None:
         overrides["model.train_if_missing"] = False  # a path typed on the command line must exist
@@ -716,13 +825,17 @@ def replay_cmd(
     trust_factory: Annotated[
         str | None, typer.Option(help="The package.module:function the checkpoint names, if any (it runs code).")
     ] = None,
+    accelerator: AcceleratorOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Fine-tuning batch size.")] = 128,
 ) -> None:
     """Rebuild a found policy, fine-tune it (distillation by default), evaluate and report."""
     from edgecompress.workflows.replay import replay
 
     r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
                augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force,
-               val_size=val_size, trust_factory=trust_factory)  # fmt: skip
+               val_size=val_size, trust_factory=trust_factory, accelerator=accelerator or "cpu",
+               precision=precision or "fp32", batch_size=batch_size)  # fmt: skip
     console.print((out / "report.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {r['compressed_model']}, {out / 'report.json'}, {out / 'report.md'}")
 

@@ -50,6 +50,15 @@ class ModelConfig(_Section):
     train_if_missing: bool = False
     """Train the base model at ``checkpoint`` when that file does not exist. Off by default: a mistyped path
     must be an error, not minutes of training and a search on a model nobody asked for."""
+    weights: str | None = None
+    """Weights trained anywhere, for the model ``name`` builds: a plain state_dict, a dict holding one under
+    ``state_dict`` / ``model`` / ``model_state_dict`` (a Lightning checkpoint), or a TorchScript file; read with
+    ``weights_only=True``. Replaces ``checkpoint``: the run folder gets an edgecompress checkpoint made from it."""
+    trust_pickle: bool = False
+    """Let ``weights`` be a whole pickled ``nn.Module`` (unpickling runs code from the file: only for files you
+    made)."""
+    num_classes: int | None = Field(None, ge=1)
+    """Classes the model outputs, when neither the weights nor the data say (default: read from them)."""
 
 
 class DataConfig(_Section):
@@ -61,8 +70,18 @@ class DataConfig(_Section):
     """Training samples held out, with a fixed seed, as the validation split."""
     val_samples: int = Field(2000, ge=1)
     """How many validation samples a search scores each policy on."""
-    image_size: int = Field(32, ge=8)
-    """Side length images are resized to (imagefolder only)."""
+    input_size: int | None = Field(None, ge=8)
+    """Side length of the inputs served: imagefolder resizes and crops to it (default 224); fashion-mnist and
+    cifar10 are upsampled to it (default: their own 28 / 32)."""
+    channels: int | None = Field(None, ge=1)
+    """Channels served: 3 serves grayscale data as RGB (the gray plane repeated); default the data's own."""
+    mean: list[float] | None = None
+    """Per-channel normalisation mean (imagefolder; default ImageNet's); other datasets use their training
+    split's."""
+    std: list[float] | None = None
+    """Per-channel normalisation standard deviation (imagefolder; default ImageNet's)."""
+    workers: int = Field(0, ge=0)
+    """DataLoader worker processes for data decoded per sample (imagefolder); 0 decodes in the main process."""
     seed: int = 0
     """Seed of the validation split."""
 
@@ -80,6 +99,13 @@ class TrainConfig(_Section):
     """Random crop (pad 2) and horizontal flip, applied per batch."""
     threads: int = Field(0, ge=0)
     """torch intra-op threads; 0 keeps torch's default (all cores)."""
+    accelerator: Literal["auto", "cpu", "cuda", "mps"] = "cpu"
+    """Where training, distillation, BatchNorm re-estimation and accuracy scoring run: ``auto`` picks CUDA,
+    then MPS, then the CPU. Latency is never measured here unless the device profile is this machine."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Automatic mixed precision for training and scoring on CUDA (bf16 also on the CPU)."""
+    channels_last: bool | None = None
+    """NHWC memory layout for convolution nets; default: on for CUDA, off elsewhere."""
     seed: int = 0
 
 
@@ -101,6 +127,8 @@ class SearchConfig(_Section):
     """optuna: study storage URL; default sqlite:///RUN_FOLDER/study.db."""
     workers: int = Field(1, ge=1)
     """ray: trials run in parallel, one CPU each."""
+    gpus_per_trial: float = Field(0.0, ge=0)
+    """ray: the GPU share each trial asks for (e.g. 0.25 runs four trials per GPU); 0 on machines without one."""
     ray_address: str | None = None
     """ray: join this cluster (e.g. ``ray://head:10001`` or ``auto``); default: start a local Ray."""
     warmup_episodes: int | None = Field(None, ge=0)

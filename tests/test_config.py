@@ -35,7 +35,8 @@ def test_unknown_key_names_key_and_suggests(tmp_path) -> None:
         load_config(f)
     assert str(err.value) == (
         f"invalid config ({f}):\n  unknown key 'train.epoch'. Did you mean 'epochs'? Valid keys here: "
-        "epochs, batch_size, lr, optimizer, momentum, weight_decay, label_smoothing, augment, threads, seed"
+        "epochs, batch_size, lr, optimizer, momentum, weight_decay, label_smoothing, augment, threads, accelerator, "
+        "precision, channels_last, seed"
     )
 
 

@@ -57,6 +57,18 @@ class ModelSpec:
     """The training settings and wall time that produced the weights."""
     versions: dict[str, str] = field(default_factory=software_versions)
     created: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    """How the data was served to the model (``input_size``, ``channels``, ``mean``, ``std``): what replay and
+    export pass back to ``load_dataset`` so they feed the model as it was trained and searched."""
+    source: dict[str, Any] = field(default_factory=dict)
+    """Where the weights came from when they were trained elsewhere (``--weights``): file, sha256, format, notes."""
+
+    def data_options(self) -> dict[str, Any]:
+        """``load_dataset`` keyword arguments serving this model's data: its input size and channels, and the
+        normalisation it was trained with when one was given."""
+        options: dict[str, Any] = {"input_size": self.input_size, "channels": self.in_channels}
+        options.update({k: self.data[k] for k in ("mean", "std") if self.data.get(k) is not None})
+        return options
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

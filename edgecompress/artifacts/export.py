@@ -200,7 +200,7 @@ def export_model(
     started = time.perf_counter()
     model, spec, policy, metrics = load_compressed(model_dir, trust_factory=trust_factory)
     shape = spec.input_shape
-    bundle = load_dataset(spec.dataset, data_dir, val_size=val_size)
+    bundle = load_dataset(spec.dataset, data_dir, val_size=val_size, **spec.data_options())
     folded = float_view(model).eval()
     result: dict[str, Any] = {
         "format": fmt,

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 import torch
 import torch.nn as nn
 
+from edgecompress._inputs import InputSpec
 from edgecompress.analysis import ModelAnalysis
 from edgecompress.compressors.policy import LayerPolicy, Policy
 
@@ -60,7 +61,8 @@ class CompressionContext:
         self.details.setdefault(layer, {})[technique] = info
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> InputSpec:
+        """What the model is fed: a shape or example inputs (``edgecompress._inputs``)."""
         return self.analysis.input_shape
 
 

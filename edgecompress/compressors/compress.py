@@ -31,6 +31,7 @@ import edgecompress.compressors.lowrank
 import edgecompress.compressors.sharing
 import edgecompress.compressors.structured
 import edgecompress.compressors.unstructured  # noqa: F401
+from edgecompress._inputs import ExampleInputs, InputSpec, is_shape, normalise
 from edgecompress.analysis import ModelAnalysis, analyze_model, measure_layers
 from edgecompress.compressors.base import TECHNIQUES, CompressionContext, weight_modules
 from edgecompress.compressors.depth import removed_layers
@@ -44,16 +45,24 @@ __all__ = ["ORDER", "compress", "report_for"]
 ORDER = ("depth", "structured", "lowrank", "unstructured", "sharing", "quantization")
 
 
-def _calibration_batches(data: Any, limit: int) -> list[torch.Tensor]:
+def _calibration_batches(data: Any, limit: int) -> list[Any]:
+    """Input batches: a tensor, dict or tuple of tensors each (a pair's first item when items are pairs)."""
     if data is None:
         return []
     if isinstance(data, torch.Tensor):
         return [data]
-    out: list[torch.Tensor] = []
+    out: list[Any] = []
     for item in data:
         x = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(x, torch.Tensor):
-            raise PolicyError(f"calibration_data must yield tensors or (input, target) pairs, got {type(x).__name__}")
+        ok = isinstance(x, torch.Tensor) or (
+            isinstance(x, (tuple, list, dict)) and all(isinstance(t, torch.Tensor) for t in
+                                                       (x.values() if isinstance(x, dict) else x))
+        )  # fmt: skip
+        if not ok:
+            raise PolicyError(
+                "calibration_data must yield input batches (a tensor, or a tuple or dict of tensors) or "
+                f"(inputs, target) pairs, got {type(x).__name__}"
+            )
         out.append(x)
         if len(out) >= limit:
             break
@@ -65,7 +74,8 @@ def compress(
     policy: Policy,
     calibration_data: torch.Tensor | Iterable[Any] | None = None,
     *,
-    input_shape: tuple[int, ...] | None = None,
+    input_shape: InputSpec | None = None,
+    example_inputs: ExampleInputs | None = None,
     analysis: ModelAnalysis | None = None,
     importance: str = "l1",
     unstructured: str = "magnitude",
@@ -73,7 +83,9 @@ def compress(
 ) -> tuple[nn.Module, CompressionReport]:
     """Apply ``policy`` to a copy of ``model``; return the compressed copy (eval mode) and its report.
 
-    ``input_shape`` defaults to the policy's ``base["input_shape"]``; pass the
+    ``input_shape`` (a shape, fed as zeros) or ``example_inputs`` (a tensor, a tuple of tensors for
+    ``model(*inputs)``, a dict for ``model(**inputs)``) is what the model is traced on; it defaults to the
+    analysis's, then to the policy's ``base["input_shape"]`` (a single-input shape); pass the
     base model's ``analysis`` to skip recomputing it (searches call this often).
     Kept channels and ranks round up to ``policy.round_to``.
     ``calibration_data`` (input batches or (input, target) pairs; the first
@@ -81,13 +93,19 @@ def compress(
     activations; without it, the ranges ``policy.applied`` records are used,
     and a layer with neither is an error.
     """
+    if example_inputs is not None:
+        if input_shape is not None:
+            raise PolicyError("compress() takes input_shape or example_inputs, not both")
+        input_shape = normalise(example_inputs, "example_inputs")
     if input_shape is None:
         if analysis is not None:
             input_shape = analysis.input_shape
-        elif "input_shape" in policy.base:
+        elif "input_shape" in policy.base and is_shape(policy.base["input_shape"]):
             input_shape = tuple(policy.base["input_shape"])
         else:
-            raise PolicyError("compress() needs input_shape (or a policy whose base names one)")
+            raise PolicyError(
+                "compress() needs input_shape or example_inputs (or a policy whose base names a single input shape)"
+            )
     if analysis is None:
         analysis = analyze_model(model, input_shape)
     policy.check_layers([s.name for s in analysis.layers])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 import edgecompress.compressors.constraints as constraints
+from edgecompress._inputs import call
 from edgecompress.compressors.base import (
     CompressionContext,
     Knob,
@@ -86,7 +87,7 @@ class Quantization:
                 q.observing = True
             with torch.no_grad():
                 for x in ctx.calibration:
-                    ctx.model(x)
+                    call(ctx.model, x)
             for q in to_calibrate.values():
                 q.observing = False
             ctx.model.train(was_training)

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
+from edgecompress._inputs import call, example
 from edgecompress.compressors.base import CompressionContext, Knob, register_knob, register_technique
 from edgecompress.compressors.constraints import effective_weight
 from edgecompress.errors import PolicyError
@@ -78,7 +79,7 @@ class StructuredPruning:
             dg = None  # nothing to prune: the dependency graph (which may not build for this model) is not needed
         else:
             dg = tp.DependencyGraph().build_dependency(
-                model, example_inputs=torch.zeros(ctx.input_shape), verbose=False
+                model, example_inputs=example(ctx.input_shape), forward_fn=call, verbose=False
             )
         for all_members in ctx.analysis.groups().values():
             members = [m for m in all_members if m in keep]  # removed blocks' layers are gone

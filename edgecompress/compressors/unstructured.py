@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import edgecompress.compressors.constraints as constraints
+from edgecompress._inputs import InputSpec
 from edgecompress.analysis import measure_layers
 from edgecompress.compressors.base import (
     CompressionContext,
@@ -31,7 +32,7 @@ from edgecompress.errors import PolicyError
 METHODS = ("magnitude", "lookahead")
 
 
-def forward_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[nn.Module]:
+def forward_order(model: nn.Module, input_shape: InputSpec) -> list[nn.Module]:
     """Conv and linear modules in the order a forward pass calls them."""
 
     return [model.get_submodule(name) for name in measure_layers(model, input_shape)]

@@ -1,6 +1,7 @@
 """``edgecompress search --agent ray``: parallel trials with Ray Tune, Optuna's sampler as the search algorithm.
 
-* ``workers`` trials run at once, one CPU each (torch uses one thread per
+* ``workers`` trials run at once, one CPU each (and ``gpus_per_trial`` of a GPU
+  each when set: Ray then places trials on the GPUs, scoring on ``cuda``) (torch uses one thread per
   trial); a private local Ray bound to 127.0.0.1 is started unless
   ``ray_address`` names a cluster (a cluster recorded by an earlier
   ``ray start`` is never joined implicitly).
@@ -120,6 +121,17 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
     space = setup.space
     if s.sampler == "nsga2":
         raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
+    gpus = torch.cuda.device_count()
+    if s.gpus_per_trial and not s.ray_address and gpus == 0:
+        raise ConfigError(
+            f"search.gpus_per_trial = {s.gpus_per_trial} (--gpus-per-trial), but this machine has no CUDA GPU "
+            f"(torch {torch.__version__} sees none): use 0, or --ray-address to join a cluster that has GPUs"
+        )
+    if s.gpus_per_trial and cfg.train.accelerator == "cpu":
+        raise ConfigError(
+            f"search.gpus_per_trial = {s.gpus_per_trial} reserves GPU shares, but train.accelerator is 'cpu': "
+            "pass --accelerator cuda (or auto) so trials score on the GPU they reserve"
+        )
     log = setup.open_log(cfg, f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)")
     started = time.perf_counter()
     if not ray.is_initialized():
@@ -130,13 +142,13 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
             # never listen on an external interface (loopback node address, see _loopback_only).
             with _loopback_only(ray):
                 ray.init(
-                    address="local", num_cpus=s.workers, include_dashboard=False, logging_level=logging.WARNING,
-                    log_to_driver=False,
+                    address="local", num_cpus=s.workers, num_gpus=gpus if s.gpus_per_trial else 0,
+                    include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
                 )  # fmt: skip
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, setup=setup),
-        {"cpu": 1},
+        {"cpu": 1, "gpu": s.gpus_per_trial} if s.gpus_per_trial else {"cpu": 1},
     )
     logged = {r.get("trial") for r in log.records}
 

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import torch.nn as nn
 
+from edgecompress._inputs import shapes
 from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.compressors import LayerPolicy, Policy
 from edgecompress.config import DataConfig, SearchConfig
@@ -146,7 +147,7 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
                 round_to=DEFAULT_ROUND_TO if round_to is None else round_to, bounds=bounds,
             )  # fmt: skip
             budget = budget_for(objective, space, budget_ms=budget_ms, budget_ratio=budget_ratio)
-            setup = SearchSetup(objective, space, budget, {"input_shape": list(objective.input_shape)},
+            setup = SearchSetup(objective, space, budget, {"input_shape": shapes(objective.input_shape)},
                                 "validation subset", fill_budget=fill_budget)  # fmt: skip
         self.setup: SearchSetup = setup
         self.objective: Objective = setup.objective

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress._inputs import InputSpec, is_shape, normalise
 from edgecompress.errors import EdgeCompressError
 from edgecompress.latency_models.device_model import EXTRAPOLATED_KINDS, DeviceModel
 from edgecompress.latency_models.devices import load_device
@@ -68,7 +69,7 @@ def _device_source(model: DeviceModel) -> tuple[str, dict[str, Any]]:
 
 def estimate_latency(
     model: nn.Module,
-    example_input: torch.Tensor | tuple[int, ...],
+    example_input: InputSpec,
     device: str | DeviceModel | LatencyTable,
     *,
     precision: str | Mapping[str, str] = "fp32",
@@ -78,7 +79,8 @@ def estimate_latency(
     """Predicted batch-1 latency of ``model`` on ``device``, per layer, each number with its source.
 
     ``device``: a profile name (``edgecompress devices``), a table path, or a
-    loaded DeviceModel / LatencyTable. With a table (``device`` or ``table``),
+    loaded DeviceModel / LatencyTable. ``example_input``: a shape or a tensor (priced at batch 1), or a
+    tuple / dict of example inputs (traced as given). With a table (``device`` or ``table``),
     operators are looked up (exact, or interpolated over channels); misses
     fall back to the device model when there is one, and are listed either
     way. ``precision`` is one for all layers or a mapping layer -> precision
@@ -90,9 +92,12 @@ def estimate_latency(
     if bad:
         raise EdgeCompressError(f"precision {bad[0]!r} is not one of {', '.join(PRECISIONS)}")
     dm, tab = _resolve(device, table, precision, force)
-    shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else tuple(example_input)
-    shape = (1, *shape[1:])
-    ops = trace_ops(model, shape)
+    spec = normalise(example_input)
+    if isinstance(spec, torch.Tensor):
+        spec = tuple(spec.shape)
+    if is_shape(spec):
+        spec = (1, *spec[1:])  # type: ignore[index]  # batch 1, zeros
+    ops = trace_ops(model, spec)  # a tuple or dict of example inputs is traced as given (batch 1 expected)
     source, validated = _device_source(dm) if dm is not None else ("", {})
     if tab is not None:
         source = (

@@ -6,7 +6,8 @@ validation and the in-graph profiling probes all call :func:`to_onnx`, so the
 graph a search times is the graph ``export`` ships: the model's float view
 (compression constraints folded: pruned shapes, factor pairs, quantized or
 shared weight values), opset 17, input ``x``, output ``logits``, a dynamic
-batch axis. ``profiler.py``, which must run on a device without
+batch axis (inputs ``x0, x1, ...`` for a tuple of example inputs, a dict's
+keys for a dict). ``profiler.py``, which must run on a device without
 edgecompress, carries a minimal copy (``profiler._export``); a test checks
 that both give byte-identical graphs.
 
@@ -30,11 +31,15 @@ import torch
 import torch.nn as nn
 
 from edgecompress._imports import optional
+from edgecompress._inputs import ExampleInputs, InputSpec, example, is_shape, normalise
 from edgecompress.compressors.constraints import float_view
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models.profiler import time_onnx
 
-__all__ = ["EXPORTERS", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "measure_ms", "ort_session", "runner", "to_onnx"]
+__all__ = [
+    "EXPORTERS", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "input_names", "measure_ms", "onnx_feed", "ort_session",
+    "runner", "to_onnx",
+]  # fmt: skip
 
 EXPORTERS = ("torchscript", "dynamo")
 OPSET = 17
@@ -42,19 +47,47 @@ INPUT_NAME = "x"
 OUTPUT_NAME = "logits"
 
 
-def export_module(module: nn.Module, example: torch.Tensor, *, exporter: str = "torchscript") -> bytes:
-    """ONNX bytes of a plain module (no compression constraints) on ``example``'s shape, dynamic batch."""
+def input_names(example: ExampleInputs) -> list[str]:
+    """The ONNX graph's input names for ``example``: ``x`` for one tensor, ``x0, x1, ...`` for a tuple, the keys
+    of a dict."""
+    if isinstance(example, torch.Tensor):
+        return [INPUT_NAME]
+    if isinstance(example, dict):
+        return list(example)
+    return [f"{INPUT_NAME}{i}" for i in range(len(example))]
+
+
+def onnx_feed(example: ExampleInputs) -> dict[str, Any]:
+    """ONNX Runtime's feed (name -> array) for inputs shaped like ``example``."""
+    tensors = [example] if isinstance(example, torch.Tensor) else list(example.values() if isinstance(example, dict)
+                                                                       else example)  # fmt: skip
+    return {n: t.detach().cpu().numpy() for n, t in zip(input_names(example), tensors, strict=True)}
+
+
+def export_module(module: nn.Module, example: ExampleInputs, *, exporter: str = "torchscript") -> bytes:
+    """ONNX bytes of a plain module (no compression constraints) on ``example``'s shapes, dynamic batch.
+
+    ``example``: one tensor, a tuple of tensors (inputs ``x0, x1, ...``) or a dict of tensors (inputs named
+    by its keys)."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
     module = module.eval()
+    names = input_names(example)
+    if isinstance(example, dict):
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] | None = example
+    else:
+        args, kwargs = ((example,) if isinstance(example, torch.Tensor) else tuple(example)), None
     if exporter == "dynamo":
         optional("onnxscript", needed_for="the dynamo ONNX exporter")
         batch = torch.export.Dim("batch")
+        dims = {0: batch}
+        dynamic: Any = {k: dims for k in names} if kwargs is not None else tuple(dims for _ in args)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                module, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), verbose=False, report=False,
+                module, args, None, kwargs=kwargs, dynamo=True, input_names=names, output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic, verbose=False, report=False,
             )  # fmt: skip
         assert program is not None
         return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
@@ -62,16 +95,17 @@ def export_module(module: nn.Module, example: torch.Tensor, *, exporter: str = "
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter: see the module docstring
         torch.onnx.export(
-            module, (example,), buf, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            module, args, buf, kwargs=kwargs, dynamo=False, opset_version=OPSET,  # type: ignore[arg-type]
+            input_names=names, output_names=[OUTPUT_NAME],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
         )  # fmt: skip
     return buf.getvalue()
 
 
-def to_onnx(model: nn.Module, input_shape: tuple[int, ...], *, exporter: str = "torchscript") -> bytes:
-    """fp32 ONNX of ``model`` with its compression constraints folded in (what deploys and what is timed)."""
-    return export_module(float_view(model), torch.zeros(input_shape), exporter=exporter)
+def to_onnx(model: nn.Module, input_shape: InputSpec, *, exporter: str = "torchscript") -> bytes:
+    """fp32 ONNX of ``model`` with its compression constraints folded in (what deploys and what is timed);
+    ``input_shape``: a shape, or example inputs (:mod:`edgecompress._inputs`)."""
+    return export_module(float_view(model), example(input_shape), exporter=exporter)
 
 
 def ort_session(model_bytes: bytes | str, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Any:
@@ -87,12 +121,20 @@ def ort_session(model_bytes: bytes | str, threads: int, providers: tuple[str, ..
 def runner(model_bytes: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ONNX model as a callable on input batches (export verification)."""
     session = ort_session(model_bytes, threads)
-    name = session.get_inputs()[0].name
-    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]).float()
+    names = [i.name for i in session.get_inputs()]
+
+    def run(x: Any) -> torch.Tensor:
+        feed = onnx_feed(x) if not isinstance(x, torch.Tensor) else {names[0]: x.numpy()}
+        return torch.from_numpy(session.run(None, feed)[0]).float()
+
+    return run
 
 
 def measure_ms(
-    model: nn.Module, input_shape: tuple[int, ...], *, threads: int = 2, warmup: int = 20, repeats: int = 100
+    model: nn.Module, input_shape: InputSpec, *, threads: int = 2, warmup: int = 20, repeats: int = 100
 ) -> float:
-    """Median ms of one ONNX Runtime inference of ``to_onnx(model)`` (CPU provider, ``threads`` threads)."""
-    return time_onnx(to_onnx(model, input_shape), torch.randn(input_shape), threads, warmup, repeats)
+    """Median ms of one ONNX Runtime inference of ``to_onnx(model)`` (CPU provider, ``threads`` threads); a
+    shape is fed random normal values, example inputs as given."""
+    spec = normalise(input_shape)
+    ex = torch.randn(spec) if is_shape(spec) else spec  # type: ignore[arg-type]
+    return time_onnx(to_onnx(model, spec), None, threads, warmup, repeats, feed=onnx_feed(ex))  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from edgecompress._inputs import InputSpec, call, example
 from edgecompress.compressors.constraints import float_view
 
 __all__ = ["OpRecord", "op_kind_features", "trace_ops"]
@@ -137,7 +138,7 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
-def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[OpRecord]:
+def trace_ops(model: nn.Module, input_shape: InputSpec) -> list[OpRecord]:
     """The operators of one batch-1 forward pass of ``model`` in eval mode, in execution order.
 
     A compressed model is traced through its float view (constraints baked in,
@@ -157,10 +158,10 @@ def trace_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[OpRecord]:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: recorder.stack.append(n)))
             handles.append(m.register_forward_hook(lambda mod, args, out: recorder.pop()))
-    example = torch.zeros(input_shape)
+    inputs = example(input_shape)
     try:
         with torch.no_grad(), recorder:
-            model(example)
+            call(model, inputs)
     finally:
         for h in handles:
             h.remove()

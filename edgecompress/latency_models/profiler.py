@@ -157,7 +157,7 @@ def _to_fp16(model_bytes: bytes) -> bytes:
 def time_onnx(model_bytes: bytes | str, x, threads: int, warmup: int, repeats: int, feed=None, config=None) -> float:  # type: ignore[no-untyped-def]
     """Median ms of ``repeats`` runs after ``warmup``, in a new session (``config``: session config entries).
 
-    ``x``: the model's one input, a tensor or an array (or pass the whole ``feed``)."""
+    ``x``: the model's one input, a tensor or an array, or a feed dict (or pass the whole ``feed``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -167,7 +167,7 @@ def time_onnx(model_bytes: bytes | str, x, threads: int, warmup: int, repeats: i
         so.add_session_config_entry(key, value)
     session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
     if feed is None:
-        feed = {session.get_inputs()[0].name: x.numpy() if hasattr(x, "numpy") else x}
+        feed = x if isinstance(x, dict) else {session.get_inputs()[0].name: x.numpy() if hasattr(x, "numpy") else x}
     for _ in range(warmup):
         session.run(None, feed)
     times = []

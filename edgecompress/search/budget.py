@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgecompress._inputs import InputSpec
 from edgecompress.analysis import ModelAnalysis, blocks_of
 from edgecompress.compressors import LayerPolicy, Policy, compress
 from edgecompress.compressors.depth import removed_blocks, removed_layers
@@ -50,7 +51,7 @@ class Pricer(Protocol):
     analysis: ModelAnalysis
     model: Any
     device: Any
-    input_shape: tuple[int, ...]
+    input_shape: InputSpec
 
     @property
     def channel_block(self) -> int: ...
@@ -289,8 +290,7 @@ class Limiter:
         self.layers = list(space.layers)
         self.keep_min = space.keep_min if "keep" in space.techniques else 1.0
         self.round_to = space.round_to
-        shape = tuple(pricer.input_shape)
-        rows = {r.layer: r.ms for r in estimate_latency(pricer.model, shape, pricer.device).rows}
+        rows = {r.layer: r.ms for r in estimate_latency(pricer.model, pricer.input_shape, pricer.device).rows}
         self.layer_ms = np.array([rows.get(s.name, 0.0) for s in self.layers])
         self.fixed_ms = budget.base_ms - float(self.layer_ms.sum())
         self.layer_ms_min = self.layer_ms.copy()
@@ -300,7 +300,7 @@ class Limiter:
             self._scale_min = self.scales({}, 0, self.keep_min, self.keep_min)[0]
             keep_only = space.policy({s.name: LayerPolicy(keep=self.keep_min) for s in self.layers if s.prunable})
             small, _ = compress(pricer.model, keep_only, analysis=pricer.analysis)
-            at_min = estimate_latency(small, shape, pricer.device)
+            at_min = estimate_latency(small, pricer.input_shape, pricer.device)
             rows_min = {r.layer: r.ms for r in at_min.rows}
             self.layer_ms_min = np.array([rows_min.get(s.name, 0.0) for s in self.layers])
             self.fixed_min_ms = at_min.total_ms - float(self.layer_ms_min.sum())

@@ -16,27 +16,31 @@ policies and knows no budget (:mod:`edgecompress.search.budget` does).
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
+from edgecompress._inputs import InputSpec, example, normalise
 from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.compressors import Policy, compress
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import is_host
 from edgecompress.data import batches
+from edgecompress.errors import ConfigError
 from edgecompress.latency_models import LatencyReport, estimate_latency, load_device, priced_precisions
-from edgecompress.latency_models.onnx import to_onnx
+from edgecompress.latency_models.onnx import onnx_feed, to_onnx
 from edgecompress.latency_models.profiler import time_onnx_interleaved
-from edgecompress.training import distill, evaluate, recalibrate_batchnorm
+from edgecompress.training import evaluate, recalibrate_batchnorm
+from edgecompress.training.finetune import CachedBatches, DistillLoss, cache_teacher, finetune_cached
 
 __all__ = ["Evaluation", "Objective", "activation_precisions", "policy_latency"]
 
@@ -52,7 +56,7 @@ def activation_precisions(policy: Policy) -> dict[str, str]:
 def policy_latency(
     compressed: nn.Module,
     policy: Policy,
-    input_shape: Sequence[int],
+    input_shape: InputSpec,
     device: str,
     priced: set[str] | None = None,
 ) -> tuple[LatencyReport, str]:
@@ -62,7 +66,7 @@ def policy_latency(
     priced = priced_precisions(device) if priced is None else priced
     asked = activation_precisions(policy)
     usable = {layer: p for layer, p in asked.items() if p in priced}
-    report = estimate_latency(compressed, tuple(input_shape), device, precision=usable or "fp32")
+    report = estimate_latency(compressed, input_shape, device, precision=usable or "fp32")
     source = report.source
     unpriced = sorted(set(asked) - set(usable))
     if unpriced:
@@ -89,9 +93,27 @@ class Evaluation:
     policy: dict[str, Any] = field(default_factory=dict)
     """The policy scored, as applied (a policy file's JSON, ``applied`` included)."""
     skipped: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of this evaluation per phase (compress, bn_recalibration, finetune, evaluate, latency)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _draw(source: Any, n: int, seed: int) -> list[tuple[Any, Any]]:
+    """``n`` seeded-shuffled batches of 64 of a Dataset (epochs over it as needed), or the first ``n`` of an
+    iterable of batches."""
+    if isinstance(source, Dataset):
+        out: list[tuple[Any, Any]] = []
+        if len(source) == 0:  # type: ignore[arg-type]
+            return out
+        for epoch in itertools.count():  # a small training set is passed over again, reshuffled (seed + epoch)
+            for item in batches(source, 64, shuffle=True, seed=seed + epoch):
+                out.append(item)
+                if len(out) >= n:
+                    return out
+        return out
+    return list(itertools.islice(iter(source), n))
 
 
 def _policy_key(policy: Policy) -> str:
@@ -99,15 +121,35 @@ def _policy_key(policy: Policy) -> str:
     return json.dumps([policy.round_to, policy.to_dict()["layers"]], sort_keys=True)
 
 
+Evaluator = Callable[[nn.Module], float]
+"""A user's score of a compressed model (higher is better): e.g. macro-F1, mAP, or top-1 on their own data."""
+
+
+def _in_memory(data: Dataset, batch_size: int) -> Dataset:
+    """``data`` as an in-memory TensorDataset (decoded once: a lazy image folder would be decoded per policy)."""
+    if isinstance(data, TensorDataset):
+        return data
+    xs, ys = [], []
+    for x, y in batches(data, batch_size):
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(
+                "the validation data yields non-tensor inputs (a tuple or dict per sample); score such a model "
+                "with your own evaluate(model) -> float (search(..., evaluate=...), Objective(evaluate=...))"
+            )
+        xs.append(x)
+        ys.append(y)
+    return TensorDataset(torch.cat(xs), torch.cat(ys))
+
+
 class Objective:
     def __init__(
         self,
         model: nn.Module,
-        val_data: Dataset,
+        val_data: Dataset | None,
         device: str,
         *,
-        input_shape: tuple[int, ...],
-        train_data: Dataset | None = None,
+        input_shape: InputSpec,
+        train_data: Dataset | Iterable[Any] | None = None,
         bn_batches: int = 0,
         finetune_batches: int = 0,
         calibration_batches: int = CALIBRATION_BATCHES,
@@ -116,7 +158,16 @@ class Objective:
         seed: int = 0,
         latency: str = "table",
         latency_rounds: int = 3,
+        evaluate: Evaluator | None = None,
+        distill_loss: DistillLoss | None = None,
+        accelerator: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
+        """``evaluate(model) -> float`` replaces top-1 on ``val_data`` (then optional) as the score;
+        ``distill_loss(student_out, teacher_out, targets)`` replaces Hinton's loss in fine-tuning;
+        ``train_data``: a Dataset, or an iterable of ``(inputs, targets)`` batches (inputs a tensor, a tuple or
+        a dict); ``accelerator`` / ``precision``: where BatchNorm re-estimation, fine-tuning and scoring run
+        (latency is never measured there)."""
         if latency not in LATENCY_MODES:
             raise ValueError(f"latency {latency!r} is not one of: {', '.join(LATENCY_MODES)}")
         if latency == "measured" and not is_host(device):
@@ -126,26 +177,35 @@ class Objective:
             )
         if latency_rounds < 1:
             raise ValueError(f"latency_rounds must be >= 1, got {latency_rounds}")
+        if evaluate is None and val_data is None:
+            raise ConfigError("the objective needs val_data (scored by top-1) or evaluate(model) -> float")
         self.latency_mode = latency
         self._predicted: dict[str, float] = {}
         self.latency_rounds = latency_rounds
         self._base_onnx: bytes | None = None
         self.model = model.eval()
-        self.val_data = val_data
         self.device = device
-        self.input_shape = tuple(input_shape)
+        self.accelerator = accelerator
+        self.precision = precision
+        self.user_evaluate = evaluate
+        self.distill_loss = distill_loss
+        self.input_shape = normalise(input_shape)
         self.batch_size = batch_size
+        started = time.perf_counter()
+        self.val_data = _in_memory(val_data, batch_size) if val_data is not None and evaluate is None else val_data
         self.analysis = analysis or analyze_model(model, self.input_shape)
-        source = train_data if train_data is not None else val_data
-        n = max(bn_batches, calibration_batches)
-        drawn = [x for x, _ in batches(source, 64, shuffle=True, seed=seed)][:n] if n else []
-        self.bn_inputs = drawn[:bn_batches]
         if finetune_batches and train_data is None:
             raise ValueError("finetune_batches needs train_data (the distillation set)")
+        source = train_data if train_data is not None else val_data
+        n = max(bn_batches, calibration_batches, finetune_batches)
+        drawn = _draw(source, n, seed) if n and source is not None else []
+        self.bn_inputs = [x for x, _ in drawn[:bn_batches]]
         self.train_data = train_data
         self.finetune_batches = finetune_batches
         self.seed = seed
-        self.calibration = drawn[:calibration_batches]
+        self.calibration = [x for x, _ in drawn[:calibration_batches]]
+        self._finetune_source = drawn[:finetune_batches] if train_data is not None else []
+        self._cached: CachedBatches | None = None
         self.priced = priced_precisions(device)
         """Precisions the device prices per layer; layers asking others are priced at fp32, and said so."""
         self._cache: dict[str, Evaluation] = {}
@@ -153,6 +213,36 @@ class Objective:
         phases = ("compress", "bn_recalibration", "finetune", "evaluate", "latency")
         self.timings: dict[str, float] = dict.fromkeys(phases, 0.0)
         """Cumulative wall seconds per scoring phase (where a search's time goes)."""
+        self.setup: dict[str, float] = {"data_seconds": round(time.perf_counter() - started, 3)}
+        """One-off costs: decoding the validation subset and drawing batches, the teacher cache (filled lazily)."""
+
+    @property
+    def accuracy_source(self) -> str:
+        if self.user_evaluate is not None:
+            name = getattr(self.user_evaluate, "__qualname__", type(self.user_evaluate).__name__)
+            return f"the caller's evaluate() ({name}), higher is better"
+        return f"top-1 measured on the first {len(self.val_data)} validation samples"  # type: ignore[arg-type]
+
+    def teacher_cache(self) -> CachedBatches:
+        """The fine-tuning batches with the base model's outputs, computed on first use, once per run."""
+        if self._cached is None:
+            self._cached = cache_teacher(
+                self.model, self._finetune_source, accelerator=self.accelerator, precision=self.precision
+            )
+            self.setup["teacher_cache_seconds"] = round(self._cached.seconds, 3)
+            self.setup["teacher_cache_mb"] = round(self._cached.nbytes / 2**20, 1)
+        return self._cached
+
+    def score(self, compressed: nn.Module) -> float:
+        """The caller's ``evaluate(model)``, else top-1 on the validation subset (on the accelerator)."""
+        if self.user_evaluate is not None:
+            return float(self.user_evaluate(compressed))
+        assert self.val_data is not None
+        top1 = evaluate(
+            compressed, self.val_data, batch_size=self.batch_size, accelerator=self.accelerator,
+            precision=self.precision,
+        )["top1"]  # fmt: skip
+        return float(top1)
 
     def base_latency_ms(self) -> float:
         return estimate_latency(self.model, self.input_shape, self.device).total_ms
@@ -176,7 +266,7 @@ class Objective:
             self._base_ms = self.base_latency_ms()
             self._threads = int(getattr(load_device(self.device), "meta", {}).get("threads", 2))
         threads = self._threads
-        x = torch.zeros(self.input_shape).numpy()
+        x = onnx_feed(example(self.input_shape))
         models: dict[str, bytes | str] = {
             "base": self._base_onnx,
             "policy": to_onnx(compressed, self.input_shape),
@@ -218,22 +308,24 @@ class Objective:
         compressed, report = compress(self.model, policy, self.calibration, analysis=self.analysis)
         t1 = time.perf_counter()
         if self.bn_inputs:
-            recalibrate_batchnorm(compressed, self.bn_inputs)
+            recalibrate_batchnorm(compressed, self.bn_inputs, accelerator=self.accelerator)
         t2 = time.perf_counter()
         if self.finetune_batches and self.train_data is not None:
-            # The same batches for every policy (seeded), so the score stays a function of the policy.
-            per_epoch = -(-len(self.train_data) // 64)  # type: ignore[arg-type]
-            epochs = -(-self.finetune_batches // per_epoch)
-            distill(compressed, self.model, self.train_data, epochs=epochs, batch_size=64, lr=0.01,
-                    max_batches=-(-self.finetune_batches // epochs), seed=self.seed, progress=False)  # fmt: skip
+            # The same batches for every policy (seeded), so the score stays a function of the policy; the
+            # teacher's outputs on them are computed once per run.
+            cached = self.teacher_cache()
+            finetune_cached(
+                compressed, cached, loss=self.distill_loss, lr=0.01, seed=self.seed, accelerator=self.accelerator,
+                precision=self.precision,
+            )  # fmt: skip
             compressed.eval()
-            self.model.eval()
         t3 = time.perf_counter()
-        accuracy = evaluate(compressed, self.val_data, batch_size=self.batch_size)["top1"]
+        accuracy = self.score(compressed)
         t4 = time.perf_counter()
         latency, latency_source = self.latency(compressed, policy)
         t5 = time.perf_counter()
-        for phase, seconds in zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+        spent = dict(zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
+        for phase, seconds in spent.items():
             self.timings[phase] += seconds
         totals = report.totals
         result = Evaluation(
@@ -242,6 +334,7 @@ class Objective:
             params=totals["params_after"], macs=totals["macs_after"],
             seconds=time.perf_counter() - start, policy=policy.with_applied(report.applied()).to_dict(),
             skipped=[f"{s.layer} ({s.technique}): {s.reason}" for s in report.skipped],
+            phases={k: round(v, 4) for k, v in spent.items()},
         )  # fmt: skip
         self._cache[key] = result
         return result

@@ -10,20 +10,23 @@ policies: :meth:`SearchSetup.fill` widens them (when ``search.fill_budget``),
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from edgecompress._inputs import InputSpec
 from edgecompress._io import read_json, write_json_atomic
 from edgecompress.compressors import Policy
 from edgecompress.config import RunConfig
 from edgecompress.errors import ConfigError
 from edgecompress.search.budget import Budget, Limiter, fill
-from edgecompress.search.objective import Evaluation, Objective
+from edgecompress.search.objective import Evaluation, Evaluator, Objective
 from edgecompress.search.runlog import RunLog
 from edgecompress.search.space import PolicySpace
+from edgecompress.training.finetune import DistillLoss
 from edgecompress.version import software_versions
 
 __all__ = ["SearchSetup", "budget_for", "create_setup", "evaluation_record", "uniform_within_budget", "write_reference"]
@@ -80,6 +83,9 @@ class SearchSetup:
                 "base_latency_ms": self.budget.base_ms,
                 "seed": cfg.search.seed,
                 "setup_seconds": self.setup_seconds,
+                "setup_costs": dict(self.objective.setup),
+                "accelerator": self.objective.accelerator,
+                "precision": self.objective.precision,
                 **provenance,
                 "versions": software_versions(),
             },
@@ -127,6 +133,8 @@ def evaluation_record(ev: Evaluation, budget_ms: float, accuracy_source: str) ->
         "repaired": False,
         "latency_source": ev.latency_source,
         "accuracy_source": accuracy_source,
+        "seconds": round(ev.seconds, 4),
+        "phases": ev.phases,
     }
 
 
@@ -134,12 +142,18 @@ def create_setup(
     cfg: RunConfig,
     model: Any,
     *,
-    val_data: Dataset,
-    train_data: Dataset,
-    input_shape: tuple[int, ...],
+    val_data: Dataset | None,
+    train_data: Dataset | Iterable[Any] | None,
+    input_shape: InputSpec,
     base: dict[str, Any],
+    evaluate: Evaluator | None = None,
+    distill_loss: DistillLoss | None = None,
 ) -> SearchSetup:
-    """The objective, space and budget of ``cfg.search`` for a loaded base model; refuses an infeasible budget."""
+    """The objective, space and budget of ``cfg.search`` for a loaded base model; refuses an infeasible budget.
+
+    ``evaluate(model) -> float`` (higher is better) replaces top-1 on ``val_data``; ``distill_loss`` replaces
+    Hinton's loss in the search's fine-tuning; ``input_shape`` may be example inputs
+    (:mod:`edgecompress._inputs`)."""
     s = cfg.search
     started = time.perf_counter()
     objective = Objective(
@@ -152,11 +166,14 @@ def create_setup(
         finetune_batches=s.finetune_batches,
         latency=s.latency,
         seed=s.seed,
+        evaluate=evaluate,
+        distill_loss=distill_loss,
+        accelerator=cfg.train.accelerator,
+        precision=cfg.train.precision,
     )
     space = PolicySpace(list(objective.analysis.layers), tuple(s.techniques), input_shape, round_to=s.round_to)
     budget = budget_for(objective, space, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio)
-    source = f"measured on the first {cfg.data.val_samples} validation samples"
-    setup = SearchSetup(objective, space, budget, dict(base), source, fill_budget=s.fill_budget)
+    setup = SearchSetup(objective, space, budget, dict(base), objective.accuracy_source, fill_budget=s.fill_budget)
     setup.setup_seconds = round(time.perf_counter() - started, 2)
     return setup
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress._inputs import InputSpec, normalise, shapes
 from edgecompress.analysis import LayerSpec
 from edgecompress.compressors import KNOBS, Knob, LayerPolicy, Policy
 from edgecompress.config import SearchConfig
@@ -59,13 +60,14 @@ class PolicySpace:
 
     layers: list[LayerSpec]
     techniques: tuple[str, ...]
-    input_shape: tuple[int, ...]
+    input_shape: InputSpec
+    """A shape or example inputs (:mod:`edgecompress._inputs`); policies record its shapes."""
     round_to: int = DEFAULT_ROUND_TO
     bounds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.techniques = check_techniques(self.techniques)
-        self.input_shape = tuple(self.input_shape)
+        self.input_shape = normalise(self.input_shape)
         for name, value in self.bounds.items():
             knob = KNOBS.get(name)
             if knob is None or not knob.movable:
@@ -154,7 +156,7 @@ class PolicySpace:
     # ---- policies
     def policy(self, layers: Mapping[str, LayerPolicy]) -> Policy:
         """A policy of this space: the given layers, the model's input shape, the space's rounding."""
-        return Policy(dict(layers), base={"input_shape": list(self.input_shape)}, round_to=self.round_to)
+        return Policy(dict(layers), base={"input_shape": shapes(self.input_shape)}, round_to=self.round_to)
 
     def from_params(self, params: Mapping[str, Any]) -> Policy:
         """A flat parameter dict (Optuna, Ray Tune) as a policy."""

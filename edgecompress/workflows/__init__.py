@@ -9,7 +9,8 @@ writes a self-describing folder; the CLI only parses flags and renders.
 * :mod:`~edgecompress.workflows.run`: the main job (``edgecompress run``);
 * :mod:`~edgecompress.workflows.search`: config -> search core -> driver;
 * :mod:`~edgecompress.workflows.replay`: rebuild a policy, fine-tune, evaluate, report;
-* :mod:`~edgecompress.workflows.report`: best policies and Pareto fronts across runs.
+* :mod:`~edgecompress.workflows.report`: best policies and Pareto fronts across runs;
+* :mod:`~edgecompress.workflows.api`: ``search_policy``, the whole search in one Python call.
 """
 
 __all__: list[str] = []

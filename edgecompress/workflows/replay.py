@@ -38,6 +38,7 @@ from edgecompress.latency_models.onnx import measure_ms
 from edgecompress.search.objective import policy_latency
 from edgecompress.training import distill as run_distill
 from edgecompress.training import evaluate, recalibrate_batchnorm, train
+from edgecompress.training.accelerator import describe, resolve_accelerator
 from edgecompress.version import cpu_name, software_versions
 
 __all__ = ["replay", "report_markdown"]
@@ -64,7 +65,11 @@ def replay(
     force: bool = False,
     val_size: int = 5000,
     trust_factory: str | None = None,
+    accelerator: str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
+    """Rebuild ``policy_path``'s model, fine-tune it and report (see the module docstring); ``accelerator`` and
+    ``precision``: where and how fine-tuning and accuracy scoring run (latency is measured on this CPU)."""
     if finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     out = Path(out)
@@ -89,7 +94,8 @@ def replay(
         raise PolicyError(
             f"policy {policy_path} is for input shape {list(shape)}, checkpoint {ckpt} for {list(spec.input_shape)}"
         )
-    bundle = load_dataset(spec.dataset, data_dir, val_size=val_size)  # fine-tuning never sees the search's split
+    # fine-tuning never sees the search's split; the data is served as the model was trained (size, channels)
+    bundle = load_dataset(spec.dataset, data_dir, val_size=val_size, **spec.data_options())
     analysis = analyze_model(base, spec.input_shape)
     policy.check_layers([s.name for s in analysis.layers])
 
@@ -100,10 +106,12 @@ def replay(
     calibration = None if recorded else drawn[:CALIBRATION_BATCHES]
     model, compression = compress(base, policy, calibration, analysis=analysis)
     policy = policy.with_applied(compression.applied())
-    recalibrate_batchnorm(model, drawn[:bn_batches])
+    resolve_accelerator(accelerator)  # a GPU asked for and missing fails here, before the fine-tuning
+    where: dict[str, Any] = {"accelerator": accelerator, "precision": precision}
+    recalibrate_batchnorm(model, drawn[:bn_batches], accelerator=accelerator)
     topk = (1, 5)
-    base_acc = evaluate(base, bundle.test, topk=topk)
-    before = evaluate(model, bundle.test, topk=topk)
+    base_acc = evaluate(base, bundle.test, topk=topk, **where)
+    before = evaluate(model, bundle.test, topk=topk, **where)
     history: list[Any] = []
     if finetune_epochs > 0:
         if distill:
@@ -118,14 +126,25 @@ def replay(
                 seed=seed,
                 max_batches=max_batches,
                 progress=progress,
+                workers=bundle.workers,
+                **where,
             )
         else:
-            cfg = TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed)
+            cfg = TrainConfig(
+                epochs=finetune_epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
+                accelerator=accelerator, precision=precision,  # type: ignore[arg-type]
+            )  # fmt: skip
             history = train(
-                model, bundle.train, cfg, max_batches=max_batches, progress=progress, description="fine-tune"
+                model,
+                bundle.train,
+                cfg,
+                max_batches=max_batches,
+                progress=progress,
+                description="fine-tune",
+                workers=bundle.workers,
             ).history
     model.eval()
-    after = evaluate(model, bundle.test, topk=topk)
+    after = evaluate(model, bundle.test, topk=topk, **where)
     report = report_for(model, base, policy, analysis)
     totals = report.totals
 
@@ -168,6 +187,8 @@ def replay(
             "max_batches": max_batches,
             "seed": seed,
             "bn_batches": bn_batches,
+            "accelerator": describe(resolve_accelerator(accelerator)),
+            "precision": precision,
             "history": [asdict(h) for h in history],
         },
         "accuracy": {

@@ -39,10 +39,10 @@ def run_pipeline(
     run_dir = Path(cfg.out)
     check_base_model(cfg)  # bad paths fail before the run folder is touched
     bundle = load_bundle(cfg)
-    write_resolved_config(cfg, run_dir)
     console.print(f"data: {bundle.name} from {bundle.source}, split {bundle.sizes()} (validation seed {cfg.data.seed})")
-
-    model, spec, ckpt, trained_now = ensure_base_model(cfg, bundle, console)
+    model, spec, ckpt, trained_now = ensure_base_model(
+        cfg, bundle, console, lambda: write_resolved_config(cfg, run_dir)
+    )
 
     analysis = analyze_model(model, spec.input_shape)
     (run_dir / "analysis.json").write_text(json.dumps(analysis.to_dict(), indent=2) + "\n")

@@ -29,8 +29,8 @@ def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> Sear
     """Record the config in the run folder, load the base model, build the search core (``bundle``: the
     config's data, loaded and ``check_base_model`` passed before the folder is touched: :func:`run_search`)."""
     s = cfg.search
-    write_resolved_config(cfg, cfg.out)  # the run folder describes itself; a different config is refused
-    model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console)
+    # The run folder describes itself (a different config is refused), written once the base model loads.
+    model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console, lambda: write_resolved_config(cfg, cfg.out))
     base = {
         "model": spec.model,
         "checkpoint": str(ckpt),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgecompress.cli import main
 
@@ -87,6 +88,30 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("--precision 'int4' is not measurable",)),
     ("report not a run folder", "report {tmp}", ("is not a search run folder",)),
     ("unknown option", "models --bogus", ("No such option: --bogus",)),
+    # Bring your own model (issue 19): weights trained elsewhere, real input sizes, image folders, accelerators.
+    ("weights do not fit", "search --model torchvision:resnet18 --weights {tmp}/lenet_sd.pt --out {tmp}/run",
+     ("weights {tmp}/lenet_sd.pt do not fit model 'torchvision:resnet18'", "missing keys", "unexpected keys")),
+    ("weights wrong classes", "search --model lenet5 --weights {tmp}/lenet_sd.pt --num-classes 7 --out {tmp}/run",
+     ("fc3.weight: model (7, 84), file (10, 84)", "--num-classes 10")),
+    ("weights a pickled module", "search --model lenet5 --weights {tmp}/pickled.pt --out {tmp}/run",
+     ("unpickling those runs code from the file", "--trust-pickle", "torch.save(model.state_dict(), path)")),
+    ("weights missing", "search --model lenet5 --weights {tmp}/none.pt --out {tmp}/run",
+     ("weights file {tmp}/none.pt does not exist",)),
+    ("weights and checkpoint", "search --model lenet5 --weights {tmp}/lenet_sd.pt --checkpoint {ckpt} --out {tmp}/run",
+     ("are both given; give one",)),
+    ("weights input size too small", "search --model lenet5 --weights {tmp}/lenet_sd.pt --input-size 8 --out {tmp}/run",
+     ("lenet5 cannot take inputs of shape (1, 1, 8, 8)", "--input-size")),
+    ("weights channels differ", "search --model lenet5 --weights {tmp}/lenet_sd.pt --channels 3 --out {tmp}/run",
+     ("take 1-channel inputs, but the data is served with 3 channels",)),
+    ("imagefolder without images", "search --model lenet5 --dataset imagefolder --data-dir {tmp}/imgs_empty "
+     "--checkpoint {ckpt} --out {tmp}/run", ("imagefolder: no images in {tmp}/imgs_empty",)),
+    ("imagefolder with one class", "search --model lenet5 --dataset imagefolder --data-dir {tmp}/imgs_one "
+     "--checkpoint {ckpt} --out {tmp}/run", ("imagefolder: {tmp}/imgs_one has only one class ('a')",)),
+    ("bad mean", "search --model lenet5 --weights {tmp}/lenet_sd.pt --mean 0.5,x --out {tmp}/run",
+     ("--mean '0.5,x': give comma-separated numbers",)),
+    ("unknown accelerator", "search --accelerator tpu --out {tmp}/run",
+     ("train.accelerator = 'tpu'", "'auto', 'cpu', 'cuda' or 'mps'")),
+    ("fp16 on the cpu", "search --precision fp16 --out {tmp}/run", ("fp16 autocast needs CUDA",)),
 ]  # fmt: skip
 
 
@@ -114,6 +139,17 @@ def _files(tmp: Path, ckpt: Path) -> None:
     (tmp / "bomb.yaml").write_text("\n".join(levels) + "\n")
     (tmp / "afile").write_text("")
     shutil.copy(ckpt, tmp / "lenet.pt")
+    from PIL import Image
+
+    from edgecompress.models import create_model
+
+    torch.save(create_model("lenet5").state_dict(), tmp / "lenet_sd.pt")  # a plain state_dict, trained elsewhere
+    torch.save(create_model("lenet5"), tmp / "pickled.pt")  # a whole pickled module
+    for cls in ("a", "b"):
+        (tmp / "imgs_empty" / cls).mkdir(parents=True)
+    (tmp / "imgs_one" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp / "imgs_one" / "a" / f"{i}.png")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +157,17 @@ def folder(tmp_path_factory: pytest.TempPathFactory, lenet_checkpoint: Path) -> 
     tmp = tmp_path_factory.mktemp("bad")
     _files(tmp, lenet_checkpoint)
     return tmp
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda(folder: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as done:
+        main(["search", "--accelerator", "cuda", "--out", str(folder / "run")])
+    message = " ".join(capsys.readouterr().err.split())
+    assert done.value.code == 2 and "Traceback" not in message
+    assert "accelerator 'cuda' asked for, but CUDA is not available" in message
+    assert "sees 0 CUDA devices" in message and "--accelerator cpu" in message
+    assert not (folder / "run").exists()
 
 
 def test_the_table_is_large_enough() -> None:
