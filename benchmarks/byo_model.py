@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -32,13 +32,15 @@ MEAN, STD = "0.286,0.286,0.286", "0.353,0.353,0.353"  # what byo_train.py normal
 
 
 def run(argv: list[str]) -> tuple[float, int]:
-    """Run an edgecompress command; return (wall seconds, peak RSS in MiB of this child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run an edgecompress command; return (wall seconds, peak RSS in MiB of that process: os.wait4's rusage)."""
     start = time.perf_counter()
     print("+ edgecompress " + " ".join(argv), flush=True)
-    subprocess.run([sys.executable, "-m", "edgecompress", *argv], check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return time.perf_counter() - start, (peak if peak > before else before) // 1024
+    child = subprocess.Popen([sys.executable, "-m", "edgecompress", *argv])
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"edgecompress {argv[0]} failed with status {child.returncode}")
+    return time.perf_counter() - start, usage.ru_maxrss // 1024
 
 
 def main() -> None:
@@ -51,10 +53,15 @@ def main() -> None:
     ap.add_argument("--finetune-batches", type=int, default=4)
     ap.add_argument("--bn-batches", type=int, default=4)
     ap.add_argument("--replay-batches", type=int, default=100, help="fine-tuning batches (of 128) in replay")
+    ap.add_argument("--replay-batch-size", type=int, default=128)
+    ap.add_argument("--test-samples", type=int, default=None, help="replay scores the first N test images")
     ap.add_argument("--verify-samples", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--train-command", default=None, help="the byo_train.py command that wrote --weights (recorded, re-run first)"
+    )
     args = ap.parse_args()
     variant = f"{args.arch}-{args.size}"
     run_dir = Path(f"runs/byo-{variant}")
@@ -75,7 +82,9 @@ def main() -> None:
     replay_dir = run_dir / "replay"
     replay_s, replay_mb = run([
         "replay", "--policy", str(run_dir / "best_policy.json"), "--out", str(replay_dir), "--finetune-epochs", "1",
-        "--max-batches", str(args.replay_batches), "--accelerator", args.accelerator, "--force",
+        "--max-batches", str(args.replay_batches), "--batch-size", str(args.replay_batch_size),
+        "--accelerator", args.accelerator, "--force",
+        *(["--test-samples", str(args.test_samples)] if args.test_samples else []),
     ])  # fmt: skip
     report = json.loads((replay_dir / "report.json").read_text())
     onnx_path = run_dir / "model.onnx"
@@ -89,6 +98,7 @@ def main() -> None:
     pi4 = report["predicted_latency"]["raspberry-pi-4"]
     acc = report["accuracy"]
     payload: dict[str, Any] = {
+        **({"prerequisite_commands": [args.train_command]} if args.train_command else {}),
         "benchmark": "byo_model",
         "variant": variant,
         "weights": {
@@ -112,6 +122,7 @@ def main() -> None:
             "seconds": round(replay_s, 1),
             "peak_rss_mib": replay_mb,
             "finetune_batches": args.replay_batches,
+            "finetune_batch_size": args.replay_batch_size,
             "test_top1_base": acc["base"]["top1"],
             "test_top1_before_finetune": acc["before_finetune"]["top1"],
             "test_top1_after_finetune": acc["after_finetune"]["top1"],

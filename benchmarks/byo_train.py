@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.cpu().state_dict(), args.out)
     record = {
+        "command": " ".join(["python", *sys.argv]),
         "arch": args.arch, "size": args.size, "samples": len(images), "steps": done, "steps_planned": steps,
         "batch_size": args.batch_size, "seconds": round(seconds, 1), "device": str(dev),
         "threads": torch.get_num_threads(), "test_acc_first_2000": correct / 2000, "mean": MEAN, "std": STD,

@@ -281,7 +281,32 @@ def render_onnx_exporters(p: dict[str, Any]) -> list[str]:
                   "ONNX nodes (TS / dynamo)", "max output difference"], rows)  # fmt: skip
 
 
+def render_byo_model(p: dict[str, Any]) -> list[str]:
+    w, s, r, pi, m = p["weights"], p["search"], p["replay"], p["predicted_raspberry_pi_4"], p["measured_here"]
+    trained = f"{w['steps']} steps of {w['batch_size']} ({w['samples']} images), {w['seconds']:.0f} s on {w['device']}"
+    rows = [
+        ["base weights (trained without edgecompress)", trained],
+        ["test top-1: base / compressed before / after fine-tuning",
+         f"{r['test_top1_base']:.4f} / {r['test_top1_before_finetune']:.4f} / {r['test_top1_after_finetune']:.4f} "
+         f"({r['accuracy_source']})"],
+        ["fine-tuning in replay (distillation)", f"{r['finetune_batches']} batches"],
+        ["params, MACs",
+         f"{r['params_before']:,} -> {r['params_after']:,}; {r['macs_before']:,} -> {r['macs_after']:,}"],
+        ["predicted Raspberry Pi 4", f"{ms(pi['base_ms'])} -> {ms(pi['compressed_ms'])} ms: {times(pi['speedup'])}"],
+        ["measured here (ONNX Runtime, 1 thread, batch 1, interleaved)",
+         f"{ms(m['base_ms_median'])} -> {ms(m['compressed_ms_median'])} ms: "
+         f"{times(m['speedup_median_of_round_ratios'])} (median of round ratios {seq(m['round_ratios'], '.2f')})"],
+        ["search", f"{s['trials']} trials in {s['seconds']:.0f} s; {s['evaluations_per_minute']:.2f} evaluations/min "
+                   f"(median {s['median_seconds_per_evaluation']:.1f} s)"],
+        ["search time per phase (s, all trials)", ", ".join(f"{k} {v:.1f}" for k, v in s["phase_seconds"].items())],
+        ["peak RSS: search / replay / export", f"{s['peak_rss_mib']:,} / {r['peak_rss_mib']:,} / "
+                                               f"{p['export']['peak_rss_mib']:,} MiB"],
+    ]  # fmt: skip
+    return table(["", f"{p['variant']}"], rows)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "byo_model": render_byo_model,
     "compressors": render_compressors,
     "import_time": render_import_time,
     "onnx_exporters": render_onnx_exporters,

@@ -244,7 +244,7 @@ def _analyze_policy(
     calibration = None
     if any(lp.abits == 8 for lp in pol.layers.values()):
         from edgecompress.artifacts.checkpoint import load_checkpoint
-        from edgecompress.data import batches, load_dataset
+        from edgecompress.data import first_batches, load_dataset
 
         name = dataset or (load_checkpoint(checkpoint, trust_factory=model)[1].dataset if checkpoint else None)
         if name is None:
@@ -252,7 +252,7 @@ def _analyze_policy(
                 "the policy quantizes activations to 8 bits: give --dataset (or --checkpoint) to calibrate"
             )
         bundle = load_dataset(name)
-        calibration = [x for x, _ in batches(bundle.train, 64, shuffle=True, seed=0)][:4]
+        calibration = first_batches(bundle.train, 4)
     _, report = compress(net, pol, calibration, analysis=analysis)
     if as_json:
         doc = report.to_dict()
@@ -828,6 +828,9 @@ def replay_cmd(
     accelerator: AcceleratorOpt = None,
     precision: PrecisionOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Fine-tuning batch size.")] = 128,
+    test_samples: Annotated[
+        int | None, typer.Option(min=1, help="Score on the first N test images only (default: all).")
+    ] = None,
 ) -> None:
     """Rebuild a found policy, fine-tune it (distillation by default), evaluate and report."""
     from edgecompress.workflows.replay import replay
@@ -835,7 +838,7 @@ def replay_cmd(
     r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
                augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force,
                val_size=val_size, trust_factory=trust_factory, accelerator=accelerator or "cpu",
-               precision=precision or "fp32", batch_size=batch_size)  # fmt: skip
+               precision=precision or "fp32", batch_size=batch_size, test_samples=test_samples)  # fmt: skip
     console.print((out / "report.md").read_text(), markup=False, highlight=False)
     console.print(f"wrote {r['compressed_model']}, {out / 'report.json'}, {out / 'report.md'}")
 

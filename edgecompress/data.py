@@ -38,6 +38,7 @@ imagefolder's standard training transform this module does not augment (see
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ __all__ = [
     "batches",
     "download_fashion_mnist",
     "fashion_mnist_search_path",
+    "first_batches",
     "load_dataset",
     "num_batches",
 ]
@@ -673,6 +675,12 @@ def batches(
             idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
         yield (xb if transform is None else transform(xb)), yb
+
+
+def first_batches(dataset: Dataset, n: int, batch_size: int = 64, *, seed: int = 0) -> list[torch.Tensor]:
+    """The inputs of the first ``n`` batches of a seeded shuffle, drawn lazily (listing every batch first would
+    hold the whole training set in memory: 6 GB at 3x96x96)."""
+    return [x for x, _ in itertools.islice(batches(dataset, batch_size, shuffle=True, seed=seed), n)]
 
 
 def num_batches(dataset: Dataset, batch_size: int) -> int:

@@ -39,7 +39,7 @@ from edgecompress._logging import quiet_library_logs
 from edgecompress.artifacts.archive import load_archive, pack_archive
 from edgecompress.artifacts.compressed import load_compressed
 from edgecompress.compressors.constraints import float_view
-from edgecompress.data import batches, load_dataset
+from edgecompress.data import batches, first_batches, load_dataset
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.latency_models.onnx import EXPORTERS, runner, to_onnx
 from edgecompress.latency_models.profiler import time_onnx
@@ -130,7 +130,7 @@ def _int8(
     quantized = [n.name for n in weighted if all_layers or owned(n)]
     excluded = [n.name for n in weighted if n.name not in quantized]
     ops = ["Conv", "Gemm", "MatMul"] + (["Add", "MaxPool", "GlobalAveragePool"] if all_layers or not excluded else [])
-    drawn = [x.numpy() for x, _ in batches(train_data, 32, shuffle=True, seed=seed)][:calibration_batches]
+    drawn = [x.numpy() for x in first_batches(train_data, calibration_batches, 32, seed=seed)]
 
     class Reader(CalibrationDataReader):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:

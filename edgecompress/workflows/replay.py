@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Subset
 
 from edgecompress._io import check_output, write_json_atomic
 from edgecompress.analysis import analyze_model
@@ -30,7 +31,7 @@ from edgecompress.artifacts.compressed import save_compressed
 from edgecompress.compressors import Policy, compress, report_for
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import TrainConfig
-from edgecompress.data import batches, load_dataset
+from edgecompress.data import first_batches, load_dataset
 from edgecompress.errors import ConfigError, PolicyError
 from edgecompress.latency_models import estimate_latency
 from edgecompress.latency_models.devices import list_devices
@@ -67,9 +68,13 @@ def replay(
     trust_factory: str | None = None,
     accelerator: str = "cpu",
     precision: str = "fp32",
+    test_samples: int | None = None,
 ) -> dict[str, Any]:
     """Rebuild ``policy_path``'s model, fine-tune it and report (see the module docstring); ``accelerator`` and
-    ``precision``: where and how fine-tuning and accuracy scoring run (latency is measured on this CPU)."""
+    ``precision``: where and how fine-tuning and accuracy scoring run (latency is measured on this CPU);
+    ``test_samples``: score on the first N test images only (real input sizes on a CPU: minutes per pass)."""
+    if test_samples is not None and test_samples < 1:
+        raise ConfigError(f"test_samples must be >= 1, got {test_samples}")
     if finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     out = Path(out)
@@ -100,7 +105,7 @@ def replay(
     policy.check_layers([s.name for s in analysis.layers])
 
     torch.manual_seed(seed)
-    drawn = [x for x, _ in batches(bundle.train, 64, shuffle=True, seed=seed)][: max(bn_batches, CALIBRATION_BATCHES)]
+    drawn = first_batches(bundle.train, max(bn_batches, CALIBRATION_BATCHES), seed=seed)
     # A searched policy records its calibrated 8-bit ranges: the searched model is rebuilt with them.
     recorded = all("act_range" in policy.applied.get(n, {}) for n, lp in policy.layers.items() if lp.abits == 8)
     calibration = None if recorded else drawn[:CALIBRATION_BATCHES]
@@ -110,8 +115,9 @@ def replay(
     where: dict[str, Any] = {"accelerator": accelerator, "precision": precision}
     recalibrate_batchnorm(model, drawn[:bn_batches], accelerator=accelerator)
     topk = (1, 5)
-    base_acc = evaluate(base, bundle.test, topk=topk, **where)
-    before = evaluate(model, bundle.test, topk=topk, **where)
+    test = bundle.test if test_samples is None else Subset(bundle.test, range(min(test_samples, len(bundle.test))))  # type: ignore[arg-type]
+    base_acc = evaluate(base, test, topk=topk, **where)
+    before = evaluate(model, test, topk=topk, **where)
     history: list[Any] = []
     if finetune_epochs > 0:
         if distill:
@@ -144,7 +150,7 @@ def replay(
                 workers=bundle.workers,
             ).history
     model.eval()
-    after = evaluate(model, bundle.test, topk=topk, **where)
+    after = evaluate(model, test, topk=topk, **where)
     report = report_for(model, base, policy, analysis)
     totals = report.totals
 
@@ -192,7 +198,7 @@ def replay(
             "history": [asdict(h) for h in history],
         },
         "accuracy": {
-            "source": f"measured on the {spec.dataset} test split ({len(bundle.test)} images)",  # type: ignore[arg-type]
+            "source": f"measured on the {spec.dataset} test split ({_first(test, bundle.test)} images)",
             "base": base_acc,
             "before_finetune": before,
             "after_finetune": after,
@@ -218,6 +224,10 @@ def replay(
     write_json_atomic(out / "report.json", result)
     (out / "report.md").write_text(report_markdown(result))
     return result
+
+
+def _first(test: Any, full: Any) -> str:
+    return f"the first {len(test)} of {len(full)}" if len(test) < len(full) else str(len(full))
 
 
 def report_markdown(r: dict[str, Any]) -> str:
