@@ -24,6 +24,7 @@ HEAVY = {
     "onnxruntime": "onnxruntime",
     "onnx": "onnx",
     "onnxscript": "onnxscript",
+    "onnxconverter_common": "onnxconverter-common",
     "torch_pruning": "torch-pruning",
     "torchvision": "torchvision",
     "matplotlib": "matplotlib",

@@ -236,7 +236,8 @@ def _channel_groups(
 
     prunable = dict.fromkeys(names, True)
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=call, verbose=False)
+        with torch.enable_grad():  # torch-pruning traces with autograd, also inside a caller's no_grad()
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=call, verbose=False)
     except Exception as exc:  # the library's own failures on graphs it does not support (e.g. channel shuffles)
         why = (f"torch-pruning cannot trace this model's channel dependencies ({type(exc).__name__}: {exc}); "
                "structured pruning is off for it, the other techniques apply")  # fmt: skip

@@ -6,8 +6,10 @@ Formats:
   constraints folded in (pruned shapes, factor pairs, quantized/shared weight
   values); checked with ``onnx.checker``; ONNX Runtime outputs compared with
   PyTorch on the test split (max abs difference, top-1 agreement).
-* ``onnx-fp16`` - the same graph in float16 (inputs and outputs stay fp32),
-  for Jetson GPUs (TensorRT / CUDA provider).
+* ``onnx-fp16`` - the same graph in float16, converted by onnxconverter-common
+  (``keep_io_types``: inputs and outputs stay fp32, one Cast in and one out;
+  the converter returns the graph topologically sorted), for Jetson GPUs
+  (TensorRT / CUDA provider).
 * ``onnx-int8`` - ONNX Runtime static quantization, QDQ format, per-channel
   int8 weights, activations calibrated on training batches. Only the layers
   whose policy says ``abits <= 8`` are quantized (``all_layers`` quantizes
@@ -27,6 +29,7 @@ from __future__ import annotations
 import io
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,37 @@ def _time(model_bytes: bytes, input_shape: tuple[int, ...], threads: int, repeat
             model_bytes, x, threads, 10, repeats if batch == 1 else max(repeats // 5, 5)
         )
     return out
+
+
+FP16_MIN_SUBNORMAL, FP16_MAX = 5.96e-08, 65504.0
+
+
+def _fp16(model: Any) -> tuple[bytes, dict[str, Any]]:
+    """``model`` (fp32 ONNX) with float16 weights and activations, float32 inputs and outputs.
+
+    Weights outside float16's range are clamped into it (nonzero magnitudes below the smallest subnormal
+    up to it, finite ones above the largest down to it); the converter warns once per tensor and end of
+    the range, and those warnings are counted here rather than printed.
+    """
+    float16 = optional("onnxconverter_common.float16", needed_for="onnx-fp16 export")
+    from importlib.metadata import version
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        half = float16.convert_float_to_float16(
+            model, keep_io_types=True, min_positive_val=FP16_MIN_SUBNORMAL, max_finite_val=FP16_MAX
+        )
+    clamped = 0
+    for w in caught:  # pass on anything but the converter's per-tensor clamping notes
+        if str(w.message).startswith("the float32 number"):
+            clamped += 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return half.SerializeToString(), {
+        "converter": f"onnxconverter-common {version('onnxconverter-common')}",
+        "io_types": "float32 (cast to and from float16 inside the graph)",
+        "clamp_warnings": clamped,
+    }
 
 
 def _int8(
@@ -216,10 +250,7 @@ def export_model(
         result["exporter"] = exporter
         data = fp32
         if fmt == "onnx-fp16":
-            float16 = optional("onnxruntime.transformers.float16", needed_for="onnx-fp16 export")
-            half = float16.convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
-            _topological_sort(half.graph)  # the converter appends its input casts after their consumers
-            data = half.SerializeToString()
+            data, result["fp16"] = _fp16(onnx.load_from_string(fp32))
         elif fmt == "onnx-int8":
             data, info = _int8(
                 fp32,
@@ -243,8 +274,6 @@ def export_model(
                 "source": f"ONNX Runtime CPU provider on this machine, {threads} threads, median",
             }
     elif fmt == "torchscript":
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of torch.export, still supported
             traced = torch.jit.trace(folded, torch.zeros(shape))
@@ -272,25 +301,3 @@ def export_model(
             f"images (max abs difference {result['parity']['max_abs_diff']:.3g}); written to {out} for inspection"
         )
     return result
-
-
-def _topological_sort(graph: Any) -> None:
-    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        progressed = False
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-                progressed = True
-            else:
-                rest.append(node)
-        if not progressed:
-            raise EdgeCompressError(f"ONNX graph has a cycle or a dangling input at node {rest[0].name!r}")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)

@@ -117,9 +117,11 @@ def compress(
         calibration=_calibration_batches(calibration_data, calibration_batches),
         options={"importance": importance, "round_to": policy.round_to, "unstructured": unstructured},
     )
-    # No torch.no_grad() here: torch-pruning traces the graph with autograd. Techniques detach themselves.
-    for name in ORDER:
-        TECHNIQUES[name].apply(ctx)
+    # torch-pruning traces the graph with autograd, so gradients are on even inside a caller's no_grad()
+    # (load_compressed under no_grad rebuilt an unpruned model). Techniques detach themselves.
+    with torch.enable_grad():
+        for name in ORDER:
+            TECHNIQUES[name].apply(ctx)
     new.eval()
     report = _report(ctx, model)
     _check_recorded(policy, report)

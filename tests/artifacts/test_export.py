@@ -169,3 +169,67 @@ def test_module_of_node() -> None:
     assert module_of_node("/layers/layers.3/shortcut/shortcut.0/Conv") == "layers.3.shortcut.0"
     assert module_of_node("/fc/Gemm") == "fc"
     assert module_of_node("/layers/layers.3/shortcut/shortcut.0/shortcut.0.1/Conv") == "layers.3.shortcut.0.1"
+
+
+def _check_topologically_sorted(graph) -> None:  # type: ignore[no-untyped-def]
+    """Every node's inputs are graph inputs, initializers or outputs of a node earlier in the list."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}  # "": optional input
+    for position, node in enumerate(graph.node):
+        missing = [name for name in node.input if name not in available]
+        assert not missing, f"node {position} {node.name!r} ({node.op_type}) reads {missing} before they are produced"
+        available.update(node.output)
+
+
+def test_fp16_export_of_residual_resnet_is_sorted_checked_and_matches_pytorch(
+    tiny_fmnist_shared: Path, tmp_path: Path
+) -> None:
+    """onnxconverter-common's fp16 graph: topologically sorted (each residual add reads a tensor produced a
+    block earlier), float32 inputs/outputs, float16 weights; ONNX Runtime agrees with PyTorch.
+
+    Tolerance: max |logit difference| < 2e-3 against logits of magnitude ~0.3 (float16's relative step is
+    ~1e-3; measured 1.2e-4 on the test split, 1.0e-4 on random inputs), top-1 agreement >= 0.98."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgecompress.compressors.constraints import float_view
+
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for _ in range(3):
+            model(torch.randn(16, 1, 28, 28))
+    model.eval()
+    policy = Policy.uniform(model, keep=0.5, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]}, round_to=8)
+    compressed, _ = compress(model, policy)
+    path = save_compressed(tmp_path / "r.pt", compressed, spec, policy)
+    out = tmp_path / "r16.onnx"
+    r = export_model(path, "onnx-fp16", out, data_dir=str(tiny_fmnist_shared), val_size=60, measure=False)
+    assert r["checker"].startswith("onnx.checker passed")
+    assert r["fp16"]["converter"].startswith("onnxconverter-common ") and r["fp16"]["clamp_warnings"] == 0
+    assert r["parity"]["samples"] == 50
+    assert r["parity"]["top1_agreement"] >= 0.98 and r["parity"]["max_abs_diff"] < 2e-3
+
+    half = onnx.load(out)
+    onnx.checker.check_model(half, full_check=True)
+    graph = half.graph
+    _check_topologically_sorted(graph)
+    assert sum(n.op_type == "Add" for n in graph.node) == 9  # the residual adds survive the conversion
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [FLOAT, FLOAT]
+    weights = [t for t in graph.initializer if t.data_type in (FLOAT, FLOAT16)]
+    assert weights and all(t.data_type == FLOAT16 for t in weights)
+    casts = [n for n in graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # one in (fp32 -> fp16), one out (fp16 -> fp32): no cast pairs left inside
+
+    # Run independently of the export's own check: float32 in, float32 out, any batch size.
+    session = ort.InferenceSession(out.read_bytes(), providers=["CPUExecutionProvider"])
+    torch.manual_seed(1)
+    x = torch.randn(5, 1, 28, 28)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert got.dtype == np.float32 and got.shape == (5, 10)
+    reference = float_view(load_compressed(path)[0]).eval()  # outside no_grad: rebuilding traces autograd
+    with torch.no_grad():
+        ref = reference(x).numpy()
+    assert float(np.abs(got - ref).max()) < 2e-3

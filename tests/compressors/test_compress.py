@@ -82,3 +82,18 @@ def test_report_ratio_and_warning_for_uneven_request(resnet20) -> None:
     assert report.ratios()["macs"] == pytest.approx(4.0, rel=0.02)
     d = report.to_dict()
     assert set(d) >= {"layers", "totals", "ratios", "skipped", "warnings"}
+
+
+def test_compress_inside_no_grad_prunes_like_outside() -> None:
+    """torch-pruning needs autograd: a caller's no_grad() (e.g. around load_compressed) must not change the model."""
+    from edgecompress.compressors import LayerPolicy
+
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    policy = Policy({"layers.0.conv1": LayerPolicy(keep=0.5)}, round_to=1)
+    outside, _ = compress(model, policy, input_shape=(1, 1, 28, 28))
+    with torch.no_grad():
+        inside, _ = compress(model, policy, input_shape=(1, 1, 28, 28))
+    assert inside.layers[0].conv1.out_channels == outside.layers[0].conv1.out_channels == 8
+    pairs = zip(inside.state_dict().values(), outside.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
