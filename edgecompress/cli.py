@@ -699,6 +699,9 @@ def search_cmd(
     bn_batches: Annotated[
         int | None, typer.Option(min=0, help="Batches BatchNorm statistics are re-estimated on per policy.")
     ] = None,
+    finetune_lr: Annotated[
+        float | None, typer.Option(min=0.0, help="Learning rate of those distillation steps (default 0.01).")
+    ] = None,
 ) -> None:
     """Search per-layer compression policies under a latency budget (AMC's DDPG, Optuna or Ray Tune)."""
     from edgecompress.workflows.config import load_run_config
@@ -715,6 +718,7 @@ def search_cmd(
         "search.ray_address": ray_address, "model.train_if_missing": train_if_missing, "data.dataset": dataset,
         "search.gpus_per_trial": gpus_per_trial, "data.val_samples": val_samples,
         "search.finetune_batches": finetune_batches, "search.bn_batches": bn_batches,
+        "search.finetune_lr": finetune_lr,
         **_byo_overrides(weights, trust_pickle, num_classes, input_size, channels, mean, std, data_workers, accelerator,
                          precision),
     }  # fmt: skip

@@ -144,6 +144,9 @@ class SearchConfig(_Section):
     finetune_batches: int = Field(0, ge=0)
     """Distillation steps (batches of 64, teacher: the base model) each policy gets before it is scored.
     AMC scores without fine-tuning; at 2x on small networks that scores every policy near chance."""
+    finetune_lr: float = Field(0.01, gt=0)
+    """Peak learning rate of those distillation steps. 0.01 suits the small zoo; a real-size network (ResNet-18
+    at 224 px) fell from 0.38 to 0.03 top-1 in two steps at 0.01 and rose to 0.43 at 0.001."""
     latency: Literal["table", "measured"] = "table"
     """How a policy's latency is scored: ``table`` predicts it (the device's table or model);
     ``measured`` times each policy on this machine against the base model (device ``host`` only)."""

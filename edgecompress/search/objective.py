@@ -162,6 +162,7 @@ class Objective:
         distill_loss: DistillLoss | None = None,
         accelerator: str = "cpu",
         precision: str = "fp32",
+        finetune_lr: float = 0.01,
     ) -> None:
         """``evaluate(model) -> float`` replaces top-1 on ``val_data`` (then optional) as the score;
         ``distill_loss(student_out, teacher_out, targets)`` replaces Hinton's loss in fine-tuning;
@@ -202,6 +203,7 @@ class Objective:
         self.bn_inputs = [x for x, _ in drawn[:bn_batches]]
         self.train_data = train_data
         self.finetune_batches = finetune_batches
+        self.finetune_lr = finetune_lr
         self.seed = seed
         self.calibration = [x for x, _ in drawn[:calibration_batches]]
         self._finetune_source = drawn[:finetune_batches] if train_data is not None else []
@@ -315,8 +317,8 @@ class Objective:
             # teacher's outputs on them are computed once per run.
             cached = self.teacher_cache()
             finetune_cached(
-                compressed, cached, loss=self.distill_loss, lr=0.01, seed=self.seed, accelerator=self.accelerator,
-                precision=self.precision,
+                compressed, cached, loss=self.distill_loss, lr=self.finetune_lr, seed=self.seed,
+                accelerator=self.accelerator, precision=self.precision,
             )  # fmt: skip
             compressed.eval()
         t3 = time.perf_counter()

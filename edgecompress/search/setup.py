@@ -164,6 +164,7 @@ def create_setup(
         train_data=train_data,
         bn_batches=s.bn_batches,
         finetune_batches=s.finetune_batches,
+        finetune_lr=s.finetune_lr,
         latency=s.latency,
         seed=s.seed,
         evaluate=evaluate,

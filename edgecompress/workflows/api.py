@@ -72,6 +72,7 @@ def search_policy(
     val_data: Dataset | None = None,
     val_samples: int = 2000,
     finetune_batches: int = 0,
+    finetune_lr: float = 0.01,
     bn_batches: int = 0,
     distill_loss: DistillLoss | None = None,
     accelerator: str = "cpu",
@@ -92,9 +93,10 @@ def search_policy(
     * ``agent``: ddpg, optuna (default), ray or random; ``episodes`` policies are scored; ``techniques`` among
       keep, rank, sparsity, wbits, clusters, abits, drop. Further ``search`` config keys (``sampler``,
       ``fill_budget``, ``round_to``, ``workers``, ...) go in ``search_options``.
-    * ``finetune_batches`` distillation steps per policy (teacher: ``model``; ``distill_loss(student_out,
-      teacher_out, targets)`` replaces Hinton's loss), ``bn_batches`` BatchNorm re-estimation batches; both run
-      on ``accelerator`` (auto, cpu, cuda, mps) at ``precision``. Latency is predicted for ``device``.
+    * ``finetune_batches`` distillation steps per policy at peak learning rate ``finetune_lr`` (teacher:
+      ``model``; ``distill_loss(student_out, teacher_out, targets)`` replaces Hinton's loss), ``bn_batches``
+      BatchNorm re-estimation batches; both run on ``accelerator`` (auto, cpu, cuda, mps) at ``precision``.
+      Latency is predicted for ``device``.
 
     Returns a :class:`SearchResult`; the run folder ``out`` holds everything the CLI's search writes, and the
     same call on the same folder resumes it.
@@ -130,6 +132,7 @@ def search_policy(
             "search.techniques": list(techniques), "search.budget_ms": budget_ms,
             "search.budget_ratio": budget_ratio if budget_ms is None else None, "search.seed": seed,
             "search.finetune_batches": finetune_batches, "search.bn_batches": bn_batches,
+            "search.finetune_lr": finetune_lr,
             "data.val_samples": val_samples, "train.accelerator": accelerator, "train.precision": precision,
             "model.name": f"python:{type(model).__name__}", **options,
         },
