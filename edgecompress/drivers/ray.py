@@ -121,17 +121,7 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
     space = setup.space
     if s.sampler == "nsga2":
         raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
-    gpus = torch.cuda.device_count()
-    if s.gpus_per_trial and not s.ray_address and gpus == 0:
-        raise ConfigError(
-            f"search.gpus_per_trial = {s.gpus_per_trial} (--gpus-per-trial), but this machine has no CUDA GPU "
-            f"(torch {torch.__version__} sees none): use 0, or --ray-address to join a cluster that has GPUs"
-        )
-    if s.gpus_per_trial and cfg.train.accelerator == "cpu":
-        raise ConfigError(
-            f"search.gpus_per_trial = {s.gpus_per_trial} reserves GPU shares, but train.accelerator is 'cpu': "
-            "pass --accelerator cuda (or auto) so trials score on the GPU they reserve"
-        )
+    gpus = torch.cuda.device_count()  # gpus_per_trial was checked against it by load_run_config
     log = setup.open_log(cfg, f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)")
     started = time.perf_counter()
     if not ray.is_initialized():

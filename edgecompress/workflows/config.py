@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
 from edgecompress.config import RunConfig, load_config
+from edgecompress.errors import ConfigError
 from edgecompress.latency_models.devices import list_devices
 from edgecompress.training.accelerator import check_precision, resolve_accelerator
 
@@ -17,4 +20,16 @@ def load_run_config(path: str | os.PathLike[str] | None = None, overrides: dict[
     accelerator and precision against this machine (a GPU asked for and missing fails before any work)."""
     cfg = load_config(path, overrides, known_devices=list_devices())
     check_precision(resolve_accelerator(cfg.train.accelerator), cfg.train.precision)
+    s = cfg.search
+    if s.gpus_per_trial:
+        if cfg.train.accelerator == "cpu":
+            raise ConfigError(
+                f"search.gpus_per_trial = {s.gpus_per_trial} reserves GPU shares, but train.accelerator is 'cpu': "
+                "pass --accelerator cuda (or auto) so trials score on the GPU they reserve"
+            )
+        if not s.ray_address and torch.cuda.device_count() == 0:
+            raise ConfigError(
+                f"search.gpus_per_trial = {s.gpus_per_trial} (--gpus-per-trial), but this machine has no CUDA GPU "
+                f"(torch {torch.__version__} sees none): use 0, or --ray-address to join a cluster that has GPUs"
+            )
     return cfg

@@ -112,6 +112,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("unknown accelerator", "search --accelerator tpu --out {tmp}/run",
      ("train.accelerator = 'tpu'", "'auto', 'cpu', 'cuda' or 'mps'")),
     ("fp16 on the cpu", "search --precision fp16 --out {tmp}/run", ("fp16 autocast needs CUDA",)),
+    ("gpu shares on the cpu", "search --agent ray --gpus-per-trial 0.5 --out {tmp}/run",
+     ("search.gpus_per_trial = 0.5 reserves GPU shares, but train.accelerator is 'cpu'",)),
 ]  # fmt: skip
 
 
@@ -167,6 +169,26 @@ def test_cuda_asked_for_without_cuda(folder: Path, capsys) -> None:  # type: ign
     assert done.value.code == 2 and "Traceback" not in message
     assert "accelerator 'cuda' asked for, but CUDA is not available" in message
     assert "sees 0 CUDA devices" in message and "--accelerator cpu" in message
+    assert not (folder / "run").exists()
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "search",
+                "--agent",
+                "ray",
+                "--gpus-per-trial",
+                "0.25",
+                "--accelerator",
+                "auto",
+                "--out",
+                str(folder / "run"),
+            ]
+        )
+    message = " ".join(capsys.readouterr().err.split())
+    assert (
+        done.value.code == 2
+        and "search.gpus_per_trial = 0.25 (--gpus-per-trial), but this machine has no CUDA" in message
+    )
     assert not (folder / "run").exists()
 
 
