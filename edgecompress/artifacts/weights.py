@@ -67,6 +67,7 @@ __all__ = [
     "STATE_DICT_KEYS",
     "STRIPPED_PREFIXES",
     "LoadedWeights",
+    "file_sha256",
     "fit_weights",
     "infer_in_channels",
     "infer_num_classes",
@@ -106,6 +107,12 @@ class LoadedWeights:
     when the model's own keys carry them."""
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file, read in chunks (what ``LoadedWeights.sha256`` and a run's ``base.pt`` record)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def read_weights(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> LoadedWeights:
     """Read a weights file (see the module docstring for the formats) into a plain state_dict on the CPU.
 
@@ -118,11 +125,7 @@ def read_weights(path: str | os.PathLike[str], *, trust_pickle: bool = False) ->
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        sha256 = digest.hexdigest()
+        sha256 = file_sha256(path)
     except OSError as exc:
         raise CheckpointError(f"cannot read weights file {path}: {exc}") from None
     notes: list[str] = []

@@ -7,7 +7,6 @@ refuses a checkpoint made for another model or dataset.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch.nn as nn
 from rich.console import Console
 
 from edgecompress.artifacts.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from edgecompress.artifacts.weights import model_from_weights
+from edgecompress.artifacts.weights import file_sha256, model_from_weights
 from edgecompress.config import RunConfig
 from edgecompress.data import DataBundle, load_dataset
 from edgecompress.errors import CheckpointError, ConfigError, ModelError
@@ -178,11 +177,6 @@ def check_input_size(model: nn.Module, shape: tuple[int, ...], name: str) -> Non
             f"{name} cannot take inputs of shape {tuple(shape)}: {first}. Serve the data at an input size the model "
             "takes (--input-size, data.input_size), e.g. the size it was trained at"
         ) from None
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def import_base_model(
