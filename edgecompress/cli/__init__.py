@@ -933,6 +933,10 @@ def data_download() -> None:
     print(download_fashion_mnist())
 
 
+# Commands kept in their own modules register on `app` when imported (after `app` and the shared options exist).
+from edgecompress.cli import compare as _compare  # noqa: E402,F401
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="edgecompress")
