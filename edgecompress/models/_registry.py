@@ -8,10 +8,15 @@
 * ``package.module:factory`` for a user model; the factory is called with the
   keyword arguments it accepts among ``num_classes``, ``in_channels`` and
   ``input_size``.
+
+A built-in model may name its family (``cifar-resnet``, ``mobilenetv2``, ...):
+:func:`students_for` answers with the smaller members of a model's family, the
+compact students distillation can train from it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -21,7 +26,7 @@ import torch.nn as nn
 
 from edgecompress.errors import ModelError, did_you_mean
 
-__all__ = ["ModelEntry", "create_model", "is_user_factory", "list_models", "register_model"]
+__all__ = ["ModelEntry", "create_model", "is_user_factory", "list_models", "register_model", "students_for"]
 
 Factory = Callable[..., nn.Module]
 
@@ -31,18 +36,20 @@ class ModelEntry:
     name: str
     factory: Factory
     description: str
+    family: str | None = None
+    """Models of one family share their design and differ in depth or width (:func:`students_for`)."""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str) -> Callable[[Factory], Factory]:
-    """Decorator registering ``factory(num_classes, in_channels, input_size)`` under ``name``."""
+def register_model(name: str, description: str, *, family: str | None = None) -> Callable[[Factory], Factory]:
+    """Decorator registering ``factory(num_classes, in_channels, input_size)`` under ``name``, in ``family``."""
 
     def deco(factory: Factory) -> Factory:
         if name in _REGISTRY:
             raise ModelError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, factory, description)
+        _REGISTRY[name] = ModelEntry(name, factory, description, family)
         return factory
 
     return deco
@@ -55,6 +62,28 @@ def list_models() -> list[str]:
 
 def model_descriptions() -> dict[str, str]:
     return {name: _REGISTRY[name].description for name in list_models()}
+
+
+@functools.cache
+def _param_count(name: str) -> int:
+    """Parameters of the built-in ``name`` at 28x28, 1 channel, 10 classes (the scale students are ranked on)."""
+    model = _REGISTRY[name].factory(num_classes=10, in_channels=1, input_size=28)
+    return sum(p.numel() for p in model.parameters())
+
+
+def students_for(name: str) -> list[str]:
+    """The built-in models of ``name``'s family with fewer parameters than ``name``, smallest first.
+
+    Parameters are counted at 28x28, 1 channel, 10 classes (ties broken by
+    name). A name outside the built-in registry (``torchvision:NAME``, a user
+    factory) or a model registered without a family has no students: ``[]``.
+    """
+    entry = _REGISTRY.get(name)
+    if entry is None or entry.family is None:
+        return []
+    size = _param_count(name)
+    family = [n for n, e in _REGISTRY.items() if e.family == entry.family and n != name]
+    return sorted((n for n in family if _param_count(n) < size), key=lambda n: (_param_count(n), n))
 
 
 def _check_positive(name: str, value: int) -> None:

@@ -11,12 +11,13 @@ from edgecompress.training.accelerator import describe as describe_device
 from edgecompress.training.accelerator import resolve_accelerator
 from edgecompress.training.batchnorm import recalibrate_batchnorm
 from edgecompress.training.distill import distill, distillation_loss
-from edgecompress.training.loop import EpochRecord, TrainResult, augment_batch, evaluate, train
+from edgecompress.training.loop import EpochRecord, TrainResult, augment_batch, classification_metrics, evaluate, train
 
 __all__ = [
     "EpochRecord",
     "TrainResult",
     "augment_batch",
+    "classification_metrics",
     "describe_device",
     "distill",
     "distillation_loss",

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ from edgecompress._inputs import call, move
 from edgecompress._progress import progress_bar, stderr_console
 from edgecompress.config import TrainConfig
 from edgecompress.data import batches, num_batches
+from edgecompress.errors import ConfigError, ModelError
 from edgecompress.training.accelerator import (
     autocast,
     check_precision,
@@ -40,7 +42,7 @@ from edgecompress.training.accelerator import (
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["EpochRecord", "LossFn", "TrainResult", "augment_batch", "evaluate", "train"]
+__all__ = ["EpochRecord", "LossFn", "TrainResult", "augment_batch", "classification_metrics", "evaluate", "train"]
 
 
 @dataclass
@@ -92,6 +94,68 @@ def _device_batches(
     return batches(dataset, batch_size, shuffle=shuffle, seed=seed, pin_memory=device.type == "cuda", workers=workers)
 
 
+def classification_metrics(confusion: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro precision, recall and F1 from a confusion matrix (rows: true class, columns: predicted).
+
+    scikit-learn's definitions with ``zero_division=0``: a class's precision is
+    TP / (TP + FP), 0 when nothing was predicted as it; its recall TP / (TP + FN),
+    0 when it has no sample; its F1 2PR / (P + R), 0 when P + R = 0. Macro values
+    are the unweighted means over the classes that occur among the labels or the
+    predictions (scikit-learn's default ``labels``). An empty matrix scores 0.
+    """
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ConfigError(f"a confusion matrix is square (classes x classes), got shape {tuple(confusion.shape)}")
+    if confusion.is_floating_point() or confusion.is_complex():
+        raise ConfigError(f"a confusion matrix holds integer counts, got dtype {confusion.dtype}")
+    if bool((confusion < 0).any()):
+        raise ConfigError("a confusion matrix holds counts >= 0, got a negative entry")
+    c = confusion.detach().to("cpu", torch.float64)
+    tp = c.diagonal()
+    true = c.sum(dim=1)  # TP + FN
+    predicted = c.sum(dim=0)  # TP + FP
+    present = (true + predicted) > 0
+    if not bool(present.any()):
+        return {"accuracy": 0.0, "precision_macro": 0.0, "recall_macro": 0.0, "f1_macro": 0.0}
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), 0.0)
+    recall = torch.where(true > 0, tp / true.clamp(min=1), 0.0)
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-300), 0.0)
+    return {
+        "accuracy": float(tp.sum() / c.sum()),
+        "precision_macro": float(precision[present].mean()),
+        "recall_macro": float(recall[present].mean()),
+        "f1_macro": float(f1[present].mean()),
+    }
+
+
+@overload
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = ...,
+    topk: tuple[int, ...] = ...,
+    *,
+    accelerator: str | torch.device = ...,
+    precision: str = ...,
+    channels_last: bool | None = ...,
+    metrics: Literal[False] = ...,
+) -> dict[str, float]: ...
+
+
+@overload
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = ...,
+    topk: tuple[int, ...] = ...,
+    *,
+    accelerator: str | torch.device = ...,
+    precision: str = ...,
+    channels_last: bool | None = ...,
+    metrics: bool,
+) -> dict[str, Any]: ...
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
@@ -101,8 +165,14 @@ def evaluate(
     accelerator: str | torch.device = "cpu",
     precision: str = "fp32",
     channels_last: bool | None = None,
-) -> dict[str, float]:
+    metrics: bool = False,
+) -> dict[str, Any]:
     """Top-k accuracies (fractions in [0, 1]) of ``model`` in eval mode on ``dataset``.
+
+    With ``metrics``, also the macro ``precision_macro``, ``recall_macro`` and
+    ``f1_macro`` of the top-1 predictions (:func:`classification_metrics`) and
+    ``confusion``, the confusion matrix as a list of rows (row: true class,
+    column: predicted class, one per model output).
 
     Runs on ``accelerator`` (a name as in ``TrainConfig.accelerator``, or a
     ``torch.device``) under ``precision`` autocast; ``model`` returns to its own
@@ -112,7 +182,7 @@ def evaluate(
     check_precision(device, precision)
     nhwc = use_channels_last(device, channels_last)
     with on_device(model, device, nhwc):
-        return _evaluate(model, dataset, batch_size, topk, device, precision, nhwc)
+        return _evaluate(model, dataset, batch_size, topk, device, precision, nhwc, metrics=metrics)
 
 
 @torch.no_grad()
@@ -124,11 +194,14 @@ def _evaluate(
     device: torch.device,
     precision: str,
     channels_last: bool,
-) -> dict[str, float]:
+    *,
+    metrics: bool = False,
+) -> dict[str, Any]:
     """``evaluate`` for a model already on ``device`` (and in the layout ``channels_last`` says)."""
     was_training = model.training
     model.eval()
     correct = {k: torch.zeros((), dtype=torch.int64, device=device) for k in topk}
+    confusion: torch.Tensor | None = None
     total = 0
     try:
         for x, y in _device_batches(dataset, batch_size, device):
@@ -139,10 +212,40 @@ def _evaluate(
             ranked = logits.float().topk(max(topk), dim=1).indices
             for k in topk:
                 correct[k] += (ranked[:, :k] == y.view(-1, 1)).any(dim=1).sum()
+            if metrics:
+                confusion = _add_to_confusion(confusion, y, ranked[:, 0], logits.shape[1])
             total += len(y)
     finally:
         model.train(was_training)
-    return {f"top{k}": int(correct[k]) / max(total, 1) for k in topk}
+    result: dict[str, Any] = {f"top{k}": int(correct[k]) / max(total, 1) for k in topk}
+    if metrics:
+        if confusion is None:  # no batch: no class, no output width to size the matrix by
+            confusion = torch.zeros((0, 1), dtype=torch.int64)
+        if int(confusion[:, -1].sum()):
+            raise ModelError(
+                f"the data has labels outside the model's {confusion.shape[0]} outputs "
+                f"(labels must be in [0, {confusion.shape[0] - 1}]); is the model built for this data's classes?"
+            )
+        confusion = confusion[:, :-1]
+        scores = classification_metrics(confusion)
+        result.update({k: scores[k] for k in ("precision_macro", "recall_macro", "f1_macro")})
+        result["confusion"] = confusion.cpu().tolist()
+    return result
+
+
+def _add_to_confusion(
+    confusion: torch.Tensor | None, targets: torch.Tensor, predicted: torch.Tensor, classes: int
+) -> torch.Tensor:
+    """``confusion`` plus one batch: ``classes x (classes + 1)`` counts on the batch's device (a new one when None).
+
+    The last column counts labels outside ``[0, classes)``, checked once at the end rather than per batch, so no
+    batch waits for the accelerator.
+    """
+    targets = targets.long()
+    valid = (targets >= 0) & (targets < classes)
+    cell = torch.where(valid, targets * (classes + 1) + predicted, classes)  # invalid: row 0, last column
+    counts = torch.bincount(cell, minlength=classes * (classes + 1)).view(classes, classes + 1)
+    return counts if confusion is None else confusion + counts
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

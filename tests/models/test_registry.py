@@ -22,7 +22,7 @@ EXPECTED_PARAMS = {
 
 
 def test_list_models_has_the_builtins() -> None:
-    assert list_models() == sorted(EXPECTED_PARAMS)
+    assert set(list_models()) >= set(EXPECTED_PARAMS)  # the compact students: tests/models/test_students.py
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
@@ -52,7 +52,7 @@ def test_unknown_name_suggests_and_lists() -> None:
         create_model("resnet2O")
     msg = str(err.value)
     assert "unknown model 'resnet2O'. Did you mean 'resnet20'?" in msg
-    assert "lenet5, mobilenetv2, mobilenetv2-0.5, resnet20, resnet56, vgg11-small" in msg
+    assert "Known models: " + ", ".join(list_models()) in msg
 
 
 def test_unknown_torchvision_name_suggests() -> None:
