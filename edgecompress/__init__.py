@@ -22,14 +22,19 @@ if TYPE_CHECKING:
     from edgecompress.models import create_model, list_models
     from edgecompress.training import distill
     from edgecompress.workflows.api import SearchResult, search_policy
+    from edgecompress.workflows.compare import compare
+    from edgecompress.workflows.compress import CompressResult, compress_for
 
 __all__ = [
+    "CompressResult",
     "CompressionReport",
     "LayerPolicy",
     "Policy",
     "SearchResult",
     "__version__",
+    "compare",
     "compress",
+    "compress_for",
     "create_model",
     "distill",
     "list_models",
@@ -48,6 +53,9 @@ _LAZY = {
     "SearchResult": "edgecompress.workflows.api",
     "model_from_weights": "edgecompress.artifacts.weights",
     "search_policy": "edgecompress.workflows.api",
+    "compare": "edgecompress.workflows.compare",
+    "CompressResult": "edgecompress.workflows.compress",
+    "compress_for": "edgecompress.workflows.compress",
 }
 
 

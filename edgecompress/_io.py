@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_output", "read_json", "write_json_atomic"]
+__all__ = ["check_output", "read_json", "write_json_atomic", "write_text_atomic"]
 
 
 def read_json(path: str | os.PathLike[str], what: str, error: type[Exception]) -> Any:
@@ -40,9 +40,14 @@ def check_output(path: str | os.PathLike[str], *, folder: bool, error: type[Exce
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:
     """Write through a temporary file and a rename, so a crash never leaves half a file."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text through a temporary file and a rename (a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
