@@ -305,7 +305,31 @@ def render_byo_model(p: dict[str, Any]) -> list[str]:
     return table(["", f"{p['variant']}"], rows)
 
 
+def render_compare_techniques(p: dict[str, Any]) -> list[str]:
+    b = p["base"]
+    dense = b["huffman_bytes"]
+    rows = [["base", "", "", num(b["accuracy"]["top1"]), num(b["accuracy"]["f1"]), f"{b['params']:,}",
+             f"{b['huffman_bytes']:,}", ms(b["latency_ms"]), "1.00x", ""]]  # fmt: skip
+    for r in p["rows"]:
+        if not r["met"]:
+            rows.append([r["technique"], r["budget"], "not met: " + r["reason"][24:90], "", "", "", "", "", "", ""])
+            continue
+        hidden = ("priced", "summary", "run_folder", "candidates")
+        setting = ", ".join(f"{k} {v}" for k, v in r["setting"].items() if k not in hidden)
+        secs = r["seconds"]
+        rows.append([
+            r["technique"], r["budget"], setting[:60], num(r["accuracy"]["top1"]), num(r["accuracy"]["f1"]),
+            f"{r['params']:,}", f"{r['huffman_bytes']:,} ({dense / max(r['huffman_bytes'], 1):.1f}x)",
+            ms(r["latency_ms"]), times(r["measured_speedup"]["batch1"]),
+            f"{secs['compression'] + secs['search']:.0f} + {secs['finetune']:.0f}",
+        ])  # fmt: skip
+    head = ["technique", "budget", "setting", "top-1", "macro F1", "params", "archive bytes",
+            f"{p['device']} ms (pred.)", "here b1 (meas.)", "compress + ft s"]  # fmt: skip
+    return [*table(head, rows), "", f"Accuracy: {p['accuracy_source']}. Measured: {p['measured_source']}."]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "compare_techniques": render_compare_techniques,
     "byo_model": render_byo_model,
     "compressors": render_compressors,
     "import_time": render_import_time,

@@ -34,13 +34,52 @@ app.add_typer(latency_app, name="latency")
 console = make_console()
 err_console = make_console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config; flags override its values.")]
-TRAIN_IF_MISSING_HELP = "Train the base model at the checkpoint path when that file does not exist."
+# The built-in config's defaults that --help states for the flags whose None means "the config's value". Literals,
+# so that `edgecompress --help` imports no pydantic; tests/test_cli_help.py checks each against edgecompress.config.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "out": "runs/demo", "device": "raspberry-pi-4", "model.name": "lenet5", "model.train_if_missing": False,
+    "data.dataset": "fashion-mnist", "data.val_samples": 2000, "data.workers": 0, "train.epochs": 3,
+    "train.batch_size": 64, "train.lr": 0.05, "train.augment": False, "train.seed": 0, "search.agent": "ddpg",
+    "search.episodes": 30, "search.budget_ms": None, "search.budget_ratio": 0.5, "search.techniques": ["keep"],
+    "search.sampler": "tpe", "search.workers": 1, "search.seed": 0, "search.gpus_per_trial": 0.0,
+    "search.finetune_batches": 40, "search.bn_batches": 4, "search.finetune_lr": 0.01,
+}  # fmt: skip
+
+
+def _default(key: str) -> str:
+    """``(default: KEY from --config, else VALUE)``: the help of a flag that overrides config key ``KEY``."""
+    value = CONFIG_DEFAULTS[key]
+    if isinstance(value, list):
+        shown = ",".join(value)
+    elif isinstance(value, bool) or value is None:
+        shown = {True: "on", False: "off", None: "none"}[value]
+    else:
+        shown = str(value)
+    return f"(default: {key} from --config, else {shown})"
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c",
+        help="YAML config; flags override its values (default: none, the built-in defaults `edgecompress config` "
+        "prints).",
+    ),
+]  # fmt: skip
+DATA_DIR_HELP = (
+    "Folder holding the dataset (default: $EDGECOMPRESS_DATA when set, else the Debian package's folder, then "
+    "torchvision's root)."
+)
+TRAIN_IF_MISSING_HELP = (
+    "Train the base model at the checkpoint path when that file does not exist "
+    f"{_default('model.train_if_missing')[:-1]}; off when --checkpoint is given on the command line)."
+)
 WeightsOpt = Annotated[
     str | None,
     typer.Option(
         help="Weights trained elsewhere for --model (torchvision:NAME, a built-in or pkg.module:factory): a "
-        "state_dict, a dict holding one (Lightning), or TorchScript; read with weights_only=True."
+        "state_dict, a dict holding one (Lightning), or TorchScript; read with weights_only=True (default: none, "
+        "the checkpoint's weights)."
     ),
 ]
 TrustPickleOpt = Annotated[
@@ -65,14 +104,23 @@ ChannelsOpt = Annotated[int | None, typer.Option(min=1, help="3 serves grayscale
 MeanOpt = Annotated[
     str | None, typer.Option(help="Per-channel normalisation mean, comma list (default: ImageNet's / the data's).")
 ]
-StdOpt = Annotated[str | None, typer.Option(help="Per-channel normalisation std, comma list (as --mean).")]
-WorkersOpt = Annotated[int | None, typer.Option(min=0, help="DataLoader workers for image folders (default 0).")]
+StdOpt = Annotated[str | None, typer.Option(help="Per-channel normalisation std, comma list (default: as --mean's).")]
+WorkersOpt = Annotated[
+    int | None, typer.Option(min=0, help=f"DataLoader workers for image folders {_default('data.workers')}.")
+]
 AcceleratorOpt = Annotated[
     str | None,
-    typer.Option(help="auto, cpu, cuda or mps: where training, fine-tuning and accuracy scoring run (default cpu)."),
+    typer.Option(
+        help="auto, cpu, cuda or mps: where training, fine-tuning and accuracy scoring run (default: cpu, or a "
+        "config's train.accelerator)."
+    ),
 ]
 PrecisionOpt = Annotated[
-    str | None, typer.Option(help="Training/scoring precision: fp32 (default), bf16, fp16 (CUDA autocast only).")
+    str | None,
+    typer.Option(
+        help="Training/scoring precision: fp32, bf16, fp16 (CUDA autocast only) (default: fp32, or a config's "
+        "train.precision)."
+    ),
 ]
 
 
@@ -137,19 +185,34 @@ def config_cmd(config: ConfigOpt = None) -> None:
 @app.command("train")
 def train_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint file to write.")],
-    model: Annotated[str | None, typer.Option(help="Model name (see `edgecompress models`).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="fashion-mnist, cifar10 or imagefolder.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Folder to look for the dataset in first.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help=f"Model name (see `edgecompress models`) {_default('model.name')}.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help=f"fashion-mnist, cifar10 or imagefolder {_default('data.dataset')}.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help=f"Training epochs {_default('train.epochs')}.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=f"Seed of initialisation and batch order {_default('train.seed')}.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=f"Batch size {_default('train.batch_size')}.")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help=f"Peak learning rate, cosine-annealed after a short warm-up {_default('train.lr')}."),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help=f"Random crop (pad 2) and horizontal flip of each batch {_default('train.augment')}.",
+        ),
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help=DATA_DIR_HELP)] = None,
     config: ConfigOpt = None,
     force: Annotated[bool, typer.Option(help="Replace an existing checkpoint at --out.")] = False,
     max_batches: Annotated[
         int | None,
-        typer.Option(min=1, help="Cap batches per epoch (smoke runs); recorded in the checkpoint."),
+        typer.Option(min=1, help="Cap batches per epoch (smoke runs); recorded in the checkpoint (default: no cap)."),
     ] = None,
     input_size: InputSizeOpt = None,
     channels: ChannelsOpt = None,
@@ -182,6 +245,13 @@ def train_cmd(
     console.print(f"checkpoint: {out}")
 
 
+MODEL_HELP = "Model name (default: the checkpoint's)."
+CHECKPOINT_HELP = "Checkpoint written by `edgecompress train` (default: none, --model with random weights)."
+IN_CHANNELS_HELP = "Input channels of --model without a checkpoint."
+INPUT_SIZE_HELP = "Input side length of --model without a checkpoint."
+NUM_CLASSES_HELP = "Outputs of --model without a checkpoint."
+
+
 def _load_for_analysis(
     model: str | None, checkpoint: Path | None, in_channels: int, input_size: int, num_classes: int
 ) -> tuple[Any, tuple[int, ...], str]:
@@ -201,13 +271,15 @@ def _load_for_analysis(
 
 @app.command("analyze")
 def analyze_cmd(
-    model: Annotated[str | None, typer.Option(help="Model name; taken from the checkpoint if omitted.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint written by `edgecompress train`.")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help=CHECKPOINT_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")] = False,
-    in_channels: Annotated[int, typer.Option(min=1)] = 1,
-    input_size: Annotated[int, typer.Option(min=1)] = 28,
-    num_classes: Annotated[int, typer.Option(min=1)] = 10,
-    policy: Annotated[Path | None, typer.Option(help="Policy JSON: show before and after side by side.")] = None,
+    in_channels: Annotated[int, typer.Option(min=1, help=IN_CHANNELS_HELP)] = 1,
+    input_size: Annotated[int, typer.Option(min=1, help=INPUT_SIZE_HELP)] = 28,
+    num_classes: Annotated[int, typer.Option(min=1, help=NUM_CLASSES_HELP)] = 10,
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy JSON: show before and after side by side (default: none).")
+    ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Calibration data for 8-bit activations (default: the checkpoint's).")
     ] = None,
@@ -333,9 +405,11 @@ def print_analysis(analysis: Any, title: str) -> None:
 
 @app.command("run")
 def run_cmd(
-    config: ConfigOpt = Path("configs/default.yaml"),
-    out: Annotated[str | None, typer.Option(help="Run folder (overrides the config's `out`).")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Folder to look for the dataset in first.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config; flags override its values.")
+    ] = Path("configs/default.yaml"),
+    out: Annotated[str | None, typer.Option(help="Run folder (default: the config's `out`).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help=DATA_DIR_HELP)] = None,
     train_if_missing: Annotated[
         bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
     ] = None,
@@ -394,17 +468,24 @@ def devices_cmd() -> None:
 @latency_app.callback(invoke_without_command=True)
 def latency_cmd(
     ctx: typer.Context,
-    device: Annotated[str | None, typer.Option(help="Device profile (see `edgecompress devices`).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model name; taken from the checkpoint if omitted.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option()] = None,
-    policy: Annotated[Path | None, typer.Option(help="Estimate the model compressed by this policy.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    table: Annotated[Path | None, typer.Option(help="A measured table for --device (profiled on it).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Device profile (see `edgecompress devices`); no default, required.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help=CHECKPOINT_HELP)] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Estimate the model compressed by this policy (default: none).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of a table.")] = False,
+    table: Annotated[
+        Path | None,
+        typer.Option(help="A measured table for --device (profiled on it) (default: the device's own profile)."),
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (tables).")] = "fp32",
     force: Annotated[bool, typer.Option(help="Use a table for another device or without --precision.")] = False,
-    in_channels: Annotated[int, typer.Option(min=1)] = 1,
-    input_size: Annotated[int, typer.Option(min=1)] = 28,
-    num_classes: Annotated[int, typer.Option(min=1)] = 10,
+    in_channels: Annotated[int, typer.Option(min=1, help=IN_CHANNELS_HELP)] = 1,
+    input_size: Annotated[int, typer.Option(min=1, help=INPUT_SIZE_HELP)] = 28,
+    num_classes: Annotated[int, typer.Option(min=1, help=NUM_CLASSES_HELP)] = 10,
 ) -> None:
     """Predicted batch-1 latency of a model (optionally compressed by --policy) on --device, per layer."""
     if ctx.invoked_subcommand is not None:
@@ -439,13 +520,20 @@ def latency_cmd(
 @app.command("profile")
 def profile_cmd(
     out: Annotated[Path, typer.Option(help="Table JSON to write (extended when it exists).")],
-    model: Annotated[list[str] | None, typer.Option(help="Model(s) whose reachable operators to measure.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option()] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model(s) whose reachable operators to measure (default: resnet20, unless --checkpoint)."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A checkpoint whose reachable operators to measure (default: none).")
+    ] = None,
     runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
-    precision: Annotated[list[str] | None, typer.Option(help="fp32, fp16, int8 (repeat for several).")] = None,
-    threads: Annotated[int, typer.Option(min=1)] = 2,
-    repeats: Annotated[int, typer.Option(min=1)] = 50,
-    warmup: Annotated[int, typer.Option(min=0)] = 20,
+    precision: Annotated[
+        list[str] | None, typer.Option(help="fp32, fp16, int8 (repeat for several; default: fp32).")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Threads the runtime runs each operator with.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per operator (the median is kept).")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs per operator before timing.")] = 20,
     passes: Annotated[
         int, typer.Option(min=1, help="Measure every operator in N passes over the list; median per operator.")
     ] = 1,
@@ -460,9 +548,9 @@ def profile_cmd(
     fit_context: Annotated[
         bool, typer.Option(help="Fit in-graph context factors on calibration models (needs this machine).")
     ] = True,
-    in_channels: Annotated[int, typer.Option(min=1)] = 1,
-    input_size: Annotated[int, typer.Option(min=1)] = 28,
-    num_classes: Annotated[int, typer.Option(min=1)] = 10,
+    in_channels: Annotated[int, typer.Option(min=1, help=IN_CHANNELS_HELP)] = 1,
+    input_size: Annotated[int, typer.Option(min=1, help=INPUT_SIZE_HELP)] = 28,
+    num_classes: Annotated[int, typer.Option(min=1, help=NUM_CLASSES_HELP)] = 10,
 ) -> None:
     """Measure every operator signature a search over the model(s) can reach, on this machine."""
     from edgecompress.latency_models import profiler
@@ -536,15 +624,22 @@ def profile_cmd(
         console.print(f"in-graph context factors {ctx['factors']} ({ctx['fitted_on']})")
 
 
+PLOT_HELP = "Write a predicted-vs-measured scatter plot (PNG) here (default: none)."
+LATENCY_DATA_HELP = (
+    "Folder with nb201_latency.csv (default: $EDGECOMPRESS_LATENCY_DATA, else shared/latency-data beside the "
+    "repository)."
+)
+
+
 @latency_app.command("validate-table")
 def latency_validate_table(
     device: Annotated[str, typer.Option(help="A table profile name (host) or a table path.")] = "host",
     per_model: Annotated[int, typer.Option(min=1, help="Random compressed models per base model.")] = 16,
     round_to: Annotated[int, typer.Option(min=1, help="Channel multiple of the random models.")] = 8,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random compressed models.")] = 0,
     save: Annotated[bool, typer.Option(help="Store the result in the table's metadata.")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    plot: Annotated[Path | None, typer.Option(help="Write a predicted-vs-measured scatter plot (PNG).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of a summary.")] = False,
+    plot: Annotated[Path | None, typer.Option(help=PLOT_HELP)] = None,
 ) -> None:
     """Table sum vs measured end-to-end ONNX Runtime latency of random compressed resnet20 / mobilenetv2."""
     from edgecompress.latency_models import load_device
@@ -581,7 +676,7 @@ def latency_validate_table(
 
 @latency_app.command("calibrate")
 def latency_calibrate(
-    data_dir: Annotated[Path | None, typer.Option(help="Folder with nb201_latency.csv (shared/latency-data).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=LATENCY_DATA_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the profiles (default: the package's).")] = None,
 ) -> None:
     """Refit every public device model on the calibration rows; validate on the holdout rows."""
@@ -597,9 +692,9 @@ def latency_calibrate(
 @latency_app.command("validate")
 def latency_validate(
     device: Annotated[str, typer.Option(help="Device profile to check against the holdout rows.")],
-    data_dir: Annotated[Path | None, typer.Option()] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    plot: Annotated[Path | None, typer.Option(help="Write a predicted-vs-measured scatter plot (PNG).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=LATENCY_DATA_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of a table.")] = False,
+    plot: Annotated[Path | None, typer.Option(help=PLOT_HELP)] = None,
 ) -> None:
     """Spearman, Kendall and MAPE (raw and after the best single scale) on the holdout rows only."""
     from edgecompress.latency_models import load_device, validate
@@ -656,29 +751,71 @@ def _scatter(results: dict[str, Any], device: str, path: Path) -> None:
 
 @app.command("search")
 def search_cmd(
-    out: Annotated[str | None, typer.Option(help="Run folder (re-running on it resumes).")] = None,
-    agent: Annotated[str | None, typer.Option(help="Search driver: ddpg (default), optuna, ray or random.")] = None,
-    config: ConfigOpt = None,
-    model: Annotated[str | None, typer.Option()] = None,
-    checkpoint: Annotated[str | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="Target device profile.")] = None,
-    budget_ms: Annotated[float | None, typer.Option()] = None,
-    budget_ratio: Annotated[float | None, typer.Option()] = None,
-    episodes: Annotated[int | None, typer.Option(min=1, help="Policies to score (ddpg episodes).")] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Policies to score (optuna/ray trials).")] = None,
-    techniques: Annotated[
-        str | None, typer.Option(help="Comma list: keep,rank,sparsity,wbits,clusters,abits,drop.")
+    out: Annotated[str | None, typer.Option(help=f"Run folder (re-running on it resumes) {_default('out')}.")] = None,
+    agent: Annotated[
+        str | None, typer.Option(help=f"Search driver: ddpg, optuna, ray or random {_default('search.agent')}.")
     ] = None,
-    sampler: Annotated[str | None, typer.Option(help="optuna/ray: tpe, nsga2 or random.")] = None,
-    storage: Annotated[str | None, typer.Option(help="optuna: study storage URL (default RUN/study.db).")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="ray: parallel trials, one CPU each.")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="ray: join this cluster instead of a local Ray.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    data_dir: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help=f"Model name, torchvision:NAME or package.module:factory {_default('model.name')}."),
+    ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="Trained base model (default: model.checkpoint from --config, or checkpoints/MODEL-DATASET.pt)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help=f"Target device profile (`edgecompress devices`) {_default('device')}.")
+    ] = None,
+    budget_ms: Annotated[
+        float | None,
+        typer.Option(help=f"Absolute latency budget in ms; wins over --budget-ratio {_default('search.budget_ms')}."),
+    ] = None,
+    budget_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="Latency budget as a fraction of the base model's predicted latency on --device "
+            f"{_default('search.budget_ratio')}."
+        ),
+    ] = None,
+    episodes: Annotated[
+        int | None, typer.Option(min=1, help=f"Policies to score (ddpg episodes) {_default('search.episodes')}.")
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(min=1, help=f"Policies to score (optuna/ray trials) {_default('search.episodes')}."),
+    ] = None,
+    techniques: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma list of keep,rank,sparsity,wbits,clusters,abits,drop {_default('search.techniques')}."
+        ),
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help=f"optuna/ray: tpe, nsga2 or random {_default('search.sampler')}.")
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="optuna: study storage URL (default: sqlite:///RUN/study.db).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help=f"ray: parallel trials, one CPU each {_default('search.workers')}.")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="ray: join this cluster (default: start a local Ray).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help=f"Seed of the agent and of the scoring batches {_default('search.seed')}."),
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help=DATA_DIR_HELP)] = None,
     train_if_missing: Annotated[
         bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="fashion-mnist, cifar10 or imagefolder.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help=f"fashion-mnist, cifar10 or imagefolder {_default('data.dataset')}.")
+    ] = None,
     weights: WeightsOpt = None,
     trust_pickle: TrustPickleOpt = None,
     num_classes: NumClassesOpt = None,
@@ -686,21 +823,38 @@ def search_cmd(
     channels: ChannelsOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
-    data_workers: Annotated[int | None, typer.Option(min=0, help="DataLoader workers for image folders.")] = None,
+    data_workers: Annotated[
+        int | None, typer.Option(min=0, help=f"DataLoader workers for image folders {_default('data.workers')}.")
+    ] = None,
     accelerator: AcceleratorOpt = None,
     precision: PrecisionOpt = None,
     gpus_per_trial: Annotated[
-        float | None, typer.Option(min=0.0, help="ray: GPU share per trial, when GPUs exist (default 0).")
+        float | None,
+        typer.Option(min=0.0, help=f"ray: GPU share per trial, when GPUs exist {_default('search.gpus_per_trial')}."),
     ] = None,
-    val_samples: Annotated[int | None, typer.Option(min=1, help="Validation samples each policy is scored on.")] = None,
+    val_samples: Annotated[
+        int | None,
+        typer.Option(min=1, help=f"Validation samples each policy is scored on {_default('data.val_samples')}."),
+    ] = None,
     finetune_batches: Annotated[
-        int | None, typer.Option(min=0, help="Distillation steps each policy gets before it is scored.")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Distillation steps (batches of 64) each policy gets before it is scored; 0 scores as AMC did, "
+            f"near chance at a 2x cut {_default('search.finetune_batches')}.",
+        ),
     ] = None,
     bn_batches: Annotated[
-        int | None, typer.Option(min=0, help="Batches BatchNorm statistics are re-estimated on per policy.")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Batches (of 64) BatchNorm statistics are re-estimated on per policy; 0 turns it off "
+            f"{_default('search.bn_batches')}.",
+        ),
     ] = None,
     finetune_lr: Annotated[
-        float | None, typer.Option(min=0.0, help="Learning rate of those distillation steps (default 0.01).")
+        float | None,
+        typer.Option(min=0.0, help=f"Peak learning rate of those distillation steps {_default('search.finetune_lr')}."),
     ] = None,
 ) -> None:
     """Search per-layer compression policies under a latency budget (AMC's DDPG, Optuna or Ray Tune)."""
@@ -815,19 +969,25 @@ def replay_cmd(
     policy: Annotated[Path, typer.Option(help="Policy file, e.g. runs/NAME/best_policy.json.")],
     out: Annotated[Path, typer.Option(help="Folder for model.pt, report.json and report.md.")],
     checkpoint: Annotated[str | None, typer.Option(help="Base checkpoint (default: the one the policy names).")] = None,
-    finetune_epochs: Annotated[int, typer.Option(min=0)] = 1,
+    finetune_epochs: Annotated[int, typer.Option(min=0, help="Fine-tuning epochs (0: none).")] = 1,
     distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Teach with the base model.")] = True,
-    lr: Annotated[float, typer.Option(min=0.0)] = 0.01,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak fine-tuning learning rate.")] = 0.01,
     augment: Annotated[
         bool, typer.Option(help="Random crop (pad 2) and horizontal flip of each fine-tuning batch.")
     ] = False,
-    seed: Annotated[int, typer.Option()] = 0,
-    max_batches: Annotated[int | None, typer.Option(min=1, help="Cap fine-tuning batches per epoch.")] = None,
-    data_dir: Annotated[str | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the fine-tuning batch order.")] = 0,
+    max_batches: Annotated[
+        int | None, typer.Option(min=1, help="Cap fine-tuning batches per epoch (default: no cap).")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help=DATA_DIR_HELP)] = None,
     val_size: Annotated[int, typer.Option(min=1, help="Training images held out (as in the search).")] = 5000,
     force: Annotated[bool, typer.Option(help="Replace a replay already in --out.")] = False,
     trust_factory: Annotated[
-        str | None, typer.Option(help="The package.module:function the checkpoint names, if any (it runs code).")
+        str | None,
+        typer.Option(
+            help="The package.module:function the checkpoint names, if any (it runs code) (default: none, such a "
+            "checkpoint is refused)."
+        ),
     ] = None,
     accelerator: AcceleratorOpt = None,
     precision: PrecisionOpt = None,
@@ -854,17 +1014,23 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="File to write (never overwritten without --force).")],
     all_layers: Annotated[bool, typer.Option(help="onnx-int8: quantize every layer, not only abits<=8 ones.")] = False,
     symmetric: Annotated[bool, typer.Option(help="onnx-int8: symmetric activations (TensorRT).")] = False,
-    calibration_batches: Annotated[int, typer.Option(min=1)] = 8,
+    calibration_batches: Annotated[
+        int, typer.Option(min=1, help="onnx-int8: training batches activation ranges are calibrated on.")
+    ] = 8,
     verify_samples: Annotated[int | None, typer.Option(min=1, help="Test images to verify on (default all).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
-    data_dir: Annotated[str | None, typer.Option()] = None,
+    data_dir: Annotated[str | None, typer.Option(help=DATA_DIR_HELP)] = None,
     val_size: Annotated[int, typer.Option(min=1, help="Training images held out (as in the search).")] = 5000,
-    force: Annotated[bool, typer.Option()] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     exporter: Annotated[
         str, typer.Option(help="ONNX exporter: torchscript (default, what latency is measured with) or dynamo.")
     ] = "torchscript",
     trust_factory: Annotated[
-        str | None, typer.Option(help="The package.module:function the model names, if any (it runs code).")
+        str | None,
+        typer.Option(
+            help="The package.module:function the model names, if any (it runs code) (default: none, such a model "
+            "is refused)."
+        ),
     ] = None,
 ) -> None:
     """Export a replayed model as ONNX (fp32, fp16, mixed int8), TorchScript or the packed archive; verified."""
@@ -918,7 +1084,7 @@ def export_cmd(
 
 
 @data_app.command("locate")
-def data_locate(data_dir: Annotated[str | None, typer.Option()] = None) -> None:
+def data_locate(data_dir: Annotated[str | None, typer.Option(help=DATA_DIR_HELP)] = None) -> None:
     """Say where Fashion-MNIST is found (or where it was looked for)."""
     from edgecompress.data import _locate_fashion_mnist
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from edgecompress.cli import (
+    DATA_DIR_HELP,
     TRAIN_IF_MISSING_HELP,
     AcceleratorOpt,
     ChannelsOpt,
@@ -20,6 +21,7 @@ from edgecompress.cli import (
     TrustPickleOpt,
     WeightsOpt,
     _byo_overrides,
+    _default,
     _floats,
     app,
     console,
@@ -27,16 +29,21 @@ from edgecompress.cli import (
 from edgecompress.errors import ConfigError
 
 ModelOpt = Annotated[
-    str | None, typer.Option(help="Model name (`edgecompress models`), torchvision:NAME or a factory.")
+    str | None,
+    typer.Option(help=f"Model name (`edgecompress models`), torchvision:NAME or a factory {_default('model.name')}."),
 ]
 CheckpointOpt = Annotated[
-    str | None, typer.Option(help="Base checkpoint written by `edgecompress train` (or --weights).")
+    str | None,
+    typer.Option(
+        help="Base checkpoint written by `edgecompress train`, or give --weights (default: model.checkpoint of "
+        "--config, else checkpoints/MODEL-DATASET.pt)."
+    ),
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option(help="Target device profile (`edgecompress devices`; default raspberry-pi-4).")
 ]
 DatasetOpt = Annotated[str | None, typer.Option(help="fashion-mnist (default), cifar10 or imagefolder.")]
-DataDirOpt = Annotated[str | None, typer.Option(help="Folder to look for the dataset in first.")]
+DataDirOpt = Annotated[str | None, typer.Option(help=DATA_DIR_HELP)]
 TrainIfMissingOpt = Annotated[
     bool | None, typer.Option("--train-if-missing/--no-train-if-missing", help=TRAIN_IF_MISSING_HELP)
 ]
@@ -57,7 +64,12 @@ def _model_overrides(
 
 @app.command("compare")
 def compare_cmd(
-    out: Annotated[str | None, typer.Option(help="Comparison folder (re-running on it resumes).")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Comparison folder; re-running on it resumes (default: runs/compare, or the out of --config)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -165,7 +177,9 @@ def compress_cmd(
             "the config's search.budget_ratio, 0.5)."
         ),
     ] = None,
-    budget_ms: Annotated[float | None, typer.Option(help="Latency budget in ms (instead of --speedup).")] = None,
+    budget_ms: Annotated[
+        float | None, typer.Option(help=f"Latency budget in ms, instead of --speedup {_default('search.budget_ms')}.")
+    ] = None,
     formats: Annotated[
         str | None,
         typer.Option(

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from edgecompress._inputs import InputSpec, normalise, shapes
 from edgecompress._lock import run_folder_lock
 from edgecompress.compressors import Policy
-from edgecompress.config import write_resolved_config
+from edgecompress.config import DataConfig, RunConfig, SearchConfig, TrainConfig, write_resolved_config
 from edgecompress.data import DataBundle
 from edgecompress.drivers import get_driver
 from edgecompress.errors import ConfigError
@@ -39,6 +39,10 @@ from edgecompress.training.finetune import DistillLoss
 from edgecompress.workflows.config import load_run_config
 
 __all__ = ["SearchResult", "search_policy"]
+
+# Defaults read from the config models, so a Python search scores policies as a YAML or command-line one does.
+_SEARCH = SearchConfig.model_fields
+_DATA = DataConfig.model_fields
 
 
 @dataclass
@@ -61,23 +65,23 @@ def search_policy(
     evaluate: Evaluator | None = None,
     example_inputs: Any = None,
     input_shape: Sequence[int] | None = None,
-    device: str = "raspberry-pi-4",
+    device: str = RunConfig.model_fields["device"].default,
     budget_ms: float | None = None,
-    budget_ratio: float | None = 0.5,
+    budget_ratio: float | None = _SEARCH["budget_ratio"].default,
     agent: str = "optuna",
     episodes: int = 20,
     techniques: Sequence[str] = ("keep",),
     out: str | Path = "runs/python",
     train_data: Dataset | Iterable[Any] | None = None,
     val_data: Dataset | None = None,
-    val_samples: int = 2000,
-    finetune_batches: int = 0,
-    finetune_lr: float = 0.01,
-    bn_batches: int = 0,
+    val_samples: int = _DATA["val_samples"].default,
+    finetune_batches: int | None = None,
+    finetune_lr: float = _SEARCH["finetune_lr"].default,
+    bn_batches: int = _SEARCH["bn_batches"].default,
     distill_loss: DistillLoss | None = None,
-    accelerator: str = "cpu",
-    precision: str = "fp32",
-    seed: int = 0,
+    accelerator: str = TrainConfig.model_fields["accelerator"].default,
+    precision: str = TrainConfig.model_fields["precision"].default,
+    seed: int = _SEARCH["seed"].default,
     progress: bool = False,
     **search_options: Any,
 ) -> SearchResult:
@@ -97,6 +101,11 @@ def search_policy(
       ``model``; ``distill_loss(student_out, teacher_out, targets)`` replaces Hinton's loss), ``bn_batches``
       BatchNorm re-estimation batches; both run on ``accelerator`` (auto, cpu, cuda, mps) at ``precision``.
       Latency is predicted for ``device``.
+    * Defaults are the config's (``edgecompress config`` prints them): ``device``, ``budget_ratio``,
+      ``val_samples``, ``bn_batches``, ``finetune_lr``, ``accelerator``, ``precision``, ``seed``, and
+      ``finetune_batches`` when there is training data to distil on (``data`` or ``train_data``; else 0).
+      ``finetune_batches=0`` scores policies without fine-tuning, as AMC did: near chance for most networks at
+      a 2x latency cut.
 
     Returns a :class:`SearchResult`; the run folder ``out`` holds everything the CLI's search writes, and the
     same call on the same folder resumes it.
@@ -110,6 +119,8 @@ def search_policy(
         from torch.utils.data import Subset
 
         val_data = Subset(val_data, range(val_samples))
+    if finetune_batches is None:  # the config's, when there is anything to distil on
+        finetune_batches = _SEARCH["finetune_batches"].default if train_data is not None else 0
     if evaluate is None and val_data is None:
         raise ConfigError(
             "search_policy() needs something to score policies with: data (a DataBundle), val_data (a Dataset of "

@@ -32,6 +32,7 @@ settings for an existing folder is refused, so rows are never mixed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -80,13 +81,17 @@ DESCRIPTIONS = {
     "lookahead": "unstructured Lookahead pruning (Park et al. 2020), one sparsity on every layer",
     "quant": "uniform weight quantization, one bit width on every layer (8, 6, 4, 2)",
     "sharing": "weight sharing: one k-means codebook size on every layer, Huffman-coded indices",
-    "deep-compression": "magnitude pruning plus 32-entry weight sharing, Huffman coded (Han et al. 2016)",
+    "deep-compression": "magnitude pruning (sparsity s on the largest layer, the same non-zeros per square root "
+    "of layer size elsewhere) plus 16-entry weight sharing, Huffman coded (Han et al. 2016)",
 }
 SIZE_NOTE = (
     "size technique: unstructured sparsity, low-bit weights and codebooks shrink the stored file but not the "
     "work of the dense kernels ONNX Runtime, LiteRT and TensorRT run, so they are not offered latency budgets"
 )
 QUANT_BITS = (8, 6, 4, 2)
+DEEP_CLUSTERS = 16
+"""Codebook size of the deep-compression rows: on LeNet-5 at ~50x, 8 entries cost ~0.3 points more than 16 and
+32 left too little room for the indices (docs/compare.md)."""
 SHARING_CLUSTERS = (256, 128, 64, 32, 16, 8, 4, 2)
 ENERGY_SOURCE = (
     "not modelled: no energy model is calibrated for any device profile yet (the public Jetson TX2 energy "
@@ -305,19 +310,23 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
 
     if technique in ("magnitude", "lookahead", "deep-compression"):
         method = "lookahead" if technique == "lookahead" else "magnitude"
-        clusters = 32 if technique == "deep-compression" else 0
+        deep = technique == "deep-compression"
+        largest = max(sp.params for sp in ctx.analysis.layers)
 
         def make(s: float) -> Policy:
-            fields_: dict[str, Any] = {"sparsity": s}
-            if clusters:
-                fields_["clusters"] = clusters
-            names = [sp.name for sp in ctx.analysis.layers]
-            return Policy({n: LayerPolicy(**fields_) for n in names}, base=_base_record(ctx))
+            layers = {}
+            for sp in ctx.analysis.layers:
+                if deep:  # every layer keeps the same non-zeros per square root of its size; s: the largest's
+                    sparsity = 1 - min(1.0, (1 - s) * math.sqrt(largest / max(sp.params, 1)))
+                    layers[sp.name] = LayerPolicy(sparsity=round(sparsity, 5), clusters=DEEP_CLUSTERS)
+                else:
+                    layers[sp.name] = LayerPolicy(sparsity=s)
+            return Policy(layers, base=_base_record(ctx))
 
         values = _grid(0.0, 0.99)
         s, n = _mildest(values, lambda s: fits(make(s), method))
         if s is None:
-            return None, f"sparsity 0.99 on every layer stores {_archive_bytes(ctx, make(0.99), method):,} bytes"
+            return None, f"sparsity 0.99 stores {_archive_bytes(ctx, make(0.99), method):,} bytes"
         p = make(s)
         return _Candidate(_policy_model(ctx, p, method)[0], {"sparsity": s, "priced": n}, p, unstructured=method), ""
     if technique == "quant":

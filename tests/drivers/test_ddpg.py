@@ -18,7 +18,7 @@ def cfg(tmp_path, tiny_fmnist_shared):
         "out": str(tmp_path / "run"), "model.checkpoint": str(tmp_path / "lenet.pt"),
         "data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "data.val_samples": 60,
         "train.epochs": 3, "train.batch_size": 32, "search.episodes": 20, "search.budget_ratio": 0.8,
-        "search.warmup_episodes": 5,
+        "search.warmup_episodes": 5, "search.finetune_batches": 0,  # scored unfine-tuned: driver mechanics only
     })  # fmt: skip
     from edgecompress.data import load_dataset
 

@@ -29,6 +29,7 @@ def make_cfg(out: Path, lenet_checkpoint: Path, data: Path, **search: Any) -> Ru
         "search.episodes": 6,
         "search.budget_ratio": 0.8,
         "search.round_to": 1,
+        "search.finetune_batches": 0,  # scored unfine-tuned: driver mechanics only
         "name": out.name,
     }
     overrides.update({f"search.{k}": v for k, v in search.items()})

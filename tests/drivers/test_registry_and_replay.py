@@ -42,6 +42,7 @@ def test_best_policy_replays_exactly(
         "data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "data.val_samples": 60,
         "search.agent": agent, "search.episodes": 4, "search.warmup_episodes": 2, "search.workers": 2,
         "search.budget_ratio": 0.9, "search.techniques": ["keep", "abits"],
+        "search.finetune_batches": 0,  # scored unfine-tuned: the replay is what is tested
     })  # fmt: skip
     try:
         run_search(cfg, make_console(), progress=False)

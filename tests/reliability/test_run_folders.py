@@ -20,6 +20,7 @@ def _cfg(out: Path, lenet_checkpoint: Path, data: Path, agent: str, episodes: in
         "out": str(out), "name": out.name, "model.checkpoint": str(lenet_checkpoint), "data.data_dir": str(data),
         "data.val_size": 60, "data.val_samples": 60, "search.agent": agent, "search.episodes": episodes,
         "search.warmup_episodes": 1, "search.budget_ratio": 0.9,
+        "search.finetune_batches": 0,  # scored unfine-tuned: run-folder mechanics only
     })  # fmt: skip
 
 

@@ -118,6 +118,7 @@ def test_a_ddpg_run_folder_is_resumed_without_unpickling(tmp_path: Path, tiny_fm
         "out": str(tmp_path / "run"), "model.checkpoint": str(ckpt), "data.data_dir": str(tiny_fmnist_shared),
         "data.val_size": 60, "data.val_samples": 60, "train.epochs": 1, "train.batch_size": 32,
         "search.episodes": 2, "search.warmup_episodes": 1, "search.budget_ratio": 0.9,
+        "search.finetune_batches": 0,  # scored unfine-tuned: resuming is what is tested
     }  # fmt: skip
     cfg = load_config(None, overrides)
     bundle = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
