@@ -36,7 +36,7 @@ from edgecompress.workflows.config import load_run_config as load_config
 from edgecompress.workflows.report import load_run, summarize
 from edgecompress.workflows.search import run_search
 
-CONFIGS = {"lenet5": "configs/default.yaml", "resnet20": "configs/resnet20-fmnist.yaml"}
+CONFIGS = {"lenet5": "configs/lenet5-fmnist.yaml", "resnet20": "configs/resnet20-fmnist.yaml"}
 METHODS = {
     "random": ("optuna", "random"),
     "tpe": ("optuna", "tpe"),

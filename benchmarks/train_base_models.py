@@ -1,6 +1,6 @@
 """Train the base models from their configs and record test accuracy and wall time.
 
-    python benchmarks/train_base_models.py --configs configs/default.yaml configs/resnet20-fmnist.yaml
+    python benchmarks/train_base_models.py --configs configs/lenet5-fmnist.yaml configs/resnet20-fmnist.yaml
 
 Writes benchmarks/results/train_base_models__<models>.json (e.g. ``__lenet5+resnet20``
 for the default configs) and the checkpoints named in the configs (existing checkpoints
@@ -26,7 +26,7 @@ from edgecompress.workflows.train import train_base_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["configs/default.yaml", "configs/resnet20-fmnist.yaml"])
+    parser.add_argument("--configs", nargs="+", default=["configs/lenet5-fmnist.yaml", "configs/resnet20-fmnist.yaml"])
     parser.add_argument("--retrain", action="store_true", help="train even where the checkpoint exists")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/train_base_models__<models>.json")
     args = parser.parse_args()

@@ -137,10 +137,15 @@ def run_compress(
         key = fmt
         if key in exports and path.exists() and exports[key].get("replay_seconds") == report.get("seconds"):
             continue
+        # A policy asking no 8-bit activations leaves onnx-int8 nothing to quantize: the device's int8 file then
+        # quantizes every layer (calibrated on training batches, verified like the others), and says so.
+        everything = fmt == "onnx-int8" and not _asks_int8(policy_path)
         r = export_model(
             replay_dir, fmt, path, force=True, measure=False, val_size=cfg.data.val_size, data_dir=cfg.data.data_dir,
-            verify_samples=test_samples, trust_factory=cfg.model.name,
+            verify_samples=test_samples, trust_factory=cfg.model.name, all_layers=everything,
         )  # fmt: skip
+        if everything:
+            r["note"] = "the policy asks 8-bit activations on no layer: every layer quantized (--all-layers)"
         r["replay_seconds"] = report.get("seconds")
         exports[key] = r
         write_json_atomic(exports_path, exports)
@@ -181,13 +186,20 @@ def run_compress(
             "replay_report": str(replay_dir / "report.md"),
             **{fmt: exports[fmt]["out"] for fmt in formats},
         },
-        "exports": {fmt: {"bytes": exports[fmt]["bytes"], "parity": exports[fmt]["parity"]} for fmt in formats},
+        "exports": {
+            fmt: {"bytes": exports[fmt]["bytes"], "parity": exports[fmt]["parity"], "note": exports[fmt].get("note")}
+            for fmt in formats
+        },
         "seconds_this_run": round(time.perf_counter() - started, 1),
         "versions": software_versions(),
     }
     write_json_atomic(out / "compress.json", summary)
     print_summary(console, summary)
     return summary
+
+
+def _asks_int8(policy_path: Path) -> bool:
+    return any(lp.abits <= 8 for lp in Policy.load(policy_path).layers.values())
 
 
 def _policy_text(path: Path) -> str:
@@ -238,7 +250,16 @@ def print_summary(console: Console, s: dict[str, Any]) -> None:
     console.print(t)
     console.print("files:")
     for what, path in s["files"].items():
-        console.print(f"  {what}: {path}")
+        e = s["exports"].get(what)
+        if e is None:
+            console.print(f"  {what}: {path}")
+            continue
+        par = e["parity"]
+        console.print(
+            f"  {what}: {path} ({e['bytes'] / 1024:,.1f} KiB; ONNX Runtime here: top-1 {par['top1']:.4f} on "
+            f"{par['samples']} test images, {par['top1_agreement']:.2%} agreement with PyTorch)"
+            + (f"; {e['note']}" if e.get("note") else "")
+        )
 
 
 @dataclass

@@ -10,9 +10,9 @@ from edgecompress.cli import main
 
 
 def test_a_mistyped_checkpoint_is_an_error_not_a_new_model(tmp_path: Path, fmnist, capsys) -> None:  # type: ignore[no-untyped-def]
-    # configs/default.yaml trains its base model when missing; a path typed on the command line must exist.
+    # configs/lenet5-fmnist.yaml trains its base model when missing; a path typed on the command line must exist.
     typo = tmp_path / "lenet-typo.pt"
-    config = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    config = Path(__file__).resolve().parents[2] / "configs" / "lenet5-fmnist.yaml"
     args = ["search", "--config", str(config), "--checkpoint", str(typo), "--out", str(tmp_path / "run")]
     with pytest.raises(SystemExit) as done:
         main(args)

@@ -12,8 +12,8 @@ from edgecompress.workflows.train import train_base_model
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_lenet5_default_config_reaches_89_percent_in_3_epochs(fmnist, tmp_path) -> None:
-    cfg = load_config(REPO / "configs/default.yaml")
+def test_lenet5_config_reaches_89_percent_in_3_epochs(fmnist, tmp_path) -> None:
+    cfg = load_config(REPO / "configs/lenet5-fmnist.yaml")
     assert cfg.train.epochs == 3
     _, spec = train_base_model(cfg, tmp_path / "lenet5.pt", bundle=fmnist, progress=False)
     assert spec.metrics["test_acc"] >= 0.89
