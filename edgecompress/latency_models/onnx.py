@@ -23,6 +23,7 @@ warning is silenced inside this call only.
 from __future__ import annotations
 
 import io
+import statistics
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -34,11 +35,20 @@ from edgecompress._imports import optional
 from edgecompress._inputs import ExampleInputs, InputSpec, example, is_shape, normalise
 from edgecompress.compressors.constraints import float_view
 from edgecompress.errors import ConfigError
-from edgecompress.latency_models.profiler import time_onnx
+from edgecompress.latency_models.profiler import time_onnx, time_onnx_interleaved
 
 __all__ = [
-    "EXPORTERS", "INPUT_NAME", "OPSET", "OUTPUT_NAME", "input_names", "measure_ms", "onnx_feed", "ort_session",
-    "runner", "to_onnx",
+    "EXPORTERS",
+    "INPUT_NAME",
+    "OPSET",
+    "OUTPUT_NAME",
+    "input_names",
+    "measure_ms",
+    "onnx_feed",
+    "ort_session",
+    "runner",
+    "speedup_against",
+    "to_onnx",
 ]  # fmt: skip
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -138,3 +148,19 @@ def measure_ms(
     spec = normalise(input_shape)
     ex = torch.randn(spec) if is_shape(spec) else spec  # type: ignore[arg-type]
     return time_onnx(to_onnx(model, spec), None, threads, warmup, repeats, feed=onnx_feed(ex))  # type: ignore[arg-type]
+
+
+def speedup_against(
+    base: nn.Module, model: nn.Module, shape: tuple[int, ...], *, threads: int, rounds: int, warmup: int, repeats: int
+) -> dict[str, float]:
+    """``model`` timed against ``base`` on this CPU: their fp32 ONNX exports at ``shape`` in ONNX Runtime, in turn
+    for ``rounds`` rounds (:func:`~edgecompress.latency_models.profiler.time_onnx_interleaved`); the medians of
+    each one's per-round ms and of the per-round ratio base / model (the ratio holds where absolute ms drift)."""
+    x = onnx_feed(torch.randn(shape))
+    models: dict[str, bytes | str] = {"base": to_onnx(base, shape), "model": to_onnx(model, shape)}
+    times = time_onnx_interleaved(models, dict.fromkeys(models, x), threads, rounds, warmup, repeats)
+    return {
+        "base_ms": statistics.median(times["base"]),
+        "ms": statistics.median(times["model"]),
+        "speedup": statistics.median(b / m for b, m in zip(times["base"], times["model"], strict=True)),
+    }

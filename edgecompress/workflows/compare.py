@@ -49,7 +49,7 @@ from edgecompress._io import read_json, write_json_atomic, write_text_atomic
 from edgecompress._lock import run_folder_lock
 from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.artifacts.checkpoint import ModelSpec
-from edgecompress.compressors import LayerPolicy, Policy, compress
+from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, compress
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle, first_batches
@@ -57,8 +57,7 @@ from edgecompress.drivers import get_driver
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.latency_models import estimate_latency
 from edgecompress.latency_models.devices import list_devices
-from edgecompress.latency_models.onnx import onnx_feed, to_onnx
-from edgecompress.latency_models.profiler import time_onnx_interleaved
+from edgecompress.latency_models.onnx import speedup_against
 from edgecompress.models import create_model, students_for
 from edgecompress.search.objective import policy_latency
 from edgecompress.search.setup import create_setup
@@ -165,6 +164,8 @@ class _Candidate:
     """A model one technique made for one budget, before the shared recipe."""
 
     model: nn.Module
+    report: CompressionReport | None
+    """What compressing with ``policy`` gave (None for a student: counted as an unchanged model)."""
     setting: dict[str, Any]
     policy: Policy | None
     unstructured: str = "magnitude"
@@ -242,13 +243,13 @@ def _latency_candidate(ctx: _Context, technique: str, budget_ms: float) -> tuple
         floor = f"keep {ctx.settings.keep_min} on every prunable layer"
         if keep is None:
             return None, _floor_text(ctx, make(ctx.settings.keep_min), floor)
-        return _Candidate(_policy_model(ctx, make(keep))[0], {"keep": keep, "priced": n}, make(keep)), ""
+        return _Candidate(*_policy_model(ctx, make(keep)), {"keep": keep, "priced": n}, make(keep)), ""
     if technique == "lowrank":
         make = lambda r: _layers_where(ctx, "rank", r)  # noqa: E731
         rank, n = _mildest(_grid(1.0, ctx.settings.rank_min), lambda r: policy_meets(make(r)))
         if rank is None:
             return None, _floor_text(ctx, make(ctx.settings.rank_min), f"rank {ctx.settings.rank_min} everywhere")
-        return _Candidate(_policy_model(ctx, make(rank))[0], {"rank": rank, "priced": n}, make(rank)), ""
+        return _Candidate(*_policy_model(ctx, make(rank)), {"rank": rank, "priced": n}, make(rank)), ""
     if technique == "drop":
         blocks = ctx.analysis.blocks()
         if not blocks:
@@ -268,7 +269,7 @@ def _latency_candidate(ctx: _Context, technique: str, budget_ms: float) -> tuple
             return None, _floor_text(ctx, make_drop(len(order)), f"all {len(order)} removable blocks removed")
         p = make_drop(k)
         setting = {"blocks_removed": order[:k], "of": len(order), "priced": n + len(order)}
-        return _Candidate(_policy_model(ctx, p)[0], setting, p), ""
+        return _Candidate(*_policy_model(ctx, p), setting, p), ""
     if technique == "student":
         names = [ctx.settings.student] if ctx.settings.student else students_for(ctx.spec.model)
         if not names:
@@ -287,7 +288,7 @@ def _latency_candidate(ctx: _Context, technique: str, budget_ms: float) -> tuple
             return None, f"the fastest student ({best[1]}) is predicted at {best[0]:.4f} ms on {device}"
         ms, name, student = max(fitting, key=lambda p: p[0])  # the largest that fits: the most capacity
         setting = {"student": name, "candidates": {n: round(m, 5) for m, n, _ in priced}}
-        return _Candidate(student, setting, None, trained_from_scratch=True), ""
+        return _Candidate(student, None, setting, None, trained_from_scratch=True), ""
     raise AssertionError(technique)
 
 
@@ -328,19 +329,19 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
         if s is None:
             return None, f"sparsity 0.99 stores {_archive_bytes(ctx, make(0.99), method):,} bytes"
         p = make(s)
-        return _Candidate(_policy_model(ctx, p, method)[0], {"sparsity": s, "priced": n}, p, unstructured=method), ""
+        return _Candidate(*_policy_model(ctx, p, method), {"sparsity": s, "priced": n}, p, unstructured=method), ""
     if technique == "quant":
         make_q = lambda b: _layers_where(ctx, "wbits", b)  # noqa: E731
         bits, n = _mildest(list(QUANT_BITS), lambda b: fits(make_q(b)))
         if bits is None:
             return None, f"2-bit weights store {_archive_bytes(ctx, make_q(2)):,} bytes"
-        return _Candidate(_policy_model(ctx, make_q(bits))[0], {"wbits": bits, "priced": n}, make_q(bits)), ""
+        return _Candidate(*_policy_model(ctx, make_q(bits)), {"wbits": bits, "priced": n}, make_q(bits)), ""
     if technique == "sharing":
         make_c = lambda c: _layers_where(ctx, "clusters", c)  # noqa: E731
         c, n = _mildest(list(SHARING_CLUSTERS), lambda c: fits(make_c(c)))
         if c is None:
             return None, f"2-entry codebooks store {_archive_bytes(ctx, make_c(2)):,} bytes"
-        return _Candidate(_policy_model(ctx, make_c(c))[0], {"clusters": c, "priced": n}, make_c(c)), ""
+        return _Candidate(*_policy_model(ctx, make_c(c)), {"clusters": c, "priced": n}, make_c(c)), ""
     raise AssertionError(technique)
 
 
@@ -367,12 +368,12 @@ def _search_candidate(ctx: _Context, label: str, budget_ms: float) -> tuple[_Can
     if best is None:
         return None, f"no policy the search scored ({result['episodes']}) met the budget"
     policy = Policy.from_dict(best["policy"])
-    model, _ = compress(ctx.base, policy, None if policy.applied else ctx.calibration, analysis=ctx.analysis)
+    model, report = compress(ctx.base, policy, None if policy.applied else ctx.calibration, analysis=ctx.analysis)
     setting = {
         "agent": cfg.search.agent, "episodes": result["episodes"], "techniques": list(cfg.search.techniques),
         "search_accuracy": best["accuracy"], "run_folder": cfg.out, "summary": policy.summary(),
     }  # fmt: skip
-    return _Candidate(model, setting, policy, search_seconds=time.perf_counter() - started), ""
+    return _Candidate(model, report, setting, policy, search_seconds=time.perf_counter() - started), ""
 
 
 # ---------------------------------------------------------------- measuring a row
@@ -383,16 +384,10 @@ def _measure_here(ctx: _Context, model: nn.Module) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for batch in (1, 64):
         shape = (batch, *tuple(ctx.shape)[1:])
-        x = onnx_feed(torch.randn(shape))
-        models: dict[str, bytes | str] = {"base": to_onnx(ctx.base, shape), "row": to_onnx(model, shape)}
-        rounds = ctx.settings.measure_rounds
-        times = time_onnx_interleaved(models, dict.fromkeys(models, x), ctx.settings.threads, rounds, 5, 20)
-        ratios = sorted(b / r for b, r in zip(times["base"], times["row"], strict=True))
-        out[f"batch{batch}"] = {
-            "base_ms": sorted(times["base"])[rounds // 2],
-            "ms": sorted(times["row"])[rounds // 2],
-            "speedup": ratios[rounds // 2],
-        }
+        out[f"batch{batch}"] = speedup_against(
+            ctx.base, model, shape, threads=ctx.settings.threads, rounds=ctx.settings.measure_rounds, warmup=5,
+            repeats=20,
+        )  # fmt: skip
     out["source"] = (
         f"measured on this machine ({cpu_name()}, {os.cpu_count()} cores): ONNX Runtime CPU provider, "
         f"{ctx.settings.threads} thread(s), fp32 ONNX export, median of {ctx.settings.measure_rounds} rounds of "
@@ -425,7 +420,7 @@ def _finish_row(ctx: _Context, technique: str, budget: dict[str, Any], cand: _Ca
         )  # fmt: skip
     model.eval()
     finetune_seconds = time.perf_counter() - t0
-    row = _measure_row(ctx, model, cand.policy, cand.unstructured)
+    row = _measure_row(ctx, model, cand.policy, cand.report)
     row.update(
         technique=technique, description=DESCRIPTIONS[technique], budget=budget, met=True, setting=cand.setting,
         top1_before_finetune=before, trained_from_scratch=cand.trained_from_scratch,
@@ -438,23 +433,16 @@ def _finish_row(ctx: _Context, technique: str, budget: dict[str, Any], cand: _Ca
     return row
 
 
-def _measure_row(ctx: _Context, model: nn.Module, policy: Policy | None, unstructured: str = "magnitude") -> dict:
-    if policy is not None:
-        _, report = _policy_model(ctx, policy, unstructured)
-        totals = report.totals
-        size = {
-            "params": report.model_params_after, "macs": totals["macs_after"],
-            "stored_bytes": totals["stored_bytes_after"], "huffman_bytes": totals["huffman_bytes_after"],
-            "peak_activation_bytes": totals["peak_activation_bytes_after"],
-        }  # fmt: skip
-    else:  # a student (or the base): counted as an unchanged model
+def _measure_row(ctx: _Context, model: nn.Module, policy: Policy | None, report: CompressionReport | None) -> dict:
+    """A row's figures; ``report``: what compressing with ``policy`` gave (None: count ``model`` as it is)."""
+    if report is None:  # a student (or the base): counted as an unchanged model
         _, report = compress(model, Policy({}), input_shape=ctx.shape)
-        totals = report.totals
-        size = {
-            "params": report.model_params_after, "macs": totals["macs_after"],
-            "stored_bytes": totals["stored_bytes_after"], "huffman_bytes": totals["huffman_bytes_after"],
-            "peak_activation_bytes": totals["peak_activation_bytes_after"],
-        }  # fmt: skip
+    totals = report.totals
+    size = {
+        "params": report.model_params_after, "macs": totals["macs_after"],
+        "stored_bytes": totals["stored_bytes_after"], "huffman_bytes": totals["huffman_bytes_after"],
+        "peak_activation_bytes": totals["peak_activation_bytes_after"],
+    }  # fmt: skip
     predicted = {}
     for device in _profiles(ctx):
         try:
@@ -574,7 +562,7 @@ def run_compare(
         if "base" in done:
             base_row = done["base"]
         else:
-            base_row = _measure_row(ctx, base, None)
+            base_row = _measure_row(ctx, base, None, None)
             base_row.update(key="base", technique="base", description="the base model, uncompressed", met=True)
             _append_row(rows_path, base_row)
         base_ms = base_row["latency_ms"]

@@ -14,15 +14,12 @@ the space allows is refused before anything is searched, stating that floor.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 from rich.console import Console
 from rich.table import Table
@@ -32,14 +29,14 @@ from edgecompress._io import read_json, write_json_atomic
 from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.artifacts.compressed import load_compressed
 from edgecompress.artifacts.export import FORMATS, export_model
+from edgecompress.artifacts.weights import file_sha256
 from edgecompress.compressors import Policy, compress
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import RunConfig
 from edgecompress.data import DataBundle, first_batches
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models import estimate_latency
-from edgecompress.latency_models.onnx import onnx_feed, to_onnx
-from edgecompress.latency_models.profiler import time_onnx_interleaved
+from edgecompress.latency_models.onnx import speedup_against
 from edgecompress.search.objective import policy_latency
 from edgecompress.training import distill as run_distill
 from edgecompress.training import evaluate, recalibrate_batchnorm
@@ -126,7 +123,7 @@ def run_compress(
             precision=cfg.train.precision, test_samples=test_samples, batch_size=cfg.train.batch_size,
         )  # fmt: skip
         report["compress_recipe"] = recipe
-        report["policy_sha"] = _policy_text(policy_path)
+        report["policy_sha"] = file_sha256(policy_path)
         write_json_atomic(report_path, report)
 
     exports_path = out / "exports.json"
@@ -202,26 +199,18 @@ def _asks_int8(policy_path: Path) -> bool:
     return any(lp.abits <= 8 for lp in Policy.load(policy_path).layers.values())
 
 
-def _policy_text(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _same_policy(report: dict[str, Any], policy_path: Path) -> bool:
-    return bool(report.get("policy_sha") == _policy_text(policy_path))
+    return bool(report.get("policy_sha") == file_sha256(policy_path))
 
 
 def _time_here(replay_dir: Path, threads: int, rounds: int, *, trust_factory: str) -> dict[str, Any]:
     model, spec, policy, _ = load_compressed(replay_dir, trust_factory=trust_factory)
     base, _ = load_checkpoint(policy.base["checkpoint"], trust_factory=trust_factory)
-    shape = spec.input_shape
-    x = onnx_feed(torch.randn(shape))
-    models: dict[str, bytes | str] = {"base": to_onnx(base, shape), "compressed": to_onnx(model, shape)}
-    times = time_onnx_interleaved(models, dict.fromkeys(models, x), threads, rounds, 10, 100)
-    ratio = statistics.median(b / c for b, c in zip(times["base"], times["compressed"], strict=True))
+    m = speedup_against(base, model, spec.input_shape, threads=threads, rounds=rounds, warmup=10, repeats=100)
     return {
-        "base_ms": statistics.median(times["base"]),
-        "compressed_ms": statistics.median(times["compressed"]),
-        "speedup": ratio,
+        "base_ms": m["base_ms"],
+        "compressed_ms": m["ms"],
+        "speedup": m["speedup"],
         "source": (
             f"measured on this machine ({cpu_name()}, {os.cpu_count()} cores): ONNX Runtime CPU provider, "
             f"{threads} thread(s), batch 1, fp32 ONNX, {rounds} rounds of 100 runs with the two models in turn; "
