@@ -26,6 +26,7 @@ measured on the test split, latency in ONNX Runtime on this machine.
 
 from __future__ import annotations
 
+import copy
 import io
 import tempfile
 import time
@@ -37,20 +38,24 @@ import torch
 import torch.nn as nn
 
 from edgecompress._imports import optional
+from edgecompress._inputs import example
 from edgecompress._io import check_output
 from edgecompress._logging import quiet_library_logs
 from edgecompress.artifacts.archive import load_archive, pack_archive
 from edgecompress.artifacts.compressed import load_compressed
-from edgecompress.compressors.constraints import float_view
+from edgecompress.compressors.constraints import float_view, qdq_view
 from edgecompress.data import batches, first_batches, load_dataset
 from edgecompress.errors import ConfigError, EdgeCompressError
-from edgecompress.latency_models.onnx import EXPORTERS, runner, to_onnx
-from edgecompress.latency_models.profiler import time_onnx
+from edgecompress.latency_models.litert import to_tflite
+from edgecompress.latency_models.onnx import EXPORTERS, export_module, runner, to_onnx
+from edgecompress.latency_models.profiler import time_model, time_onnx
 from edgecompress.training import evaluate
 
 __all__ = ["FORMATS", "export_model", "module_of_node"]
 
-FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "torchscript", "archive")
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "tflite", "tflite-int8", "torchscript", "archive")
+SCALES = ("auto", "trained", "calibrated")
+TARGETS = ("generic", "tensorrt")
 
 
 def module_of_node(node_name: str) -> str:
@@ -198,6 +203,101 @@ def _int8(
     }
 
 
+def constant_values(graph: Any) -> dict[str, Any]:
+    """Initializer and Constant-node values of an ONNX graph by tensor name, as numpy arrays."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _fold_weight_quantization(model: Any) -> int:
+    """Store quantized weights as integers: every QuantizeLinear of a constant (an initializer, through
+    Identity nodes) is computed now, its integer tensor becoming the DequantizeLinear's input, as ONNX
+    Runtime's and TensorRT's quantized graphs have it. Unused Identity and Constant nodes are dropped.
+    Returns the number of weights folded."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    values = constant_values(graph)
+    source = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
+
+    def resolve(name: str) -> str:
+        while name in source:
+            name = source[name]
+        return name
+
+    nodes = list(graph.node)  # one wrapper per node (protobuf wrappers are not stable identities)
+    folded, drop = 0, set()
+    for index, node in enumerate(nodes):
+        if node.op_type != "QuantizeLinear" or any(resolve(i) not in values for i in node.input[:3]):
+            continue
+        w, scale, zero = (values[resolve(i)] for i in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        if scale.ndim == 1 and w.ndim > 0:
+            shape[axis] = -1
+        info = np.iinfo(zero.dtype)
+        q = np.clip(np.round(w / scale.reshape(shape)) + zero.reshape(shape).astype(np.int64), info.min, info.max)
+        name = node.output[0] + "_int"
+        graph.initializer.append(numpy_helper.from_array(q.astype(zero.dtype), name))
+        for consumer in nodes:
+            consumer.input[:] = [name if i == node.output[0] else i for i in consumer.input]
+        drop.add(index)
+        folded += 1
+    kept = [n for i, n in enumerate(nodes) if i not in drop]
+    while True:  # drop what nothing reads any more (the Identity chains and Constants of folded weights)
+        used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+        left = [n for n in kept if n.op_type not in ("Identity", "Constant") or any(o in used for o in n.output)]
+        if len(left) == len(kept):
+            break
+        kept = left
+    kept = [copy.deepcopy(n) for n in kept]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    keep_init = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_init)
+    return folded
+
+
+def _int8_trained(model: nn.Module, shape: Any, *, symmetric: bool) -> tuple[bytes, dict[str, Any]]:
+    """int8 ONNX carrying the policy's trained quantization: QuantizeLinear/DequantizeLinear pairs with the
+    scales its fake quantizers used (weights per output channel, zero point 0; layer inputs per tensor), the
+    weights stored as integers. Layers the policy left in float stay float."""
+    onnx = optional("onnx", needed_for="onnx-int8 export")
+    view, carried = qdq_view(model, symmetric=symmetric)
+    if not carried:
+        raise ConfigError(
+            "the policy quantizes no weight or activation to 8 bits or fewer, so there are no trained scales to "
+            "export; pass --scales calibrated (with --all-layers to quantize every layer)"
+        )
+    proto = onnx.load_from_string(export_module(view, example(shape)))
+    folded = _fold_weight_quantization(proto)
+    return proto.SerializeToString(), {
+        "scales": "trained (the policy's fake quantization, kept from fine-tuning)",
+        "weights": {k: v["weight_bits"] for k, v in carried.items() if "weight_bits" in v},
+        "activations": sorted(k for k, v in carried.items() if "input_scale" in v),
+        "weights_stored_as_int": folded,
+        "symmetric": symmetric,
+        "carried": {
+            k: {kk: (vv.tolist() if isinstance(vv, torch.Tensor) else vv) for kk, vv in v.items()}
+            for k, v in carried.items()
+        },
+    }
+
+
+def _policy_quantizes(policy: Any) -> bool:
+    return any(lp.wbits <= 8 or lp.abits <= 8 for lp in policy.layers.values())
+
+
 def export_model(
     model_dir: str | Path,
     fmt: str,
@@ -206,6 +306,8 @@ def export_model(
     data_dir: str | None = None,
     all_layers: bool = False,
     symmetric: bool = False,
+    scales: str = "auto",
+    target: str = "generic",
     calibration_batches: int = 8,
     verify_samples: int | None = None,
     threads: int = 2,
@@ -220,8 +322,18 @@ def export_model(
     """Export the compressed model in ``model_dir`` (a replay folder or its model.pt) as ``fmt`` to ``out``."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if scales not in SCALES:
+        raise ConfigError(f"unknown --scales {scales!r}; valid: {', '.join(SCALES)}")
+    if target not in TARGETS:
+        raise ConfigError(f"unknown --target {target!r}; valid: {', '.join(TARGETS)}")
+    symmetric = symmetric or target == "tensorrt"
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown ONNX exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    if all_layers and scales == "trained":
+        raise ConfigError(
+            "--all-layers quantizes layers the policy left in float, which have no trained scales: "
+            "use --scales calibrated with --all-layers (or drop --all-layers)"
+        )
     if exporter != "torchscript" and fmt == "onnx-int8":
         raise ConfigError(
             "onnx-int8 picks the layers to quantize by the TorchScript exporter's node scopes; "
@@ -251,6 +363,9 @@ def export_model(
         data = fp32
         if fmt == "onnx-fp16":
             data, result["fp16"] = _fp16(onnx.load_from_string(fp32))
+        elif fmt == "onnx-int8" and (scales == "trained" or (scales == "auto" and not all_layers
+                                                                and _policy_quantizes(policy))):  # fmt: skip
+            data, result["int8"] = _int8_trained(model, shape, symmetric=symmetric)
         elif fmt == "onnx-int8":
             data, info = _int8(
                 fp32,
@@ -272,6 +387,19 @@ def export_model(
                 **_time(data, shape, threads, repeats),
                 "fp32_reference": _time(fp32, shape, threads, repeats) if fmt != "onnx" else None,
                 "source": f"ONNX Runtime CPU provider on this machine, {threads} threads, median",
+            }
+    elif fmt in ("tflite", "tflite-int8"):
+        int8 = fmt == "tflite-int8"
+        drawn = (x for x in first_batches(bundle.train, calibration_batches, 32, seed=seed)) if int8 else ()
+        data, result["litert"] = to_tflite(model, shape, int8=int8, calibration=drawn)
+        result["parity"] = _parity(runner(data, threads, runtime="litert"), folded, bundle.test, verify_samples,
+                                   "PyTorch model with constraints folded (what the export encodes)")  # fmt: skip
+        if measure:
+            x = torch.randn((1, *shape[1:]))
+            result["measured"] = {
+                "batch1_ms": time_model(data, x, threads, 10, repeats, runtime="litert"),
+                "batch1_ms_1thread": time_model(data, x, 1, 10, repeats, runtime="litert"),
+                "source": f"LiteRT interpreter (XNNPACK) on this machine, {threads} threads and 1 thread, median",
             }
     elif fmt == "torchscript":
         with warnings.catch_warnings():
@@ -295,7 +423,7 @@ def export_model(
     tmp.write_bytes(data)
     tmp.replace(out)
     result["seconds"] = time.perf_counter() - started
-    if result["parity"]["top1_agreement"] < 0.995 and fmt in ("onnx", "torchscript", "archive"):
+    if result["parity"]["top1_agreement"] < 0.995 and fmt in ("onnx", "tflite", "torchscript", "archive"):
         raise EdgeCompressError(
             f"{fmt} export disagrees with PyTorch on {1 - result['parity']['top1_agreement']:.2%} of the test "
             f"images (max abs difference {result['parity']['max_abs_diff']:.3g}); written to {out} for inspection"

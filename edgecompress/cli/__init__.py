@@ -1010,12 +1010,35 @@ def replay_cmd(
 @app.command("export")
 def export_cmd(
     model: Annotated[Path, typer.Option(help="Replay folder (or its model.pt).")],
-    format: Annotated[str, typer.Option("--format", help="onnx, onnx-fp16, onnx-int8, torchscript or archive.")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx, onnx-fp16, onnx-int8, tflite, tflite-int8 (LiteRT, pip install 'edgecompress[litert]'), "
+            "torchscript or archive.",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="File to write (never overwritten without --force).")],
     all_layers: Annotated[bool, typer.Option(help="onnx-int8: quantize every layer, not only abits<=8 ones.")] = False,
-    symmetric: Annotated[bool, typer.Option(help="onnx-int8: symmetric activations (TensorRT).")] = False,
+    symmetric: Annotated[bool, typer.Option(help="onnx-int8: symmetric activations (as --target tensorrt).")] = False,
+    scales: Annotated[
+        str,
+        typer.Option(
+            help="onnx-int8: trained (the policy's fake-quantization scales, kept from fine-tuning), calibrated "
+            "(ONNX Runtime's static quantizer on training batches) or auto (default: trained when the policy "
+            "quantizes any layer to <= 8 bits, else calibrated)."
+        ),
+    ] = "auto",
+    target: Annotated[
+        str,
+        typer.Option(
+            help="onnx-int8: generic (default) or tensorrt (symmetric int8 activations with zero point 0, "
+            "per-channel symmetric weights: TensorRT's explicit quantization)."
+        ),
+    ] = "generic",
     calibration_batches: Annotated[
-        int, typer.Option(min=1, help="onnx-int8: training batches activation ranges are calibrated on.")
+        int,
+        typer.Option(min=1, help="onnx-int8 / tflite-int8: training batches of 32 activations are calibrated on."),
     ] = 8,
     verify_samples: Annotated[int | None, typer.Option(min=1, help="Test images to verify on (default all).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the export report as JSON.")] = False,
@@ -1033,7 +1056,8 @@ def export_cmd(
         ),
     ] = None,
 ) -> None:
-    """Export a replayed model as ONNX (fp32, fp16, mixed int8), TorchScript or the packed archive; verified."""
+    """Export a replayed model as ONNX (fp32, fp16, int8), LiteRT (fp32, int8), TorchScript or the packed archive;
+    each file is run in its runtime and checked against PyTorch before it is kept."""
     from edgecompress.artifacts.export import export_model
 
     r = export_model(
@@ -1042,6 +1066,8 @@ def export_cmd(
         out,
         all_layers=all_layers,
         symmetric=symmetric,
+        scales=scales,
+        target=target,
         data_dir=data_dir,
         calibration_batches=calibration_batches,
         verify_samples=verify_samples,
@@ -1062,12 +1088,23 @@ def export_cmd(
         f"{r['accuracy_pytorch']:.4f}), top-1 agreement with PyTorch {p['top1_agreement']:.2%}, max abs "
         f"difference {p['max_abs_diff']:.3g}"
     )
-    if "int8" in r:
+    if "int8" in r and "quantized_nodes" in r["int8"]:
         i = r["int8"]
         console.print(
-            f"int8 nodes: {len(i['quantized_nodes'])}, float nodes: {len(i['float_nodes'])} "
+            f"int8 (calibrated scales): {len(i['quantized_nodes'])} int8 nodes, {len(i['float_nodes'])} float nodes "
             f"({'symmetric' if i['symmetric'] else 'asymmetric'} activations, {i['calibration']})"
         )
+    elif "int8" in r:
+        i = r["int8"]
+        console.print(
+            f"int8 ({i['scales']}): {len(i['weights'])} weights stored as integers with their trained per-channel "
+            f"scales, {len(i['activations'])} layer inputs quantized with their trained ranges "
+            f"({'symmetric, zero point 0' if i['symmetric'] else 'asymmetric uint8'})"
+        )
+    if "litert" in r:
+        lt = r["litert"]
+        console.print(f"LiteRT file by {lt['converter']}, batch {lt['batch']}, {lt['layout']}"
+                      + (f"; {lt['int8']['scheme']}, {lt['int8']['calibration']}" if "int8" in lt else ""))  # fmt: skip
     if "archive" in r:
         a = r["archive"]
         console.print(
@@ -1077,7 +1114,11 @@ def export_cmd(
     m = r.get("measured")
     if m:
         ref = m.get("fp32_reference")
-        line = f"measured ({m['source']}): batch 1 {m['batch1_ms']:.4f} ms, batch 64 {m['batch64_ms']:.3f} ms"
+        if "batch64_ms" in m:
+            line = f"measured ({m['source']}): batch 1 {m['batch1_ms']:.4f} ms, batch 64 {m['batch64_ms']:.3f} ms"
+        else:
+            line = f"measured ({m['source']}): batch 1 {m['batch1_ms']:.4f} ms, "
+            line += f"1 thread {m['batch1_ms_1thread']:.4f} ms"
         if ref:
             line += f" (fp32 export: {ref['batch1_ms']:.4f} ms, {ref['batch64_ms']:.3f} ms)"
         console.print(line)

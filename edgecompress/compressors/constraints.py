@@ -19,10 +19,13 @@ from torch.nn.utils import parametrize
 __all__ = [
     "ActFakeQuant",
     "Mask",
+    "QDQActivation",
+    "QDQWeight",
     "SharedWeights",
     "WeightFakeQuant",
     "attach_input_quantizer",
     "effective_weight",
+    "qdq_view",
     "weight_of",
 ]
 
@@ -220,3 +223,89 @@ def float_view(model: nn.Module) -> nn.Module:
         if isinstance(getattr(module, "input_quantizer", None), ActFakeQuant):
             del module.input_quantizer
     return view
+
+
+class QDQWeight(nn.Module):
+    """A weight on its trained per-output-channel grid, written so that ONNX export emits a
+    QuantizeLinear/DequantizeLinear pair with exactly these scales (zero point 0: symmetric)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def __init__(self, scale: torch.Tensor, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+        self.register_buffer("scale", scale.detach().reshape(-1).to(torch.float32).clone())
+        self.register_buffer("zero_point", torch.zeros(self.scale.numel(), dtype=torch.int32))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        # int8 storage for every bit width <= 8: a 4-bit grid's levels lie in [-7, 7], inside int8's range
+        return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero_point, 0, -128, 127)
+
+
+class QDQActivation(nn.Module):
+    """A layer input quantized with fixed (trained) parameters: a QuantizeLinear/DequantizeLinear pair in ONNX.
+
+    Asymmetric uint8 (what :class:`ActFakeQuant` trains) or, ``symmetric``, int8 with zero point 0 over the
+    same range (what TensorRT's explicit quantization expects)."""
+
+    def __init__(self, scale: float, zero_point: int, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.scale, self.zero_point, self.qmin, self.qmax = scale, zero_point, qmin, qmax
+
+    @classmethod
+    def from_trained(cls, quantizer: ActFakeQuant, *, symmetric: bool = False) -> QDQActivation:
+        if not quantizer.calibrated:
+            raise RuntimeError("activation quantizer used before calibration")
+        if symmetric:
+            bound = float(torch.maximum(quantizer.min_val.abs(), quantizer.max_val.abs()))
+            return cls(float(torch.tensor(max(bound / 127.0, 1e-12), dtype=torch.float32)), 0, -128, 127)
+        scale, zero_point = quantizer.scale_zero_point()
+        return cls(float(scale), int(zero_point), 0, 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.6g}, zero_point={self.zero_point}, range=[{self.qmin}, {self.qmax}]"
+
+
+def qdq_view(model: nn.Module, *, symmetric: bool = False) -> tuple[nn.Module, dict[str, dict[str, Any]]]:
+    """A copy for int8 export that keeps what training learned: every weight quantized to <= 8 bits becomes a
+    :class:`QDQWeight` with the scales its fake quantizer used, every input quantizer of <= 8 bits a
+    :class:`QDQActivation` with its trained range; all other constraints are folded as in :func:`float_view`.
+
+    Returns the copy and, per layer, what it carries (``weight_bits``, ``weight_scale``, ``input_scale``,
+    ``input_zero_point``) so the exported graph can be checked against it."""
+    view = copy.deepcopy(model)
+    weights: dict[str, tuple[torch.Tensor, int]] = {}
+    for name, module in view.named_modules():
+        chain = transforms(module)
+        fake = next((t for t in chain if isinstance(t, WeightFakeQuant) and t.bits <= 8), None)
+        if fake is None:
+            continue
+        w = module.parametrizations.weight.original.detach()  # type: ignore[union-attr,operator]
+        for t in chain:  # the weight the quantizer saw: the original through the transforms before it
+            if t is fake:
+                break
+            w = t(w)
+        weights[name] = (_weight_scale(w, fake.bits).reshape(-1), fake.bits)
+    bake(view)
+    carried: dict[str, dict[str, Any]] = {}
+    for name, module in view.named_modules():
+        if name in weights:
+            scale, bits = weights[name]
+            register(module, QDQWeight(scale, bits))
+            carried.setdefault(name, {}).update(weight_bits=bits, weight_scale=scale)
+        quantizer = getattr(module, "input_quantizer", None)
+        if isinstance(quantizer, ActFakeQuant):
+            if quantizer.bits <= 8:
+                qdq = QDQActivation.from_trained(quantizer, symmetric=symmetric)
+                module.input_quantizer = qdq
+                carried.setdefault(name, {}).update(input_scale=qdq.scale, input_zero_point=qdq.zero_point)
+            else:
+                for key, hook in list(module._forward_pre_hooks.items()):
+                    if hook is _quantize_input:
+                        del module._forward_pre_hooks[key]
+                del module.input_quantizer
+    return view.eval(), carried

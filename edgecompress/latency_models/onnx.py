@@ -35,7 +35,7 @@ from edgecompress._imports import optional
 from edgecompress._inputs import ExampleInputs, InputSpec, example, is_shape, normalise
 from edgecompress.compressors.constraints import float_view
 from edgecompress.errors import ConfigError
-from edgecompress.latency_models.profiler import time_onnx, time_onnx_interleaved
+from edgecompress.latency_models.profiler import open_session, runtime_missing, time_onnx, time_onnx_interleaved
 
 __all__ = [
     "EXPORTERS",
@@ -45,7 +45,6 @@ __all__ = [
     "input_names",
     "measure_ms",
     "onnx_feed",
-    "ort_session",
     "runner",
     "speedup_against",
     "to_onnx",
@@ -118,24 +117,16 @@ def to_onnx(model: nn.Module, input_shape: InputSpec, *, exporter: str = "torchs
     return export_module(float_view(model), example(input_shape), exporter=exporter)
 
 
-def ort_session(model_bytes: bytes | str, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Any:
-    """An ONNX Runtime session with ``threads`` intra-op threads, quiet below errors."""
-    ort = optional("onnxruntime", needed_for="running ONNX models")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, so, providers=list(providers))
-
-
-def runner(model_bytes: bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The ONNX model as a callable on input batches (export verification)."""
-    session = ort_session(model_bytes, threads)
-    names = [i.name for i in session.get_inputs()]
+def runner(model_bytes: bytes, threads: int, runtime: str = "onnxruntime") -> Callable[[Any], torch.Tensor]:
+    """A deployable file (ONNX, or LiteRT with ``runtime="litert"``) as a callable on input batches (export
+    verification), through :func:`~edgecompress.latency_models.profiler.open_session`."""
+    missing = runtime_missing(runtime)
+    if missing is not None:
+        raise ConfigError(f"cannot run the model with runtime {runtime!r}: {missing}")
+    session = open_session(model_bytes, runtime, threads)
 
     def run(x: Any) -> torch.Tensor:
-        feed = onnx_feed(x) if not isinstance(x, torch.Tensor) else {names[0]: x.numpy()}
-        return torch.from_numpy(session.run(None, feed)[0]).float()
+        return torch.from_numpy(session.run(x if isinstance(x, torch.Tensor) else onnx_feed(x))).float()
 
     return run
 

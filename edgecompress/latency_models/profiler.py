@@ -154,28 +154,161 @@ def _to_fp16(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def time_onnx(model_bytes: bytes | str, x, threads: int, warmup: int, repeats: int, feed=None, config=None) -> float:  # type: ignore[no-untyped-def]
-    """Median ms of ``repeats`` runs after ``warmup``, in a new session (``config``: session config entries).
+# ---- runtimes: the one interface every deployable file is run and timed through ----
+#
+# export's verification, replay's and compare's measured latency, the search's measured latency and this
+# profiler all open models through open_session(), so a runtime added here is added everywhere.
 
-    ``x``: the model's one input, a tensor or an array, or a feed dict (or pass the whole ``feed``)."""
-    import onnxruntime as ort
+RUNTIMES = ("onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "litert")
+_ORT_PROVIDERS = {
+    "onnxruntime": ("CPUExecutionProvider",),
+    "onnxruntime-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "onnxruntime-tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+RUNTIME_FORMATS = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
+                   "litert": "tflite"}  # fmt: skip
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    for key, value in (config or {}).items():
-        so.add_session_config_entry(key, value)
-    session = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    if feed is None:
-        feed = x if isinstance(x, dict) else {session.get_inputs()[0].name: x.numpy() if hasattr(x, "numpy") else x}
+
+def _litert_interpreter():  # type: ignore[no-untyped-def]
+    """LiteRT's interpreter class: ``ai-edge-litert`` (current), else the older ``tflite-runtime`` a Pi may have."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found,no-redef]
+    return Interpreter
+
+
+def runtime_missing(runtime: str) -> str | None:
+    """``None`` when ``runtime`` can run on this machine, else what is missing (one sentence)."""
+    if runtime not in RUNTIMES:
+        return f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}"
+    if runtime == "litert":
+        try:
+            _litert_interpreter()
+        except ImportError:
+            return "the LiteRT interpreter is not installed (pip install ai-edge-litert)"
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    wanted = _ORT_PROVIDERS[runtime][0]
+    if wanted not in ort.get_available_providers():
+        have = ", ".join(ort.get_available_providers())
+        extra = " and TensorRT" if runtime.endswith("tensorrt") else ""
+        return f"this onnxruntime ({ort.__version__}) has no {wanted} (it has {have}); install onnxruntime-gpu{extra}"
+    return None
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes :func:`open_session` can use on this machine."""
+    return [r for r in RUNTIMES if runtime_missing(r) is None]
+
+
+class Session:
+    """One model loaded in one runtime. ``run(x)`` takes an input batch (an array or tensor, or a feed dict
+    name -> array for a multi-input ONNX model) and returns the first output as a float32 array.
+
+    A LiteRT model exported at batch 1 runs a larger batch one sample at a time; int8 inputs and outputs are
+    quantized and dequantized with the scale and zero point the file records."""
+
+    def __init__(self, model: bytes | str, runtime: str = "onnxruntime", threads: int = 2,
+                 config: dict[str, str] | None = None) -> None:  # fmt: skip
+        missing = runtime_missing(runtime)
+        if missing is not None:
+            raise RuntimeError(f"cannot run a model with {runtime}: {missing}")
+        self.runtime, self.threads = runtime, threads
+        if runtime == "litert":
+            interpreter_class = _litert_interpreter()
+            kind = "model_path" if isinstance(model, str) else "model_content"
+            self._it = interpreter_class(**{kind: model}, num_threads=threads)
+            self._it.allocate_tensors()
+            self._in = self._it.get_input_details()
+            self._out = self._it.get_output_details()[0]
+            self.input_names = [d["name"] for d in self._in]
+            self.batch: int | None = int(self._in[0]["shape"][0])
+        else:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.log_severity_level = 3
+            for key, value in (config or {}).items():
+                so.add_session_config_entry(key, value)
+            self._ort = ort.InferenceSession(model, so, providers=list(_ORT_PROVIDERS[runtime]))
+            self.input_names = [i.name for i in self._ort.get_inputs()]
+            first = self._ort.get_inputs()[0].shape[0]
+            self.batch = first if isinstance(first, int) else None
+
+    def feed(self, x):  # type: ignore[no-untyped-def]
+        """``x`` as this session's feed: a dict name -> array."""
+        if isinstance(x, dict):
+            return x
+        return {self.input_names[0]: x.numpy() if hasattr(x, "numpy") else x}
+
+    def run(self, x):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        feed = self.feed(x)
+        if self.runtime != "litert":
+            return np.asarray(self._ort.run(None, feed)[0], dtype=np.float32)
+        (arr,) = feed.values()
+        if self.batch is not None and arr.shape[0] != self.batch:
+            if self.batch == 1:
+                return np.concatenate([self._invoke(arr[i : i + 1]) for i in range(arr.shape[0])])
+            self._it.resize_tensor_input(self._in[0]["index"], list(arr.shape))
+            self._it.allocate_tensors()
+            self.batch = arr.shape[0]
+        return self._invoke(arr)
+
+    def _invoke(self, arr):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        d = self._in[0]
+        if d["dtype"] in (np.int8, np.uint8):  # an int8 file: quantize the input as the file says
+            scale, zero = d["quantization"]
+            info = np.iinfo(d["dtype"])
+            arr = np.clip(np.round(arr / scale) + zero, info.min, info.max).astype(d["dtype"])
+        self._it.set_tensor(d["index"], np.ascontiguousarray(arr, dtype=d["dtype"]))
+        self._it.invoke()
+        out = self._it.get_tensor(self._out["index"])
+        if self._out["dtype"] in (np.int8, np.uint8):
+            scale, zero = self._out["quantization"]
+            return (out.astype(np.float32) - zero) * scale
+        return np.array(out, dtype=np.float32)
+
+
+def open_session(model: bytes | str, runtime: str = "onnxruntime", threads: int = 2,
+                 config: dict[str, str] | None = None) -> Session:  # fmt: skip
+    """``model`` (file bytes or a path) loaded in ``runtime`` with ``threads`` threads."""
+    return Session(model, runtime, threads, config)
+
+
+def time_model(model: bytes | str, x, threads: int, warmup: int, repeats: int, *, runtime: str = "onnxruntime",  # type: ignore[no-untyped-def]
+               feed=None, config=None) -> float:  # fmt: skip
+    """Median ms of ``repeats`` runs after ``warmup`` in a new session of ``runtime`` (``config``: ONNX Runtime
+    session config entries). ``x``: the model's one input (tensor or array) or a feed dict; or pass ``feed``."""
+    session = open_session(model, runtime, threads, config)
+    batch = session.feed(feed if feed is not None else x)
+    if runtime == "litert":  # prepared once: the timed loop is the interpreter's set + invoke
+        (arr,) = batch.values()
+        call = lambda: session._invoke(arr)  # noqa: E731
+    else:
+        call = lambda: session._ort.run(None, batch)  # noqa: E731
     for _ in range(warmup):
-        session.run(None, feed)
+        call()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        session.run(None, feed)
+        call()
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
+
+
+def time_onnx(model_bytes: bytes | str, x, threads: int, warmup: int, repeats: int, feed=None, config=None) -> float:  # type: ignore[no-untyped-def]
+    """:func:`time_model` in ONNX Runtime's CPU provider."""
+    return time_model(model_bytes, x, threads, warmup, repeats, feed=feed, config=config)
 
 
 def time_onnx_interleaved(
@@ -186,8 +319,9 @@ def time_onnx_interleaved(
     warmup: int,
     repeats: int,
     progress: Any = None,
+    runtime: str = "onnxruntime",
 ) -> dict[str, list[float]]:
-    """Median ms per round of each ONNX model, the models timed in turn, ``rounds`` times over.
+    """Median ms per round of each model (files of ``runtime``), the models timed in turn, ``rounds`` times over.
 
     On a shared machine latency drifts by tens of percent within a minute;
     timing the models round-robin exposes all of them to the same drift, so
@@ -203,7 +337,7 @@ def time_onnx_interleaved(
     out: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            out[name].append(time_onnx(model, feeds[name], threads, warmup, repeats))
+            out[name].append(time_model(model, feeds[name], threads, warmup, repeats, runtime=runtime))
             if progress is not None:
                 done = sum(len(v) for v in out.values())
                 progress(done, rounds * len(models), name, out[name][-1])

@@ -31,7 +31,9 @@ def test_onnx_export_matches_pytorch(replayed) -> None:  # type: ignore[no-untyp
 
 def test_int8_export_quantizes_only_abits8_layers_and_keeps_accuracy(replayed) -> None:  # type: ignore[no-untyped-def]
     out = replayed["root"] / "m8.onnx"
-    r = export_model(replayed["out"], "onnx-int8", out, data_dir=replayed["data"], val_size=60, measure=False)
+    r = export_model(
+        replayed["out"], "onnx-int8", out, data_dir=replayed["data"], val_size=60, measure=False, scales="calibrated"
+    )
     assert [module_of_node(n) for n in r["int8"]["quantized_nodes"]] == ["conv2"]
     assert sorted(module_of_node(n) for n in r["int8"]["float_nodes"]) == ["conv1", "fc1", "fc2", "fc3"]
     # Stated bound: within 4 points (2 of the 50 test images) of the PyTorch compressed model.
@@ -233,3 +235,169 @@ def test_fp16_export_of_residual_resnet_is_sorted_checked_and_matches_pytorch(
     with torch.no_grad():
         ref = reference(x).numpy()
     assert float(np.abs(got - ref).max()) < 2e-3
+
+
+def _dequantize_params(path: Path) -> dict[str, tuple]:  # type: ignore[type-arg]
+    """Per DequantizeLinear node: (module path, scale array, zero-point array, integer input dtype or None)."""
+    import onnx
+
+    from edgecompress.artifacts.export import constant_values
+
+    graph = onnx.load(path).graph
+    values = constant_values(graph)
+    out = {}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear":
+            stored = values.get(node.input[0])
+            out[node.name] = (module_of_node(node.name), values[node.input[1]], values[node.input[2]],
+                              None if stored is None else stored.dtype)  # fmt: skip
+    return out
+
+
+def test_trained_int8_holds_the_policys_scales_exactly(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The trained scales, read back from the graph: conv2's 4-bit weights as integers in [-7, 7] with the
+    per-channel scales its fake quantizer used, its input with the trained uint8 scale and zero point."""
+    import numpy as np
+
+    from edgecompress.compressors.constraints import ActFakeQuant, _weight_scale, transforms
+
+    out = tmp_path / "t8.onnx"
+    r = export_model(replayed["out"], "onnx-int8", out, data_dir=replayed["data"], val_size=60, measure=False)
+    assert r["int8"]["scales"].startswith("trained") and r["int8"]["weights"] == {"conv2": 4}
+    assert r["int8"]["activations"] == ["conv2"] and r["int8"]["weights_stored_as_int"] == 1
+    model, *_ = load_compressed(replayed["out"])
+    conv2 = model.get_submodule("conv2")
+    chain = transforms(conv2)
+    w = conv2.parametrizations.weight.original.detach()
+    for t in chain[:-1]:  # the weight the 4-bit quantizer (last in the chain) saw
+        w = t(w)
+    want_w = _weight_scale(w, 4).reshape(-1).numpy()
+    quantizer = conv2.input_quantizer
+    assert isinstance(quantizer, ActFakeQuant)
+    want_s, want_z = (float(v) for v in quantizer.scale_zero_point())
+    import onnx
+
+    graph = onnx.load(out).graph
+    params = _dequantize_params(out)
+    (conv,) = [n for n in graph.node if n.op_type == "Conv" and module_of_node(n.name) == "conv2"]
+    feeding = {o: n.name for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    x_dq, w_dq = params[feeding[conv.input[0]]], params[feeding[conv.input[1]]]
+    assert w_dq[3] == np.int8 and x_dq[3] is None  # integer weights stored; the input quantized at run time
+    assert sum(p[3] == np.int8 for p in params.values()) == 1  # only conv2's weights are quantized
+    _, scale, zero, _ = w_dq
+    assert np.array_equal(scale, want_w.astype(np.float32)) and not zero.any()
+    (w_node,) = [n for n in graph.node if n.name == feeding[conv.input[1]]]
+    (stored,) = [t for t in graph.initializer if t.name == w_node.input[0]]
+    assert stored.data_type == onnx.TensorProto.INT8
+    levels = onnx.numpy_helper.to_array(stored)
+    assert levels.shape == tuple(conv2.weight.shape) and np.abs(levels).max() <= 7  # the 4-bit grid, kept
+    _, scale, zero, _ = x_dq
+    assert float(scale) == np.float32(want_s) and int(zero) == int(want_z) and zero.dtype == np.uint8
+    assert abs(r["parity"]["top1"] - r["accuracy_pytorch"]) <= 0.04  # 2 of 50 images
+
+
+def test_tensorrt_target_has_zero_zero_points_everywhere(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    for scales in ("trained", "calibrated"):
+        out = tmp_path / f"trt-{scales}.onnx"
+        r = export_model(replayed["out"], "onnx-int8", out, data_dir=replayed["data"], val_size=60, measure=False,
+                         scales=scales, target="tensorrt")  # fmt: skip
+        assert r["int8"]["symmetric"] is True
+        params = _dequantize_params(out)
+        assert params and all(not z.any() for _, _, z, _ in params.values()), scales
+        # int8 everywhere (int32 for biases, which ONNX Runtime's quantizer stores at the product scale)
+        assert {z.dtype for _, _, z, _ in params.values()} <= {np.dtype(np.int8), np.dtype(np.int32)}, scales
+
+
+def test_trained_scales_need_a_quantized_policy(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = replayed["model"]
+    spec = ModelSpec("lenet5", 10, 1, 28, "fashion-mnist", 0)
+    policy = Policy.uniform(model, keep=0.5, base={"input_shape": [1, 1, 28, 28]})
+    compressed, _ = compress(model, policy)
+    path = save_compressed(tmp_path / "m.pt", compressed, spec, policy)
+    with pytest.raises(ConfigError, match=r"quantizes no weight or activation .* --scales calibrated"):
+        export_model(path, "onnx-int8", tmp_path / "x.onnx", data_dir=replayed["data"], scales="trained",
+                     val_size=60, measure=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown --scales 'learned'; valid: auto, trained, calibrated"):
+        export_model(path, "onnx-int8", tmp_path / "x.onnx", scales="learned")
+    with pytest.raises(ConfigError, match=r"unknown --target 'openvino'; valid: generic, tensorrt"):
+        export_model(path, "onnx-int8", tmp_path / "x.onnx", target="openvino")
+
+
+# ---- LiteRT (TensorFlow Lite) ----
+
+
+def test_tflite_of_a_pruned_resnet_with_a_removed_block_matches_pytorch(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Channels really removed (the file's convolutions have the kept widths), blocks really gone (two
+    residual adds fewer), run in the LiteRT interpreter at batch 1 and agreeing with PyTorch."""
+    import numpy as np
+
+    from edgecompress.latency_models.litert import tflite_operators
+    from edgecompress.latency_models.profiler import open_session
+
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    policy = Policy.uniform(model, keep=0.5, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]}, round_to=8)
+    gone = {f"layers.{b}.conv{i}": LayerPolicy(drop=True) for b in (2, 8) for i in (1, 2)}
+    dropped = policy.replace(layers={**policy.layers, **gone})
+    compressed, _ = compress(model, dropped)
+    path = save_compressed(tmp_path / "d.pt", compressed, spec, dropped)
+    out = tmp_path / "d.tflite"
+    r = export_model(path, "tflite", out, data_dir=replayed["data"], val_size=60, measure=False)
+    assert r["litert"]["converter"].startswith("litert-torch ") and r["litert"]["batch"] == 1
+    assert r["parity"]["samples"] == 50
+    assert r["parity"]["top1_agreement"] >= 0.995 and r["parity"]["max_abs_diff"] < 1e-4
+    ops = tflite_operators(out.read_bytes())
+    assert ops.count("ADD") == 7  # 9 residual adds less the 2 removed blocks
+    assert ops.count("CONV_2D") + ops.count("DEPTHWISE_CONV_2D") == 21 - 4
+    # Independently of the export's own check: NCHW float input, the PyTorch model's logits.
+    session = open_session(out.read_bytes(), "litert", 1)
+    x = torch.randn(3, 1, 28, 28)
+    from edgecompress.compressors.constraints import float_view
+
+    want = float_view(compressed)(x).detach().numpy()
+    assert np.abs(session.run(x) - want).max() < 1e-4
+
+
+def test_tflite_int8_runs_integer_and_keeps_accuracy(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from edgecompress.latency_models.profiler import open_session
+
+    out = tmp_path / "m8.tflite"
+    r = export_model(replayed["out"], "tflite-int8", out, data_dir=replayed["data"], val_size=60, repeats=5,
+                     calibration_batches=2)  # fmt: skip
+    assert r["litert"]["int8"]["calibration"] == "64 training images"
+    session = open_session(out.read_bytes(), "litert", 1)
+    assert session._in[0]["dtype"] == np.int8 and session._out["dtype"] == np.int8
+    # Stated bound: within 4 points (2 of the 50 test images) of the PyTorch compressed model.
+    assert abs(r["parity"]["top1"] - r["accuracy_pytorch"]) <= 0.04
+    assert r["measured"]["batch1_ms"] > 0 and r["measured"]["batch1_ms_1thread"] > 0
+    assert r["bytes"] < export_model(replayed["out"], "tflite", tmp_path / "m.tflite", data_dir=replayed["data"],
+                                     val_size=60, measure=False)["bytes"] / 2  # fmt: skip
+
+
+def test_an_operator_litert_cannot_convert_is_named_with_its_layer() -> None:
+    from edgecompress.latency_models.litert import LiteRTConversionError, to_tflite
+
+    class Odd(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.special.i1e(x)
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.odd = Odd()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.odd(self.conv(x))
+
+    with pytest.raises(LiteRTConversionError) as caught:
+        to_tflite(Net().eval(), (1, 1, 8, 8))
+    assert str(caught.value).startswith(
+        "LiteRT cannot convert operator aten.special_i1e.default (used by layer 'odd'): litert-torch has no "
+        "lowering for it."
+    )
