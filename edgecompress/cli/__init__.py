@@ -527,7 +527,13 @@ def profile_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option(help="A checkpoint whose reachable operators to measure (default: none).")
     ] = None,
-    runtime: Annotated[str, typer.Option(help="onnxruntime or torch.")] = "onnxruntime",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="onnxruntime (default), litert (the LiteRT interpreter; with --plan-only, --out is a folder of "
+            "converted operators for profiler.py on the device) or torch."
+        ),
+    ] = "onnxruntime",
     precision: Annotated[
         list[str] | None, typer.Option(help="fp32, fp16, int8 (repeat for several; default: fp32).")
     ] = None,
@@ -589,6 +595,26 @@ def profile_cmd(
         net, shape, _ = _load_for_analysis(name, ckpt, in_channels, input_size, num_classes)
         keys += reachable_keys(trace_ops(net, shape), precisions)
     keys = list(dict.fromkeys(keys))
+    convert = None
+    if runtime == "litert":
+        from edgecompress.latency_models import litert
+
+        if plan_only:
+            from edgecompress._io import check_output
+            from edgecompress._progress import progress_bar
+
+            check_output(out, folder=True, error=ConfigError)
+            with progress_bar() as bar:
+                task = bar.add_task("convert", total=len(keys) + 1, status="")
+                litert.write_litert_plan(
+                    keys, out, ", ".join(names) or str(checkpoint),
+                    progress=lambda done, _total, key, _ms: bar.update(task, completed=done, status=key),
+                )  # fmt: skip
+            console.print(f"LiteRT plan with {len(keys)} operator signatures, each converted: {out}")
+            console.print(f"on the device: python3 profiler.py {out.name} --out TABLE.json --threads N")
+            console.print(f"(profiler.py is {profiler.__file__}; it needs torch and ai-edge-litert)")
+            return
+        convert = litert.convert_operator
     if plan_only:
         write_plan(keys, out, ", ".join(names) or str(checkpoint))
         console.print(f"plan with {len(keys)} operator signatures: {out}")
@@ -605,7 +631,7 @@ def profile_cmd(
 
         try:
             profiler.run(keys, out, runtime=runtime, threads=threads, warmup=warmup, repeats=repeats,
-                         device=device, progress=show, passes=passes)  # fmt: skip
+                         device=device, progress=show, passes=passes, convert=convert)  # fmt: skip
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     table = LatencyTable.load(out)

@@ -200,3 +200,43 @@ def tflite_operators(data: bytes) -> list[str]:
         model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
     return [str(op["op_name"]) for op in interpreter._get_ops_details()]
+
+
+def convert_operator(module: nn.Module, x: torch.Tensor, precision: str) -> bytes:
+    """One profiler operator (``profiler.build_op``) as a LiteRT file: fp32, or int8 calibrated on ``x``."""
+    if precision not in ("fp32", "int8"):
+        raise EdgeCompressError(f"LiteRT operators are profiled at fp32 or int8, not {precision!r}")
+    data, _ = to_tflite(module, tuple(x.shape), int8=precision == "int8", calibration=[x], fold=False)
+    return data
+
+
+def write_litert_plan(keys: list[str], folder: Path, model: str, progress: Any = None) -> Path:
+    """A plan folder for ``profiler.py`` on a device without the converter: ``plan.json`` and one converted
+    ``.tflite`` per signature (plus the per-call overhead graph). A re-run keeps the files already there."""
+    from edgecompress.latency_models.profiler import (
+        OVERHEAD_KEY,
+        build_op,
+        overhead_module,
+        parse_key,
+        plan_file_name,
+    )
+    from edgecompress.latency_models.table import write_plan
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    for i, key in enumerate([OVERHEAD_KEY, *keys]):
+        name = plan_file_name(key)
+        if not (folder / name).exists():
+            torch.manual_seed(0)
+            if key == OVERHEAD_KEY:
+                module, x, precision = (*overhead_module(), "fp32")
+            else:
+                sig = parse_key(key)
+                (module, x), precision = build_op(sig), sig["precision"]
+            tmp = folder / (name + ".tmp")
+            tmp.write_bytes(convert_operator(module.eval(), x, precision))
+            tmp.replace(folder / name)
+        files[key] = name
+        if progress is not None:
+            progress(i + 1, len(keys) + 1, key, 0.0)
+    return write_plan(keys, folder / "plan.json", model, runtime="litert", files=files)

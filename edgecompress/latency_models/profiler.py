@@ -1,11 +1,15 @@
 """Per-operator latency profiler: measures operator signatures in isolation on the machine it runs on.
 
 This file imports nothing from edgecompress and needs only torch and
-onnxruntime (plus onnx for int8), so it can be copied to a Raspberry Pi or a
-Jetson and run there on a plan written elsewhere:
+onnxruntime (plus onnx for int8), or the LiteRT interpreter (``ai-edge-litert``)
+for ``--runtime litert``, so it can be copied to a Raspberry Pi or a Jetson and
+run there on a plan written elsewhere:
 
     edgecompress profile --model resnet20 --plan-only --out plan.json        # on your computer
     python3 profiler.py plan.json --out pi4-table.json --threads 4            # on the device
+
+    edgecompress profile --runtime litert --plan-only --out plan-litert/      # converts every operator
+    python3 profiler.py plan-litert --out pi4-litert.json --threads 4         # LiteRT interpreter on the device
 
 The plan lists operator signatures (``kind|cin|cout|k|s|g|h|w|precision``);
 the table is JSON: device metadata plus ``entries`` key -> median ms. Each
@@ -36,7 +40,8 @@ TABLE_FORMAT = "edgecompress.latency_table"
 TABLE_VERSION = 1
 PLAN_FORMAT = "edgecompress.profile_plan"
 KINDS = ("conv", "depthwise", "linear", "add", "pool-max", "pool-avg", "pool-global")
-PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "torch": ("fp32",)}
+PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "litert": ("fp32", "int8"), "torch": ("fp32",)}
+OVERHEAD_KEY = "overhead"  # the plan's file for the fixed cost of one call (a ReLU on 8 values)
 
 
 def parse_key(key: str) -> dict[str, Any]:
@@ -360,8 +365,17 @@ def time_torch(module, x, threads: int, warmup: int, repeats: int) -> float:  # 
     return statistics.median(times) * 1000
 
 
-def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int) -> float:
-    """Median milliseconds of one operator signature in isolation."""
+def plan_file_name(key: str) -> str:
+    """File name of a signature's pre-converted model in a plan folder: ``conv|16|...|fp32`` -> ``conv_16_..._fp32``."""
+    return key.replace("|", "_") + ".tflite"
+
+
+def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int, files=None, convert=None) -> float:  # type: ignore[no-untyped-def]
+    """Median milliseconds of one operator signature in isolation.
+
+    LiteRT runs files converted ahead of time (a device need not have the converter): ``files`` maps a
+    signature to its ``.tflite`` (bytes or a path, from a plan folder), else ``convert(module, x, precision)``
+    makes one here."""
     import torch
 
     sig = parse_key(key)
@@ -369,6 +383,9 @@ def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int) -> 
     module, x = build_op(sig)
     if runtime == "torch":
         return time_torch(module, x, threads, warmup, repeats)
+    if runtime == "litert":
+        return time_model(_litert_file(key, module, x, sig["precision"], files, convert), x, threads, warmup,
+                          repeats, runtime="litert")  # fmt: skip
     model = _export(module, x)
     if sig["precision"] == "int8":
         model = _to_int8(model, x)
@@ -377,13 +394,32 @@ def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int) -> 
     return time_onnx(model, x, threads, warmup, repeats)
 
 
-def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int) -> float:
-    """The fixed cost of one inference call: a graph with one ReLU on 8 values."""
+def _litert_file(key, module, x, precision, files, convert):  # type: ignore[no-untyped-def]
+    if files is not None and key in files:
+        return files[key]
+    if convert is None:
+        raise ValueError(
+            f"no LiteRT file for {key} in the plan and no converter here: write the plan with "
+            "`edgecompress profile --runtime litert --plan-only` (it converts every operator)"
+        )
+    return convert(module, x, precision)
+
+
+def overhead_module():  # type: ignore[no-untyped-def]
+    """What the fixed cost of one inference call is measured on: one ReLU on 8 values."""
     import torch
 
-    module, x = torch.nn.ReLU(), torch.randn(1, 8)
+    return torch.nn.ReLU(), torch.randn(1, 8)
+
+
+def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int, files=None, convert=None) -> float:  # type: ignore[no-untyped-def]
+    """The fixed cost of one inference call: a graph with one ReLU on 8 values."""
+    module, x = overhead_module()
     if runtime == "torch":
         return time_torch(module, x, threads, warmup, repeats)
+    if runtime == "litert":
+        model = _litert_file(OVERHEAD_KEY, module, x, "fp32", files, convert)
+        return time_model(model, x, threads, warmup, repeats, runtime="litert")
     return time_onnx(_export(module, x), x, threads, warmup, repeats)
 
 
@@ -535,6 +571,14 @@ def _versions(runtime: str) -> dict[str, str]:
         import onnxruntime
 
         out["onnxruntime"] = onnxruntime.__version__
+    if runtime == "litert":
+        from importlib.metadata import PackageNotFoundError, version
+
+        for package in ("ai-edge-litert", "tflite-runtime"):
+            try:
+                out[package] = version(package)
+            except PackageNotFoundError:
+                pass
     return out
 
 
@@ -555,8 +599,12 @@ def run(
     device: str = "",
     progress: Any = None,
     passes: int = 1,
+    files: dict[str, Any] | None = None,
+    convert: Any = None,
 ) -> dict[str, Any]:
     """Measure every key not yet in ``out`` (created if missing); return the table.
+
+    ``files`` / ``convert``: LiteRT's pre-converted operator files, or a converter (see :func:`measure`).
 
     With ``passes`` > 1 the whole list is measured that many times over, one
     pass after the other, and each entry is the median of its passes: on a
@@ -591,7 +639,7 @@ def run(
         table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": meta, "entries": {}}
     table["meta"]["channel_block"] = channel_block(runtime)  # same machine and runtime (checked above)
     if "overhead_ms" not in table["meta"]:
-        table["meta"]["overhead_ms"] = overhead_ms(runtime, threads, warmup, max(repeats, 200))
+        table["meta"]["overhead_ms"] = overhead_ms(runtime, threads, warmup, max(repeats, 200), files, convert)
     entries = table["entries"]
 
     def done_passes(key: str) -> int:
@@ -605,7 +653,7 @@ def run(
         for key in wanted:
             if done_passes(key) > p:
                 continue
-            ms = measure(key, runtime, threads, warmup, repeats)
+            ms = measure(key, runtime, threads, warmup, repeats, files, convert)
             old = entries.get(key)
             runs = ([] if old is None else old.get("passes_ms", [old["ms"]])) + [ms]
             entries[key] = {"ms": statistics.median(runs), "date": time.strftime("%Y-%m-%d")}
@@ -630,7 +678,8 @@ def main(argv: list[str] | None = None) -> None:
         "both written by `edgecompress profile --plan-only`",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="table JSON (extended if it exists)")
-    parser.add_argument("--runtime", choices=sorted(PRECISIONS), default="onnxruntime")
+    parser.add_argument("--runtime", choices=sorted(PRECISIONS), default=None,
+                        help="default: the plan's (a LiteRT plan folder), else onnxruntime")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20)
@@ -641,6 +690,11 @@ def main(argv: list[str] | None = None) -> None:
     def show(done: int, total: int, key: str, ms: float) -> None:
         print(f"[{done}/{total}] {key}: {ms:.4f} ms", flush=True)
 
+    files = None
+    if args.plan.is_dir() and (args.plan / "plan.json").exists():  # a plan folder with converted operators
+        plan_dir, args.plan = args.plan, args.plan / "plan.json"
+        listed = json.loads(args.plan.read_text()).get("files", {})
+        files = {key: str(plan_dir / name) for key, name in listed.items()}
     if args.plan.is_dir():  # a folder of probe models: in-graph profiling
         files = sorted(args.plan.glob("*.onnx"))
         if not files:
@@ -653,8 +707,11 @@ def main(argv: list[str] | None = None) -> None:
     if plan.get("format") != PLAN_FORMAT:
         sys.exit(f"{args.plan} is not a profile plan")
 
-    run(plan["keys"], args.out, runtime=args.runtime, threads=args.threads, warmup=args.warmup,
-        repeats=args.repeats, device=args.device, progress=show, passes=args.passes)  # fmt: skip
+    runtime = args.runtime or plan.get("runtime", "onnxruntime")
+    if plan.get("runtime", runtime) != runtime:
+        sys.exit(f"{args.plan} was written for --runtime {plan['runtime']}, not {runtime}")
+    run(plan["keys"], args.out, runtime=runtime, threads=args.threads, warmup=args.warmup,
+        repeats=args.repeats, device=args.device, progress=show, passes=args.passes, files=files)  # fmt: skip
     print(f"wrote {args.out}")
 
 

@@ -235,7 +235,21 @@ def _with(op: OpRecord, **changes: Any) -> OpRecord:
     return replace(op, **changes)
 
 
-def write_plan(keys: Sequence[str], path: str | os.PathLike[str], model: str) -> Path:
+def write_plan(
+    keys: Sequence[str],
+    path: str | os.PathLike[str],
+    model: str,
+    *,
+    runtime: str | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
+    """The plan ``profiler.py`` measures on a device: the signatures, and for LiteRT (``runtime``) the file
+    of each signature's converted operator (``files``, names relative to the plan's folder)."""
     path = Path(path)
-    path.write_text(json.dumps({"format": PLAN_FORMAT, "model": model, "keys": list(keys)}, indent=1) + "\n")
+    plan: dict[str, object] = {"format": PLAN_FORMAT, "model": model, "keys": list(keys)}
+    if runtime is not None:
+        plan["runtime"] = runtime
+    if files is not None:
+        plan["files"] = files
+    path.write_text(json.dumps(plan, indent=1) + "\n")
     return path

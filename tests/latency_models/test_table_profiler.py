@@ -124,7 +124,7 @@ def test_profiler_passes_take_the_median_and_resume(tmp_path, monkeypatch) -> No
     fake = iter([1.0, 5.0, 3.0, 9.0, 2.0, 4.0, 7.0, 6.0])
     order: list[str] = []
 
-    def measure(key, runtime, threads, warmup, repeats):
+    def measure(key, runtime, threads, warmup, repeats, files=None, convert=None):
         order.append(key)
         return next(fake)
 
@@ -148,6 +148,38 @@ def test_profiler_int8_and_torch(tmp_path) -> None:
     key = "conv|8|8|3|1|1|14|14|int8"
     assert profiler.measure(key, "onnxruntime", threads=1, warmup=1, repeats=2) > 0
     assert profiler.measure("conv|8|8|3|1|1|14|14|fp32", "torch", threads=1, warmup=1, repeats=2) > 0
+
+
+def test_litert_plan_folder_is_measured_by_the_standalone_profiler(tmp_path) -> None:
+    """`profile --runtime litert --plan-only` converts every operator; profiler.py, copied alone to the
+    "device", times those files in the LiteRT interpreter without the converter."""
+    import shutil
+    import subprocess
+    import sys
+
+    from edgecompress.latency_models.litert import write_litert_plan
+
+    keys = ["conv|8|8|3|1|1|14|14|fp32", "conv|8|8|3|1|1|14|14|int8", "linear|16|10|1|1|1|1|1|fp32"]
+    folder = tmp_path / "plan-litert"
+    write_litert_plan(keys, folder, "test")
+    plan = json.loads((folder / "plan.json").read_text())
+    assert plan["runtime"] == "litert" and plan["keys"] == keys
+    assert set(plan["files"]) == {profiler.OVERHEAD_KEY, *keys}
+    assert all((folder / name).read_bytes()[4:8] == b"TFL3" for name in plan["files"].values())  # flatbuffers
+    device = tmp_path / "device"
+    device.mkdir()
+    shutil.copy(profiler.__file__, device / "profiler.py")
+    done = subprocess.run(
+        [sys.executable, "profiler.py", str(folder), "--out", "t.json", "--repeats", "3", "--warmup", "1",
+         "--threads", "1"], cwd=device, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = LatencyTable.load(device / "t.json")
+    assert table.meta["runtime"] == "litert" and "ai-edge-litert" in table.meta["versions"]
+    assert set(table.entries) == set(keys) and all(e["ms"] > 0 for e in table.entries.values())
+    assert table.overhead_ms > 0
+    with pytest.raises(ValueError, match="no LiteRT file for conv.* write the plan with"):
+        profiler.measure("conv|4|4|3|1|1|8|8|fp32", "litert", 1, 1, 2)
 
 
 def test_estimator_names_each_source() -> None:
