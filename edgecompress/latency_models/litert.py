@@ -229,10 +229,12 @@ def write_litert_plan(keys: list[str], folder: Path, model: str, progress: Any =
         if not (folder / name).exists():
             torch.manual_seed(0)
             if key == OVERHEAD_KEY:
-                module, x, precision = (*overhead_module(), "fp32")
+                module, x = overhead_module()
+                precision = "fp32"
             else:
                 sig = parse_key(key)
-                (module, x), precision = build_op(sig), sig["precision"]
+                module, x = build_op(sig)
+                precision = sig["precision"]
             tmp = folder / (name + ".tmp")
             tmp.write_bytes(convert_operator(module.eval(), x, precision))
             tmp.replace(folder / name)

@@ -690,11 +690,11 @@ def main(argv: list[str] | None = None) -> None:
     def show(done: int, total: int, key: str, ms: float) -> None:
         print(f"[{done}/{total}] {key}: {ms:.4f} ms", flush=True)
 
-    files = None
+    op_files = None
     if args.plan.is_dir() and (args.plan / "plan.json").exists():  # a plan folder with converted operators
         plan_dir, args.plan = args.plan, args.plan / "plan.json"
         listed = json.loads(args.plan.read_text()).get("files", {})
-        files = {key: str(plan_dir / name) for key, name in listed.items()}
+        op_files = {key: str(plan_dir / name) for key, name in listed.items()}
     if args.plan.is_dir():  # a folder of probe models: in-graph profiling
         files = sorted(args.plan.glob("*.onnx"))
         if not files:
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     if plan.get("runtime", runtime) != runtime:
         sys.exit(f"{args.plan} was written for --runtime {plan['runtime']}, not {runtime}")
     run(plan["keys"], args.out, runtime=runtime, threads=args.threads, warmup=args.warmup,
-        repeats=args.repeats, device=args.device, progress=show, passes=args.passes, files=files)  # fmt: skip
+        repeats=args.repeats, device=args.device, progress=show, passes=args.passes, files=op_files)  # fmt: skip
     print(f"wrote {args.out}")
 
 
