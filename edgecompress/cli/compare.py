@@ -184,7 +184,7 @@ def compress_cmd(
         str | None,
         typer.Option(
             "--format",
-            help="Comma list of export formats (onnx, onnx-fp16, onnx-int8, torchscript, "
+            help="Comma list of export formats (onnx, onnx-fp16, onnx-int8, tflite, tflite-int8, torchscript, "
             "archive); default: onnx plus the device's natural format.",
         ),
     ] = None,

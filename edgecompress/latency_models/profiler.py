@@ -324,9 +324,9 @@ def time_onnx_interleaved(
     warmup: int,
     repeats: int,
     progress: Any = None,
-    runtime: str = "onnxruntime",
+    runtime: str | dict[str, str] = "onnxruntime",
 ) -> dict[str, list[float]]:
-    """Median ms per round of each model (files of ``runtime``), the models timed in turn, ``rounds`` times over.
+    """Median ms per round of each model (files of ``runtime``, or ``runtime[name]`` per model), the models timed in turn, ``rounds`` times over.
 
     On a shared machine latency drifts by tens of percent within a minute;
     timing the models round-robin exposes all of them to the same drift, so
@@ -342,7 +342,8 @@ def time_onnx_interleaved(
     out: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            out[name].append(time_model(model, feeds[name], threads, warmup, repeats, runtime=runtime))
+            engine = runtime if isinstance(runtime, str) else runtime[name]
+            out[name].append(time_model(model, feeds[name], threads, warmup, repeats, runtime=engine))
             if progress is not None:
                 done = sum(len(v) for v in out.values())
                 progress(done, rounds * len(models), name, out[name][-1])

@@ -51,6 +51,8 @@ FILE_NAMES = {
     "onnx": "model.onnx",
     "onnx-fp16": "model-fp16.onnx",
     "onnx-int8": "model-int8.onnx",
+    "tflite": "model.tflite",
+    "tflite-int8": "model-int8.tflite",
     "torchscript": "model.torchscript.pt",
     "archive": "model.ecar",
 }

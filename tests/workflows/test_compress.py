@@ -95,3 +95,11 @@ def test_compress_for_returns_a_module_and_its_report(tiny_fmnist_shared: Path, 
     assert p["compressed_ms"] <= p["base_ms"] / 1.25 + 1e-9
     assert all((v == base.state_dict()[k]).all() for k, v in before.items())  # the input model is not modified
     assert (tmp_path / "py" / "best_policy.json").is_file()
+
+
+def test_every_export_format_has_a_file_name() -> None:
+    from edgecompress.artifacts.export import FORMATS
+    from edgecompress.workflows.compress import FILE_NAMES
+
+    assert set(FILE_NAMES) == set(FORMATS)
+    assert len(set(FILE_NAMES.values())) == len(FORMATS)
