@@ -992,8 +992,17 @@ def report_cmd(
 
 @app.command("replay")
 def replay_cmd(
-    policy: Annotated[Path, typer.Option(help="Policy file, e.g. runs/NAME/best_policy.json.")],
     out: Annotated[Path, typer.Option(help="Folder for model.pt, report.json and report.md.")],
+    policy: Annotated[
+        Path | None, typer.Option(help="Policy file, e.g. runs/NAME/best_policy.json (default: none; or --student).")
+    ] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of a policy: a compact architecture (e.g. resnet8, mobilenetv2-0.25, torchvision:NAME; "
+            "`edgecompress models`) trained from scratch by distillation from --checkpoint (default: none)."
+        ),
+    ] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Base checkpoint (default: the one the policy names).")] = None,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="Fine-tuning epochs (0: none).")] = 1,
     distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Teach with the base model.")] = True,
@@ -1025,8 +1034,9 @@ def replay_cmd(
     """Rebuild a found policy, fine-tune it (distillation by default), evaluate and report."""
     from edgecompress.workflows.replay import replay
 
-    r = replay(policy, out, checkpoint=checkpoint, finetune_epochs=finetune_epochs, distill=distill, lr=lr,
-               augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir, force=force,
+    r = replay(policy, out, student=student, checkpoint=checkpoint, finetune_epochs=finetune_epochs,
+               distill=distill, lr=lr, augment=augment, seed=seed, max_batches=max_batches, data_dir=data_dir,
+               force=force,
                val_size=val_size, trust_factory=trust_factory, accelerator=accelerator or "cpu",
                precision=precision or "fp32", batch_size=batch_size, test_samples=test_samples)  # fmt: skip
     console.print((out / "report.md").read_text(), markup=False, highlight=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from edgecompress.compressors import Policy, compress, report_for
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import TrainConfig
 from edgecompress.data import first_batches, load_dataset
-from edgecompress.errors import ConfigError, PolicyError
+from edgecompress.errors import ConfigError, ModelError, PolicyError
 from edgecompress.latency_models import estimate_latency
 from edgecompress.latency_models.devices import list_devices
 from edgecompress.latency_models.onnx import measure_ms
+from edgecompress.models import create_model
 from edgecompress.search.objective import policy_latency
 from edgecompress.training import distill as run_distill
 from edgecompress.training import evaluate, recalibrate_batchnorm, train
@@ -46,9 +47,10 @@ __all__ = ["replay", "report_markdown"]
 
 
 def replay(
-    policy_path: str | Path,
+    policy_path: str | Path | None,
     out: str | Path,
     *,
+    student: str | None = None,
     checkpoint: str | Path | None = None,
     finetune_epochs: int = 1,
     distill: bool = True,
@@ -72,7 +74,18 @@ def replay(
 ) -> dict[str, Any]:
     """Rebuild ``policy_path``'s model, fine-tune it and report (see the module docstring); ``accelerator`` and
     ``precision``: where and how fine-tuning and accuracy scoring run (latency is measured on this CPU);
-    ``test_samples``: score on the first N test images only (real input sizes on a CPU: minutes per pass)."""
+    ``test_samples``: score on the first N test images only (real input sizes on a CPU: minutes per pass).
+
+    ``student`` (instead of a policy): a compact architecture (a registry name such as ``resnet8``, or
+    ``torchvision:NAME``) trained from scratch by distillation from the ``checkpoint`` model for
+    ``finetune_epochs`` epochs; the replay folder then holds the student, and ``export`` takes it as any other."""
+    if (policy_path is None) == (student is None):
+        raise ConfigError(
+            "replay takes a policy file (--policy) or a compact student architecture to distil into (--student); "
+            + ("both were given" if student is not None else "neither was given")
+        )
+    if student is not None and checkpoint is None:
+        raise ConfigError(f"--student {student} is distilled from a base model: pass its --checkpoint (the teacher)")
     if test_samples is not None and test_samples < 1:
         raise ConfigError(f"test_samples must be >= 1, got {test_samples}")
     if finetune_epochs < 0:
@@ -82,14 +95,22 @@ def replay(
     if (out / "model.pt").exists() and not force:
         raise ConfigError(f"{out} already holds a replayed model; use another --out or --force to replace it")
     started = time.perf_counter()
-    policy = Policy.load(policy_path)
+    if student is not None:
+        base, spec = load_checkpoint(Path(str(checkpoint)), trust_factory=trust_factory)
+        teacher = {"model": spec.model, "checkpoint": str(checkpoint)}
+        policy = Policy({}, base={"model": student, "input_shape": list(spec.input_shape), "teacher": teacher})
+        spec = replace(spec, model=student, metrics={}, train={"distilled_from": teacher}, source={})
+        policy_path = f"student {student} distilled from {teacher['model']} ({checkpoint})"
+    else:
+        policy = Policy.load(policy_path)  # type: ignore[arg-type]
     base_info = policy.base
     ckpt = Path(checkpoint or base_info.get("checkpoint") or "")
     if not str(ckpt) or str(ckpt) == ".":
         raise PolicyError(f"policy {policy_path} names no base checkpoint; pass --checkpoint")
-    base, spec = load_checkpoint(ckpt, trust_factory=trust_factory)
+    if student is None:
+        base, spec = load_checkpoint(ckpt, trust_factory=trust_factory)
     wanted = base_info.get("model")
-    if wanted and wanted != spec.model:
+    if student is None and wanted and wanted != spec.model:
         raise PolicyError(
             f"policy {policy_path} was made for model {wanted!r}, but checkpoint {ckpt} holds {spec.model!r}; "
             f"pass the {wanted} checkpoint with --checkpoint"
@@ -106,14 +127,22 @@ def replay(
 
     torch.manual_seed(seed)
     drawn = first_batches(bundle.train, max(bn_batches, CALIBRATION_BATCHES), seed=seed)
-    # A searched policy records its calibrated 8-bit ranges: the searched model is rebuilt with them.
-    recorded = all("act_range" in policy.applied.get(n, {}) for n, lp in policy.layers.items() if lp.abits == 8)
-    calibration = None if recorded else drawn[:CALIBRATION_BATCHES]
-    model, compression = compress(base, policy, calibration, analysis=analysis)
-    policy = policy.with_applied(compression.applied())
+    if student is not None:  # a fresh student, counted as an unchanged model of its own architecture
+        try:
+            fresh = create_model(student, spec.num_classes, spec.in_channels, input_size=spec.input_size)
+        except ModelError as exc:
+            raise ConfigError(f"--student: {exc}") from None
+        model, compression = compress(fresh, policy, input_shape=spec.input_shape)
+    else:
+        # A searched policy records its calibrated 8-bit ranges: the searched model is rebuilt with them.
+        recorded = all("act_range" in policy.applied.get(n, {}) for n, lp in policy.layers.items() if lp.abits == 8)
+        calibration = None if recorded else drawn[:CALIBRATION_BATCHES]
+        model, compression = compress(base, policy, calibration, analysis=analysis)
+        policy = policy.with_applied(compression.applied())
     resolve_accelerator(accelerator)  # a GPU asked for and missing fails here, before the fine-tuning
     where: dict[str, Any] = {"accelerator": accelerator, "precision": precision}
-    recalibrate_batchnorm(model, drawn[:bn_batches], accelerator=accelerator)
+    if student is None:
+        recalibrate_batchnorm(model, drawn[:bn_batches], accelerator=accelerator)
     topk = (1, 5)
     test = bundle.test if test_samples is None else Subset(bundle.test, range(min(test_samples, len(bundle.test))))  # type: ignore[arg-type]
     base_acc = evaluate(base, test, topk=topk, **where)
@@ -151,8 +180,16 @@ def replay(
             ).history
     model.eval()
     after = evaluate(model, test, topk=topk, **where)
-    report = report_for(model, base, policy, analysis)
-    totals = report.totals
+    if student is not None:  # sizes: the teacher as it is before, the student after
+        _, before_report = compress(base, Policy({}), analysis=analysis)
+        report, totals = compression, dict(compression.totals)
+        for key in ("macs_before", "dense_bytes_before", "peak_activation_bytes_before"):
+            totals[key] = before_report.totals[key]
+        params_before = before_report.model_params_after
+    else:
+        report = report_for(model, base, policy, analysis)
+        totals = report.totals
+        params_before = report.model_params_before
 
     latency: dict[str, Any] = {}
     for device in devices if devices is not None else list_devices():
@@ -180,6 +217,7 @@ def replay(
     path = save_compressed(out / "model.pt", model, spec, policy, metrics=metrics)
     result: dict[str, Any] = {
         "policy": str(policy_path),
+        **({"student": {"architecture": student, "teacher": spec_teacher(policy)}} if student is not None else {}),
         "checkpoint": str(ckpt),
         "model": spec.model,
         "dataset": spec.dataset,
@@ -204,7 +242,7 @@ def replay(
             "after_finetune": after,
         },
         "size": {
-            "params_before": report.model_params_before,
+            "params_before": params_before,
             "params_after": report.model_params_after,
             "macs_before": totals["macs_before"],
             "macs_after": totals["macs_after"],
@@ -224,6 +262,10 @@ def replay(
     write_json_atomic(out / "report.json", result)
     (out / "report.md").write_text(report_markdown(result))
     return result
+
+
+def spec_teacher(policy: Policy) -> dict[str, Any]:
+    return dict(policy.base.get("teacher") or {})
 
 
 def _first(test: Any, full: Any) -> str:

@@ -124,8 +124,55 @@ def test_cli_replay_and_export(replayed, tmp_path: Path, capsys: pytest.CaptureF
     text = capsys.readouterr().out
     assert "bytes of coded layers (= the report's Huffman size)" in text and "agreement with PyTorch 100.00%" in text
     with pytest.raises(SystemExit) as exc:
-        main(["export", "--model", str(replayed["out"]), "--format", "tflite", "--out", str(tmp_path / "b")])
+        main(["export", "--model", str(replayed["out"]), "--format", "coreml", "--out", str(tmp_path / "b")])
     assert exc.value.code == 2
-    assert "unknown export format 'tflite'; valid formats: onnx, onnx-fp16, onnx-int8, torchscript, archive" in (
+    assert (
+        "unknown export format 'coreml'; valid formats: onnx, onnx-fp16, onnx-int8, tflite, tflite-int8, "
+        "torchscript, archive"
+    ) in (
         capsys.readouterr().err.replace("\n", "")
     )
+
+
+def test_replay_student_distils_a_compact_architecture_that_exports(replayed, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`replay --student resnet8 --checkpoint TEACHER`: a different, smaller architecture trained from scratch
+    by distillation; its replay folder loads and exports like any compressed model."""
+    from edgecompress.artifacts.checkpoint import ModelSpec, save_checkpoint
+    from edgecompress.artifacts.export import export_model
+    from edgecompress.cli import main
+
+    torch.manual_seed(0)
+    teacher = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    ckpt = save_checkpoint(tmp_path / "teacher.pt", teacher.build().eval(), teacher)
+    out = tmp_path / "student"
+    with pytest.raises(SystemExit) as done:
+        main(["replay", "--student", "resnet8", "--checkpoint", str(ckpt), "--out", str(out), "--max-batches", "2",
+              "--data-dir", replayed["data"], "--val-size", "60"])  # fmt: skip
+    assert done.value.code == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["model"] == "resnet8" and r["student"] == {"architecture": "resnet8", "teacher": {
+        "model": "resnet20", "checkpoint": str(ckpt)}}  # fmt: skip
+    assert r["finetune"]["distill"] is True and len(r["finetune"]["history"]) == 1
+    assert r["size"]["params_after"] < r["size"]["params_before"] / 3  # resnet8 vs resnet20
+    assert r["size"]["macs_after"] < r["size"]["macs_before"]
+    assert "student resnet8 distilled from resnet20" in capsys.readouterr().out
+    model, spec, policy, metrics = load_compressed(out)
+    assert (
+        spec.model == "resnet8"
+        and policy.layers == {}
+        and metrics["test_top1"] == r["accuracy"]["after_finetune"]["top1"]
+    )
+    assert sum(p.numel() for p in model.parameters()) == r["size"]["params_after"]
+    e = export_model(out, "onnx", tmp_path / "s.onnx", data_dir=replayed["data"], val_size=60, measure=False)
+    assert e["parity"]["top1_agreement"] >= 0.995
+
+
+def test_replay_takes_a_policy_or_a_student(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=r"replay takes a policy file \(--policy\) or .* both were given"):
+        replay(replayed["policy"], tmp_path / "x", student="resnet8", checkpoint=replayed["ckpt"])
+    with pytest.raises(ConfigError, match=r"--student resnet8 is distilled from a base model: pass its --checkpoint"):
+        replay(None, tmp_path / "x", student="resnet8")
+    with pytest.raises(ConfigError, match=r"--student: unknown model 'resnet7'"):
+        replay(None, tmp_path / "x", student="resnet7", checkpoint=replayed["ckpt"], data_dir=replayed["data"],
+               val_size=60, progress=False)  # fmt: skip
+    assert not (tmp_path / "x").exists()
