@@ -152,8 +152,14 @@ def _quiet_onnxruntime():  # type: ignore[no-untyped-def]
 
 
 def _to_fp16(model_bytes: bytes) -> bytes:
+    """float16 weights and activations, float32 input and output: onnxconverter-common's converter, as
+    ``export --format onnx-fp16`` uses (a device without it: ONNX Runtime's copy of the same converter)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        from onnxconverter_common.float16 import convert_float_to_float16
+    except ImportError:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=True)
     return model.SerializeToString()
