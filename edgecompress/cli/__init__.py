@@ -503,8 +503,12 @@ def latency_cmd(
         net, _ = compress(net, pol, [__import__("torch").zeros(shape)], input_shape=shape)
         what += f" under {policy}"
     report = estimate_latency(net, shape, device, table=table, precision=precision, force=force)
+    from edgecompress.latency_models.estimate import energy_devices, estimate_energy
+
+    energy = estimate_energy(net, shape, device) if device in energy_devices() and table is None else None
     if as_json:
-        print(json.dumps({"model": what, **report.to_dict()}, indent=2))
+        extra = {"energy": energy.to_dict()} if energy is not None else {}
+        print(json.dumps({"model": what, **report.to_dict(), **extra}, indent=2))
         return
     view = Table(title=f"{what} on {report.device}: {report.total_ms:.3f} ms predicted", caption=report.source)
     for col in ("layer", "ops", "kinds", "ms", "source"):
@@ -513,6 +517,8 @@ def latency_cmd(
         view.add_row(r.layer, str(r.ops), r.kinds, f"{r.ms:.4f}", r.source)
     view.add_row("(per-inference overhead)", "", "", f"{report.overhead_ms:.4f}", f"device model {report.device}")
     console.print(view)
+    if energy is not None:
+        console.print(f"energy per inference: {energy.mj:.3f} mJ ({energy.source})")
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {w}")
 
@@ -712,6 +718,10 @@ def latency_calibrate(
     models = calibrate(data_dir, out or PROFILE_DIR)
     for name, m in models.items():
         console.print(f"{name}: {m.fitted_on or m.source}")
+        if m.energy:
+            v = m.energy["validation"]
+            console.print(f"{name} energy: {m.energy['fitted_on']}; holdout Spearman {v['spearman']:.3f}, "
+                          f"MAPE {v['mape_raw']:.1%}")  # fmt: skip
     console.print(f"wrote {len(models)} profiles to {out or PROFILE_DIR}")
 
 

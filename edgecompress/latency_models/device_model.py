@@ -33,10 +33,12 @@ from edgecompress.latency_models.ops import OpRecord, trace_ops
 
 __all__ = [
     "DEVICE_COLUMNS",
+    "ENERGY_COLUMNS",
     "GROUPS",
     "DeviceModel",
     "default_data_dir",
     "fit_device_model",
+    "fit_energy_model",
     "group_features",
     "load_nb201_rows",
     "nb201_features",
@@ -68,6 +70,13 @@ DEVICE_COLUMNS: dict[str, dict[str, str]] = {
     "jetson-tx2": {
         "column": "hwnb_edgegpu_tx2_cifar10_ms", "device": "Jetson TX2", "precision": "fp32",
         "source": "HW-NAS-Bench (ICLR 2021) Jetson TX2, torch2trt fp32, mean of 50 runs", "licence": "MIT",
+    },
+}  # fmt: skip
+# Device profile name -> energy-per-inference column: the only public energy measurements in the data.
+ENERGY_COLUMNS: dict[str, dict[str, str]] = {
+    "jetson-tx2": {
+        "column": "hwnb_edgegpu_tx2_cifar10_mJ", "licence": "MIT",
+        "source": "HW-NAS-Bench (ICLR 2021) Jetson TX2 energy per inference (mJ), torch2trt fp32",
     },
 }  # fmt: skip
 # Validation-only columns (no licence: nothing may be fitted on them).
@@ -199,9 +208,17 @@ class DeviceModel:
     validation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     version: int = 1
+    energy: dict[str, Any] = field(default_factory=dict)
+    """Energy per inference where the public data has it: ``intercept_mj``, ``coefficients`` (mJ per operator,
+    MMAC, MB, the latency model's terms), ``fold_constants``, ``source``, ``fitted_on``, ``validation``."""
 
     def predict_features(self, feats: dict[str, float]) -> float:
         return self.scale * (self.intercept_ms + sum(self.coefficients.get(k, 0.0) * v for k, v in feats.items()))
+
+    def predict_energy_features(self, feats: dict[str, float]) -> float:
+        """Predicted mJ per inference from :func:`group_features` (the model must have ``energy``)."""
+        e = self.energy
+        return float(e["intercept_mj"] + sum(e["coefficients"].get(k, 0.0) * v for k, v in feats.items()))
 
     def op_ms(self, op: OpRecord) -> float | None:
         """Predicted ms of one operator; None for an operator kind the model has no coefficients for."""
@@ -311,6 +328,40 @@ def fit_device_model(name: str, rows: Sequence[dict[str, str]], fold_constants: 
         fitted_on=f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
         fold_constants=fold_constants,
     )  # fmt: skip
+
+
+def fit_energy_model(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
+    """Energy per inference as a cost model with the latency model's terms, fitted on the *calibration* rows
+    that have an energy measurement (non-negative least squares on relative error). Whether the calibration
+    networks are read with constant folding is chosen by ``folds``-fold cross-validated Spearman on the
+    calibration rows, as for latency; the holdout rows play no part."""
+    from scipy.stats import spearmanr
+
+    meta = ENERGY_COLUMNS[name]
+    col = meta["column"]
+    scores: dict[str, float] = {}
+    for fold_constants in (True, False):
+        use = _fit_rows(rows, col, fold_constants)
+        x, _ = _design(use, fold_constants)
+        y = np.array([float(r[col]) for r in use])
+        fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+        pred = np.zeros_like(y)
+        for k in range(folds):
+            pred[fold == k] = x[fold == k] @ _nnls_relative(x[fold != k], y[fold != k])
+        scores["fold_constants" if fold_constants else "no_constant_folding"] = float(spearmanr(pred, y).statistic)
+    fold_constants = scores["fold_constants"] >= scores["no_constant_folding"]
+    use = _fit_rows(rows, col, fold_constants)
+    if not use:
+        raise EdgeCompressError(f"no calibration rows with a {col} measurement")
+    x, keys = _design(use, fold_constants)
+    coef = _nnls_relative(x, np.array([float(r[col]) for r in use]))
+    return {
+        "column": col, "source": meta["source"], "licence": meta["licence"], "unit": "mJ per inference",
+        "intercept_mj": float(coef[0]), "coefficients": {k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
+        "fold_constants": fold_constants,
+        "selection": {"cv_spearman": scores, "how": f"{folds}-fold cross-validation on the calibration rows"},
+        "fitted_on": f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
+    }  # fmt: skip
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:

@@ -20,19 +20,21 @@ import numpy as np
 from edgecompress.errors import EdgeCompressError, did_you_mean
 from edgecompress.latency_models.device_model import (
     DEVICE_COLUMNS,
+    ENERGY_COLUMNS,
     PI5_COLUMNS,
     PI5_SPEEDUP_OVER_PI4,
     DeviceModel,
     _design,
     cross_validate_folding,
     fit_device_model,
+    fit_energy_model,
     is_constant_network,
     load_nb201_rows,
     metrics,
 )
 from edgecompress.latency_models.table import LatencyTable
 
-__all__ = ["PROFILE_DIR", "calibrate", "list_devices", "load_device", "validate"]
+__all__ = ["PROFILE_DIR", "calibrate", "calibrate_energy", "list_devices", "load_device", "validate", "validate_energy"]
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 PI5 = "raspberry-pi-5"
@@ -95,6 +97,49 @@ def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dic
     }
 
 
+def validate_energy(model: DeviceModel, rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Holdout-only metrics of ``model``'s energy model, with the FLOPs ranking as the baseline."""
+    from scipy.stats import spearmanr
+
+    column = model.energy["column"]
+    fold = bool(model.energy["fold_constants"])
+    hold = _holdout(rows, column)
+    if not hold:
+        raise EdgeCompressError(f"no holdout rows with a {column} measurement")
+    x, keys = _design(hold, fold)
+    y = np.array([float(r[column]) for r in hold])
+    pred = np.array([model.predict_energy_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
+    live = np.array([not is_constant_network(r["arch_str"], fold) for r in hold])
+    flops = sum(x[:, 1 + keys.index(k)] for k in keys if k.endswith(".mmacs"))
+    ranks, errors = metrics(np.maximum(pred, 1e-9), y), metrics(pred[live], y[live])
+    return {
+        "column": column, "rows": "holdout (arch_index % 5 == 0)", "n": len(y), "spearman": ranks["spearman"],
+        "kendall": ranks["kendall"], "flops_spearman": float(spearmanr(flops, y).statistic),
+        "n_mape": int(live.sum()), "mape_raw": errors["mape_raw"], "mape_scaled": errors["mape_scaled"],
+    }  # fmt: skip
+
+
+def calibrate_energy(
+    data_dir: str | os.PathLike[str] | None = None,
+    out_dir: Path = PROFILE_DIR,
+    rows: list[dict[str, str]] | None = None,
+) -> dict[str, DeviceModel]:
+    """Fit the energy model of every profile the public data has energy for (calibration rows), validate it on
+    the holdout rows, and store it in that profile."""
+    import time
+
+    rows = load_nb201_rows(data_dir) if rows is None else rows
+    done = {}
+    for name in ENERGY_COLUMNS:
+        path = out_dir / f"{name}.json"
+        model = DeviceModel.load(path)
+        model.energy = fit_energy_model(name, rows)
+        model.energy["validation"] = {**validate_energy(model, rows), "date": time.strftime("%Y-%m-%d")}
+        model.save(path)
+        done[name] = model
+    return done
+
+
 def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PROFILE_DIR) -> dict[str, DeviceModel]:
     """Fit every public device's model on the calibration rows, validate on holdout, write the profiles."""
     import time
@@ -133,4 +178,9 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
             {*model.notes, "depthwise convolutions use the 3x3-convolution coefficients (none in the calibration data)"}
         )
         model.save(out_dir / f"{name}.json")
-    return models
+    calibrate_energy(out_dir=out_dir, rows=rows)
+    return load_all(models, out_dir)
+
+
+def load_all(models: dict[str, DeviceModel], out_dir: Path) -> dict[str, DeviceModel]:
+    return {name: DeviceModel.load(out_dir / f"{name}.json") for name in models}

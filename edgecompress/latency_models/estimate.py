@@ -13,12 +13,22 @@ import torch.nn as nn
 
 from edgecompress._inputs import InputSpec, is_shape, normalise
 from edgecompress.errors import EdgeCompressError
-from edgecompress.latency_models.device_model import EXTRAPOLATED_KINDS, DeviceModel
+from edgecompress.latency_models.device_model import ENERGY_COLUMNS, EXTRAPOLATED_KINDS, DeviceModel, group_features
 from edgecompress.latency_models.devices import load_device
 from edgecompress.latency_models.ops import trace_ops
 from edgecompress.latency_models.table import LatencyTable, op_key
 
-__all__ = ["PRECISIONS", "LatencyReport", "LatencyRow", "estimate_latency", "layer_precision", "priced_precisions"]
+__all__ = [
+    "PRECISIONS",
+    "EnergyEstimate",
+    "LatencyReport",
+    "LatencyRow",
+    "energy_devices",
+    "estimate_energy",
+    "estimate_latency",
+    "layer_precision",
+    "priced_precisions",
+]
 
 PRECISIONS = ("fp32", "fp16", "int8")
 """The precisions a layer can be priced at (a device model prices its own one; a table those it measured)."""
@@ -145,6 +155,52 @@ def estimate_latency(
     total = overhead + sum(r.ms for r in rows)
     name = dm.name if dm is not None else str(tab.meta.get("device") if tab else "")
     return LatencyReport(name, total, overhead, rows, source, validated, warnings, sorted(set(missing)))
+
+
+@dataclass
+class EnergyEstimate:
+    """Predicted energy per inference (batch 1) and where the number comes from."""
+
+    device: str
+    mj: float
+    source: str
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def energy_devices() -> list[str]:
+    """The device profiles with an energy model (those the public data measured energy on)."""
+    return [name for name in ENERGY_COLUMNS if isinstance(load_device(name), DeviceModel) and load_device(name).energy]  # type: ignore[union-attr]
+
+
+def estimate_energy(model: nn.Module, example_input: InputSpec, device: str | DeviceModel) -> EnergyEstimate:
+    """Predicted mJ per batch-1 inference of ``model`` on ``device`` from its energy model (the latency model's
+    per-operator terms, fitted on the device's public energy measurements; see ``energy.validation``)."""
+    dm = device if isinstance(device, DeviceModel) else load_device(str(device))
+    if not isinstance(dm, DeviceModel) or not dm.energy:
+        name = dm.name if isinstance(dm, DeviceModel) else str(device)
+        raise EdgeCompressError(
+            f"device {name!r} has no energy model; energy per inference is modelled for: "
+            f"{', '.join(energy_devices())} (the only public energy measurements in the calibration data)"
+        )
+    spec = normalise(example_input)
+    if isinstance(spec, torch.Tensor):
+        spec = tuple(spec.shape)
+    if is_shape(spec):
+        spec = (1, *spec[1:])  # type: ignore[index]
+    ops = trace_ops(model, spec)
+    mj = dm.predict_energy_features(group_features(ops))
+    e, v = dm.energy, dm.energy.get("validation", {})
+    extrapolated = sorted({op.kind for op in ops if op.kind in EXTRAPOLATED_KINDS})
+    source = (
+        f"predicted by the {dm.name} energy model ({e['source']}; fitted on {e['fitted_on'].split(' (')[0]}); "
+        f"validated on {v.get('n')} NAS-Bench-201 holdout networks: Spearman {v.get('spearman', float('nan')):.3f}, "
+        f"MAPE {v.get('mape_raw', float('nan')):.1%}; fitted on 32x32 cells, so other input sizes are extrapolated"
+        + "".join(f"; {k} operators extrapolated ({EXTRAPOLATED_KINDS[k]})" for k in extrapolated)
+    )
+    return EnergyEstimate(dm.name, mj, source, {k: v[k] for k in ("n", "spearman", "mape_raw") if k in v})
 
 
 def dispatched_ops(ops: Any) -> int:

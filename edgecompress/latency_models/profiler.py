@@ -332,7 +332,8 @@ def time_onnx_interleaved(
     progress: Any = None,
     runtime: str | dict[str, str] = "onnxruntime",
 ) -> dict[str, list[float]]:
-    """Median ms per round of each model (files of ``runtime``, or ``runtime[name]`` per model), the models timed in turn, ``rounds`` times over.
+    """Median ms per round of each model (files of ``runtime``, or ``runtime[name]`` per model), the models
+    timed in turn, ``rounds`` times over.
 
     On a shared machine latency drifts by tens of percent within a minute;
     timing the models round-robin exposes all of them to the same drift, so

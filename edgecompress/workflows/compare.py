@@ -20,7 +20,9 @@ coded, what the ``.ecar`` archive holds), peak activation memory, top-1, top-5,
 macro precision / recall / F1, the predicted latency on ``device`` and on every
 profile (each with its source), the measured latency on this machine (ONNX
 Runtime CPU, batch 1 and 64, timed round-robin with the base model so the ratio
-holds on a noisy machine), the energy (not modelled yet: the row says so), and
+holds on a noisy machine), the predicted energy per inference on the profiles
+that have an energy model (``jetson-tx2``: HW-NAS-Bench's TX2 energy
+measurements; each figure with its source and validation), and
 the wall time of compression and of fine-tuning.
 
 Rows are appended to ``rows.jsonl`` as they finish; re-running the same command
@@ -57,6 +59,7 @@ from edgecompress.drivers import get_driver
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.latency_models import estimate_latency
 from edgecompress.latency_models.devices import list_devices
+from edgecompress.latency_models.estimate import energy_devices, estimate_energy
 from edgecompress.latency_models.onnx import speedup_against
 from edgecompress.models import create_model, students_for
 from edgecompress.search.objective import policy_latency
@@ -92,9 +95,9 @@ DEEP_CLUSTERS = 16
 """Codebook size of the deep-compression rows: on LeNet-5 at ~50x, 8 entries cost ~0.3 points more than 16 and
 32 left too little room for the indices (docs/compare.md)."""
 SHARING_CLUSTERS = (256, 128, 64, 32, 16, 8, 4, 2)
-ENERGY_SOURCE = (
-    "not modelled: no energy model is calibrated for any device profile yet (the public Jetson TX2 energy "
-    "measurements are not fitted)"
+ENERGY_NOTE = (
+    "predicted mJ per inference on the profiles with an energy model (jetson-tx2, fitted on HW-NAS-Bench's TX2 "
+    "energy measurements; no energy data exists for the other profiles)"
 )
 BISECT_STEPS = 8
 
@@ -457,9 +460,19 @@ def _measure_row(ctx: _Context, model: nn.Module, policy: Policy | None, report:
         "latency_source": predicted[ctx.cfg.device]["source"],
         "predicted": predicted,
         "measured": _measure_here(ctx, model),
-        "energy_mj": None,
-        "energy_source": ENERGY_SOURCE,
+        **_energy(ctx, model),
     }
+
+
+def _energy(ctx: _Context, model: nn.Module) -> dict[str, Any]:
+    """``energy``: device -> {mj, source} for every profile with an energy model; ``energy_mj`` / ``energy_source``:
+    the first of them (the one the table shows)."""
+    energy = {}
+    for device in energy_devices():
+        e = estimate_energy(model, ctx.shape, device)
+        energy[device] = {"mj": e.mj, "source": e.source}
+    first = next(iter(energy.values()), {"mj": None, "source": "no device profile has an energy model"})
+    return {"energy": energy, "energy_mj": first["mj"], "energy_source": first["source"]}
 
 
 def _profiles(ctx: _Context) -> list[str]:
@@ -642,9 +655,14 @@ def _print_row(console: Console, row: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- rendering
 
 
+def _mj(x: dict[str, Any]) -> str:
+    return f"{x['energy_mj']:.3f}" if x.get("energy_mj") is not None else "n/a"
+
+
 def compare_markdown(r: dict[str, Any]) -> str:
     base = r["base"]
     dense = base["stored_bytes"]
+    energy_label = f"{next(iter(base.get('energy') or {}), 'energy')} mJ"
     lines = [
         f"# Comparison: {r['model']} on {r['dataset']}, target {r['device']}",
         "",
@@ -653,11 +671,12 @@ def compare_markdown(r: dict[str, Any]) -> str:
         f"epoch(s) at lr {r['settings']['finetune_lr']}"
         + (f" ({r['settings']['max_batches']} batches each)" if r["settings"]["max_batches"] else "")
         + f", then scored. Accuracy: {r['accuracy_source']}. Latency: predicted on {r['device']} "
-        f"({base['latency_source']}); measured here: {base['measured']['source']}. Energy: {ENERGY_SOURCE}.",
+        f"({base['latency_source']}); measured here: {base['measured']['source']}. Energy: "
+        f"{base.get('energy_source') or ENERGY_NOTE}.",
         "",
         "| technique | budget | setting | top-1 | top-5 | macro F1 | params | MACs | archive bytes (x smaller) | "
-        f"peak act. KiB | {r['device']} ms (x) | here b1 x | here b64 x | compress + fine-tune s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"peak act. KiB | {r['device']} ms (x) | here b1 x | here b64 x | {energy_label} | compress + fine-tune s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def acc_cells(x: dict[str, Any]) -> str:
@@ -666,7 +685,7 @@ def compare_markdown(r: dict[str, Any]) -> str:
 
     lines.append(
         f"| base | | | {acc_cells(base)} | {base['params']:,} | {base['macs']:,} | {base['huffman_bytes']:,} | "
-        f"{base['peak_activation_bytes'] / 1024:.1f} | {base['latency_ms']:.4f} | 1.00x | 1.00x | |"
+        f"{base['peak_activation_bytes'] / 1024:.1f} | {base['latency_ms']:.4f} | 1.00x | 1.00x | {_mj(base)} | |"
     )
     skipped = []
     for row in r["rows"]:
@@ -685,7 +704,8 @@ def compare_markdown(r: dict[str, Any]) -> str:
             f"{row['huffman_bytes']:,} ({dense / max(row['huffman_bytes'], 1):.1f}x) | "
             f"{row['peak_activation_bytes'] / 1024:.1f} | {row['latency_ms']:.4f} "
             f"({base['latency_ms'] / max(row['latency_ms'], 1e-12):.2f}x) | {m['batch1']['speedup']:.2f}x | "
-            f"{m['batch64']['speedup']:.2f}x | {secs['compression'] + secs['search']:.0f} + {secs['finetune']:.0f} |"
+            f"{m['batch64']['speedup']:.2f}x | {_mj(row)} | {secs['compression'] + secs['search']:.0f} + "
+            f"{secs['finetune']:.0f} |"
         )
     lines += ["", f"Size budgets apply to the archive (Huffman-coded) bytes of the compressible layers. {SIZE_NOTE}."]
     if skipped:

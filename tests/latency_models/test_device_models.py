@@ -135,6 +135,42 @@ def test_shipped_profiles_match_a_refit(nb201_rows, tmp_path) -> None:
         assert model.coefficients == pytest.approx(shipped.coefficients, rel=1e-6, abs=1e-9)
         assert model.validation.get("spearman") == pytest.approx(shipped.validation.get("spearman"))
     assert models["jetson-nano"].validation["spearman"] > models["jetson-nano"].validation["flops_spearman"]
+    energy, shipped = models["jetson-tx2"].energy, load_device("jetson-tx2").energy
+    assert energy["coefficients"] == pytest.approx(shipped["coefficients"], rel=1e-6, abs=1e-9)
+    assert energy["validation"]["spearman"] == pytest.approx(shipped["validation"]["spearman"])
+    assert energy["validation"]["spearman"] > energy["validation"]["flops_spearman"]
+
+
+def test_energy_fit_never_reads_holdout_rows() -> None:
+    from edgecompress.latency_models.device_model import fit_energy_model
+
+    truth = {"conv_k3.mmacs": 0.1, "pool.mbytes": 1.5, "add.count": 0.3}
+    rows = []
+    for i, a in enumerate(ARCHS * 3):  # arch_index spreads the rows over the cross-validation folds
+        feats = nb201_features(a, False)
+        mj = 0.7 + sum(truth.get(k, 0.0) * v for k, v in feats.items())
+        rows.append({"arch_str": a, "arch_index": str(5 * i + 1), "split": "calibration",
+                     "hwnb_edgegpu_tx2_cifar10_mJ": str(mj)})  # fmt: skip
+    fitted = fit_energy_model("jetson-tx2", rows)
+    poisoned = rows + [{**r, "split": "holdout", "hwnb_edgegpu_tx2_cifar10_mJ": "9999"} for r in rows]
+    assert fit_energy_model("jetson-tx2", poisoned)["coefficients"] == fitted["coefficients"]
+    assert fitted["intercept_mj"] == pytest.approx(0.7, rel=1e-3)
+    for k, v in truth.items():
+        assert fitted["coefficients"][k] == pytest.approx(v, rel=1e-3)
+
+
+def test_energy_estimates_say_where_they_come_from() -> None:
+    from edgecompress.latency_models.estimate import energy_devices, estimate_energy
+
+    assert energy_devices() == ["jetson-tx2"]
+    base = estimate_energy(create_model("resnet20"), (1, 1, 28, 28), "jetson-tx2")
+    small = estimate_energy(create_model("resnet8"), (1, 1, 28, 28), "jetson-tx2")
+    assert 0 < small.mj < base.mj
+    assert base.source.startswith("predicted by the jetson-tx2 energy model (HW-NAS-Bench (ICLR 2021) Jetson TX2")
+    assert "holdout networks: Spearman" in base.source and "extrapolated" in base.source
+    assert base.validation["n"] > 2000
+    with pytest.raises(EdgeCompressError, match="device 'raspberry-pi-4' has no energy model; .* for: jetson-tx2"):
+        estimate_energy(create_model("lenet5"), (1, 1, 28, 28), "raspberry-pi-4")
 
 
 def test_real_calibration_subset_is_stable(nb201_rows) -> None:

@@ -15,6 +15,7 @@ from edgecompress.config import load_config
 from edgecompress.data import load_dataset
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models import estimate_latency
+from edgecompress.latency_models.estimate import estimate_energy
 from edgecompress.search.objective import policy_latency
 from edgecompress.workflows import compare as compare_mod
 from edgecompress.workflows.compare import CompareSettings, run_compare
@@ -105,7 +106,12 @@ def test_every_met_row_meets_its_budget_re_estimated(compared, resnet_checkpoint
         assert 0 <= a["top1"] <= a["top5"] <= 1
         assert {"precision", "recall", "f1"} <= set(a)
         assert row["measured"]["batch1"]["ms"] > 0 and row["measured"]["batch64"]["ms"] > 0
-        assert row["energy_mj"] is None and "not modelled" in row["energy_source"]
+        # Energy: the TX2 energy model's prediction for this very model, with its source
+        want = estimate_energy(model, spec.input_shape, "jetson-tx2")
+        assert row["energy_mj"] == pytest.approx(want.mj) and row["energy"]["jetson-tx2"]["mj"] == row["energy_mj"]
+        assert row["energy_source"].startswith("predicted by the jetson-tx2 energy model")
+        assert (row["energy_mj"] < r["base"]["energy_mj"]) == (row["macs"] < r["base"]["macs"]) or row["technique"] in (
+            "magnitude", "lookahead", "quant", "sharing", "deep-compression")  # fmt: skip
 
 
 def test_the_mildest_setting_is_chosen(compared, resnet_checkpoint: Path) -> None:  # type: ignore[no-untyped-def]
