@@ -49,9 +49,15 @@ TERMS = ("count", "mmacs", "mbytes")
 KIND_TO_GROUP = {
     "conv_k3": "conv_k3", "conv_kN": "conv_k3", "depthwise": "conv_k3",
     "conv_k1": "conv_k1", "linear": "conv_k1",
-    "pool": "pool", "add": "add", "mul": "add",
+    "pool": "pool", "add": "add", "mul": "add", "concat": "pool", "copy": "pool",
 }  # fmt: skip
-EXTRAPOLATED_KINDS = {"depthwise": "no depthwise convolution in the calibration networks"}
+EXTRAPOLATED_KINDS = {
+    "depthwise": "no depthwise convolution in the calibration networks",
+    "concat": "priced as a pooling operator moving the same bytes (memory-bound): no concatenation in the "
+    "calibration networks",
+    "copy": "a copying reshape or transpose (e.g. a channel shuffle), priced as a pooling operator moving the "
+    "same bytes (memory-bound): no such operator in the calibration networks",
+}
 
 # Device profile name -> CSV column of shared/latency-data/nb201_latency.csv, and what it is.
 DEVICE_COLUMNS: dict[str, dict[str, str]] = {

@@ -33,8 +33,9 @@ FP32 = 4
 @dataclass(frozen=True)
 class OpRecord:
     kind: str
-    """conv_k1, conv_k3, conv_kN (other kernels), depthwise, linear, pool, add, mul; ``unknown`` for anything
-    else (the function's name in ``detail``)."""
+    """conv_k1, conv_k3, conv_kN (other kernels), depthwise, linear, pool, add, mul, concat, copy (a reshape or
+    ``contiguous`` that moves data: a channel shuffle's transpose); ``unknown`` for anything else (the
+    function's name in ``detail``)."""
     macs: int
     bytes: int
     shape: tuple[int, ...]
@@ -63,7 +64,8 @@ def _conv_kind(weight: torch.Tensor, groups: int) -> str:
 
 
 # Functions that are not operators of their own in a deployed graph: folded (BatchNorm), fused into
-# the preceding operator (ReLU family), or free (views, shapes, dropout at inference).
+# the preceding operator (ReLU family), or free (views, shapes, dropout at inference). A ``contiguous`` or
+# ``reshape`` of a non-contiguous tensor is not free: it copies (recorded as ``copy`` before this list applies).
 IGNORED = {
     "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "batch_norm", "dropout", "flatten", "view", "reshape",
     "contiguous", "size", "dim", "__get__", "__getitem__", "__len__", "__setstate__", "detach", "float",
@@ -130,6 +132,11 @@ class _Recorder(TorchFunctionMode):
         elif name in ("add", "__add__", "__iadd__", "add_", "__radd__"):
             if isinstance(args[0], torch.Tensor) and len(args) > 1 and isinstance(args[1], torch.Tensor):
                 self.add("add", 0, FP32 * 3 * out.numel(), out, args[0])
+        elif name in ("contiguous", "reshape") and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+            # a transpose or permute made real: the runtime moves every element (a channel shuffle's cost)
+            self.add("copy", 0, FP32 * 2 * out.numel(), out, args[0], detail=name)
+        elif name in ("cat", "concat", "concatenate"):
+            self.add("concat", 0, FP32 * 2 * out.numel(), out, out)
         elif name in ("mul", "__mul__", "mul_", "__rmul__"):
             self.add("mul", 0, FP32 * 2 * out.numel(), out, args[0] if isinstance(args[0], torch.Tensor) else out)
         elif name not in IGNORED and out.numel() > 1:

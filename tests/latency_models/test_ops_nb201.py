@@ -97,3 +97,34 @@ def test_nb201_network_runs() -> None:
         "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
     )
     assert net.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_channel_shuffle_and_a_concat_do_not_vanish() -> None:
+    """A channel shuffle's transpose made contiguous copies every element, and a concatenation copies its inputs:
+    traced as operators, priced by the device models as memory-bound (flagged as extrapolated), and listed as
+    missing by a table that has no entry for them; a view of a contiguous tensor stays free."""
+    import torch.nn as nn
+
+    from edgecompress.latency_models import estimate_latency
+
+    class Shuffle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(16, 16, 1), nn.Conv2d(32, 16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.a(x)
+            n, c, h, w = x.shape
+            x = x.view(n, 4, c // 4, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+            return self.b(torch.cat([x, x], 1))
+
+    ops = trace_ops(Shuffle(), (1, 16, 28, 28))
+    assert [(o.kind, o.detail) for o in ops] == [("conv_k1", ""), ("copy", "contiguous"), ("concat", ""),
+                                                 ("conv_k1", "")]  # fmt: skip
+    assert ops[1].bytes == 4 * 2 * 16 * 28 * 28 and ops[2].bytes == 4 * 2 * 32 * 28 * 28
+    pi4 = estimate_latency(Shuffle(), (1, 16, 28, 28), "raspberry-pi-4")
+    moved = {r.kinds: r for r in pi4.rows}["concat,copy"]
+    assert moved.ms > 0 and moved.source == "device model raspberry-pi-4 (extrapolated)"
+    assert any(w.startswith("copy operators are extrapolated: a copying reshape or transpose") for w in pi4.warnings)
+    host = estimate_latency(Shuffle(), (1, 16, 28, 28), "host")
+    assert "concat:" in host.missing and "copy:contiguous" in host.missing
