@@ -536,8 +536,9 @@ def profile_cmd(
     runtime: Annotated[
         str,
         typer.Option(
-            help="onnxruntime (default), litert (the LiteRT interpreter; with --plan-only, --out is a folder of "
-            "converted operators for profiler.py on the device) or torch."
+            help="onnxruntime (default, CPU), onnxruntime-cuda / onnxruntime-tensorrt (a Jetson's GPU, needs "
+            "onnxruntime-gpu), litert (the LiteRT interpreter; with --plan-only, --out is a folder of converted "
+            "operators for profiler.py on the device) or torch."
         ),
     ] = "onnxruntime",
     precision: Annotated[
@@ -576,6 +577,12 @@ def profile_cmd(
     for p in precisions:
         if p not in valid:
             raise ConfigError(f"--precision {p!r} is not measurable with {runtime}; valid: {', '.join(valid)}")
+    missing = profiler.runtime_missing(runtime) if runtime != "torch" and not plan_only else None
+    if missing is not None:
+        raise ConfigError(
+            f"--runtime {runtime} cannot run on this machine: {missing}. Profile on the device itself, or write "
+            "the plan here with --plan-only and run profiler.py there"
+        )
     names = model or ([] if checkpoint else ["resnet20"])
     if in_graph:
         import tempfile

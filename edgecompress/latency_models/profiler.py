@@ -40,7 +40,14 @@ TABLE_FORMAT = "edgecompress.latency_table"
 TABLE_VERSION = 1
 PLAN_FORMAT = "edgecompress.profile_plan"
 KINDS = ("conv", "depthwise", "linear", "add", "pool-max", "pool-avg", "pool-global")
-PRECISIONS = {"onnxruntime": ("fp32", "fp16", "int8"), "litert": ("fp32", "int8"), "torch": ("fp32",)}
+PRECISIONS = {
+    "onnxruntime": ("fp32", "fp16", "int8"),
+    # a Jetson's GPU through ONNX Runtime (onnxruntime-gpu): the CUDA provider, or TensorRT's engines
+    "onnxruntime-cuda": ("fp32", "fp16", "int8"),
+    "onnxruntime-tensorrt": ("fp32", "fp16", "int8"),
+    "litert": ("fp32", "int8"),
+    "torch": ("fp32",),
+}
 OVERHEAD_KEY = "overhead"  # the plan's file for the fixed cost of one call (a ReLU on 8 values)
 
 
@@ -399,7 +406,7 @@ def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int, fil
         model = _to_int8(model, x)
     elif sig["precision"] == "fp16":
         model = _to_fp16(model)
-    return time_onnx(model, x, threads, warmup, repeats)
+    return time_model(model, x, threads, warmup, repeats, runtime=runtime)
 
 
 def _litert_file(key, module, x, precision, files, convert):  # type: ignore[no-untyped-def]
@@ -428,7 +435,7 @@ def overhead_ms(runtime: str, threads: int, warmup: int, repeats: int, files=Non
     if runtime == "litert":
         model = _litert_file(OVERHEAD_KEY, module, x, "fp32", files, convert)
         return time_model(model, x, threads, warmup, repeats, runtime="litert")
-    return time_onnx(_export(module, x), x, threads, warmup, repeats)
+    return time_model(_export(module, x), x, threads, warmup, repeats, runtime=runtime)
 
 
 # ---- in-graph profiling: operator times inside whole models (ONNX Runtime's own profiler) ----
@@ -575,7 +582,7 @@ def _versions(runtime: str) -> dict[str, str]:
     import torch
 
     out = {"torch": torch.__version__, "python": sys.version.split()[0]}
-    if runtime == "onnxruntime":
+    if runtime.startswith("onnxruntime"):
         import onnxruntime
 
         out["onnxruntime"] = onnxruntime.__version__
@@ -624,6 +631,8 @@ def run(
         raise ValueError(f"passes must be >= 1, got {passes}")
     if runtime not in PRECISIONS:
         raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(PRECISIONS)}")
+    if runtime != "torch" and runtime_missing(runtime) is not None:
+        raise ValueError(f"cannot profile with runtime {runtime}: {runtime_missing(runtime)}")
     bad = sorted({parse_key(k)["precision"] for k in keys} - set(PRECISIONS[runtime]))
     if bad:
         raise ValueError(f"runtime {runtime} cannot measure precision {', '.join(bad)}; valid: {PRECISIONS[runtime]}")

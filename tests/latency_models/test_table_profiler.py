@@ -324,3 +324,21 @@ def test_validate_table_compares_other_tables_on_the_same_measurements() -> None
         assert row["estimated_ms[doubled]"] > row["estimated_ms"]
     # Unrounded random widths: somewhere the block changes the prediction.
     assert any(row["estimated_ms[unblocked]"] != pytest.approx(row["estimated_ms"]) for row in r["rows"])
+
+
+def test_gpu_runtimes_are_refused_where_they_cannot_run(tmp_path, capsys) -> None:
+    """A Jetson's GPU runtimes profile there; here (no onnxruntime-gpu) they are refused before any work, with
+    what is missing. profiler.open_session says the same."""
+    from edgecompress.cli import main
+
+    if "onnxruntime-cuda" in profiler.available_runtimes():
+        pytest.skip("this machine has the CUDA provider")
+    with pytest.raises(SystemExit) as done:
+        main(["profile", "--out", str(tmp_path / "t.json"), "--runtime", "onnxruntime-cuda", "--model", "lenet5"])
+    assert done.value.code == 2 and not (tmp_path / "t.json").exists()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--runtime onnxruntime-cuda cannot run on this machine: this onnxruntime" in err
+    assert "has no CUDAExecutionProvider" in err and "install onnxruntime-gpu" in err
+    with pytest.raises(RuntimeError, match="cannot run a model with onnxruntime-tensorrt: .*TensorrtExecutionProvider"):
+        profiler.open_session(b"", "onnxruntime-tensorrt")
+    assert "onnxruntime" in profiler.available_runtimes() and "litert" in profiler.available_runtimes()
