@@ -328,7 +328,29 @@ def render_compare_techniques(p: dict[str, Any]) -> list[str]:
     return [*table(head, rows), "", f"Accuracy: {p['accuracy_source']}. Measured: {p['measured_source']}."]
 
 
+def render_deploy_formats(p: dict[str, Any]) -> list[str]:
+    one, two = p["latency"]["1_thread"], p["latency"]["2_threads"]
+    rows = []
+    for name, e in p["exports"].items():
+        rows.append([
+            name, num(e["top1"]), f"{e['top1_agreement_with_pytorch']:.2%}", f"{e['bytes']:,}",
+            ms(one[name]["ms"]), times(one[name]["speedup_vs_original_onnx_fp32"]),
+            ms(two[name]["ms"]), times(two[name]["speedup_vs_original_onnx_fp32"]),
+        ])  # fmt: skip
+    r = p["replay"]
+    head = ["model / format", "test top-1", "agreement", "bytes", "1 thread ms", "x", "2 threads ms", "x"]
+    return [
+        *table(head, rows),
+        "",
+        f"Base {num(r['base_top1'])}; replayed (8-bit weights and activations, distilled): "
+        + ", ".join(f"{v} {num(t)}" for v, t in r["top1"].items())
+        + f". Speed-ups: median over {p['latency']['rounds']} rounds of the per-round ratio to the original's "
+        "ONNX fp32 file; agreement: top-1 agreement with the PyTorch model each file encodes.",
+    ]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "deploy_formats": render_deploy_formats,
     "compare_techniques": render_compare_techniques,
     "byo_model": render_byo_model,
     "compressors": render_compressors,

@@ -268,6 +268,72 @@ def _fold_weight_quantization(model: Any) -> int:
     return folded
 
 
+def _fold_batchnorm_into_quantized_conv(model: Any) -> int:
+    """Fold each BatchNormalization that directly follows a convolution with integer (DequantizeLinear) weights
+    into it, keeping the weights on their trained grid: per output channel the BatchNorm factor
+    f = gamma / sqrt(var + eps) moves into the weight scale (|f| x scale; the integer levels change sign where
+    f < 0) and into the bias ((b - mean) x f + beta). The integers stay exactly as trained; only float scales
+    change, so the graph computes the same function up to float rounding, and runtimes see the
+    DequantizeLinear -> Conv pattern their int8 kernels fuse. Returns the number of BatchNorms folded."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    nodes = list(graph.node)
+    values = constant_values(graph)
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for n in nodes:  # constants the exporter deduplicated reach their readers through Identity nodes
+        if n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
+    folded = 0
+    dropped = []
+    for bn in nodes:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(consumers.get(conv.output[0], [])) != 1:
+            continue
+        dq = producer.get(conv.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits:
+            continue
+        if len(consumers.get(dq.input[0], [])) != 1 or len(consumers.get(dq.input[1], [])) != 1:
+            continue
+        gamma, beta, mean, var = (values.get(i) for i in bn.input[1:5])
+        if any(v is None for v in (gamma, beta, mean, var)):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        f = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
+        levels = numpy_helper.to_array(inits[dq.input[0]])
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        if scale.ndim != 1 or len(scale) != len(f) or levels.dtype != np.int8 or np.abs(levels).max() > 127:
+            continue
+        sign = np.where(f < 0, -1, 1).reshape((-1,) + (1,) * (levels.ndim - 1))
+        bias = values[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros(len(f))
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array((levels * sign).astype(np.int8), dq.input[0]))
+        inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * np.abs(f)).astype(np.float32), dq.input[1]))
+        bias_name = conv.output[0] + "_folded_bias"
+        graph.initializer.append(numpy_helper.from_array(((bias - mean) * f + beta).astype(np.float32), bias_name))
+        inputs = list(conv.input[:2]) + [bias_name]
+        new_conv = helper.make_node("Conv", inputs, list(bn.output), name=conv.name)
+        new_conv.attribute.extend(conv.attribute)
+        conv.CopyFrom(new_conv)
+        dropped.append(bn.name)
+        folded += 1
+    kept = [copy.deepcopy(n) for n in nodes if n.op_type != "BatchNormalization" or n.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {i for n in graph.node for i in n.input}
+    keep_init = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_init)
+    return folded
+
+
 def _int8_trained(model: nn.Module, shape: Any, *, symmetric: bool) -> tuple[bytes, dict[str, Any]]:
     """int8 ONNX carrying the policy's trained quantization: QuantizeLinear/DequantizeLinear pairs with the
     scales its fake quantizers used (weights per output channel, zero point 0; layer inputs per tensor), the
@@ -281,11 +347,13 @@ def _int8_trained(model: nn.Module, shape: Any, *, symmetric: bool) -> tuple[byt
         )
     proto = onnx.load_from_string(export_module(view, example(shape)))
     folded = _fold_weight_quantization(proto)
+    batchnorms = _fold_batchnorm_into_quantized_conv(proto)
     return proto.SerializeToString(), {
         "scales": "trained (the policy's fake quantization, kept from fine-tuning)",
         "weights": {k: v["weight_bits"] for k, v in carried.items() if "weight_bits" in v},
         "activations": sorted(k for k, v in carried.items() if "input_scale" in v),
         "weights_stored_as_int": folded,
+        "batchnorms_folded": batchnorms,
         "symmetric": symmetric,
         "carried": {
             k: {kk: (vv.tolist() if isinstance(vv, torch.Tensor) else vv) for kk, vv in v.items()}

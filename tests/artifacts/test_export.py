@@ -405,3 +405,39 @@ def test_an_operator_litert_cannot_convert_is_named_with_its_layer() -> None:
         "LiteRT cannot convert operator aten.special_i1e.default (used by layer 'odd'): litert-torch has no "
         "lowering for it."
     )
+
+
+def test_trained_int8_folds_batchnorm_into_the_integer_weights_exactly(replayed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ResNet-20 with 8-bit weights and inputs everywhere: each BatchNorm after a quantized convolution moves into
+    that convolution's per-channel scale and bias; the integers are the trained levels (sign-flipped where the
+    BatchNorm factor is negative) and the graph still computes the fake-quantized model."""
+    import numpy as np
+    import onnx
+
+    spec = ModelSpec("resnet20", 10, 1, 28, "fashion-mnist", 0)
+    torch.manual_seed(0)
+    model = spec.build().train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, some negative factors
+        for _ in range(3):
+            model(torch.randn(16, 1, 28, 28))
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.mul_(torch.where(torch.rand_like(m.weight) < 0.2, -1.0, 1.0))
+    model.eval()
+    policy = Policy.uniform(model, wbits=8, abits=8, base={"model": "resnet20", "input_shape": [1, 1, 28, 28]})
+    compressed, _ = compress(model, policy, torch.randn(64, 1, 28, 28))
+    path = save_compressed(tmp_path / "q.pt", compressed, spec, policy)
+    out = tmp_path / "q.onnx"
+    r = export_model(path, "onnx-int8", out, data_dir=replayed["data"], val_size=60, measure=False, scales="trained")
+    graph = onnx.load(out).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    left = [n for n in graph.node if n.op_type == "BatchNormalization"]
+    assert r["int8"]["batchnorms_folded"] == len(convs) - len(left) > 15
+    levels = [onnx.numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert levels and all(np.abs(v).max() <= 127 for v in levels)
+    session = __import__("edgecompress.latency_models.profiler", fromlist=["x"]).open_session(out.read_bytes())
+    x = torch.randn(8, 1, 28, 28)
+    want = compressed(x).detach().numpy()
+    got = session.run(x)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    assert r["parity"]["top1_agreement"] >= 0.98
