@@ -70,8 +70,8 @@ def test_bad_compress_options_are_refused(tiny_fmnist_shared: Path, lenet_checkp
     cfg = _cfg(tiny_fmnist_shared, lenet_checkpoint, tmp_path / "run")
     with pytest.raises(ConfigError, match="--speedup 0.5 is invalid; valid: a number > 1"):
         run_compress(cfg, QUIET, speedup=0.5)
-    with pytest.raises(ConfigError, match="unknown format\\(s\\) tflite; valid: onnx, onnx-fp16"):
-        run_compress(cfg, QUIET, formats=["tflite"])
+    with pytest.raises(ConfigError, match="unknown format\\(s\\) coreml; valid: onnx, onnx-fp16, onnx-int8, tflite"):
+        run_compress(cfg, QUIET, formats=["coreml"])
     assert not (tmp_path / "run").exists()
 
 
