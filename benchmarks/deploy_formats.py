@@ -59,10 +59,7 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     started = time.time()
     search = run / "search"
-    if (
-        not (search / "best_policy.json").exists()
-        or len((search / "trials.jsonl").read_text().splitlines()) < args.trials
-    ):
+    if not (search / "best_policy.json").exists():
         edgecompress("search", "--config", args.config, "--agent", "optuna", "--trials", str(args.trials),
                      "--out", str(search))  # fmt: skip
     found = Policy.load(search / "best_policy.json")
