@@ -124,6 +124,12 @@ def test_devices_and_latency(capsys) -> None:
     assert doc["source"].startswith("predicted by device model raspberry-pi-4")
     code, _, err = run_cli(["latency", "--model", "resnet20", "--device", "pi4"], capsys)
     assert code == 2 and "unknown device 'pi4'" in err
+    code, out, _ = run_cli(["latency", "--model", "resnet20", "--device", "jetson-tx2", "--json"], capsys)
+    energy = json.loads(out)["energy"]
+    assert energy["device"] == "jetson-tx2" and energy["mj"] > 0
+    assert energy["source"].startswith("predicted by the jetson-tx2 energy model")
+    code, out, _ = run_cli(["devices"], capsys)
+    assert "energy (mJ, hwnb_edgegpu_tx2_cifar10_mJ)" in " ".join(out.split())
     code, _, err = run_cli(["latency", "--model", "resnet20"], capsys)
     assert code == 2 and "give --device NAME" in err
 

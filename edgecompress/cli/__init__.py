@@ -461,6 +461,12 @@ def devices_cmd() -> None:
             )
         else:
             val = "; ".join(f"{rt}: Spearman {r['spearman']:.3f}, MAPE {r['mape_raw']:.1%}" for rt, r in v.items())
+        if m.energy:
+            e = m.energy.get("validation", {})
+            val += (
+                f"; energy (mJ, {m.energy['column']}): n={e.get('n')}: Spearman {e.get('spearman', 0):.3f} "
+                f"(FLOPs {e.get('flops_spearman', 0):.3f}), MAPE {e.get('mape_raw', 0):.1%}"
+            )
         table.add_row(name, m.device, m.precision, m.source, val)
     console.print(table)
 
