@@ -35,6 +35,7 @@ from edgecompress.data import first_batches, load_dataset
 from edgecompress.errors import ConfigError, ModelError, PolicyError
 from edgecompress.latency_models import estimate_latency
 from edgecompress.latency_models.devices import list_devices
+from edgecompress.latency_models.estimate import energy_devices, estimate_energy
 from edgecompress.latency_models.onnx import measure_ms
 from edgecompress.models import create_model
 from edgecompress.search.objective import policy_latency
@@ -201,6 +202,10 @@ def replay(
             "speedup": b.total_ms / max(c.total_ms, 1e-12),
             "source": source,
         }
+    energy: dict[str, Any] = {}
+    for device in energy_devices():
+        b_e, c_e = estimate_energy(base, spec.input_shape, device), estimate_energy(model, spec.input_shape, device)
+        energy[device] = {"base_mj": b_e.mj, "compressed_mj": c_e.mj, "source": c_e.source}
     measured: dict[str, Any] = {}
     if measure:
         base_ms = measure_ms(base, spec.input_shape, threads=threads)
@@ -254,6 +259,7 @@ def replay(
             "source": "counted from the compressed weights (compressible layers; see CompressionReport)",
         },
         "predicted_latency": latency,
+        "predicted_energy": energy,
         "measured_latency": measured,
         "policy_summary": policy.summary(),
         "seconds": time.perf_counter() - started,
@@ -314,6 +320,12 @@ def report_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| {device} | {d['base_ms']:.4f} | {d['compressed_ms']:.4f} | {d['speedup']:.2f}x | {d['source']} |"
         )
+    for device, e in (r.get("predicted_energy") or {}).items():
+        lines += [
+            "",
+            f"Predicted energy per inference on {device}: {e['base_mj']:.3f} -> {e['compressed_mj']:.3f} mJ "
+            f"({e['source']}).",
+        ]
     m = r.get("measured_latency") or {}
     if m:
         lines += [

@@ -30,6 +30,9 @@ def test_replay_writes_model_and_reports(replayed) -> None:  # type: ignore[no-u
         r["predicted_latency"]["raspberry-pi-4"]["compressed_ms"] < r["predicted_latency"]["raspberry-pi-4"]["base_ms"]
     )
     assert r["measured_latency"]["batch1"]["compressed_ms"] > 0
+    e = r["predicted_energy"]["jetson-tx2"]  # the pruned LeNet-5 costs less energy, and says where that comes from
+    assert 0 < e["compressed_mj"] < e["base_mj"] and e["source"].startswith("predicted by the jetson-tx2 energy model")
+    assert "Predicted energy per inference on jetson-tx2" in md
     assert r["finetune"]["distill"] is True and len(r["finetune"]["history"]) == 1
     # The saved model is the evaluated one.
     model, _spec, _policy, metrics = load_compressed(out)
