@@ -303,9 +303,10 @@ def _fold_batchnorm_into_quantized_conv(model: Any) -> int:
             continue
         if len(consumers.get(dq.input[0], [])) != 1 or len(consumers.get(dq.input[1], [])) != 1:
             continue
-        gamma, beta, mean, var = (values.get(i) for i in bn.input[1:5])
-        if any(v is None for v in (gamma, beta, mean, var)):
+        found = [values.get(i) for i in bn.input[1:5]]
+        if any(v is None for v in found):
             continue
+        gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in found)
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         f = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
         levels = numpy_helper.to_array(inits[dq.input[0]])
@@ -318,7 +319,7 @@ def _fold_batchnorm_into_quantized_conv(model: Any) -> int:
         inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * np.abs(f)).astype(np.float32), dq.input[1]))
         bias_name = conv.output[0] + "_folded_bias"
         graph.initializer.append(numpy_helper.from_array(((bias - mean) * f + beta).astype(np.float32), bias_name))
-        inputs = list(conv.input[:2]) + [bias_name]
+        inputs = [*list(conv.input[:2]), bias_name]
         new_conv = helper.make_node("Conv", inputs, list(bn.output), name=conv.name)
         new_conv.attribute.extend(conv.attribute)
         conv.CopyFrom(new_conv)

@@ -39,6 +39,8 @@ import torch.nn as nn
 from edgecompress._imports import optional
 from edgecompress.compressors.constraints import float_view
 from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models.profiler import OVERHEAD_KEY, build_op, overhead_module, parse_key, plan_file_name
+from edgecompress.latency_models.table import write_plan
 
 __all__ = ["LiteRTConversionError", "tflite_operators", "to_tflite"]
 
@@ -213,15 +215,6 @@ def convert_operator(module: nn.Module, x: torch.Tensor, precision: str) -> byte
 def write_litert_plan(keys: list[str], folder: Path, model: str, progress: Any = None) -> Path:
     """A plan folder for ``profiler.py`` on a device without the converter: ``plan.json`` and one converted
     ``.tflite`` per signature (plus the per-call overhead graph). A re-run keeps the files already there."""
-    from edgecompress.latency_models.profiler import (
-        OVERHEAD_KEY,
-        build_op,
-        overhead_module,
-        parse_key,
-        plan_file_name,
-    )
-    from edgecompress.latency_models.table import write_plan
-
     folder.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     for i, key in enumerate([OVERHEAD_KEY, *keys]):

@@ -132,9 +132,7 @@ def test_cli_replay_and_export(replayed, tmp_path: Path, capsys: pytest.CaptureF
     assert (
         "unknown export format 'coreml'; valid formats: onnx, onnx-fp16, onnx-int8, tflite, tflite-int8, "
         "torchscript, archive"
-    ) in (
-        capsys.readouterr().err.replace("\n", "")
-    )
+    ) in (capsys.readouterr().err.replace("\n", ""))
 
 
 def test_replay_student_distils_a_compact_architecture_that_exports(replayed, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
