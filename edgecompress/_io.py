@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_output", "read_json", "write_json_atomic", "write_text_atomic"]
+__all__ = ["check_output", "probe_writable", "read_json", "write_json_atomic", "write_text_atomic"]
 
 
 def read_json(path: str | os.PathLike[str], what: str, error: type[Exception]) -> Any:
@@ -23,7 +24,7 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[Exception]) -
 
 def check_output(path: str | os.PathLike[str], *, folder: bool, error: type[Exception], flag: str = "--out") -> None:
     """Refuse, before any work, an output that cannot be written: a folder that is a file (or the reverse),
-    a parent that is a file, a location this process may not write to. Creates nothing."""
+    a parent that is a file, a location this process cannot create files in. Leaves nothing behind."""
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         if folder:
@@ -34,8 +35,25 @@ def check_output(path: str | os.PathLike[str], *, folder: bool, error: type[Exce
         parent = parent.parent
     if not parent.is_dir():
         raise error(f"{flag} {path}: {parent} is a file, so nothing can be written below it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise error(f"{flag} {path}: {parent} is not writable by this user (read-only file system?)")
+    problem = probe_writable(parent)
+    if problem is not None:
+        raise error(
+            f"{flag} {path}: cannot create files in {parent} ({problem}); choose an {flag} on a writable file "
+            "system, in a folder you may write to"
+        )
+
+
+def probe_writable(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (the OS's words), or ``None`` when one can: a file is created
+    and removed again. Permission bits alone do not tell (root passes every ``os.access`` test, and a read-only
+    mount or a virtual file system refuses even root)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edgecompress-probe-", dir=folder)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    os.unlink(name)
+    return None
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:

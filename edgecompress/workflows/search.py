@@ -4,7 +4,7 @@ Every driver gets the same :class:`~edgecompress.search.SearchSetup` (one
 objective, policy space and budget) and writes the same run folder:
 ``config.yaml``, ``reference.json``, ``episodes.jsonl``,
 ``best_policy.json``, ``topk.json``, ``search.png``, plus the driver's own
-state (``agent.zip`` and ``replay_buffer.npz``, ``study.db``, ``ray/``).
+state (``agent_state.npz``, ``study.db``, ``ray/``).
 Re-running the same command on the same folder resumes.
 """
 
@@ -15,10 +15,12 @@ from typing import Any
 
 from rich.console import Console
 
+from edgecompress._io import check_output
 from edgecompress._lock import run_folder_lock
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle
 from edgecompress.drivers import get_driver
+from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup, create_setup, write_reference
 from edgecompress.workflows.train import check_base_model, ensure_base_model, load_bundle
 
@@ -58,6 +60,7 @@ def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> Sear
 def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     """Run the driver ``cfg.search.agent`` over the search core; returns the driver's result."""
     driver = get_driver(cfg.search.agent)
+    check_output(cfg.out, folder=True, error=ConfigError)  # an --out that cannot be written fails before any work
     check_base_model(cfg)  # bad paths fail before the run folder is touched
     bundle = load_bundle(cfg)
     with run_folder_lock(cfg.out):  # one process per run folder

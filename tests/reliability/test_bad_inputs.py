@@ -198,17 +198,51 @@ def test_the_table_is_large_enough() -> None:
 
 @pytest.mark.parametrize(("case", "command", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_cleanly(case, command, expected, folder: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _assert_refused(command, expected, folder, capsys, monkeypatch)
+
+
+def _assert_refused(command: str, expected: tuple[str, ...], folder: Path, capsys, monkeypatch, **names: str) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(folder)
-    tmp, ckpt = str(folder), str(folder / "lenet.pt")
+    names = {"tmp": str(folder), "ckpt": str(folder / "lenet.pt"), **names}
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     with pytest.raises(SystemExit) as done:
-        main([a.format(tmp=tmp, ckpt=ckpt) for a in command.split()])
+        main([a.format(**names) for a in command.split()])
     captured = capsys.readouterr()
     message = " ".join((captured.err + captured.out).split())  # rich wraps long lines
     message = message.replace("│", " ").replace("  ", " ")
     assert done.value.code == 2, message
     assert "Traceback" not in message
     for part in expected:
-        assert " ".join(part.format(tmp=tmp).split()) in message, (part, message)
+        assert " ".join(part.format(**names).split()) in message, (part, message)
     after = sorted(p.relative_to(folder) for p in folder.rglob("*") if not p.name.startswith("."))
     assert after == [p for p in before if not p.name.startswith(".")], set(after) ^ set(before)
+
+
+# An --out where no file can be created, even by root (the tests run as root: permission bits do not stop it).
+# Each command line would fail later on another input (data folder, checkpoint, model), so the --out error
+# shows that the output is checked first, before any work.
+READ_ONLY: list[tuple[str, str, tuple[str, ...]]] = [
+    ("search out read-only", "search --checkpoint {ckpt} --data-dir {tmp}/nodata --out {ro}/run",
+     ("--out {ro}/run: cannot create files in {ro}", "choose an --out on a writable file system")),
+    ("replay out read-only", "replay --policy {tmp}/p.json --out {ro}/r",
+     ("--out {ro}/r: cannot create files in {ro}", "choose an --out on a writable file system")),
+    ("export out read-only", "export --model {tmp}/r --format onnx --out {ro}/m.onnx",
+     ("--out {ro}/m.onnx: cannot create files in {ro}", "choose an --out on a writable file system")),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def read_only() -> Path:
+    from edgecompress._io import probe_writable
+
+    for candidate in (Path("/sys"), Path("/proc")):
+        if candidate.is_dir() and probe_writable(candidate) is not None:
+            return candidate
+    pytest.skip("no location here refuses to create files for this user (tried /sys and /proc)")
+
+
+@pytest.mark.parametrize(("case", "command", "expected"), READ_ONLY, ids=[c[0] for c in READ_ONLY])
+def test_an_out_on_a_read_only_location_is_refused_before_any_work(  # type: ignore[no-untyped-def]
+    case, command, expected, folder: Path, read_only: Path, capsys, monkeypatch
+) -> None:
+    _assert_refused(command, expected, folder, capsys, monkeypatch, ro=str(read_only))
