@@ -11,22 +11,29 @@ What AMC adds to DDPG, and nothing else:
   starts at the first episode's reward and moves by ``1 - baseline_decay`` towards each new one);
 * training once per episode, as many gradient steps as the episode had transitions.
 
-It is seeded (``seed``), logs to TensorBoard (``tensorboard_log``), and saves and
-restores with SB3's ``save`` / ``load`` (the AMC state above is saved with the
-model). The replay buffer is saved as plain arrays (:meth:`AMCDDPG.save_buffer`,
-an ``.npz`` read with ``allow_pickle=False``), not with SB3's pickle-based
-``save_replay_buffer``: a run folder someone hands you must not run code
-when it is resumed.
+It is seeded (``seed``) and logs to TensorBoard (``tensorboard_log``).
+:meth:`AMCDDPG.save_state` writes everything a resumed search needs to go on
+exactly as an uninterrupted one (networks and optimizers, replay buffer, the
+counters SB3 and AMC keep, the noise generator and the global random states
+SB3 samples from) as one ``.npz`` of plain arrays plus a JSON record, replaced
+atomically; :meth:`AMCDDPG.load_state` restores it into an agent built the way
+a fresh run builds it, reading with ``allow_pickle=False``. SB3's own
+``save`` / ``load`` (and ``save_replay_buffer``) are not used: their zip
+unpickles its ``data`` entries (spaces, schedules, the policy class) with
+cloudpickle, so a crafted file would run code when a run folder is resumed.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
@@ -146,31 +153,90 @@ class AMCDDPG(DDPG):
         self.logger.record("amc/sigma", self.sigma)
 
     BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+    STATE_FORMAT = "edgecompress.amc-state"
+    STATE_VERSION = 1
 
-    def save_buffer(self, path: str | os.PathLike[str]) -> Path:
-        """Write the replay buffer's arrays and position as ``.npz`` (atomically; no pickled objects)."""
+    def _shape(self) -> dict[str, Any]:
+        """What a saved state must match to be restored into this agent."""
+        assert self.observation_space.shape is not None and self.action_space.shape is not None
+        return {
+            "n_layers": self.n_layers, "warmup_episodes": self.warmup_episodes, "sigma_decay": self.sigma_decay,
+            "baseline_decay": self.baseline_decay, "buffer_size": self.buffer_size, "batch_size": self.batch_size,
+            "tau": self.tau, "observation_shape": list(self.observation_space.shape),
+            "action_shape": list(self.action_space.shape),
+        }  # fmt: skip
+
+    def save_state(self, path: str | os.PathLike[str], *, meta: dict[str, Any] | None = None) -> Path:
+        """Write the whole learning state to one ``.npz`` (no pickled object), atomically: a kill leaves the
+        previous state or this one, never a mix. ``meta`` (JSON) is stored with it and returned by
+        :meth:`load_state`. Call it at an episode boundary (``checkpoint_hook``)."""
+        assert self.replay_buffer is not None
         buffer = self.replay_buffer
-        assert buffer is not None
-        arrays = {name: getattr(buffer, name) for name in self.BUFFER_ARRAYS}
+        arrays: dict[str, np.ndarray] = {}
+        state = {
+            "format": self.STATE_FORMAT, "version": self.STATE_VERSION, "shape": self._shape(), "meta": meta or {},
+            "parameters": _flatten(self.get_parameters(), arrays),
+            "buffer": {"pos": int(buffer.pos), "full": bool(buffer.full)},
+            "sb3": {"num_timesteps": self.num_timesteps, "n_updates": self._n_updates,
+                    "progress_remaining": self._current_progress_remaining},
+            "amc": {"episodes_done": self.episodes_done, "episode_rewards": self.episode_rewards,
+                    "baseline": self.baseline, "sigma": self.sigma, "noise_rng": self._noise_rng.bit_generator.state},
+        }  # fmt: skip
+        arrays.update({f"buffer.{name}": getattr(buffer, name) for name in self.BUFFER_ARRAYS})
+        arrays.update({f"rng.{k}": v for k, v in _global_rng_state().items()})
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as f:
-            np.savez(f, pos=np.array(buffer.pos), full=np.array(buffer.full), **arrays)
+            np.savez(f, state=np.array(json.dumps(state)), **arrays)  # type: ignore[arg-type]
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         return path
 
-    def load_buffer(self, path: str | os.PathLike[str]) -> None:
-        """Restore the replay buffer written by :meth:`save_buffer` (``allow_pickle=False``; shapes checked)."""
-        buffer = self.replay_buffer
-        assert buffer is not None
-        with np.load(path, allow_pickle=False) as data:
-            for name in self.BUFFER_ARRAYS:
-                current = getattr(buffer, name)
-                if name not in data or data[name].shape != current.shape or data[name].dtype != current.dtype:
-                    raise ValueError(f"{path}: {name} does not match this agent's replay buffer {current.shape}")
-                current[...] = data[name]
-            buffer.pos = int(data["pos"])
-            buffer.full = bool(data["full"])
+    def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Restore what :meth:`save_state` wrote into this agent (built as a fresh run builds it) and return the
+        ``meta`` saved with it. A file that is not such a state, or one saved for another set-up, raises
+        ``ValueError`` saying why (the file is read and checked first, but the networks may be half set by then:
+        build a new agent)."""
+        assert self.replay_buffer is not None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except Exception as exc:  # numpy raises several types for a file that is not an .npz
+            raise ValueError(f"not a saved agent state ({type(exc).__name__}: {exc})") from None
+        try:
+            state = json.loads(str(arrays.pop("state")[()]))
+            if (state.get("format"), state.get("version")) != (self.STATE_FORMAT, self.STATE_VERSION):
+                raise ValueError(f"format {state.get('format')!r} version {state.get('version')!r}")
+            changed = sorted(k for k, v in self._shape().items() if state["shape"].get(k) != v)
+            if changed:
+                raise ValueError(f"saved for another set-up ({', '.join(changed)} differ)")
+            params = _unflatten(state["parameters"], arrays)
+            buffer = {name: arrays[f"buffer.{name}"] for name in self.BUFFER_ARRAYS}
+            for name, saved in buffer.items():
+                current = getattr(self.replay_buffer, name)
+                if saved.shape != current.shape or saved.dtype != current.dtype:
+                    raise ValueError(f"replay buffer {name} is {saved.dtype}{saved.shape}, not {current.shape}")
+            set_rng = _global_rng_setter({k.removeprefix("rng."): v for k, v in arrays.items() if k.startswith("rng.")})
+            sb3, amc = state["sb3"], state["amc"]
+            noise_rng = np.random.default_rng()
+            noise_rng.bit_generator.state = amc["noise_rng"]
+            self.set_parameters(params, exact_match=True, device=self.device)
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"a damaged agent state ({type(exc).__name__}: {exc})") from None
+        for name, saved in buffer.items():
+            getattr(self.replay_buffer, name)[...] = saved
+        self.replay_buffer.pos = int(state["buffer"]["pos"])
+        self.replay_buffer.full = bool(state["buffer"]["full"])
+        self.num_timesteps = int(sb3["num_timesteps"])
+        self._n_updates, self._current_progress_remaining = int(sb3["n_updates"]), float(sb3["progress_remaining"])
+        self.episodes_done, self.episode_rewards = int(amc["episodes_done"]), [float(r) for r in amc["episode_rewards"]]
+        self._episode_num = self.episodes_done  # SB3 counts an episode after its last transition is stored
+        self.baseline, self.sigma, self._noise_rng = amc["baseline"], float(amc["sigma"]), noise_rng
+        self._episode = []
+        self._last_obs = None  # type: ignore[assignment]  # at an episode boundary: learn() resets the env
+        set_rng()
+        return dict(state["meta"])
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         super().train(gradient_steps, batch_size)
@@ -179,3 +245,69 @@ class AMCDDPG(DDPG):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_episode", "episode_end_hook", "checkpoint_hook"]
+
+
+def _flatten(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """``obj`` (state dicts: nested dicts, lists, tuples, numbers, strings, tensors) as JSON, each tensor moved
+    to ``arrays`` under a key of its own; :func:`_unflatten` inverts it."""
+    if isinstance(obj, torch.Tensor):
+        key = f"param.{len(arrays)}"
+        arrays[key] = obj.detach().cpu().numpy()
+        return {"tensor": key}
+    if isinstance(obj, dict):
+        return {"dict": [[_flatten(k, arrays), _flatten(v, arrays)] for k, v in obj.items()]}
+    if isinstance(obj, tuple | list):
+        return {"tuple" if isinstance(obj, tuple) else "list": [_flatten(v, arrays) for v in obj]}
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in an agent state")
+
+
+def _unflatten(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    if not isinstance(obj, dict):
+        return obj
+    if "tensor" in obj:
+        return torch.from_numpy(np.array(arrays[obj["tensor"]]))
+    if "dict" in obj:
+        return {_unflatten(k, arrays): _unflatten(v, arrays) for k, v in obj["dict"]}
+    if "tuple" in obj:
+        return tuple(_unflatten(v, arrays) for v in obj["tuple"])
+    return [_unflatten(v, arrays) for v in obj["list"]]
+
+
+def _global_rng_state() -> dict[str, np.ndarray]:
+    """Python's, NumPy's and torch's global random states (SB3 samples its replay buffer and target noise from
+    them) as plain arrays."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, py_state, py_gauss = random.getstate()
+    out = {
+        "np_keys": np.asarray(keys), "np_meta": np.array([pos, has_gauss], dtype=np.int64),
+        "np_gauss": np.array([cached]), "torch": torch.get_rng_state().numpy(),
+        "py_state": np.array(py_state, dtype=np.int64),
+        "py_meta": np.array([version, np.nan if py_gauss is None else py_gauss]),
+    }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.stack(torch.cuda.get_rng_state_all()).numpy()
+    return out
+
+
+def _global_rng_setter(d: dict[str, np.ndarray]) -> Any:
+    """A function that sets the global random states :func:`_global_rng_state` returned (parsed now, so a
+    damaged one fails before anything changes)."""
+    pos, has_gauss = (int(v) for v in d["np_meta"])
+    np_state = ("MT19937", d["np_keys"].astype(np.uint32), pos, has_gauss, float(d["np_gauss"][0]))
+    torch_state = torch.from_numpy(d["torch"].astype(np.uint8))
+    version, gauss = d["py_meta"]
+    py_state = (int(version), tuple(int(v) for v in d["py_state"]), None if np.isnan(gauss) else float(gauss))
+    cuda = None
+    if "cuda" in d and torch.cuda.is_available() and len(d["cuda"]) == torch.cuda.device_count():
+        cuda = list(torch.from_numpy(d["cuda"].astype(np.uint8)))
+
+    def apply() -> None:
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        random.setstate(py_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+    return apply

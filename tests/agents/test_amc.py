@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from edgecompress.agents import AMCDDPG
 from edgecompress.envs import CompressionEnv
@@ -57,19 +58,34 @@ def test_same_seed_same_search(objective) -> None:
 def test_save_and_resume_keeps_amc_state(objective, tmp_path) -> None:
     agent = _agent(objective, warmup=1)
     agent.learn(total_timesteps=5 * 3)
-    agent.save(tmp_path / "agent.zip")
-    agent.save_buffer(tmp_path / "buffer.npz")
-    with np.load(tmp_path / "buffer.npz", allow_pickle=False) as data:  # plain arrays: nothing to unpickle
-        assert sorted(data.files) == sorted([*AMCDDPG.BUFFER_ARRAYS, "pos", "full"])
-    env = CompressionEnv(objective=objective, budget_ratio=0.8)
-    loaded = AMCDDPG.load(tmp_path / "agent.zip", env=env)
-    loaded.load_buffer(tmp_path / "buffer.npz")
+    agent.save_state(tmp_path / "state.npz", meta={"logged": 3})
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as data:  # plain arrays: nothing to unpickle
+        assert {f"buffer.{name}" for name in AMCDDPG.BUFFER_ARRAYS} <= set(data.files)
+    assert not list(tmp_path.glob("*.tmp"))
+    loaded = _agent(objective, warmup=1, seed=7)  # built as a fresh run builds it, then restored
+    assert loaded.load_state(tmp_path / "state.npz") == {"logged": 3}
     assert loaded.episodes_done == 3 and loaded.sigma == pytest.approx(agent.sigma)
     assert loaded.baseline == pytest.approx(agent.baseline) and loaded.replay_buffer.size() == 15
+    assert loaded.num_timesteps == 15 and loaded._n_updates == agent._n_updates
     for name in AMCDDPG.BUFFER_ARRAYS:
         assert np.array_equal(getattr(loaded.replay_buffer, name), getattr(agent.replay_buffer, name))
+    for name, params in agent.get_parameters()["policy"].items():
+        assert torch.equal(params, loaded.get_parameters()["policy"][name]), name
+    assert loaded._noise_rng.bit_generator.state == agent._noise_rng.bit_generator.state
     loaded.learn(total_timesteps=5 * 2, reset_num_timesteps=False)
     assert loaded.episodes_done == 5
+
+
+@pytest.mark.parametrize("change", ["warmup", "buffer"])
+def test_a_state_saved_for_another_set_up_is_refused(objective, tmp_path, change) -> None:
+    agent = _agent(objective, warmup=1)
+    agent.learn(total_timesteps=5)
+    agent.save_state(tmp_path / "state.npz")
+    env = CompressionEnv(objective=objective, budget_ratio=0.8)
+    other = AMCDDPG(env, n_layers=5, warmup_episodes=3 if change == "warmup" else 1,
+                    buffer_size=100 if change == "buffer" else 2000)  # fmt: skip
+    with pytest.raises(ValueError, match="saved for another set-up"):
+        other.load_state(tmp_path / "state.npz")
 
 
 def test_sb3_private_methods_amc_overrides_keep_their_signatures() -> None:

@@ -86,12 +86,34 @@ def test_a_damaged_ddpg_agent_state_never_costs_the_log(
     run_search(_cfg(run, lenet_checkpoint, tiny_fmnist_shared, "ddpg", 2), make_console(), progress=False)
     first = (run / "episodes.jsonl").read_text().splitlines()
     if damage == "torn":
-        (run / "agent.zip").write_bytes(b"")  # what a kill during a non-atomic save used to leave
+        (run / "agent_state.npz").write_bytes(b"")  # what a kill during a non-atomic save would leave
     else:
-        (run / "agent.zip").unlink()
+        (run / "agent_state.npz").unlink()
     result = run_search(_cfg(run, lenet_checkpoint, tiny_fmnist_shared, "ddpg", 3), make_console(), progress=False)
     lines = (run / "episodes.jsonl").read_text().splitlines()
     assert result["episodes"] == 3 and lines[:2] == first and [json.loads(x)["episode"] for x in lines] == [1, 2, 3]
+
+
+def _ddpg(tmp_path: Path, out: str, ckpt: Path, data: Path, episodes: int):  # type: ignore[no-untyped-def]
+    cfg = _cfg(tmp_path / out, ckpt, data, "ddpg", episodes)
+    cfg.search.warmup_episodes = 2
+    return cfg
+
+
+def _records(run: Path) -> list[tuple]:  # type: ignore[type-arg]
+    lines = (run / "episodes.jsonl").read_text().splitlines()
+    return [(r["episode"], r["policy"]["layers"], r["accuracy"], r["latency_ms"]) for r in map(json.loads, lines)]
+
+
+def _state(run: Path) -> dict[str, np.ndarray]:
+    with np.load(run / "agent_state.npz", allow_pickle=False) as saved:  # one file, no pickle
+        return {k: saved[k] for k in saved.files}
+
+
+def _assert_same_state(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """The whole learning state: networks, optimizers, replay buffer, counters, noise and random states."""
+    differ = [k for k, v in a.items() if not np.array_equal(v, b[k], equal_nan=v.dtype.kind == "f")]
+    assert a.keys() == b.keys() and differ == []
 
 
 def test_a_resumed_ddpg_search_equals_an_uninterrupted_one(
@@ -99,20 +121,50 @@ def test_a_resumed_ddpg_search_equals_an_uninterrupted_one(
 ) -> None:
     """Agent, replay buffer and random states are saved together after each episode's training, so stopping
     after the warm-up and resuming gives the uninterrupted run (it diverged at the first episode after)."""
+    for out, episodes in (("whole", 6), ("split", 3), ("split", 6)):
+        run_search(_ddpg(tmp_path, out, lenet_checkpoint, tiny_fmnist_shared, episodes), make_console(), progress=False)
+    assert _records(tmp_path / "split") == _records(tmp_path / "whole") and len(_records(tmp_path / "whole")) == 6
+    # The policies are discretised (channels, bits): the agent's whole final state must match too.
+    split = _state(tmp_path / "split")
+    _assert_same_state(_state(tmp_path / "whole"), split)
+    assert {"state", "rng.np_keys", "rng.torch", "rng.py_state", "buffer.observations"} <= set(split)
 
-    def cfg(out: str, episodes: int):  # type: ignore[no-untyped-def]
-        c = _cfg(tmp_path / out, lenet_checkpoint, tiny_fmnist_shared, "ddpg", episodes)
-        c.search.warmup_episodes = 2
-        return c
 
-    run_search(cfg("whole", 6), make_console(), progress=False)
-    run_search(cfg("split", 3), make_console(), progress=False)
-    run_search(cfg("split", 6), make_console(), progress=False)
+class _Killed(BaseException):
+    """A kill -9 at that moment: the process stops there, nothing after it runs (not even except Exception)."""
 
-    def records(out: str) -> list[tuple]:  # type: ignore[type-arg]
-        lines = (tmp_path / out / "episodes.jsonl").read_text().splitlines()
-        return [(r["policy"]["layers"], r["accuracy"], r["latency_ms"]) for r in map(json.loads, lines)]
 
-    assert records("split") == records("whole") and len(records("whole")) == 6
-    with np.load(tmp_path / "split" / "rng_state.npz", allow_pickle=False) as saved:
-        assert {"np_keys", "torch", "py_state"} <= set(saved.files)
+@pytest.mark.parametrize("moment", ["while the state is written", "between the log and the state"])
+def test_a_kill_around_the_ddpg_checkpoint_resumes_to_the_uninterrupted_run(
+    moment: str, tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent, its replay buffer and the random states are one file, replaced atomically and recording the
+    log's length: a kill half-way through writing it leaves the previous state whole, a kill after the log line
+    and before the state leaves the log one episode ahead; either way the resumed search is the uninterrupted
+    one (three files replaced one after another could be left from different episodes, and diverged)."""
+    from edgecompress.agents import amc
+
+    run_search(_ddpg(tmp_path, "whole", lenet_checkpoint, tiny_fmnist_shared, 6), make_console(), progress=False)
+    real_save, real_savez = amc.AMCDDPG.save_state, np.savez
+
+    def torn_savez(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        f.write(b"PK\x03\x04 half an archive")
+        raise _Killed
+
+    def save_state(self, path, *, meta=None):  # type: ignore[no-untyped-def]
+        if self.episodes_done == 4:  # after the warm-up: the networks have trained
+            if moment == "between the log and the state":
+                raise _Killed
+            monkeypatch.setattr(np, "savez", torn_savez)
+        return real_save(self, path, meta=meta)
+
+    monkeypatch.setattr(amc.AMCDDPG, "save_state", save_state)
+    cut = tmp_path / "cut"
+    with pytest.raises(_Killed):
+        run_search(_ddpg(tmp_path, "cut", lenet_checkpoint, tiny_fmnist_shared, 6), make_console(), progress=False)
+    monkeypatch.setattr(amc.AMCDDPG, "save_state", real_save)
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert len(_records(cut)) == 4 and json.loads(str(_state(cut)["state"][()]))["meta"] == {"logged": 3}
+    run_search(_ddpg(tmp_path, "cut", lenet_checkpoint, tiny_fmnist_shared, 6), make_console(), progress=False)
+    assert _records(cut) == _records(tmp_path / "whole")
+    _assert_same_state(_state(tmp_path / "whole"), _state(cut))

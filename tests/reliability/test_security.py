@@ -15,11 +15,9 @@ import torch
 from edgecompress._progress import make_console
 from edgecompress.artifacts.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from edgecompress.config import load_config
-from edgecompress.data import load_dataset
 from edgecompress.errors import CheckpointError, ConfigError
 from edgecompress.models import create_model
 from edgecompress.workflows.search import run_search
-from edgecompress.workflows.train import train_base_model
 
 EVIL = """
 from pathlib import Path
@@ -112,28 +110,66 @@ class _Marker:
         return (Path.write_text, (Path(self.path), "unpickled"))
 
 
-def test_a_ddpg_run_folder_is_resumed_without_unpickling(tmp_path: Path, tiny_fmnist_shared: Path) -> None:
-    ckpt = tmp_path / "lenet.pt"
+def _crafted_sb3_zip(path: Path, marker: Path) -> Path:
+    """An SB3 agent zip whose ``data`` holds, base64-encoded, a pickle that writes ``marker`` when loaded (SB3's
+    load cloudpickle-loads every ``:serialized:`` entry of it)."""
+    import base64
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        payload = base64.b64encode(pickle.dumps(_Marker(str(marker)))).decode()
+        z.writestr("data", json.dumps({"policy_class": {":type:": "x", ":serialized:": payload}}))
+        z.writestr("_stable_baselines3_version", "2.9.2")
+    return path
+
+
+def test_a_crafted_sb3_agent_zip_would_run_code_if_sb3_loaded_it(tmp_path: Path) -> None:
+    """The premise of the next test: SB3's own loader executes such a file (so edgecompress must never use it)."""
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    load_from_zip_file(_crafted_sb3_zip(tmp_path / "agent.zip", tmp_path / "RAN"))
+    assert (tmp_path / "RAN").read_text() == "unpickled"
+
+
+@pytest.mark.parametrize("craft", ["pickle", "npz with an object array", "legacy files"])
+def test_a_ddpg_run_folder_is_resumed_without_unpickling(
+    craft: str, tmp_path: Path, lenet_checkpoint: Path, tiny_fmnist_shared: Path
+) -> None:
+    """A crafted agent state (a pickle with __reduce__, an .npz whose arrays are pickled objects) and the files
+    older versions read with pickle (SB3's agent.zip, replay_buffer.pkl) are never executed: the search says so
+    and goes on with a fresh agent after the logged episodes."""
+    import numpy as np
+
     overrides = {
-        "out": str(tmp_path / "run"), "model.checkpoint": str(ckpt), "data.data_dir": str(tiny_fmnist_shared),
-        "data.val_size": 60, "data.val_samples": 60, "train.epochs": 1, "train.batch_size": 32,
+        "out": str(tmp_path / "run"), "model.checkpoint": str(lenet_checkpoint),
+        "data.data_dir": str(tiny_fmnist_shared), "data.val_size": 60, "data.val_samples": 60,
         "search.episodes": 2, "search.warmup_episodes": 1, "search.budget_ratio": 0.9,
         "search.finetune_batches": 0,  # scored unfine-tuned: resuming is what is tested
     }  # fmt: skip
-    cfg = load_config(None, overrides)
-    bundle = load_dataset("fashion-mnist", tiny_fmnist_shared, val_size=60)
-    train_base_model(cfg, ckpt, bundle=bundle, progress=False)
-    run_search(cfg, make_console(), progress=False)
-    run = Path(cfg.out)
-    assert (run / "replay_buffer.npz").is_file() and not (run / "replay_buffer.pkl").exists()
-    assert not list(run.glob("*.tmp")) and not (run / "agent.tmp.zip").exists()
-    # A folder from edgecompress 0.1 (or a crafted one) with a pickled buffer: refused, never unpickled.
-    (run / "replay_buffer.npz").unlink()
-    (run / "replay_buffer.pkl").write_bytes(pickle.dumps(_Marker(str(tmp_path / "RAN"))))
-    with pytest.raises(ConfigError, match="holds replay_buffer.pkl, written by edgecompress 0.1; resuming would"):
-        run_search(load_config(None, {**overrides, "search.episodes": 2}), make_console(), progress=False)
-    assert not (tmp_path / "RAN").exists()
-    assert len((run / "episodes.jsonl").read_text().splitlines()) == 2  # the log is kept
+    run_search(load_config(None, overrides), make_console(), progress=False)
+    run, marker = tmp_path / "run", tmp_path / "RAN"
+    assert (run / "agent_state.npz").is_file() and not list(run.glob("*.tmp"))
+    state = run / "agent_state.npz"
+    if craft == "pickle":
+        state.write_bytes(pickle.dumps(_Marker(str(marker))))
+    elif craft == "npz with an object array":
+        with state.open("wb") as f:
+            np.savez(f, state=np.array([_Marker(str(marker))], dtype=object))
+    else:
+        state.unlink()
+        _crafted_sb3_zip(run / "agent.zip", marker)
+        (run / "replay_buffer.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
+    console = make_console()
+    with console.capture() as captured:
+        result = run_search(load_config(None, {**overrides, "search.episodes": 3}), console, progress=False)
+    said = " ".join(captured.get().split())
+    assert not marker.exists()
+    if craft == "legacy files":
+        assert "holds agent.zip, replay_buffer.pkl from an older edgecompress; they are not read" in said
+    else:
+        assert f"cannot resume the agent from {state}: not a saved agent state" in said
+    assert "2 episodes logged without an agent state to resume; a fresh agent" in said
+    assert result["episodes"] == 3 and len((run / "episodes.jsonl").read_text().splitlines()) == 3  # log kept
     assert json.loads((run / "best_policy.json").read_text())["format"] == "edgecompress.policy"
 
 
