@@ -4,7 +4,9 @@
   each when set: Ray then places trials on the GPUs, scoring on ``cuda``) (torch uses one thread per
   trial); a private local Ray bound to 127.0.0.1 is started unless
   ``ray_address`` names a cluster (a cluster recorded by an earlier
-  ``ray start`` is never joined implicitly).
+  ``ray start`` is never joined implicitly). The private instance dies with
+  the process that started it, a ``kill -9`` included (a watchdog,
+  :mod:`edgecompress.drivers._reaper`, kills what Ray's own clean-up leaves).
 * The objective (base model, validation subset, BatchNorm batches, analysis)
   is put in Ray's object store once (``tune.with_parameters``); trials read
   it from there, never re-sending it.
@@ -13,36 +15,51 @@
   take one scalar metric, so the budget enters as the score
   ``accuracy`` when the policy is within budget and ``-latency / budget``
   (always below every feasible score) when it is not.
-* Tune's experiment state lives in ``RUN_FOLDER/ray``; re-running the same
-  command restores it with ``Tuner.restore`` (finished trials kept, unfinished
-  ones resumed). Every finished trial is also written to the shared episode
-  log, best policy and plots, like the other agents.
+* Every finished trial is written to the shared episode log, best policy and
+  plots as it finishes, like the other agents; the log is the count. The
+  sampler's history is an Optuna study, ``RUN_FOLDER/study.db``. Re-running the
+  same command resumes: a fresh Tuner runs the missing number of trials, its
+  sampler continuing that study (trials a killed process left running are
+  failed first), so nothing is lost or counted twice whenever the kill came.
+  Tune's own experiment state (``RUN_FOLDER/ray``, trial folders) is written
+  but never read back: ``Tuner.restore`` unpickles it, and after a kill it
+  forgot the trials finished since its last save, which then ran again under
+  new ids.
 
 Ray is imported here only, so the other agents never pay for it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
+import secrets
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from edgecompress._imports import optional
 from edgecompress._progress import progress_bar
 from edgecompress.config import RunConfig
+from edgecompress.drivers import _reaper
 from edgecompress.drivers.optuna import make_sampler
 from edgecompress.errors import ConfigError
+from edgecompress.search.runlog import RunLog
 from edgecompress.search.setup import SearchSetup
 
-__all__ = ["run"]
+__all__ = ["STUDY_FILE", "run"]
+
+STUDY_FILE = "study.db"
+"""The search algorithm's Optuna study (SQLite) in the run folder: what a re-run continues from."""
 
 
 def _trial(config: dict[str, Any], setup: SearchSetup | None = None) -> dict[str, Any]:
@@ -88,6 +105,14 @@ def _loopback_only(ray: Any) -> Iterator[None]:
             os.environ[name] = old_env
 
 
+def _shut_down(ray: Any, watchdog: Any) -> None:
+    """At exit: stop the private Ray (before Ray's own exit hook, so the watchdog never races it), then let the
+    watchdog kill whatever outlived the shutdown, and wait for it."""
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    _reaper.stop(watchdog)
+
+
 def _logger(tune: Any, on_complete: Any) -> Any:
     """A Tune callback that reports finished trials to this process; pickles (into Tune's state) as a no-op."""
 
@@ -111,6 +136,29 @@ def _logger(tune: Any, on_complete: Any) -> Any:
 
 def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    optional("ray.tune", needed_for="search.agent ray")  # missing: said before anything is written
+    s = cfg.search
+    run_dir = Path(cfg.out).resolve()
+    if s.sampler == "nsga2":
+        raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
+    log = setup.open_log(cfg, f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)", console=console)
+    started = time.perf_counter()
+    done = len(log.records)
+    remaining = s.episodes - done
+    errors: list[str] = []
+    if done:
+        console.print(f"resuming {escape(str(run_dir))}: {done} of {s.episodes} trials done")
+    if remaining > 0:
+        errors = _search(setup, cfg, log, remaining, progress=progress)
+        if len(log.records) < s.episodes and not errors:  # Tune stops on Ctrl-C and returns what finished
+            console.print(f"[yellow]stopped after {len(log.records)} of {s.episodes} trials[/]; run the same "
+                          "command again to continue")  # fmt: skip
+    return setup.result(log, time.perf_counter() - started, scored_here=False, workers=s.workers, errors=errors)
+
+
+def _search(setup: SearchSetup, cfg: RunConfig, log: RunLog, remaining: int, *, progress: bool) -> list[str]:
+    """Run ``remaining`` more trials in a fresh Tuner; returns the errors of the trials that failed."""
+    optuna = optional("optuna", needed_for="search.agent ray")
     ray = optional("ray", needed_for="search.agent ray")
     tune = optional("ray.tune", needed_for="search.agent ray")
     ConcurrencyLimiter = optional("ray.tune.search", needed_for="search.agent ray").ConcurrencyLimiter
@@ -118,19 +166,18 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
 
     s = cfg.search
     run_dir = Path(cfg.out).resolve()
-    space = setup.space
-    if s.sampler == "nsga2":
-        raise ConfigError("--agent ray takes one scalar metric: use sampler tpe or random (nsga2 runs with optuna)")
     gpus = torch.cuda.device_count()  # gpus_per_trial was checked against it by load_run_config
-    log = setup.open_log(cfg, f"ray tune ({s.sampler} via OptunaSearch, {s.workers} workers)")
-    started = time.perf_counter()
     if not ray.is_initialized():
         if s.ray_address:
             ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
         else:
             # A private instance: never join a cluster some earlier `ray start` left recorded (address "local"),
             # never listen on an external interface (loopback node address, see _loopback_only).
-            with _loopback_only(ray):
+            # It dies with this process, a kill -9 included (_reaper: a watchdog kills what Ray leaves).
+            token = secrets.token_hex(8)
+            watchdog = _reaper.start(token)
+            atexit.register(_shut_down, ray, watchdog)
+            with _loopback_only(ray), _reaper.marking(token):
                 ray.init(
                     address="local", num_cpus=s.workers, num_gpus=gpus if s.gpus_per_trial else 0,
                     include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
@@ -143,11 +190,21 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
     logged = {r.get("trial") for r in log.records}
 
     def record(trial_id: str, result: dict[str, Any]) -> None:
-        if trial_id in logged or "record_json" not in result:
+        if trial_id in logged or "record_json" not in result or len(log.records) >= s.episodes:
             return
         logged.add(trial_id)
         log.record({**json.loads(result["record_json"]), "reward": result["score"], "trial": trial_id})
 
+    # The sampler's history is an Optuna study in the run folder, so a re-run continues it in a fresh Tuner;
+    # trials a killed process left running there are failed (this process holds the folder's lock).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / STUDY_FILE}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with contextlib.suppress(KeyError):
+        study = optuna.load_study(study_name="ray", storage=storage)
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
     with progress_bar(progress) as bar:
         task = bar.add_task(f"ray tune x{s.workers}", total=s.episodes, completed=len(log.records), status="")
 
@@ -156,38 +213,28 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
             status = setup.status(log, "trial")
             bar.update(task, completed=len(log.records), status=status)
 
-        experiment = run_dir / "ray"
-        run_config = tune.RunConfig(
-            name="ray", storage_path=str(run_dir), verbose=0, callbacks=[_logger(tune, on_complete)]
+        searcher = OptunaSearch(
+            space=setup.space,
+            metric="score",
+            mode="max",
+            sampler=make_sampler(s.sampler, s.seed + len(log.records), s.episodes, multi=False),
+            study_name="ray",
+            storage=storage,
         )
-        if tune.Tuner.can_restore(str(experiment)):
-            console.print(f"restoring Ray Tune experiment {experiment}")
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
-        else:
-            searcher = OptunaSearch(
-                space=space,
-                metric="score",
-                mode="max",
-                sampler=make_sampler(s.sampler, s.seed, s.episodes, multi=False),
-            )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.workers),
-                    num_samples=s.episodes,
-                    max_concurrent_trials=s.workers,
-                    reuse_actors=True,
-                ),
-                run_config=run_config,
-            )
-        results = tuner.fit()
-    for result in list(results):  # type: ignore[call-overload]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.workers),
+                num_samples=remaining,
+                max_concurrent_trials=s.workers,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name="ray", storage_path=str(run_dir), verbose=0, callbacks=[_logger(tune, on_complete)]
+            ),
+        )
+        results = list(tuner.fit())  # type: ignore[call-overload]
+    for result in results:
         if result.error is None and result.metrics:
             record(result.metrics.get("trial_id", ""), result.metrics)
-    return setup.result(
-        log,
-        time.perf_counter() - started,
-        scored_here=False,
-        workers=s.workers,
-        errors=[str(r.error) for r in list(results) if r.error is not None],  # type: ignore[call-overload]
-    )
+    return [str(r.error) for r in results if r.error is not None]

@@ -185,7 +185,7 @@ def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, lenet_checkpoint, 
         assert len({r["trial"] for r in recs}) == 4
         policy = assert_best_within_budget(run, cfg, result)
         assert policy.meta["agent"].startswith("ray tune")
-        again = run_search(cfg, make_console(), progress=False)  # Tuner.restore: nothing re-run
+        again = run_search(cfg, make_console(), progress=False)  # the count is reached: nothing re-run
         assert again["episodes"] == 4 and records(run) == recs
     finally:
         ray.shutdown()
