@@ -13,8 +13,9 @@ The study lives in ``study.db`` (SQLite) in the run folder unless
 study). Each trial stores its scores as user attributes, so the episode log is
 rebuilt from the study after a crash. Re-running the same command resumes:
 only the missing number of completed trials is run, finished trials are
-never re-run, and trials left running by a killed process are failed by
-Optuna's heartbeat and not counted.
+never re-run, and trials left running by a killed process are failed and not
+counted (at once for the run folder's own study, which this process holds the
+lock on; by Optuna's heartbeat in a shared ``storage``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def run(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy", "latency_ms", "stored_bytes"] if multi else ["accuracy"])
-    log = setup.open_log(cfg, f"optuna ({s.sampler})", storage=storage_url(cfg))
+    log = setup.open_log(cfg, f"optuna ({s.sampler})", console=console, storage=storage_url(cfg))
     complete = optuna.trial.TrialState.COMPLETE
     if s.storage is None:
         # The study lives in this run folder, which this process holds the lock on: a trial still RUNNING

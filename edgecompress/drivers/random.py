@@ -27,7 +27,7 @@ __all__ = ["run"]
 
 def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
     s = cfg.search
-    log = setup.open_log(cfg, "random (uniform over the policy space)")
+    log = setup.open_log(cfg, "random (uniform over the policy space)", console=console)
     done = len(log.records)
     if done:
         console.print(f"resuming {cfg.out}: {done} of {s.episodes} policies done")

@@ -13,8 +13,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from torch.utils.data import Dataset
 
 from edgecompress._inputs import InputSpec
@@ -28,6 +29,9 @@ from edgecompress.search.runlog import RunLog
 from edgecompress.search.space import PolicySpace
 from edgecompress.training.finetune import DistillLoss
 from edgecompress.version import software_versions
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["SearchSetup", "budget_for", "create_setup", "evaluation_record", "uniform_within_budget", "write_reference"]
 
@@ -71,8 +75,14 @@ class SearchSetup:
         """The run log's record of an evaluation (every driver writes the same keys)."""
         return {**evaluation_record(ev, self.budget.limit_ms, self.accuracy_source), **extra}
 
-    def open_log(self, cfg: RunConfig, agent: str, **provenance: Any) -> RunLog:
-        """The run folder's :class:`RunLog`, with the provenance every driver records (plus ``provenance``)."""
+    def open_log(self, cfg: RunConfig, agent: str, *, console: Console | None = None, **provenance: Any) -> RunLog:
+        """The run folder's :class:`RunLog`, with the provenance every driver records (plus ``provenance``);
+        what it repaired after a kill is said on ``console``."""
+
+        def warn(message: str) -> None:
+            if console is not None:
+                console.print(f"[yellow]warning:[/] {escape(message)}")
+
         return RunLog(
             cfg.out,
             base=self.base,
@@ -91,6 +101,7 @@ class SearchSetup:
             },
             top_k=cfg.search.top_k,
             round_to=self.space.round_to,
+            warn=warn,
         )
 
     def status(self, log: RunLog, unit: str) -> str:

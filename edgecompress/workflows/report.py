@@ -17,18 +17,17 @@ import yaml
 
 from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import ConfigError
+from edgecompress.search.runlog import read_records
 
 __all__ = ["hypervolume_2d", "load_run", "pareto_front", "write_report"]
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
-    import json
-
     folder = Path(folder)
     log = folder / "episodes.jsonl"
     if not log.is_file():
         raise ConfigError(f"{folder} is not a search run folder (no episodes.jsonl); give runs/NAME of a search")
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records, _ = read_records(log)  # a line a kill tore at the end is left out
     cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
     search = cfg.get("search", {}) if isinstance(cfg, dict) else {}
     agent = search.get("agent", "?")
