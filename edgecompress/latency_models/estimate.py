@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "fp16", "int8")
+GPU_PROFILES = ("jetson-nano", "jetson-nano-fp16", "jetson-tx2")
+"""Device models of GPU runtimes (TensorRT on a Jetson): a table timed on a CPU does not stand in for them."""
+CPU_RUNTIMES = ("onnxruntime", "litert", "torch")
 """The precisions a layer can be priced at (a device model prices its own one; a table those it measured)."""
 
 
@@ -274,6 +277,13 @@ def _resolve(
         if dm is not None and tab.meta.get("device") not in (dm.name, dm.device) and not force:
             raise EdgeCompressError(
                 f"table {tab.path} was measured on {tab.meta.get('device')!r}, not {dm.name!r}; pass --force to use it"
+            )
+        runtime = str(tab.meta.get("runtime", ""))
+        if dm is not None and dm.name in GPU_PROFILES and runtime in CPU_RUNTIMES and not force:
+            raise EdgeCompressError(
+                f"table {tab.path} was measured with {runtime} on the CPU, but {dm.name} prices the Jetson's GPU "
+                "(what it deploys on): profile with --runtime onnxruntime-tensorrt or onnxruntime-cuda on the "
+                "device, or pass --force to use the CPU table"
             )
     if tab is not None:
         asked = {precision} if isinstance(precision, str) else set(precision.values()) | {"fp32"}

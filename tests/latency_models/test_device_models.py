@@ -203,3 +203,22 @@ def test_compressed_model_is_predicted_faster() -> None:
             estimate_latency(small, (1, 1, 28, 28), device).total_ms
             < estimate_latency(model, (1, 1, 28, 28), device).total_ms
         )
+
+
+def test_a_cpu_table_is_refused_for_a_gpu_profile_unless_forced(tmp_path) -> None:
+    from edgecompress.latency_models.ops import trace_ops
+    from edgecompress.latency_models.table import LatencyTable, op_key
+
+    model = create_model("lenet5")
+    entries = {op_key(op): {"ms": 0.01} for op in trace_ops(model, (1, 1, 28, 28)) if op_key(op)}
+    for runtime, refused in (("onnxruntime", True), ("onnxruntime-tensorrt", False)):
+        meta = {"device": "jetson-nano", "runtime": runtime, "threads": 4, "overhead_ms": 0.0, "repeats": 5}
+        path = tmp_path / f"{runtime}.json"
+        LatencyTable(meta, entries).save(path)
+        if refused:
+            with pytest.raises(EdgeCompressError, match="measured with onnxruntime on the CPU, but jetson-nano prices"):
+                estimate_latency(model, (1, 1, 28, 28), "jetson-nano", table=path)
+            forced = estimate_latency(model, (1, 1, 28, 28), "jetson-nano", table=path, force=True)
+            assert forced.total_ms > 0
+        else:
+            assert estimate_latency(model, (1, 1, 28, 28), "jetson-nano", table=path).total_ms > 0
