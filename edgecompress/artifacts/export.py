@@ -464,14 +464,17 @@ def export_model(
         int8 = fmt == "tflite-int8"
         drawn = (x for x in first_batches(bundle.train, calibration_batches, 32, seed=seed)) if int8 else ()
         data, result["litert"] = to_tflite(model, shape, int8=int8, calibration=drawn)
-        result["parity"] = _parity(runner(data, threads, runtime="litert"), folded, bundle.test, verify_samples,
+        run = runner(data, threads, runtime="litert")
+        result["litert"]["kernels"] = run.kernels  # type: ignore[attr-defined]
+        result["parity"] = _parity(run, folded, bundle.test, verify_samples,
                                    "PyTorch model with constraints folded (what the export encodes)")  # fmt: skip
         if measure:
             x = torch.randn((1, *shape[1:]))
             result["measured"] = {
                 "batch1_ms": time_model(data, x, threads, 10, repeats, runtime="litert"),
                 "batch1_ms_1thread": time_model(data, x, 1, 10, repeats, runtime="litert"),
-                "source": f"LiteRT interpreter (XNNPACK) on this machine, {threads} threads and 1 thread, median",
+                "source": f"LiteRT interpreter ({result['litert']['kernels']}) on this machine, {threads} threads and "
+                "1 thread, median",
             }
     elif fmt == "torchscript":
         with warnings.catch_warnings():

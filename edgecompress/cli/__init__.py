@@ -1163,7 +1163,8 @@ def export_cmd(
     if "litert" in r:
         lt = r["litert"]
         console.print(f"LiteRT file by {lt['converter']}, batch {lt['batch']}, {lt['layout']}"
-                      + (f"; {lt['int8']['scheme']}, {lt['int8']['calibration']}" if "int8" in lt else ""))  # fmt: skip
+                      + (f"; {lt['int8']['scheme']}, {lt['int8']['calibration']}" if "int8" in lt else "")
+                      + f"; verified on {lt.get('kernels', 'the default kernels')}")  # fmt: skip
     if "archive" in r:
         a = r["archive"]
         console.print(

@@ -34,7 +34,7 @@ import torch.nn as nn
 from edgecompress._imports import optional
 from edgecompress._inputs import ExampleInputs, InputSpec, example, is_shape, normalise
 from edgecompress.compressors.constraints import float_view
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.latency_models.profiler import open_session, runtime_missing, time_onnx, time_onnx_interleaved
 
 __all__ = [
@@ -123,11 +123,17 @@ def runner(model_bytes: bytes, threads: int, runtime: str = "onnxruntime") -> Ca
     missing = runtime_missing(runtime)
     if missing is not None:
         raise ConfigError(f"cannot run the model with runtime {runtime!r}: {missing}")
-    session = open_session(model_bytes, runtime, threads)
+    try:
+        session = open_session(model_bytes, runtime, threads)
+    except Exception as exc:  # the runtime refuses the file: said in one line, not a traceback
+        raise EdgeCompressError(
+            f"{runtime} cannot load the exported file: {type(exc).__name__}: {str(exc).strip()}"
+        ) from None
 
     def run(x: Any) -> torch.Tensor:
         return torch.from_numpy(session.run(x if isinstance(x, torch.Tensor) else onnx_feed(x))).float()
 
+    run.kernels = session.kernels  # type: ignore[attr-defined]
     return run
 
 

@@ -236,11 +236,30 @@ class Session:
         if missing is not None:
             raise RuntimeError(f"cannot run a model with {runtime}: {missing}")
         self.runtime, self.threads = runtime, threads
+        self.kernels = ""
         if runtime == "litert":
             interpreter_class = _litert_interpreter()
             kind = "model_path" if isinstance(model, str) else "model_content"
             self._it = interpreter_class(**{kind: model}, num_threads=threads)
-            self._it.allocate_tensors()
+            self.kernels = "XNNPACK delegate (LiteRT's default CPU kernels)"
+            try:
+                self._it.allocate_tensors()
+            except RuntimeError as exc:  # XNNPACK refuses some int8 files (e.g. scale ratios it cannot represent)
+                if "XNNPACK" not in str(exc):
+                    raise
+                import importlib
+
+                resolver = importlib.import_module(interpreter_class.__module__).OpResolverType
+                self._it = interpreter_class(
+                    **{kind: model}, num_threads=threads,
+                    experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                )  # fmt: skip
+                self._it.allocate_tensors()
+                self.kernels = (
+                    f"LiteRT built-in kernels: the default XNNPACK delegate refused this file ({str(exc).strip()}); "
+                    "on the device create the interpreter with "
+                    "experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+                )
             self._in = self._it.get_input_details()
             self._out = self._it.get_output_details()[0]
             self.input_names = [d["name"] for d in self._in]

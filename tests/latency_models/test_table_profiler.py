@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.latency_models import estimate_latency, load_device, profiler
@@ -342,3 +343,33 @@ def test_gpu_runtimes_are_refused_where_they_cannot_run(tmp_path, capsys) -> Non
     with pytest.raises(RuntimeError, match="cannot run a model with onnxruntime-tensorrt: .*TensorrtExecutionProvider"):
         profiler.open_session(b"", "onnxruntime-tensorrt")
     assert "onnxruntime" in profiler.available_runtimes() and "litert" in profiler.available_runtimes()
+
+
+def test_a_file_xnnpack_refuses_runs_on_litert_builtin_kernels_and_says_so(monkeypatch) -> None:
+    """Some int8 files make LiteRT's default XNNPACK delegate fail to prepare (seen on a searched MobileNetV2-0.5);
+    the session then runs LiteRT's built-in kernels and says why and what to do on the device."""
+    from ai_edge_litert import interpreter as lite
+
+    from edgecompress.latency_models.litert import to_tflite
+
+    data, _ = to_tflite(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU()).eval(), (1, 1, 8, 8))
+    made: list[object] = []
+
+    class Refusing(lite.Interpreter):  # type: ignore[misc]
+        def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            self.refuse = "experimental_op_resolver_type" not in kwargs
+            made.append(kwargs.get("experimental_op_resolver_type"))
+
+        def allocate_tensors(self):  # type: ignore[no-untyped-def]
+            if self.refuse:
+                raise RuntimeError("failed to create XNNPACK runtimeNode number 3 (TfLiteXNNPackDelegate) failed")
+            return super().allocate_tensors()
+
+    Refusing.__module__ = lite.__name__
+    monkeypatch.setattr(profiler, "_litert_interpreter", lambda: Refusing)
+    session = profiler.open_session(data, "litert", 1)
+    assert made == [None, lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES]
+    assert session.kernels.startswith("LiteRT built-in kernels: the default XNNPACK delegate refused this file")
+    assert "BUILTIN_WITHOUT_DEFAULT_DELEGATES" in session.kernels
+    assert session.run(torch.randn(2, 1, 8, 8)).shape == (2, 4, 6, 6)
