@@ -123,6 +123,9 @@ class SearchConfig(_Section):
     """Policies scored (episodes for ddpg, trials for optuna and ray; ``--trials`` sets it too)."""
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     """optuna / ray: TPE (accuracy under the budget constraint), NSGA-II (accuracy, latency, size), random."""
+    energy_objective: bool = False
+    """optuna nsga2: minimise predicted energy per inference as a fourth objective (a device with an energy
+    model: jetson-tx2)."""
     storage: str | None = None
     """optuna: study storage URL; default sqlite:///RUN_FOLDER/study.db."""
     workers: int = Field(1, ge=1)
@@ -137,6 +140,9 @@ class SearchConfig(_Section):
     """Latency budget as a fraction of the base model's predicted latency on the device."""
     budget_ms: float | None = Field(None, gt=0)
     """Absolute latency budget; overrides budget_ratio."""
+    budget_energy_mj: float | None = Field(None, gt=0)
+    """Energy budget in mJ per batch-1 inference, predicted by the device's energy model (jetson-tx2); a policy
+    must meet it and the latency budget. None: no energy budget."""
     techniques: list[Technique] = Field(default_factory=_default_techniques)
     reward: Literal["acc", "acc_log_latency"] = "acc"
     bn_batches: int = Field(4, ge=0)
@@ -303,6 +309,12 @@ def load_config(
             f"invalid config ({source}):\n  search.latency = 'measured' times policies on this machine, but "
             f"device = {config.device!r}; use device 'host' (or 'host-Nthread'), or search.latency 'table' for "
             "another device"
+        )
+    if config.search.energy_objective and (config.search.agent, config.search.sampler) != ("optuna", "nsga2"):
+        raise ConfigError(
+            f"invalid config ({source}):\n  search.energy_objective = true adds energy to NSGA-II's objectives, "
+            f"but search.agent = {config.search.agent!r}, search.sampler = {config.search.sampler!r}; use agent "
+            "'optuna' with sampler 'nsga2', or an energy budget (search.budget_energy_mj) with any agent"
         )
     if config.search.fill_budget and config.search.latency != "table":
         raise ConfigError(

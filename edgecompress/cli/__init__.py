@@ -42,7 +42,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "train.batch_size": 64, "train.lr": 0.05, "train.augment": False, "train.seed": 0, "search.agent": "ddpg",
     "search.episodes": 30, "search.budget_ms": None, "search.budget_ratio": 0.5, "search.techniques": ["keep"],
     "search.sampler": "tpe", "search.workers": 1, "search.seed": 0, "search.gpus_per_trial": 0.0,
-    "search.finetune_batches": 40, "search.bn_batches": 4, "search.finetune_lr": 0.01,
+    "search.finetune_batches": 40, "search.bn_batches": 4, "search.finetune_lr": 0.01, "search.budget_energy_mj": None,
+    "search.energy_objective": False,
 }  # fmt: skip
 
 
@@ -829,6 +830,21 @@ def search_cmd(
             f"{_default('search.budget_ratio')}."
         ),
     ] = None,
+    energy_budget_mj: Annotated[
+        float | None,
+        typer.Option(
+            help="Energy budget in mJ per inference on --device's energy model (jetson-tx2); a policy must meet it "
+            f"and the latency budget {_default('search.budget_energy_mj')}."
+        ),
+    ] = None,
+    energy_objective: Annotated[
+        bool | None,
+        typer.Option(
+            "--energy-objective/--no-energy-objective",
+            help="optuna nsga2: minimise predicted energy as a fourth objective (jetson-tx2) "
+            f"{_default('search.energy_objective')}.",
+        ),
+    ] = None,
     episodes: Annotated[
         int | None, typer.Option(min=1, help=f"Policies to score (ddpg episodes) {_default('search.episodes')}.")
     ] = None,
@@ -921,7 +937,8 @@ def search_cmd(
         "search.ray_address": ray_address, "model.train_if_missing": train_if_missing, "data.dataset": dataset,
         "search.gpus_per_trial": gpus_per_trial, "data.val_samples": val_samples,
         "search.finetune_batches": finetune_batches, "search.bn_batches": bn_batches,
-        "search.finetune_lr": finetune_lr,
+        "search.finetune_lr": finetune_lr, "search.budget_energy_mj": energy_budget_mj,
+        "search.energy_objective": energy_objective,
         **_byo_overrides(weights, trust_pickle, num_classes, input_size, channels, mean, std, data_workers, accelerator,
                          precision),
     }  # fmt: skip
@@ -935,15 +952,19 @@ def search_cmd(
     best = result["best"]
     console.print(
         f"{result['episodes']} {unit} in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
-        f"(base {result['base_latency_ms']:.4f} ms, predicted on {cfg.device}); base accuracy "
-        f"{result['base_accuracy']:.4f} on the validation subset"
+        f"(base {result['base_latency_ms']:.4f} ms, predicted on {cfg.device})"
+        + (f", energy budget {result['budget_energy_mj']:.4f} mJ" if result.get("budget_energy_mj") else "")
+        + f"; base accuracy {result['base_accuracy']:.4f} on the validation subset"
     )
     if best is None:
         console.print("[yellow]no policy within budget[/]")
     else:
+        energy = ""
+        if best.get("energy_mj") is not None:
+            energy = f", {best['energy_mj']:.4f} mJ predicted ({best['energy_source'].split(';')[0]})"
         console.print(
             f"best: accuracy {best['accuracy']:.4f} ({best['accuracy_source']}), {best['latency_ms']:.4f} ms "
-            f"predicted, {unit[:-1]} {best['episode']} -> {cfg.out}/best_policy.json"
+            f"predicted{energy}, {unit[:-1]} {best['episode']} -> {cfg.out}/best_policy.json"
         )
     console.print(
         f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png, "

@@ -90,6 +90,7 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
                 "within_budget": info["within_budget"], "repaired": info["repaired"], "filled": info.get("filled", 0),
                 "latency_source": info["latency_source"],
                 "accuracy_source": setup.accuracy_source,
+                **{k: info[k] for k in ("energy_mj", "energy_source", "budget_energy_mj") if k in info},
             })  # fmt: skip
             bar.update(task, completed=offset + agent.episodes_done, status=setup.status(log, "policy"))
 

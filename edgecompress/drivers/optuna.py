@@ -4,8 +4,10 @@
   Optuna constraint (``latency - budget <= 0``), so infeasible trials are
   scored but ranked below every feasible one.
 * ``sampler: nsga2`` maximises accuracy and minimises predicted latency and
-  stored size (three objectives), under the same constraint; the Pareto front
-  is ``pareto.json``.
+  stored size (three objectives; with ``energy_objective``, predicted energy
+  a fourth), under the same constraint; the Pareto front is ``pareto.json``.
+* An energy budget (``budget_energy_mj``) is a second constraint
+  (``energy - budget <= 0``).
 * ``sampler: random`` samples the same space uniformly (the baseline).
 
 The study lives in ``study.db`` (SQLite) in the run folder unless
@@ -59,12 +61,22 @@ def run(
     run_dir = Path(cfg.out)
     objective, space, budget = setup.objective, setup.space, setup.budget
     multi = s.sampler == "nsga2"
+    energy_objective = multi and s.energy_objective
+    if energy_objective and not objective.energy:
+        from edgecompress.errors import ConfigError
+
+        raise ConfigError(
+            f"search.energy_objective needs a device with an energy model, and {cfg.device!r} has none; "
+            f"{objective.energy_note.removeprefix('not modelled: ')}"
+        )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Heartbeats: a trial left RUNNING by a killed process is marked FAIL after the grace period.
         storage = optuna.storages.RDBStorage(storage_url(cfg), heartbeat_interval=30, grace_period=90)
-    directions: list[Any] = ["maximize", "minimize", "minimize"] if multi else ["maximize"]
+    metrics = ["accuracy", "latency_ms", "stored_bytes", "energy_mj"] if multi else ["accuracy"]
+    metrics = metrics if energy_objective else metrics[:3]
+    directions: list[Any] = ["maximize"] + ["minimize"] * (len(metrics) - 1)
     # Seeded by the number of trials already stored: a resumed study does not replay the first samples.
     existing = 0
     try:
@@ -80,7 +92,7 @@ def run(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["accuracy", "latency_ms", "stored_bytes"] if multi else ["accuracy"])
+        study.set_metric_names(metrics)
     log = setup.open_log(cfg, f"optuna ({s.sampler})", console=console, storage=storage_url(cfg))
     complete = optuna.trial.TrialState.COMPLETE
     if s.storage is None:
@@ -115,7 +127,13 @@ def run(
         trial.set_user_attr("record", record)
         # The budget as an Optuna constraint: feasible when latency - budget <= 0 (TPE and NSGA-II honour it).
         trial.set_constraint("latency_over_budget_ms", ev.latency_ms - budget.limit_ms)
-        return (ev.accuracy, ev.latency_ms, float(ev.stored_bytes)) if multi else ev.accuracy
+        if budget.energy_limit_mj is not None:
+            mj = ev.energy_mj if ev.energy_mj is not None else float("inf")
+            trial.set_constraint("energy_over_budget_mj", mj - budget.energy_limit_mj)
+        if not multi:
+            return ev.accuracy
+        values = (ev.accuracy, ev.latency_ms, float(ev.stored_bytes), ev.energy_mj)
+        return values[: len(metrics)]
 
     with progress_bar(progress) as bar:
         task = bar.add_task(f"optuna {s.sampler}", total=s.episodes, completed=done, status="")

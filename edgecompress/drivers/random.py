@@ -1,7 +1,7 @@
 """``search.agent: random``: policies drawn uniformly from the space, scored in turn (the baseline).
 
 Each drawn policy gets the repair every driver's policies get
-(:meth:`edgecompress.search.budget.Budget.repair`, by predicted latency: keeps
+(:meth:`edgecompress.search.budget.Budget.repair`, by predicted latency and energy: keeps
 scaled down, then blocks removed), and the fill when ``search.fill_budget``,
 so the baseline searches the same feasible set as the DDPG agent.
 
@@ -36,7 +36,7 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
         task = bar.add_task("random", total=s.episodes, completed=done, status="")
         for i in range(done, s.episodes):
             drawn = setup.space.sample(random.Random(f"{s.seed}:{i}"))
-            policy, _, repaired = setup.budget.repair(drawn, setup.space, setup.objective.predict_ms)
+            policy, _, repaired = setup.repair(drawn)
             policy, filled = setup.fill(policy)
             ev = setup.objective(policy)
             log.record(setup.record(ev, filled=filled, repaired=repaired))

@@ -68,10 +68,9 @@ def _trial(config: dict[str, Any], setup: SearchSetup | None = None) -> dict[str
     params = {k: v for k, v in config.items() if not k.startswith("_")}
     policy, filled = setup.fill(setup.space.from_params(params))
     ev = setup.objective(policy)
-    budget_ms = setup.budget.limit_ms
-    within = setup.budget.within(ev.latency_ms)
+    within = setup.within(ev)
     return {
-        "score": ev.accuracy if within else -ev.latency_ms / budget_ms,
+        "score": ev.accuracy if within else -(1 + setup.budget.excess(ev.latency_ms, ev.energy_mj)),
         "accuracy": ev.accuracy,
         "latency_ms": ev.latency_ms,
         "within_budget": within,

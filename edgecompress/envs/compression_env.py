@@ -20,7 +20,7 @@ from edgecompress.errors import ConfigError
 from edgecompress.models import create_model
 from edgecompress.search.budget import Budget, Limiter
 from edgecompress.search.objective import Objective
-from edgecompress.search.setup import SearchSetup, budget_for
+from edgecompress.search.setup import SearchSetup, budget_for, energy_fields
 from edgecompress.search.space import DEFAULT_ROUND_TO, PolicySpace
 
 __all__ = ["REWARDS", "CompressionEnv"]
@@ -84,13 +84,16 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
 
     **Episode end.** Terminates after the last layer; never truncates.
     ``info`` then carries accuracy, latency, its source, the budget, stored
-    size, the policy (as applied), ``within_budget``, ``repaired``, ``filled``.
+    size, the policy (as applied), ``within_budget``, ``repaired``, ``filled``;
+    on a device with an energy model, ``energy_mj`` and ``energy_source`` (and
+    ``budget_energy_mj`` under an energy budget, which ``within_budget`` then
+    includes and the end repair enforces).
 
     **Arguments.** Either ``setup`` (a :class:`~edgecompress.search.SearchSetup`:
     its objective, space, budget and fill), or an ``objective`` (else one is
     built from ``model``, ``checkpoint``, ``dataset``, ``data_dir``,
     ``device``, ``val_samples``, ``bn_batches``, ``seed``) with
-    ``budget_ms`` / ``budget_ratio``, ``techniques``, ``keep_min``,
+    ``budget_ms`` / ``budget_ratio`` (and optionally ``budget_energy_mj``), ``techniques``, ``keep_min``,
     ``rank_min``, ``sparsity_max`` (None: the technique's default),
     ``round_to`` (None: the config's ``search.round_to``) and
     ``fill_budget``. ``reward`` as above. Defaults shared with the config
@@ -119,6 +122,7 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
         device: str = "raspberry-pi-4",
         budget_ms: float | None = None,
         budget_ratio: float | None = _SEARCH["budget_ratio"].default,
+        budget_energy_mj: float | None = None,
         techniques: Sequence[str] = ("keep",),
         reward: str = "acc",
         val_samples: int = _DATA["val_samples"].default,
@@ -146,7 +150,9 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
                 list(objective.analysis.layers), tuple(techniques), objective.input_shape,
                 round_to=DEFAULT_ROUND_TO if round_to is None else round_to, bounds=bounds,
             )  # fmt: skip
-            budget = budget_for(objective, space, budget_ms=budget_ms, budget_ratio=budget_ratio)
+            budget = budget_for(
+                objective, space, budget_ms=budget_ms, budget_ratio=budget_ratio, budget_energy_mj=budget_energy_mj
+            )
             setup = SearchSetup(objective, space, budget, {"input_shape": shapes(objective.input_shape)},
                                 "validation subset", fill_budget=fill_budget)  # fmt: skip
         self.setup: SearchSetup = setup
@@ -263,16 +269,19 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
     def _finish(self):  # type: ignore[no-untyped-def]
         asked = self._policy()
         policy, scale, repaired, filled = asked, 1.0, False, 0
-        predict = self.objective.predict_ms
+        predict, predict_mj = self.objective.predict_ms, self.objective.predict_mj
         if self.setup.fill_budget:
             # Repair by prediction first (scoring is the costly part), then widen into the unused budget.
-            policy, scale, repaired = self.budget.repair(asked, self.space, predict, last_resort=False)
+            policy, scale, repaired = self.budget.repair(
+                asked, self.space, predict, last_resort=False, energy_of=predict_mj
+            )
             policy, filled = self.setup.fill(policy)
         result = self.objective(policy)
-        if not self.budget.within(result.latency_ms):
+        if not self.setup.within(result):
             policy, scale, again = self.budget.repair(
-                policy, self.space, lambda p: self.objective(p).latency_ms, predict=predict, asked=asked, scale=scale
-            )
+                policy, self.space, lambda p: self.objective(p).latency_ms, predict=predict, asked=asked, scale=scale,
+                energy_of=lambda p: self.objective(p).energy_mj, predict_mj=predict_mj,
+            )  # fmt: skip
             repaired = repaired or again
             result = self.objective(policy)
         if self.reward_kind == "acc":
@@ -281,6 +290,6 @@ class CompressionEnv(gym.Env):  # type: ignore[type-arg]
             reward = -(1 - result.accuracy) * math.log(max(result.latency_ms, 1e-6))
         info = {"accuracy": result.accuracy, "latency_ms": result.latency_ms, "budget_ms": self.budget_ms,
                 "stored_bytes": result.stored_bytes, "policy": result.policy, "repaired": repaired,
-                "filled": filled, "within_budget": self.budget.within(result.latency_ms),
-                "latency_source": result.latency_source}  # fmt: skip
+                "filled": filled, "within_budget": self.setup.within(result),
+                "latency_source": result.latency_source, **energy_fields(result, self.budget)}  # fmt: skip
         return self._obs(), float(reward), True, False, info

@@ -22,6 +22,11 @@ Every driver uses the same rules (see ``docs/search.md``):
 
 Prices come from a :class:`Pricer` (the objective's ``predict_ms``:
 compress, then the device's table or model), never from scoring.
+
+An energy budget (``budget_energy_mj``, on a device with an energy model)
+is a second limit on the same policies: a policy is within budget when it
+meets both. The per-step limiter keeps to latency; the repair, the block
+removal and the fill check energy too (by the objective's ``predict_mj``).
 """
 
 from __future__ import annotations
@@ -58,16 +63,24 @@ class Pricer(Protocol):
 
     def predict_ms(self, policy: Policy) -> float: ...
 
+    def predict_mj(self, policy: Policy) -> float | None:
+        """Predicted energy per inference (None where the device has no energy model)."""
+        ...
+
     def base_latency_ms(self) -> float: ...
 
 
 @dataclass
 class Budget:
-    """A latency limit in ms on one device, checked against the floor the space can reach."""
+    """A latency limit in ms on one device, checked against the floor the space can reach; optionally an energy
+    limit in mJ per inference as well (``energy_limit_mj``, checked against ``energy_floor_mj``)."""
 
     limit_ms: float
     base_ms: float
     floor_ms: float
+    energy_limit_mj: float | None = None
+    energy_base_mj: float | None = None
+    energy_floor_mj: float | None = None
 
     @classmethod
     def create(
@@ -94,15 +107,61 @@ class Budget:
             )
         return cls(float(budget_ms), float(base_ms), float(floor_ms))
 
-    def within(self, ms: float) -> bool:
-        return ms <= self.limit_ms
+    def with_energy(
+        self, limit_mj: float | None, base_mj: float | None, floor_mj: float | None, *, device: str
+    ) -> Budget:
+        """This budget with an energy limit (None: none); a ConfigError when the device has no energy model
+        (``base_mj`` None) or the limit is below the floor (the strongest policy's energy)."""
+        if limit_mj is None:
+            return self
+        if limit_mj <= 0:
+            raise ConfigError(f"budget_energy_mj must be > 0, got {limit_mj!r}")
+        if base_mj is None or floor_mj is None:
+            raise ConfigError(
+                f"an energy budget ({limit_mj} mJ) needs a device with an energy model, and {device!r} has none; "
+                "energy per inference is modelled for jetson-tx2 (`edgecompress devices` lists each model and "
+                "its error); drop budget_energy_mj / --energy-budget-mj or search for jetson-tx2"
+            )
+        if floor_mj > limit_mj:
+            raise ConfigError(
+                f"energy budget {limit_mj:.4f} mJ cannot be met: the strongest compression allowed reaches "
+                f"{floor_mj:.4f} mJ on {device} (base {base_mj:.4f} mJ); raise the energy budget to at least "
+                f"{floor_mj:.4f} mJ or allow more techniques"
+            )
+        return replace(self, energy_limit_mj=float(limit_mj), energy_base_mj=float(base_mj),
+                       energy_floor_mj=float(floor_mj))  # fmt: skip
 
-    def drop_until_within(self, policy: Policy, space: PolicySpace, predict: Callable[[Policy], float]) -> Policy:
+    def within(self, ms: float, mj: float | None = None) -> bool:
+        """Whether a latency (and, under an energy budget, an energy) meets the budget; an energy budget with
+        no energy figure to check is not met."""
+        if ms > self.limit_ms:
+            return False
+        return self.energy_limit_mj is None or (mj is not None and mj <= self.energy_limit_mj)
+
+    def excess(self, ms: float, mj: float | None = None) -> float:
+        """How far over budget, as the largest fraction over a limit (<= 0: within)."""
+        over = ms / self.limit_ms - 1
+        if self.energy_limit_mj is not None:
+            over = max(over, (mj if mj is not None else float("inf")) / self.energy_limit_mj - 1)
+        return over
+
+    def drop_until_within(
+        self,
+        policy: Policy,
+        space: PolicySpace,
+        predict: Callable[[Policy], float],
+        predict_mj: Callable[[Policy], float | None] | None = None,
+    ) -> Policy:
         """Keeps at their floor and still over budget: remove blocks, the one whose removal leaves the least
-        predicted latency first, until the prediction fits (or no block is left). Removing one block spares
-        the accuracy the strongest policy (every block removed) would cost."""
+        predicted excess (latency, and energy under an energy budget) first, until the prediction fits (or no
+        block is left). Removing one block spares the accuracy the strongest policy (every block removed)
+        would cost."""
         blocks = blocks_of(space.layers)
-        while predict(policy) > self.limit_ms:
+
+        def excess(p: Policy) -> float:
+            return self.excess(predict(p), predict_mj(p) if predict_mj is not None else None)
+
+        while excess(policy) > 0:
             options = [
                 policy.replace(layers={**policy.layers, **dict.fromkeys(names, LayerPolicy(drop=True))})
                 for names in blocks.values()
@@ -110,7 +169,7 @@ class Budget:
             ]
             if not options:
                 break
-            policy = min(options, key=predict)
+            policy = min(options, key=excess)
         return policy
 
     def repair(
@@ -123,22 +182,32 @@ class Budget:
         asked: Policy | None = None,
         scale: float = 1.0,
         last_resort: bool = True,
+        energy_of: Callable[[Policy], float | None] | None = None,
+        predict_mj: Callable[[Policy], float | None] | None = None,
     ) -> tuple[Policy, float, bool]:
-        """Bring ``policy`` within budget as judged by ``latency_of``.
+        """Bring ``policy`` within budget as judged by ``latency_of`` (and ``energy_of`` under an energy budget).
 
         While over: keeps of ``asked`` (default: ``policy``) scaled by ``scale`` x0.9 per round (floor
-        keep_min); at the floor, with ``drop``, blocks removed by ``predict`` (default ``latency_of``), then,
-        with ``last_resort``, the strongest policy. Returns (policy, the scale reached, whether it changed).
+        keep_min); at the floor, with ``drop``, blocks removed by ``predict`` / ``predict_mj`` (default
+        ``latency_of`` / ``energy_of``), then, with ``last_resort``, the strongest policy. Returns (policy, the
+        scale reached, whether it changed).
         """
         asked = policy if asked is None else asked
         predict = latency_of if predict is None else predict
+        predict_mj = energy_of if predict_mj is None else predict_mj
+        if self.energy_limit_mj is not None and energy_of is None:
+            raise ValueError("this budget has an energy limit: repair() needs energy_of")
+
+        def over(p: Policy) -> bool:
+            return not self.within(latency_of(p), energy_of(p) if energy_of is not None else None)
+
         repaired = False
-        while latency_of(policy) > self.limit_ms and scale > 1e-3:
+        while over(policy) and scale > 1e-3:
             repaired = True
             if space.at_floor(policy):
                 if "drop" in space.techniques:
-                    policy = self.drop_until_within(policy, space, predict)
-                if last_resort and latency_of(policy) > self.limit_ms:
+                    policy = self.drop_until_within(policy, space, predict, predict_mj)
+                if last_resort and over(policy):
                     policy = space.strongest()
                 break
             scale *= 0.9
@@ -146,7 +215,7 @@ class Budget:
         return policy, scale, repaired
 
 
-def fill(pricer: Pricer, policy: Policy, budget_ms: float) -> tuple[Policy, int]:
+def fill(pricer: Pricer, policy: Policy, budget_ms: float, energy_mj: float | None = None) -> tuple[Policy, int]:
     """Widen a policy's pruned channel groups into the budget it leaves unused; then bring back removed blocks.
 
     Widening (:func:`_widen`) comes first. When no widening fits and budget
@@ -160,22 +229,31 @@ def fill(pricer: Pricer, policy: Policy, budget_ms: float) -> tuple[Policy, int]
     residual stream more than an identity does. Returns the
     filled policy and the number of steps, each widening and each block
     brought back one step (0: over budget already, or nothing fits).
+    With ``energy_mj``, a step must also keep the predicted energy within it.
     """
     budget = budget_ms
     total = 0
     while True:
-        policy, steps = _widen(pricer, policy, budget)
+        policy, steps = _widen(pricer, policy, budget, energy_mj)
         total += steps
-        restored = _restore(pricer, policy, budget)
+        restored = _restore(pricer, policy, budget, energy_mj)
         if restored is None:
             return policy, total
         policy, total = restored, total + 1
 
 
-def _restore(pricer: Pricer, policy: Policy, budget: float) -> Policy | None:
+def _energy_fits(pricer: Pricer, policy: Policy, energy_mj: float | None) -> bool:
+    """Whether ``policy``'s predicted energy meets ``energy_mj`` (always, without an energy limit)."""
+    if energy_mj is None:
+        return True
+    mj = pricer.predict_mj(policy)
+    return mj is not None and mj <= energy_mj
+
+
+def _restore(pricer: Pricer, policy: Policy, budget: float, energy_mj: float | None = None) -> Policy | None:
     """The policy with the cheapest removed block back whole, if that fits the budget."""
     blocks = removed_blocks(policy, pricer.analysis)
-    if not blocks or pricer.predict_ms(policy) > budget:
+    if not blocks or pricer.predict_ms(policy) > budget or not _energy_fits(pricer, policy, energy_mj):
         return None
     gone = {name for members in blocks.values() for name in members}
     # A restored layer coupled to a kept one (a projection into the residual stream) takes that keep.
@@ -189,12 +267,12 @@ def _restore(pricer: Pricer, policy: Policy, budget: float) -> Policy | None:
             layers[name] = LayerPolicy(keep=keep)
         candidate = policy.replace(layers=layers)
         ms = pricer.predict_ms(candidate)
-        if ms <= budget and (best is None or ms < best[0]):
+        if ms <= budget and (best is None or ms < best[0]) and _energy_fits(pricer, candidate, energy_mj):
             best = (ms, candidate)
     return best[1] if best else None
 
 
-def _widen(pricer: Pricer, policy: Policy, budget: float) -> tuple[Policy, int]:
+def _widen(pricer: Pricer, policy: Policy, budget: float, energy_mj: float | None = None) -> tuple[Policy, int]:
     """Widen a policy's pruned channel groups into the budget it leaves unused.
 
     Greedy: each step widens the group whose widening costs the least
@@ -240,8 +318,9 @@ def _widen(pricer: Pricer, policy: Policy, budget: float) -> tuple[Policy, int]:
 
     def price(g: int, new_keep: float) -> None:
         """Queue widening g to new_keep, priced against the current state, if it stays within the budget."""
-        ms = pricer.predict_ms(with_keeps({**keeps, g: new_keep}))
-        if ms <= budget:
+        candidate = with_keeps({**keeps, g: new_keep})
+        ms = pricer.predict_ms(candidate)
+        if ms <= budget and _energy_fits(pricer, candidate, energy_mj):
             now = kept_channels(width[g], keeps[g], policy.round_to)
             added = kept_channels(width[g], new_keep, policy.round_to) - now
             heapq.heappush(queue, (max(0.0, ms - current) / added, order[g], new_keep, keeps[g], state))
@@ -258,7 +337,7 @@ def _widen(pricer: Pricer, policy: Policy, budget: float) -> tuple[Policy, int]:
             if kept_channels(c, new_keep, policy.round_to) > n:
                 price(g, new_keep)
 
-    if current <= budget:
+    if current <= budget and _energy_fits(pricer, policy, energy_mj):
         for g in keeps:
             offer(g)
     groups = list(keeps)

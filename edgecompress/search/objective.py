@@ -37,6 +37,7 @@ from edgecompress.config import is_host
 from edgecompress.data import batches
 from edgecompress.errors import ConfigError
 from edgecompress.latency_models import LatencyReport, estimate_latency, load_device, priced_precisions
+from edgecompress.latency_models.estimate import energy_devices, estimate_energy
 from edgecompress.latency_models.onnx import onnx_feed, to_onnx
 from edgecompress.latency_models.profiler import time_onnx_interleaved
 from edgecompress.training import evaluate, recalibrate_batchnorm
@@ -95,6 +96,9 @@ class Evaluation:
     skipped: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
     """Wall seconds of this evaluation per phase (compress, bn_recalibration, finetune, evaluate, latency)."""
+    energy_mj: float | None = None
+    """Predicted energy per batch-1 inference on the device (None: the device has no energy model)."""
+    energy_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +212,9 @@ class Objective:
         self.calibration = [x for x, _ in drawn[:calibration_batches]]
         self._finetune_source = drawn[:finetune_batches] if train_data is not None else []
         self._cached: CachedBatches | None = None
+        self.energy = isinstance(device, str) and device in energy_devices()
+        """Whether the device has an energy model (each evaluation then carries predicted energy)."""
+        self._predicted_mj: dict[str, float] = {}
         self.priced = priced_precisions(device)
         """Precisions the device prices per layer; layers asking others are priced at fp32, and said so."""
         self._cache: dict[str, Evaluation] = {}
@@ -294,6 +301,29 @@ class Objective:
             self._predicted[key] = report.total_ms
         return self._predicted[key]
 
+    def predict_mj(self, policy: Policy) -> float | None:
+        """Predicted energy per inference of a policy on the device's energy model (None: the device has none)."""
+        if not self.energy:
+            return None
+        key = _policy_key(policy)
+        if key not in self._predicted_mj:
+            compressed, _ = compress(self.model, policy, self.calibration, analysis=self.analysis)
+            self._predicted_mj[key] = estimate_energy(compressed, self.input_shape, self.device).mj
+        return self._predicted_mj[key]
+
+    def base_energy_mj(self) -> float | None:
+        return estimate_energy(self.model, self.input_shape, self.device).mj if self.energy else None
+
+    @property
+    def energy_note(self) -> str:
+        """Where an evaluation's energy comes from, or why there is none."""
+        if self.energy:
+            return estimate_energy(self.model, self.input_shape, self.device).source
+        return (
+            f"not modelled: device {self.device!r} has no energy model (energy per inference is modelled for "
+            f"{', '.join(energy_devices()) or 'no profile'})"
+        )
+
     @cached_property
     def channel_block(self) -> int:
         """The device table's SIMD channel block (1 for device models, which have none)."""
@@ -325,6 +355,7 @@ class Objective:
         accuracy = self.score(compressed)
         t4 = time.perf_counter()
         latency, latency_source = self.latency(compressed, policy)
+        energy = estimate_energy(compressed, self.input_shape, self.device) if self.energy else None
         t5 = time.perf_counter()
         spent = dict(zip(self.timings, (t1 - start, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True))
         for phase, seconds in spent.items():
@@ -337,6 +368,9 @@ class Objective:
             seconds=time.perf_counter() - start, policy=policy.with_applied(report.applied()).to_dict(),
             skipped=[f"{s.layer} ({s.technique}): {s.reason}" for s in report.skipped],
             phases={k: round(v, 4) for k, v in spent.items()},
+            energy_mj=energy.mj if energy else None, energy_source=energy.source if energy else None,
         )  # fmt: skip
+        if energy is not None:
+            self._predicted_mj.setdefault(key, energy.mj)
         self._cache[key] = result
         return result

@@ -143,6 +143,7 @@ class RunLog:
                 "scores": {k: best[k] for k in ("accuracy", "latency_ms", "stored_bytes", "reward", "episode")},
                 "latency_source": best.get("latency_source", ""),
                 "accuracy_source": best.get("accuracy_source", ""),
+                **{k: best[k] for k in ("energy_mj", "energy_source") if k in best},
                 **self.provenance,
             }
             policy.save(self.folder / "best_policy.json")

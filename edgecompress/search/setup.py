@@ -33,7 +33,10 @@ from edgecompress.version import software_versions
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["SearchSetup", "budget_for", "create_setup", "evaluation_record", "uniform_within_budget", "write_reference"]
+__all__ = [
+    "SearchSetup", "budget_for", "create_setup", "energy_fields", "evaluation_record", "uniform_within_budget",
+    "write_reference",
+]  # fmt: skip
 
 
 @dataclass
@@ -69,11 +72,19 @@ class SearchSetup:
         """``policy`` widened into the budget it leaves unused (when ``fill_budget``), and the steps taken."""
         if not self.fill_budget:
             return policy, 0
-        return fill(self.objective, policy, self.budget.limit_ms)
+        return fill(self.objective, policy, self.budget.limit_ms, self.budget.energy_limit_mj)
+
+    def within(self, ev: Evaluation) -> bool:
+        """Whether an evaluation meets the budget (latency, and energy under an energy budget)."""
+        return self.budget.within(ev.latency_ms, ev.energy_mj)
+
+    def repair(self, policy: Policy) -> tuple[Policy, float, bool]:
+        """``policy`` brought within budget by predicted latency (and energy): see :meth:`Budget.repair`."""
+        return self.budget.repair(policy, self.space, self.objective.predict_ms, energy_of=self.objective.predict_mj)
 
     def record(self, ev: Evaluation, **extra: Any) -> dict[str, Any]:
         """The run log's record of an evaluation (every driver writes the same keys)."""
-        return {**evaluation_record(ev, self.budget.limit_ms, self.accuracy_source), **extra}
+        return {**evaluation_record(ev, self.budget, self.accuracy_source), **extra}
 
     def open_log(self, cfg: RunConfig, agent: str, *, console: Console | None = None, **provenance: Any) -> RunLog:
         """The run folder's :class:`RunLog`, with the provenance every driver records (plus ``provenance``);
@@ -91,6 +102,9 @@ class SearchSetup:
                 "device": cfg.device,
                 "budget_ms": self.budget.limit_ms,
                 "base_latency_ms": self.budget.base_ms,
+                "budget_energy_mj": self.budget.energy_limit_mj,
+                "base_energy_mj": self.objective.base_energy_mj(),
+                "energy_source": self.objective.energy_note,
                 "seed": cfg.search.seed,
                 "setup_seconds": self.setup_seconds,
                 "setup_costs": dict(self.objective.setup),
@@ -109,7 +123,10 @@ class SearchSetup:
         best = log.best()
         if best is None:
             return f"no {unit} within budget yet"
-        return f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {self.budget.limit_ms:.3f} ms"
+        text = f"best acc {best['accuracy']:.4f} at {best['latency_ms']:.3f} ms / budget {self.budget.limit_ms:.3f} ms"
+        if self.budget.energy_limit_mj is not None and best.get("energy_mj") is not None:
+            text += f", {best['energy_mj']:.3f} / {self.budget.energy_limit_mj:.3f} mJ"
+        return text
 
     def result(self, log: RunLog, seconds: float, *, scored_here: bool = True, **extra: Any) -> dict[str, Any]:
         """Plot the run and return what every driver returns; ``scored_here=False`` when workers scored the
@@ -120,6 +137,7 @@ class SearchSetup:
             "seconds": seconds,
             "budget_ms": self.budget.limit_ms,
             "base_latency_ms": self.budget.base_ms,
+            "budget_energy_mj": self.budget.energy_limit_mj,
             "best": log.best(),
             "plot": str(plot) if plot else None,
         }
@@ -131,22 +149,34 @@ class SearchSetup:
         return {**out, **extra}
 
 
-def evaluation_record(ev: Evaluation, budget_ms: float, accuracy_source: str) -> dict[str, Any]:
-    """One RunLog record from an :class:`Evaluation`."""
-    return {
+def evaluation_record(ev: Evaluation, budget: Budget, accuracy_source: str) -> dict[str, Any]:
+    """One RunLog record from an :class:`Evaluation` (energy keys where the device has an energy model)."""
+    record = {
         "policy": ev.policy,
         "accuracy": ev.accuracy,
         "latency_ms": ev.latency_ms,
-        "budget_ms": budget_ms,
+        "budget_ms": budget.limit_ms,
         "stored_bytes": ev.stored_bytes,
         "reward": ev.accuracy,
-        "within_budget": ev.latency_ms <= budget_ms,
+        "within_budget": budget.within(ev.latency_ms, ev.energy_mj),
         "repaired": False,
         "latency_source": ev.latency_source,
         "accuracy_source": accuracy_source,
         "seconds": round(ev.seconds, 4),
         "phases": ev.phases,
     }
+    return {**record, **energy_fields(ev, budget)}
+
+
+def energy_fields(ev: Evaluation, budget: Budget) -> dict[str, Any]:
+    """A record's energy keys: predicted mJ and its source where the device has an energy model, the budget
+    where the search has one."""
+    out: dict[str, Any] = {}
+    if ev.energy_mj is not None:
+        out = {"energy_mj": ev.energy_mj, "energy_source": ev.energy_source}
+    if budget.energy_limit_mj is not None:
+        out["budget_energy_mj"] = budget.energy_limit_mj
+    return out
 
 
 def create_setup(
@@ -184,22 +214,33 @@ def create_setup(
         precision=cfg.train.precision,
     )
     space = PolicySpace(list(objective.analysis.layers), tuple(s.techniques), input_shape, round_to=s.round_to)
-    budget = budget_for(objective, space, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio)
+    budget = budget_for(
+        objective, space, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio, budget_energy_mj=s.budget_energy_mj
+    )
     setup = SearchSetup(objective, space, budget, dict(base), objective.accuracy_source, fill_budget=s.fill_budget)
     setup.setup_seconds = round(time.perf_counter() - started, 2)
     return setup
 
 
 def budget_for(
-    objective: Objective, space: PolicySpace, *, budget_ms: float | None, budget_ratio: float | None
+    objective: Objective,
+    space: PolicySpace,
+    *,
+    budget_ms: float | None,
+    budget_ratio: float | None,
+    budget_energy_mj: float | None = None,
 ) -> Budget:
     """The budget on the objective's device, checked against the floor: the space's strongest policy, scored
-    (not only priced: with measured latency, a prediction is not what the search compares)."""
-    floor = objective(space.strongest()).latency_ms
-    return Budget.create(
-        objective.base_latency_ms(), floor, device=str(objective.device), budget_ms=budget_ms,
+    (not only priced: with measured latency, a prediction is not what the search compares); with
+    ``budget_energy_mj``, an energy limit too, checked against the floor's predicted energy."""
+    floor = objective(space.strongest())
+    budget = Budget.create(
+        objective.base_latency_ms(), floor.latency_ms, device=str(objective.device), budget_ms=budget_ms,
         budget_ratio=budget_ratio,
     )  # fmt: skip
+    return budget.with_energy(
+        budget_energy_mj, objective.base_energy_mj(), floor.energy_mj, device=str(objective.device)
+    )
 
 
 def uniform_within_budget(setup: SearchSetup, steps: int = 10) -> dict[str, Any] | None:
@@ -208,7 +249,7 @@ def uniform_within_budget(setup: SearchSetup, steps: int = 10) -> dict[str, Any]
     for _ in range(steps):
         mid = round((lo + hi) / 2, 4)
         ev = setup.objective(setup.space.uniform(mid))
-        if setup.budget.within(ev.latency_ms):
+        if setup.within(ev):
             best = {"keep": mid, "accuracy": ev.accuracy, "latency_ms": ev.latency_ms, "stored_bytes": ev.stored_bytes}
             lo = mid
         else:
@@ -232,7 +273,7 @@ def write_reference(run_dir: Path, setup: SearchSetup) -> dict[str, Any]:
                 "accuracy": ev.accuracy,
                 "latency_ms": ev.latency_ms,
                 "stored_bytes": ev.stored_bytes,
-                "within_budget": setup.budget.within(ev.latency_ms),
+                "within_budget": setup.within(ev),
             }
         )
     ref = {

@@ -52,7 +52,14 @@ def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> Sear
     console.print(
         f"search: {len(setup.space.parameters())} parameters over {', '.join(s.techniques)}; budget "
         f"{setup.budget.limit_ms:.4f} ms (base {setup.budget.base_ms:.4f} ms, floor {setup.budget.floor_ms:.4f} ms, "
-        f"predicted on {cfg.device}); set-up {setup.setup_seconds:.1f} s"
+        f"predicted on {cfg.device})"
+        + (
+            f"; energy budget {setup.budget.energy_limit_mj:.4f} mJ (base {setup.budget.energy_base_mj:.4f} mJ, "
+            f"floor {setup.budget.energy_floor_mj:.4f} mJ, {cfg.device} energy model)"
+            if setup.budget.energy_limit_mj is not None
+            else ""
+        )
+        + f"; set-up {setup.setup_seconds:.1f} s"
     )
     return setup
 
