@@ -962,9 +962,10 @@ def search_cmd(
         energy = ""
         if best.get("energy_mj") is not None:
             energy = f", {best['energy_mj']:.4f} mJ predicted ({best['energy_source'].split(';')[0]})"
+        one = "policy" if unit == "policies" else unit[:-1]
         console.print(
             f"best: accuracy {best['accuracy']:.4f} ({best['accuracy_source']}), {best['latency_ms']:.4f} ms "
-            f"predicted{energy}, {unit[:-1]} {best['episode']} -> {cfg.out}/best_policy.json"
+            f"predicted{energy}, {one} {best['episode']} -> {cfg.out}/best_policy.json"
         )
     console.print(
         f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png, "
