@@ -349,7 +349,24 @@ def render_deploy_formats(p: dict[str, Any]) -> list[str]:
     ]
 
 
+def render_real_size_predictions(p: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, label in (("with_roofline", "shipped (roofline beyond the calibration range)"),
+                       ("fitted_terms_only", "fitted terms extrapolated linearly (before)")):  # fmt: skip
+        part = p[key]
+        devices = list(next(iter(part["ms"].values())))
+        held = part["invariants"]
+        out += [f"Predicted ms, {label}: {sum(held.values())}/{len(held)} invariants hold"
+                + ("" if all(held.values()) else " (broken: " + "; ".join(k for k, v in held.items() if not v) + ")"),
+                ""]  # fmt: skip
+        out += table(["network", *devices], [[n, *(ms(v[d]) for d in devices)] for n, v in part["ms"].items()])
+        out += [""]
+    peaks = "; ".join(f"{d}: {v['gmacs']:g} GMAC/s, {v['gbps']:g} GB/s" for d, v in p["roofline"].items())
+    return [*out, f"Roofline (published peaks): {peaks}. {p['what']}.", ""]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "real_size_predictions": render_real_size_predictions,
     "deploy_formats": render_deploy_formats,
     "compare_techniques": render_compare_techniques,
     "byo_model": render_byo_model,

@@ -433,6 +433,7 @@ def run_cmd(
 def devices_cmd() -> None:
     """List the device profiles with where their numbers come from and their validated error."""
     from edgecompress.latency_models import list_devices, load_device
+    from edgecompress.latency_models.device_model import DEVICE_PEAKS
     from edgecompress.latency_models.table import LatencyTable
 
     table = Table(title="device profiles (per-operator cost models)")
@@ -468,7 +469,15 @@ def devices_cmd() -> None:
                 f"; energy (mJ, {m.energy['column']}): n={e.get('n')}: Spearman {e.get('spearman', 0):.3f} "
                 f"(FLOPs {e.get('flops_spearman', 0):.3f}), MAPE {e.get('mape_raw', 0):.1%}"
             )
-        table.add_row(name, m.device, m.precision, m.source, val)
+        source = m.source
+        if name in DEVICE_PEAKS:
+            peak = DEVICE_PEAKS[name]
+            source += (
+                f"; extrapolated: operators larger than the calibration networks' largest, beyond that size at the "
+                f"published roofline ({peak['gmacs']:g} GMAC/s, {peak['gbps']:g} GB/s)"
+            )
+        source += "; extrapolated: depthwise, concat and copying reshapes (none in the calibration networks)"
+        table.add_row(name, m.device, m.precision, source, val)
     console.print(table)
 
 

@@ -33,9 +33,11 @@ from edgecompress.latency_models.ops import OpRecord, trace_ops
 
 __all__ = [
     "DEVICE_COLUMNS",
+    "DEVICE_PEAKS",
     "ENERGY_COLUMNS",
     "GROUPS",
     "DeviceModel",
+    "calibration_edges",
     "default_data_dir",
     "fit_device_model",
     "fit_energy_model",
@@ -78,6 +80,28 @@ DEVICE_COLUMNS: dict[str, dict[str, str]] = {
         "source": "HW-NAS-Bench (ICLR 2021) Jetson TX2, torch2trt fp32, mean of 50 runs", "licence": "MIT",
     },
 }  # fmt: skip
+# Published peak throughput and memory bandwidth of the GPUs: the roofline that prices an operator beyond the
+# largest the calibration networks hold (see :meth:`DeviceModel.op_ms`). MACs are half the published FLOPs; the
+# GPUs run fp32 at half their fp16 rate (Maxwell, Pascal). Both data sheets state fp16 FLOPs.
+NANO_SHEET = (
+    "NVIDIA Jetson Nano module data sheet: 128-core Maxwell GPU, 472 GFLOPS fp16; 4 GB 64-bit "
+    "LPDDR4, 25.6 GB/s"
+)
+TX2_SHEET = (
+    "NVIDIA Jetson TX2 module data sheet: 256-core Pascal GPU, 1.33 TFLOPS fp16; 8 GB 128-bit "
+    "LPDDR4, 59.7 GB/s"
+)
+DEVICE_PEAKS: dict[str, dict[str, Any]] = {
+    "jetson-nano": {"gmacs": 118.0, "gbps": 25.6, "bytes_per_value": 4, "source": NANO_SHEET},
+    "jetson-nano-fp16": {"gmacs": 236.0, "gbps": 25.6, "bytes_per_value": 2, "source": NANO_SHEET},
+    "jetson-tx2": {"gmacs": 332.5, "gbps": 59.7, "bytes_per_value": 4, "source": TX2_SHEET},
+}
+"""Profiles priced at the roofline beyond the calibration range. A GPU is far from saturated on the
+calibration networks' operators (32x32 NAS-Bench-201 cells), so the per-MAC cost fitted there says nothing
+about large operators (it priced ResNet-50 at 224 px 13x slower in fp16 than in fp32 on the Nano). The CPU
+profiles (Raspberry Pi) keep their fitted per-MAC cost, which is compute-bound already at that size."""
+
+
 # Device profile name -> energy-per-inference column: the only public energy measurements in the data.
 ENERGY_COLUMNS: dict[str, dict[str, str]] = {
     "jetson-tx2": {
@@ -119,6 +143,22 @@ def group_features(ops: Sequence[OpRecord]) -> dict[str, float]:
         feats[f"{g}.mmacs"] += op.macs / 1e6
         feats[f"{g}.mbytes"] += op.bytes / 1e6
     return feats
+
+
+@lru_cache(maxsize=1)
+def calibration_edges() -> dict[str, tuple[float, float]]:
+    """Per group, the largest MMACs and MB of one operator in the calibration networks (NAS-Bench-201 at 32x32:
+    every network is built from the same operators, so one network holding each kind of edge has them all)."""
+    from edgecompress.latency_models.nb201 import NB201Network
+
+    arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+    edges = {g: (0.0, 0.0) for g in GROUPS}
+    for op in trace_ops(NB201Network(arch), (1, 3, 32, 32)):
+        g = KIND_TO_GROUP.get(op.kind)
+        if g is not None:
+            m, b = edges[g]
+            edges[g] = (max(m, op.macs / 1e6), max(b, op.bytes / 1e6))
+    return edges
 
 
 @lru_cache(maxsize=1)
@@ -227,16 +267,39 @@ class DeviceModel:
         return float(e["intercept_mj"] + sum(e["coefficients"].get(k, 0.0) * v for k, v in feats.items()))
 
     def op_ms(self, op: OpRecord) -> float | None:
-        """Predicted ms of one operator; None for an operator kind the model has no coefficients for."""
+        """Predicted ms of one operator; None for an operator kind the model has no coefficients for.
+
+        On a profile in :data:`DEVICE_PEAKS` (the Jetson GPUs), the fitted terms see at most the largest MMACs
+        and MB of the operator's group in the calibration networks (:func:`calibration_edges`); what an
+        operator has beyond that is priced at the device's published roofline, max(extra MACs / peak MAC
+        rate, extra bytes / memory bandwidth), bytes at the profile's precision: a lower bound for that part.
+        """
         if op.kind not in KIND_TO_GROUP:
             return None
         g = KIND_TO_GROUP[op.kind]
         c = self.coefficients
+        mmacs, mbytes = op.macs / 1e6, op.bytes / 1e6
+        extra = 0.0
+        peak = DEVICE_PEAKS.get(self.name)
+        if peak is not None:
+            edge_mmacs, edge_mbytes = calibration_edges()[g]
+            over_mmacs, over_mbytes = max(0.0, mmacs - edge_mmacs), max(0.0, mbytes - edge_mbytes)
+            mmacs, mbytes = min(mmacs, edge_mmacs), min(mbytes, edge_mbytes)
+            # MMACs / (GMAC/s) is in ms (1e6 / 1e9 s); MB / (GB/s) likewise.
+            compute_ms = over_mmacs / peak["gmacs"]
+            memory_ms = over_mbytes * peak["bytes_per_value"] / 4 / peak["gbps"]
+            extra = max(compute_ms, memory_ms)
         return self.scale * (
-            c.get(f"{g}.count", 0.0)
-            + c.get(f"{g}.mmacs", 0.0) * op.macs / 1e6
-            + c.get(f"{g}.mbytes", 0.0) * op.bytes / 1e6
+            c.get(f"{g}.count", 0.0) + c.get(f"{g}.mmacs", 0.0) * mmacs + c.get(f"{g}.mbytes", 0.0) * mbytes + extra
         )
+
+    def beyond_calibration(self, op: OpRecord) -> bool:
+        """Whether part of ``op`` is priced at the roofline (a profile in :data:`DEVICE_PEAKS`, an operator
+        larger than its group's largest in the calibration networks)."""
+        if self.name not in DEVICE_PEAKS or op.kind not in KIND_TO_GROUP:
+            return False
+        edge_mmacs, edge_mbytes = calibration_edges()[KIND_TO_GROUP[op.kind]]
+        return op.macs / 1e6 > edge_mmacs or op.bytes / 1e6 > edge_mbytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": "edgecompress.device_model", **asdict(self)}

@@ -13,7 +13,15 @@ import torch.nn as nn
 
 from edgecompress._inputs import InputSpec, is_shape, normalise
 from edgecompress.errors import EdgeCompressError
-from edgecompress.latency_models.device_model import ENERGY_COLUMNS, EXTRAPOLATED_KINDS, DeviceModel, group_features
+from edgecompress.latency_models.device_model import (
+    DEVICE_PEAKS,
+    ENERGY_COLUMNS,
+    EXTRAPOLATED_KINDS,
+    KIND_TO_GROUP,
+    DeviceModel,
+    calibration_edges,
+    group_features,
+)
 from edgecompress.latency_models.devices import load_device
 from edgecompress.latency_models.ops import trace_ops
 from edgecompress.latency_models.table import LatencyTable, op_key
@@ -123,6 +131,7 @@ def estimate_latency(
     for op in ops:
         by_layer.setdefault(op.layer or "(other)", []).append(op)
     rows, warnings, missing = [], [], []
+    roofline: list[Any] = []  # operators partly priced at the published roofline (beyond the calibration range)
     for layer, layer_ops in by_layer.items():
         p = precision if isinstance(precision, str) else layer_precision(layer, precision)
         total, sources = 0.0, set()
@@ -132,12 +141,25 @@ def estimate_latency(
                 missing.append(op_key(op, p) or f"{op.kind}:{op.detail}")
                 continue
             total += ms
+            if dm is not None and src.startswith("device model") and dm.beyond_calibration(op):
+                roofline.append(op)
+                src += " (beyond the calibration range: roofline)"
             sources.add(src)
         kinds = sorted({op.kind for op in layer_ops})
         rows.append(LatencyRow(layer, len(layer_ops), ",".join(kinds), total, " + ".join(sorted(sources)) or "missing"))
     for kind, why in EXTRAPOLATED_KINDS.items():
         if tab is None and any(op.kind == kind for op in ops):
             warnings.append(f"{kind} operators are extrapolated: {why}")
+    if roofline and dm is not None:
+        peak = DEVICE_PEAKS[dm.name]
+        edges = calibration_edges()
+        groups = sorted({KIND_TO_GROUP[op.kind] for op in roofline})
+        limits = ", ".join(f"{g} {edges[g][0]:.2f} MMAC / {edges[g][1]:.2f} MB" for g in groups)
+        warnings.append(
+            f"{len(roofline)} operators are larger than any in the calibration networks (largest per operator: "
+            f"{limits}); beyond that size they are extrapolated at {dm.name}'s published roofline "
+            f"({peak['gmacs']:g} GMAC/s, {peak['gbps']:g} GB/s; {peak['source']}): a lower bound for that part"
+        )
     unknown = sorted({m for m in missing if m.startswith("unknown:")})
     if unknown:
         warnings.append(
