@@ -463,6 +463,12 @@ def devices_cmd() -> None:
             )
         else:
             val = "; ".join(f"{rt}: Spearman {r['spearman']:.3f}, MAPE {r['mape_raw']:.1%}" for rt, r in v.items())
+        fb = v.get("fbnet_holdout")
+        if fb:
+            val += (
+                f"; FBNet blocks (odd rows, n={fb['n']}): Spearman {fb['spearman']:.3f} (MACs "
+                f"{fb['macs_spearman']:.3f}), grouped sign right {fb['grouped_sign_right']:.0%}"
+            )
         if m.energy:
             e = m.energy.get("validation", {})
             val += (
@@ -476,7 +482,8 @@ def devices_cmd() -> None:
                 f"; extrapolated: operators larger than the calibration networks' largest, beyond that size at the "
                 f"published roofline ({peak['gmacs']:g} GMAC/s, {peak['gbps']:g} GB/s)"
             )
-        source += "; extrapolated: depthwise, concat and copying reshapes (none in the calibration networks)"
+        unfitted = [k for k in ("depthwise", "concat", "copy") if m.extrapolated(k)]
+        source += f"; extrapolated: {', '.join(unfitted)} (none in the calibration networks)"
         table.add_row(name, m.device, m.precision, source, val)
     console.print(table)
 

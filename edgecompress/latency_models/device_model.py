@@ -44,6 +44,9 @@ __all__ = [
     "group_features",
     "load_nb201_rows",
     "nb201_features",
+    "op_group",
+    "select_fbnet_terms",
+    "validate_fbnet",
 ]
 
 GROUPS = ("conv_k3", "conv_k1", "pool", "add")
@@ -84,13 +87,9 @@ DEVICE_COLUMNS: dict[str, dict[str, str]] = {
 # largest the calibration networks hold (see :meth:`DeviceModel.op_ms`). MACs are half the published FLOPs; the
 # GPUs run fp32 at half their fp16 rate (Maxwell, Pascal). Both data sheets state fp16 FLOPs.
 NANO_SHEET = (
-    "NVIDIA Jetson Nano module data sheet: 128-core Maxwell GPU, 472 GFLOPS fp16; 4 GB 64-bit "
-    "LPDDR4, 25.6 GB/s"
+    "NVIDIA Jetson Nano module data sheet: 128-core Maxwell GPU, 472 GFLOPS fp16; 4 GB 64-bit LPDDR4, 25.6 GB/s"
 )
-TX2_SHEET = (
-    "NVIDIA Jetson TX2 module data sheet: 256-core Pascal GPU, 1.33 TFLOPS fp16; 8 GB 128-bit "
-    "LPDDR4, 59.7 GB/s"
-)
+TX2_SHEET = "NVIDIA Jetson TX2 module data sheet: 256-core Pascal GPU, 1.33 TFLOPS fp16; 8 GB 128-bit LPDDR4, 59.7 GB/s"
 DEVICE_PEAKS: dict[str, dict[str, Any]] = {
     "jetson-nano": {"gmacs": 118.0, "gbps": 25.6, "bytes_per_value": 4, "source": NANO_SHEET},
     "jetson-nano-fp16": {"gmacs": 236.0, "gbps": 25.6, "bytes_per_value": 2, "source": NANO_SHEET},
@@ -132,13 +131,33 @@ def default_data_dir() -> Path:
     return repo.parent / "shared" / "latency-data"
 
 
-def group_features(ops: Sequence[OpRecord]) -> dict[str, float]:
+EXTRA_GROUPS = {
+    "depthwise": "depthwise convolutions",
+    "grouped_k1": "grouped 1x1 convolutions (2+ groups, not depthwise)",
+    "copy": "copying reshapes and transposes (a channel shuffle)",
+}
+"""Groups a profile may price on their own (fitted on FBNet's Pi 4 blocks); a profile without a group's
+coefficients prices its operators with the base group (:data:`KIND_TO_GROUP`)."""
+
+
+def op_group(op: OpRecord, extra: Sequence[str] = ()) -> str | None:
+    """The cost group of ``op``: one of ``extra`` (:data:`EXTRA_GROUPS`) where it applies, else the base group."""
+    if op.kind == "depthwise" and "depthwise" in extra:
+        return "depthwise"
+    if op.kind == "conv_k1" and op.groups > 1 and "grouped_k1" in extra:
+        return "grouped_k1"
+    if op.kind == "copy" and "copy" in extra:
+        return "copy"
+    return KIND_TO_GROUP.get(op.kind)
+
+
+def group_features(ops: Sequence[OpRecord], extra: Sequence[str] = ()) -> dict[str, float]:
     """The cost model's inputs: per group, operator count, MMACs and MB moved."""
-    feats = {f"{g}.{t}": 0.0 for g in GROUPS for t in TERMS}
+    feats = {f"{g}.{t}": 0.0 for g in (*GROUPS, *extra) for t in TERMS}
     for op in ops:
-        if op.kind not in KIND_TO_GROUP:
+        g = op_group(op, extra)
+        if g is None:
             continue
-        g = KIND_TO_GROUP[op.kind]
         feats[f"{g}.count"] += 1
         feats[f"{g}.mmacs"] += op.macs / 1e6
         feats[f"{g}.mbytes"] += op.bytes / 1e6
@@ -274,9 +293,9 @@ class DeviceModel:
         operator has beyond that is priced at the device's published roofline, max(extra MACs / peak MAC
         rate, extra bytes / memory bandwidth), bytes at the profile's precision: a lower bound for that part.
         """
-        if op.kind not in KIND_TO_GROUP:
+        g = op_group(op, self.extra_groups)
+        if g is None:
             return None
-        g = KIND_TO_GROUP[op.kind]
         c = self.coefficients
         mmacs, mbytes = op.macs / 1e6, op.bytes / 1e6
         extra = 0.0
@@ -292,6 +311,16 @@ class DeviceModel:
         return self.scale * (
             c.get(f"{g}.count", 0.0) + c.get(f"{g}.mmacs", 0.0) * mmacs + c.get(f"{g}.mbytes", 0.0) * mbytes + extra
         )
+
+    @property
+    def extra_groups(self) -> tuple[str, ...]:
+        """The :data:`EXTRA_GROUPS` this profile prices on their own (those it has coefficients for)."""
+        return tuple(g for g in EXTRA_GROUPS if f"{g}.count" in self.coefficients)
+
+    def extrapolated(self, kind: str) -> bool:
+        """Whether operators of ``kind`` are priced outside anything this profile was fitted on."""
+        own = {"depthwise": "depthwise", "copy": "copy"}.get(kind)
+        return kind in EXTRAPOLATED_KINDS and (own is None or own not in self.extra_groups)
 
     def beyond_calibration(self, op: OpRecord) -> bool:
         """Whether part of ``op`` is priced at the roofline (a profile in :data:`DEVICE_PEAKS`, an operator
@@ -380,23 +409,174 @@ def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int
     }
 
 
-def fit_device_model(name: str, rows: Sequence[dict[str, str]], fold_constants: bool = True) -> DeviceModel:
-    """Fit ``name``'s cost model on the *calibration* rows that have a measurement."""
+FBNET_DEVICES = ("raspberry-pi-4",)
+"""Profiles the FBNet block data (Raspberry Pi 4 measurements) is fitted into."""
+FBNET_VARIANTS: tuple[tuple[str, ...], ...] = (
+    (), ("depthwise",), ("depthwise", "grouped_k1"), ("depthwise", "copy"), ("depthwise", "grouped_k1", "copy"),
+)  # fmt: skip
+"""Candidate sets of :data:`EXTRA_GROUPS` priced on their own, chosen between by cross-validation."""
+FBNET_WEIGHTS = (0.0, 3.0, 10.0, 30.0)
+"""Candidate weights of the FBNet rows against the NAS-Bench-201 rows in the joint fit (0: not fitted)."""
+
+
+def _fbnet_design(fb_rows: Sequence[dict[str, Any]], extra: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per (row, block other than ``k3_e1``): the block's features minus ``k3_e1``'s (the intercept cancels),
+    and the measured delta."""
+    from edgecompress.latency_models.fbnet import BLOCKS, block_ops
+
+    keys = [f"{g}.{t}" for g in (*GROUPS, *extra) for t in TERMS]
+    xs, ys = [], []
+    for row in fb_rows:
+        ref = group_features(block_ops(row, "k3_e1"), extra)
+        for block in BLOCKS[1:]:
+            f = group_features(block_ops(row, block), extra)
+            xs.append([0.0, *(f[k] - ref[k] for k in keys)])
+            ys.append(row["delta_ms"][block])
+    return np.array(xs).reshape(len(xs), len(keys) + 1), np.array(ys)
+
+
+def _fit_joint(
+    x: np.ndarray, y: np.ndarray, x_fb: np.ndarray | None, y_fb: np.ndarray | None, weight: float
+) -> np.ndarray:
+    """NNLS on relative error over the NAS-Bench-201 rows, plus the FBNet delta rows at ``weight`` (each delta's
+    residual relative to |delta| + the median |delta|, since deltas reach zero and below)."""
+    from scipy.optimize import nnls
+
+    if x_fb is None or y_fb is None or weight == 0 or not len(y_fb):
+        return _nnls_relative(x, y)
+    width = x_fb.shape[1]
+    x = np.hstack([x, np.zeros((len(x), width - x.shape[1]))])
+    scale = np.abs(y_fb) + np.median(np.abs(y_fb))
+    a = np.vstack([x / y[:, None], weight * x_fb / scale[:, None]])
+    b = np.concatenate([np.ones_like(y), weight * y_fb / scale])
+    norms = np.linalg.norm(a, axis=0)
+    norms[norms == 0] = 1.0
+    coef, _ = nnls(a / norms, b)
+    return coef / norms  # type: ignore[no-any-return]
+
+
+def fit_device_model(
+    name: str,
+    rows: Sequence[dict[str, str]],
+    fold_constants: bool = True,
+    *,
+    fbnet_rows: Sequence[dict[str, Any]] = (),
+    extra: Sequence[str] = (),
+    fbnet_weight: float = 0.0,
+) -> DeviceModel:
+    """Fit ``name``'s cost model on the *calibration* rows that have a measurement; with ``fbnet_rows`` (FBNet's
+    even, calibration rows only) and ``fbnet_weight`` > 0, jointly with their block deltas, ``extra`` groups
+    priced on their own."""
     meta = DEVICE_COLUMNS[name]
     col = meta["column"]
     use = _fit_rows(rows, col, fold_constants)
     if not use:
         raise EdgeCompressError(f"no calibration rows with a {col} measurement")
+    if any(r["layer"] % 2 for r in fbnet_rows):
+        raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a fit")
     x, keys = _design(use, fold_constants)
     y = np.array([float(r[col]) for r in use])
-    coef = _nnls_relative(x, y)
+    fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
+    if fbnet_rows and fbnet_weight > 0:
+        x_fb, y_fb = _fbnet_design(fbnet_rows, extra)
+        coef = _fit_joint(x, y, x_fb, y_fb, fbnet_weight)
+        keys = keys + [f"{g}.{t}" for g in extra for t in TERMS]
+        fitted_on += (
+            f", and {len(y_fb)} block deltas of the {len(fbnet_rows)} even layer rows of fbnet_pi4_block_deltas.csv "
+            f"(weight {fbnet_weight:g}; {', '.join(extra) or 'no group'} priced on its own)"
+        )
+    else:
+        coef = _nnls_relative(x, y)
     return DeviceModel(
         name=name, device=meta["device"], precision=meta["precision"], intercept_ms=float(coef[0]),
         coefficients={k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
-        source=meta["source"], licence=meta["licence"],
-        fitted_on=f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
-        fold_constants=fold_constants,
+        source=meta["source"], licence=meta["licence"], fitted_on=fitted_on, fold_constants=fold_constants,
     )  # fmt: skip
+
+
+def _block_delta(model: DeviceModel, row: dict[str, Any], block: str) -> float:
+    from edgecompress.latency_models.fbnet import block_ops
+
+    def total(name: str) -> float:
+        return sum(model.op_ms(op) or 0.0 for op in block_ops(row, name))
+
+    return total(block) - total("k3_e1")
+
+
+def select_fbnet_terms(
+    name: str, rows: Sequence[dict[str, str]], fbnet_rows: Sequence[dict[str, Any]], fold_constants: bool
+) -> dict[str, Any]:
+    """Which :data:`EXTRA_GROUPS` to price on their own and how much the FBNet rows weigh: leave-one-row-out
+    cross-validation on the *even* FBNet rows (each left-out row's block deltas predicted by a fit on the
+    NAS-Bench-201 calibration rows and the other even rows), pooled Spearman; the best (to 3 decimals) wins,
+    then fewer groups, then the smaller weight. The odd rows play no part."""
+    from scipy.stats import spearmanr
+
+    from edgecompress.latency_models.fbnet import BLOCKS
+
+    if any(r["layer"] % 2 for r in fbnet_rows):
+        raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a selection")
+    col = DEVICE_COLUMNS[name]["column"]
+    use = _fit_rows(rows, col, fold_constants)
+    x, base_keys = _design(use, fold_constants)
+    y = np.array([float(r[col]) for r in use])
+    per_row = len(BLOCKS) - 1
+    scores: list[dict[str, Any]] = []
+    for extra in FBNET_VARIANTS:
+        keys = base_keys + [f"{g}.{t}" for g in extra for t in TERMS]
+        x_fb, y_fb = _fbnet_design(fbnet_rows, extra)
+        for weight in FBNET_WEIGHTS:
+            if weight == 0 and extra:
+                continue  # nothing to fit the extra groups on
+            pred, meas = [], []
+            for i, left in enumerate(fbnet_rows):
+                keep = np.ones(len(y_fb), dtype=bool)
+                keep[i * per_row : (i + 1) * per_row] = False
+                coef = _fit_joint(x, y, x_fb[keep], y_fb[keep], weight)
+                m = DeviceModel(name, "", "", float(coef[0]), dict(zip(keys, map(float, coef[1:]), strict=False)), "")
+                for block in BLOCKS[1:]:
+                    pred.append(_block_delta(m, left, block))
+                    meas.append(left["delta_ms"][block])
+            rho = float(spearmanr(pred, meas).statistic)
+            scores.append({"extra": list(extra), "weight": weight, "cv_spearman": rho})
+    best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["extra"]), -s["weight"]))
+    return {
+        "extra": best["extra"], "weight": best["weight"], "scores": scores,
+        "how": f"leave-one-row-out cross-validation on the {len(fbnet_rows)} even layer rows of "
+        "fbnet_pi4_block_deltas.csv (pooled Spearman of the left-out rows' block deltas); best to 3 decimals, "
+        "then fewer groups, then the smaller weight",
+    }  # fmt: skip
+
+
+def validate_fbnet(model: DeviceModel, holdout: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """On FBNet's *odd* (holdout) rows: Spearman of predicted vs measured block deltas and of the MACs proxy,
+    whether grouped 1x1 blocks get the sign of their difference to the ungrouped block right, and the median
+    predicted/measured ratio of the expansion-6 blocks' deltas."""
+    from scipy.stats import spearmanr
+
+    from edgecompress.latency_models.fbnet import BLOCKS, block_ops
+
+    if any(r["layer"] % 2 == 0 for r in holdout):
+        raise EdgeCompressError("validate_fbnet reads the odd (holdout) layer rows only")
+    pred, meas, macs, signs, e6 = [], [], [], [], []
+    for row in holdout:
+        ref_macs = sum(op.macs for op in block_ops(row, "k3_e1"))
+        for block in BLOCKS[1:]:
+            p, m = _block_delta(model, row, block), row["delta_ms"][block]
+            pred.append(p)
+            meas.append(m)
+            macs.append(sum(op.macs for op in block_ops(row, block)) - ref_macs)
+            if block.endswith("_e6"):
+                e6.append(p / m)
+        for k in ("k3", "k5"):
+            measured = row["delta_ms"][f"{k}_e1_g2"] - row["delta_ms"][f"{k}_e1"]
+            predicted = _block_delta(model, row, f"{k}_e1_g2") - _block_delta(model, row, f"{k}_e1")
+            signs.append((measured > 0) == (predicted > 0))
+    return {
+        "rows": "odd layer rows of fbnet_pi4_block_deltas.csv (holdout)", "n": len(meas),
+        "spearman": float(spearmanr(pred, meas).statistic), "macs_spearman": float(spearmanr(macs, meas).statistic),
+        "grouped_sign_right": float(np.mean(signs)), "e6_ratio_median": float(np.median(e6)),
+    }  # fmt: skip
 
 
 def fit_energy_model(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:

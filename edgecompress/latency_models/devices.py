@@ -21,6 +21,8 @@ from edgecompress.errors import EdgeCompressError, did_you_mean
 from edgecompress.latency_models.device_model import (
     DEVICE_COLUMNS,
     ENERGY_COLUMNS,
+    EXTRA_GROUPS,
+    FBNET_DEVICES,
     PI5_COLUMNS,
     PI5_SPEEDUP_OVER_PI4,
     DeviceModel,
@@ -31,7 +33,10 @@ from edgecompress.latency_models.device_model import (
     is_constant_network,
     load_nb201_rows,
     metrics,
+    select_fbnet_terms,
+    validate_fbnet,
 )
+from edgecompress.latency_models.fbnet import load_fbnet_rows
 from edgecompress.latency_models.table import LatencyTable
 
 __all__ = ["PROFILE_DIR", "calibrate", "calibrate_energy", "list_devices", "load_device", "validate", "validate_energy"]
@@ -148,7 +153,14 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
     models: dict[str, DeviceModel] = {}
     for name, meta in DEVICE_COLUMNS.items():
         selection = cross_validate_folding(name, rows)
-        model = fit_device_model(name, rows, selection["fold_constants"])
+        if name in FBNET_DEVICES:  # MobileNet-style blocks measured on this device: the even rows are fitted too
+            fb_rows = load_fbnet_rows(data_dir, "calibration")
+            fb = select_fbnet_terms(name, rows, fb_rows, selection["fold_constants"])
+            model = fit_device_model(name, rows, selection["fold_constants"], fbnet_rows=fb_rows, extra=fb["extra"],
+                                     fbnet_weight=fb["weight"])  # fmt: skip
+            selection = {**selection, "fbnet": fb}
+        else:
+            model = fit_device_model(name, rows, selection["fold_constants"])
         model.selection = selection
         if not selection["fold_constants"]:
             model.notes.append(
@@ -159,6 +171,8 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
             )
         report = validate(model, rows, meta["column"])
         model.validation = {k: v for k, v in report.items() if k not in ("predicted", "measured")}
+        if name in FBNET_DEVICES:
+            model.validation["fbnet_holdout"] = validate_fbnet(model, load_fbnet_rows(data_dir, "holdout"))
         model.validation["date"] = time.strftime("%Y-%m-%d")
         models[name] = model
     pi4 = models["raspberry-pi-4"]
@@ -174,9 +188,14 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
     }
     models[PI5] = pi5
     for name, model in models.items():
-        model.notes = sorted(
-            {*model.notes, "depthwise convolutions use the 3x3-convolution coefficients (none in the calibration data)"}
-        )
+        if "depthwise" in model.extra_groups:
+            note = (
+                f"{', '.join(EXTRA_GROUPS[g] for g in model.extra_groups)} priced on their own, fitted on the even "
+                "layer rows of fbnet_pi4_block_deltas.csv (MobileNet-style blocks measured on a Pi 4)"
+            )
+        else:
+            note = "depthwise convolutions use the 3x3-convolution coefficients (none in the calibration data)"
+        model.notes = sorted({*model.notes, note})
         model.save(out_dir / f"{name}.json")
     calibrate_energy(out_dir=out_dir, rows=rows)
     return load_all(models, out_dir)

@@ -148,7 +148,7 @@ def estimate_latency(
         kinds = sorted({op.kind for op in layer_ops})
         rows.append(LatencyRow(layer, len(layer_ops), ",".join(kinds), total, " + ".join(sorted(sources)) or "missing"))
     for kind, why in EXTRAPOLATED_KINDS.items():
-        if tab is None and any(op.kind == kind for op in ops):
+        if tab is None and dm is not None and dm.extrapolated(kind) and any(op.kind == kind for op in ops):
             warnings.append(f"{kind} operators are extrapolated: {why}")
     if roofline and dm is not None:
         peak = DEVICE_PEAKS[dm.name]
@@ -218,7 +218,7 @@ def estimate_energy(model: nn.Module, example_input: InputSpec, device: str | De
     ops = trace_ops(model, spec)
     mj = dm.predict_energy_features(group_features(ops))
     e, v = dm.energy, dm.energy.get("validation", {})
-    extrapolated = sorted({op.kind for op in ops if op.kind in EXTRAPOLATED_KINDS})
+    extrapolated = sorted({op.kind for op in ops if dm.extrapolated(op.kind)})
     source = (
         f"predicted by the {dm.name} energy model ({e['source']}; fitted on {e['fitted_on'].split(' (')[0]}); "
         f"validated on {v.get('n')} NAS-Bench-201 holdout networks: Spearman {v.get('spearman', float('nan')):.3f}, "
@@ -267,7 +267,7 @@ def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | 
             return factor * max(0.0, hit.ms - tab.overhead_ms), hit.source
     if dm is not None and op.kind != "unknown":
         src = f"device model {dm.name}"
-        if op.kind in EXTRAPOLATED_KINDS:
+        if dm.extrapolated(op.kind):
             src += " (extrapolated)"
         return dm.op_ms(op), src
     return None, "missing"

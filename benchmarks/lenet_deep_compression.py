@@ -1,0 +1,127 @@
+"""LeNet-5 on Fashion-MNIST at >= 50x stored-size reduction: Deep Compression with gradual pruning.
+
+    python benchmarks/lenet_deep_compression.py
+
+Han et al.'s recipe (prune, retrain, share weights, retrain the centroids, Huffman-code), with the pruning
+reached in stages (a quarter of the way, half, three quarters, all: distillation from the base model after each,
+the zeros kept), k-means codebooks on the survivors, then distillation of the centroids. Each candidate setting
+(per-layer sparsities, codebook size) is run and the one with the best *validation* accuracy among those that
+reach the size target is reported with its test accuracy: the test split chooses nothing.
+
+Needs checkpoints/lenet5-fashion-mnist.pt (`python benchmarks/train_base_models.py --configs
+configs/lenet5-fmnist.yaml`). Result: benchmarks/results/lenet_deep_compression.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import result_path, write_result
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    # Han et al.'s LeNet-5 shape (the big fully connected layer pruned hardest), pushed further.
+    "s97-c16": {"sparsity": {"conv1": 0.45, "conv2": 0.87, "fc1": 0.97, "fc2": 0.92, "fc3": 0.72}, "clusters": 16},
+    "s96-c16": {"sparsity": {"conv1": 0.4, "conv2": 0.85, "fc1": 0.96, "fc2": 0.9, "fc3": 0.7}, "clusters": 16},
+    "s975-c32": {"sparsity": {"conv1": 0.45, "conv2": 0.88, "fc1": 0.975, "fc2": 0.93, "fc3": 0.75}, "clusters": 32},
+}
+
+
+def run(name: str, setting: dict[str, Any], base: Any, data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from edgecompress import LayerPolicy, Policy, compress, distill
+    from edgecompress.compressors.constraints import bake
+    from edgecompress.training import evaluate
+
+    shape = {"input_shape": [1, 1, 28, 28]}
+    t0 = time.perf_counter()
+    student = base
+    stages = []
+    for fraction in (0.25, 0.5, 0.75, 1.0):
+        policy = Policy({n: LayerPolicy(sparsity=round(s * fraction, 4)) for n, s in setting["sparsity"].items()},
+                        base=shape)  # fmt: skip
+        student, _ = compress(student, policy)
+        distill(student, base, data.train, epochs=args.stage_epochs, lr=args.lr, progress=False)
+        bake(student)  # the fine-tuned sparse weights are the next stage's start; zeros stay the smallest
+        stages.append({"fraction": fraction, "val": evaluate(student, data.val)["top1"]})
+    full = Policy({n: LayerPolicy(sparsity=s, clusters=setting["clusters"]) for n, s in setting["sparsity"].items()},
+                  base=shape)  # fmt: skip
+    final, report = compress(student, full)
+    shared_val = evaluate(final, data.val)["top1"]
+    distill(final, base, data.train, epochs=args.share_epochs, lr=args.lr / 2, progress=False)
+    t = report.totals
+    return {
+        "candidate": name,
+        **setting,
+        "stages": stages,
+        "val_shared_no_ft": shared_val,
+        "val_final": evaluate(final, data.val)["top1"],
+        "test_final": evaluate(final, data.test)["top1"],
+        "dense_fp32_bytes": t["dense_bytes_before"],
+        "stored_bytes_fixed_width": t["stored_bytes_after"],
+        "stored_bytes_huffman": t["huffman_bytes_after"],
+        "ratio_fixed_width": t["dense_bytes_before"] / t["stored_bytes_after"],
+        "ratio_huffman": t["dense_bytes_before"] / t["huffman_bytes_after"],
+        "layers": [
+            {
+                "name": r.name,
+                "params": r.params_before,
+                "nonzero": r.nonzero_after,
+                "encoding": r.encoding,
+                "huffman": r.huffman_bytes_after,
+            }
+            for r in report.layers
+        ],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="checkpoints/lenet5-fashion-mnist.pt")
+    parser.add_argument("--target", type=float, default=50.0, help="stored-size reduction to reach (Huffman)")
+    parser.add_argument("--stage-epochs", type=int, default=4)
+    parser.add_argument("--share-epochs", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument("--only", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--out", default=result_path("lenet_deep_compression"))
+    args = parser.parse_args()
+    import torch
+
+    from edgecompress.artifacts.checkpoint import load_checkpoint
+    from edgecompress.data import load_dataset
+    from edgecompress.training import evaluate
+
+    torch.manual_seed(0)
+    base, spec = load_checkpoint(args.checkpoint)
+    data = load_dataset(spec.dataset)
+    base_val, base_test = evaluate(base, data.val)["top1"], evaluate(base, data.test)["top1"]
+    runs = []
+    for name in args.only:
+        r = run(name, CANDIDATES[name], base, data, args)
+        runs.append(r)
+        print(f"{name}: {r['ratio_huffman']:.1f}x (Huffman), val {r['val_final']:.4f} (base {base_val:.4f}), "
+              f"test {r['test_final']:.4f} (base {base_test:.4f}), {r['seconds']:.0f} s", flush=True)  # fmt: skip
+    reaching = [r for r in runs if r["ratio_huffman"] >= args.target]
+    chosen = max(reaching, key=lambda r: r["val_final"]) if reaching else None
+    write_result(args.out, {
+        "what": "LeNet-5 Deep Compression with gradual pruning; chosen by validation accuracy among candidates "
+                f"reaching {args.target:g}x; the test split chooses nothing",
+        "checkpoint": args.checkpoint, "base_val": base_val, "base_test": base_test,
+        "recipe": {"stage_epochs": args.stage_epochs, "share_epochs": args.share_epochs, "lr": args.lr,
+                   "stages": [0.25, 0.5, 0.75, 1.0]},
+        "runs": runs,
+        "chosen": None if chosen is None else {
+            "candidate": chosen["candidate"], "ratio_huffman": chosen["ratio_huffman"],
+            "test_change_points": round(100 * (chosen["test_final"] - base_test), 2),
+            "val_change_points": round(100 * (chosen["val_final"] - base_val), 2),
+        },
+    })  # fmt: skip
+    print(f"chosen: {chosen and chosen['candidate']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
