@@ -33,6 +33,7 @@ from edgecompress._imports import optional
 from edgecompress._io import write_json_atomic
 from edgecompress._progress import progress_bar
 from edgecompress.config import RunConfig
+from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup
 
 __all__ = ["make_sampler", "run", "storage_url"]
@@ -63,8 +64,6 @@ def run(
     multi = s.sampler == "nsga2"
     energy_objective = multi and s.energy_objective
     if energy_objective and not objective.energy:
-        from edgecompress.errors import ConfigError
-
         raise ConfigError(
             f"search.energy_objective needs a device with an energy model, and {cfg.device!r} has none; "
             f"{objective.energy_note.removeprefix('not modelled: ')}"

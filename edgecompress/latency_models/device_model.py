@@ -28,6 +28,8 @@ import numpy as np
 
 from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models._data import default_data_dir
+from edgecompress.latency_models.fbnet import BLOCKS, block_ops
 from edgecompress.latency_models.nb201 import OPS, NB201Network, _op, live_edges, parse_arch
 from edgecompress.latency_models.ops import OpRecord, trace_ops
 
@@ -119,18 +121,6 @@ PI5_COLUMNS = {
 PI5_SPEEDUP_OVER_PI4 = 2.5
 
 
-def default_data_dir() -> Path:
-    """$EDGECOMPRESS_LATENCY_DATA, else ../shared/latency-data beside the repository, else beside the cwd."""
-    env = os.environ.get("EDGECOMPRESS_LATENCY_DATA")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    for candidate in (repo.parent / "shared" / "latency-data", Path.cwd().parent / "shared" / "latency-data"):
-        if candidate.is_dir():
-            return candidate
-    return repo.parent / "shared" / "latency-data"
-
-
 EXTRA_GROUPS = {
     "depthwise": "depthwise convolutions",
     "grouped_k1": "grouped 1x1 convolutions (2+ groups, not depthwise)",
@@ -168,8 +158,6 @@ def group_features(ops: Sequence[OpRecord], extra: Sequence[str] = ()) -> dict[s
 def calibration_edges() -> dict[str, tuple[float, float]]:
     """Per group, the largest MMACs and MB of one operator in the calibration networks (NAS-Bench-201 at 32x32:
     every network is built from the same operators, so one network holding each kind of edge has them all)."""
-    from edgecompress.latency_models.nb201 import NB201Network
-
     arch = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
     edges = {g: (0.0, 0.0) for g in GROUPS}
     for op in trace_ops(NB201Network(arch), (1, 3, 32, 32)):
@@ -422,8 +410,6 @@ FBNET_WEIGHTS = (0.0, 3.0, 10.0, 30.0)
 def _fbnet_design(fb_rows: Sequence[dict[str, Any]], extra: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per (row, block other than ``k3_e1``): the block's features minus ``k3_e1``'s (the intercept cancels),
     and the measured delta."""
-    from edgecompress.latency_models.fbnet import BLOCKS, block_ops
-
     keys = [f"{g}.{t}" for g in (*GROUPS, *extra) for t in TERMS]
     xs, ys = [], []
     for row in fb_rows:
@@ -495,8 +481,6 @@ def fit_device_model(
 
 
 def _block_delta(model: DeviceModel, row: dict[str, Any], block: str) -> float:
-    from edgecompress.latency_models.fbnet import block_ops
-
     def total(name: str) -> float:
         return sum(model.op_ms(op) or 0.0 for op in block_ops(row, name))
 
@@ -511,8 +495,6 @@ def select_fbnet_terms(
     NAS-Bench-201 calibration rows and the other even rows), pooled Spearman; the best (to 3 decimals) wins,
     then fewer groups, then the smaller weight. The odd rows play no part."""
     from scipy.stats import spearmanr
-
-    from edgecompress.latency_models.fbnet import BLOCKS
 
     if any(r["layer"] % 2 for r in fbnet_rows):
         raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a selection")
@@ -553,8 +535,6 @@ def validate_fbnet(model: DeviceModel, holdout: Sequence[dict[str, Any]]) -> dic
     whether grouped 1x1 blocks get the sign of their difference to the ungrouped block right, and the median
     predicted/measured ratio of the expansion-6 blocks' deltas."""
     from scipy.stats import spearmanr
-
-    from edgecompress.latency_models.fbnet import BLOCKS, block_ops
 
     if any(r["layer"] % 2 == 0 for r in holdout):
         raise EdgeCompressError("validate_fbnet reads the odd (holdout) layer rows only")

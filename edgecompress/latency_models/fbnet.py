@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.latency_models._data import default_data_dir
 from edgecompress.latency_models.ops import OpRecord, trace_ops
 
 __all__ = ["BLOCKS", "FBNET_FILE", "block_ops", "fbnet_block", "load_fbnet_rows"]
@@ -98,8 +99,6 @@ def block_ops(row: dict[str, Any], name: str) -> tuple[OpRecord, ...]:
 def load_fbnet_rows(data_dir: str | os.PathLike[str] | None, split: str) -> list[dict[str, Any]]:
     """The layer rows of one split: ``calibration`` (even ``layer``, may be fitted) or ``holdout`` (odd, only
     for validation). The whole-network intercept row is not a layer and is never returned."""
-    from edgecompress.latency_models.device_model import default_data_dir
-
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of: {', '.join(SPLITS)}")
     path = (default_data_dir() if data_dir is None else Path(data_dir)) / FBNET_FILE
