@@ -82,15 +82,23 @@ def main() -> None:
         for label, (fmt, flags, suffix, runtime) in FORMATS.items():
             target = run / f"{variant}.{suffix}"
             record = run / f"{variant}.{label}.json"
+            name = f"{variant} {label}"
             if not record.exists():
                 done = subprocess.run(
                     [sys.executable, "-m", "edgecompress", "export", "--model", str(replayed), "--format", fmt,
                      "--out", str(target), "--force", "--json", *flags],
-                    check=True, capture_output=True, text=True,
+                    check=False, capture_output=True, text=True,
                 )  # fmt: skip
-                record.write_text(done.stdout[done.stdout.index("{") :])
+                if done.returncode:  # a file that cannot be made is a result too: recorded with its error
+                    error = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+                    record.write_text(json.dumps({"error": error, "returncode": done.returncode}))
+                else:
+                    record.write_text(done.stdout[done.stdout.index("{") :])
             r = json.loads(record.read_text())
-            name = f"{variant} {label}"
+            if "error" in r:
+                print(f"{name}: export failed: {r['error']}", flush=True)
+                exports[name] = {"error": r["error"]}
+                continue
             files[name], runtimes[name] = target, runtime
             exports[name] = {
                 "bytes": r["bytes"], "top1": r["parity"]["top1"], "test_images": r["parity"]["samples"],

@@ -332,6 +332,9 @@ def render_deploy_formats(p: dict[str, Any]) -> list[str]:
     one, two = p["latency"]["1_thread"], p["latency"]["2_threads"]
     rows = []
     for name, e in p["exports"].items():
+        if "error" in e:
+            rows.append([name, "export failed", "", "", "", "", "", ""])
+            continue
         rows.append([
             name, num(e["top1"]), f"{e['top1_agreement_with_pytorch']:.2%}", f"{e['bytes']:,}",
             ms(one[name]["ms"]), times(one[name]["speedup_vs_original_onnx_fp32"]),
@@ -346,6 +349,7 @@ def render_deploy_formats(p: dict[str, Any]) -> list[str]:
         + ", ".join(f"{v} {num(t)}" for v, t in r["top1"].items())
         + f". Speed-ups: median over {p['latency']['rounds']} rounds of the per-round ratio to the original's "
         "ONNX fp32 file; agreement: top-1 agreement with the PyTorch model each file encodes.",
+        *[f"{name}: export failed: {e['error']}" for name, e in p["exports"].items() if "error" in e],
     ]
 
 
