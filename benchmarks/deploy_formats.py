@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--max-batches", type=int, default=150)
+    parser.add_argument("--replay-lr", type=float, default=None, help="replay's --lr (default: the config's)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=100)
     args = parser.parse_args()
@@ -78,6 +79,7 @@ def main() -> None:
             edgecompress(
                 "replay", "--policy", str(policy_path), "--out", str(replayed), "--force",
                 "--finetune-epochs", str(args.finetune_epochs), "--max-batches", str(args.max_batches),
+                *(["--lr", str(args.replay_lr)] if args.replay_lr is not None else []),
             )  # fmt: skip
         for label, (fmt, flags, suffix, runtime) in FORMATS.items():
             target = run / f"{variant}.{suffix}"
@@ -131,6 +133,7 @@ def main() -> None:
             "latency on this machine, all files round-robin, median over rounds",
             "search": {"config": args.config, "agent": "optuna (TPE)", "trials": args.trials},
             "replay": {
+                "lr": args.replay_lr if args.replay_lr is not None else "the config's train.lr",
                 "finetune_epochs": args.finetune_epochs,
                 "max_batches": args.max_batches,
                 "top1": {v: r["accuracy"]["after_finetune"]["top1"] for v, r in reports.items()},

@@ -265,9 +265,26 @@ def replay(
         "seconds": time.perf_counter() - started,
         "versions": software_versions(),
     }
+    result["warnings"] = finetune_warnings(before["top1"], after["top1"], spec.num_classes, lr)
     write_json_atomic(out / "report.json", result)
     (out / "report.md").write_text(report_markdown(result))
     return result
+
+
+def finetune_warnings(before: float, after: float, num_classes: int, lr: float) -> list[str]:
+    """What the report should say when fine-tuning hurt: the model ended worse than it started, or at chance."""
+    chance = 1.0 / max(1, num_classes)
+    if after <= 1.5 * chance:
+        return [
+            f"fine-tuning left the model at chance (test top-1 {before:.4f} -> {after:.4f}; chance {chance:.4f}): "
+            f"training diverged at peak lr {lr:g}; replay again with a lower --lr (e.g. {lr / 5:g})"
+        ]
+    if after < before - 0.01:
+        return [
+            f"fine-tuning made the model worse (test top-1 {before:.4f} -> {after:.4f}) at peak lr {lr:g}; "
+            f"try a lower --lr (e.g. {lr / 5:g}) or more epochs"
+        ]
+    return []
 
 
 def spec_teacher(policy: Policy) -> dict[str, Any]:
@@ -283,6 +300,7 @@ def report_markdown(r: dict[str, Any]) -> str:
     lines = [
         f"# Replay of {r['policy']}",
         "",
+        *[f"**Warning:** {w}\n" for w in r.get("warnings") or []],
         f"Base model `{r['model']}` from `{r['checkpoint']}`; fine-tuning: {r['finetune']['epochs']} epoch(s), "
         f"{'distillation from the base model' if r['finetune']['distill'] else 'cross-entropy'}, "
         f"peak lr {r['finetune']['lr']}, {'augmented batches' if r['finetune'].get('augment') else 'no augmentation'}, "
