@@ -296,9 +296,7 @@ class Objective:
         """Predicted latency of a policy (compressed, priced at its precisions; never measured, never scored)."""
         key = _policy_key(policy)
         if key not in self._predicted:
-            compressed, _ = compress(self.model, policy, self.calibration, analysis=self.analysis)
-            report, _ = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
-            self._predicted[key] = report.total_ms
+            self._price(policy, key)
         return self._predicted[key]
 
     def predict_mj(self, policy: Policy) -> float | None:
@@ -307,9 +305,16 @@ class Objective:
             return None
         key = _policy_key(policy)
         if key not in self._predicted_mj:
-            compressed, _ = compress(self.model, policy, self.calibration, analysis=self.analysis)
-            self._predicted_mj[key] = estimate_energy(compressed, self.input_shape, self.device).mj
+            self._price(policy, key)
         return self._predicted_mj[key]
+
+    def _price(self, policy: Policy, key: str) -> None:
+        """Compress once and cache both predictions (the budget's repair and fill ask for both of a policy)."""
+        compressed, _ = compress(self.model, policy, self.calibration, analysis=self.analysis)
+        report, _ = policy_latency(compressed, policy, self.input_shape, self.device, self.priced)
+        self._predicted[key] = report.total_ms
+        if self.energy:
+            self._predicted_mj[key] = estimate_energy(compressed, self.input_shape, self.device).mj
 
     def base_energy_mj(self) -> float | None:
         return estimate_energy(self.model, self.input_shape, self.device).mj if self.energy else None
