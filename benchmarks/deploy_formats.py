@@ -60,7 +60,10 @@ def main() -> None:
     run.mkdir(parents=True, exist_ok=True)
     started = time.time()
     search = run / "search"
-    if not (search / "best_policy.json").exists():
+    reused: list[str] = []  # steps finished by an earlier, interrupted run of this command (resumed)
+    if (search / "best_policy.json").exists():
+        reused.append("search")
+    else:
         edgecompress("search", "--config", args.config, "--agent", "optuna", "--trials", str(args.trials),
                      "--out", str(search))  # fmt: skip
     found = Policy.load(search / "best_policy.json")
@@ -75,7 +78,9 @@ def main() -> None:
     for variant, policy in policies.items():
         policy_path = policy.save(run / f"policy-{variant}-8bit.json")
         replayed = run / f"replay-{variant}"
-        if not (replayed / "report.json").exists():
+        if (replayed / "report.json").exists():
+            reused.append(f"replay {variant}")
+        else:
             edgecompress(
                 "replay", "--policy", str(policy_path), "--out", str(replayed), "--force",
                 "--finetune-epochs", str(args.finetune_epochs), "--max-batches", str(args.max_batches),
@@ -85,7 +90,9 @@ def main() -> None:
             target = run / f"{variant}.{suffix}"
             record = run / f"{variant}.{label}.json"
             name = f"{variant} {label}"
-            if not record.exists():
+            if record.exists():
+                reused.append(f"export {name}")
+            else:
                 done = subprocess.run(
                     [sys.executable, "-m", "edgecompress", "export", "--model", str(replayed), "--format", fmt,
                      "--out", str(target), "--force", "--json", *flags],
@@ -142,6 +149,7 @@ def main() -> None:
             "exports": exports,
             "latency": {"rounds": args.rounds, "repeats": args.repeats, "batch": 1, **timing},
             "seconds": time.time() - started,
+            "reused_from_an_earlier_run": reused,
         },
     )
 
