@@ -123,7 +123,7 @@ def _device_rows(devices: dict[str, Any]) -> Iterator[Row]:
 
 
 def render_latency_models(p: dict[str, Any]) -> list[str]:
-    out = ["Device models on the holdout rows:", ""]
+    out = ["Device models on the holdout rows as refitted by this run (the current figures: device_models):", ""]
     out += table(
         ["device", "n", "Spearman", "Kendall", "FLOPs Spearman", "MAPE raw", "MAPE one scale"],
         list(_device_rows(p["device_models"])),
@@ -369,8 +369,56 @@ def render_real_size_predictions(p: dict[str, Any]) -> list[str]:
     return [*out, f"Roofline (published peaks): {peaks}. {p['what']}.", ""]
 
 
+def render_device_models(p: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, d in p["devices"].items():
+        if "per_runtime" in d:
+            for rt, r in d["per_runtime"].items():
+                rows.append([f"{name} ({rt}, nothing fitted)", num(r["n"], "d"), num(r["spearman"], ".3f"),
+                             num(r["flops_spearman"], ".3f"), pct(r["mape_scaled"]), "-", "-"])  # fmt: skip
+            continue
+        t = d.get("target")
+        rows.append([name, num(d["n"], "d"), num(d["spearman"], ".3f"), num(d["flops_spearman"], ".3f"),
+                     pct(d["mape_scaled"]), d["folding"],
+                     "-" if t is None else f">= {t['spearman']:g}, +{t['above_macs_by']:g} over MACs: "
+                     + ("met" if t["met"] else "not met")])  # fmt: skip
+        if "energy" in d:
+            e = d["energy"]
+            rows.append([f"{name} energy (mJ)", num(e["n"], "d"), num(e["spearman"], ".3f"),
+                         num(e["flops_spearman"], ".3f"), pct(e["mape_scaled"]), e["folding"],
+                         f">= {e['target']['spearman']:g}, MAPE <= {pct(e['target']['mape_scaled'])}: "
+                         + ("met" if e["met"] else "not met")])  # fmt: skip
+    out = ["NAS-Bench-201 holdout rows (Spearman, the MACs ranking of the same networks, MAPE after one scale, the "
+           "cross-validated reading of the calibration networks):", ""]  # fmt: skip
+    out += table(["profile", "n", "Spearman", "MACs Spearman", "MAPE one scale", "folding", "target"], rows)
+    for name, d in p["devices"].items():
+        fb = d.get("fbnet_holdout")
+        if fb:
+            out += [f"{name} on FBNet's odd (holdout) layer rows, {fb['n']} block differences: Spearman "
+                    f"{fb['spearman']:.3f} (MACs {fb['macs_spearman']:.3f}), grouped 1x1 sign right "
+                    f"{pct(fb['grouped_sign_right'])}, expansion-6 deltas at {fb['e6_ratio_median']:.2f}x the measured "
+                    f"median; target Spearman >= {fb['target']['spearman']:g} and grouped sign >= "
+                    f"{pct(fb['target']['grouped_sign_right'])}: {'met' if fb['met'] else 'not met'}.", ""]  # fmt: skip
+    return out
+
+
+def render_nb201_noise_ceiling(p: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, d in p["devices"].items():
+        r, cv = d["replicates"], d["cv_spearman"]
+        rows.append([name, num(d["calibration_networks"], "d"), num(r["networks"], "d"),
+                     pct(r["median_relative_difference"]), num(r["spearman_one_vs_mean_of_others"], ".3f"),
+                     num(cv["live_edge_counts_linear"], ".3f"),
+                     num(cv["one_hot_edges_and_pairs_log"], ".3f")])  # fmt: skip
+    header = ["device", "networks", "replicated", "replicate median difference", "Spearman one vs replicates",
+              "CV: live edge counts", "CV: one-hot edges + pairs"]  # fmt: skip
+    return [f"{p['what']}.", "", *table(header, rows)]
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "real_size_predictions": render_real_size_predictions,
+    "device_models": render_device_models,
+    "nb201_noise_ceiling": render_nb201_noise_ceiling,
     "deploy_formats": render_deploy_formats,
     "compare_techniques": render_compare_techniques,
     "byo_model": render_byo_model,

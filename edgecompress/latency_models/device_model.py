@@ -37,6 +37,8 @@ __all__ = [
     "DEVICE_COLUMNS",
     "DEVICE_PEAKS",
     "ENERGY_COLUMNS",
+    "FOLDINGS",
+    "FOLDING_NOTES",
     "GROUPS",
     "DeviceModel",
     "calibration_edges",
@@ -194,20 +196,36 @@ def _nb201_parts() -> tuple[dict[str, float], dict[tuple[str, int], dict[str, fl
     return fixed, parts
 
 
-def nb201_features(arch: str, fold_constants: bool = True) -> dict[str, float]:
-    """Features of a NAS-Bench-201 network as deployed: dead and ``none`` edges folded away.
+FOLDINGS = ("all", "output", "none")
+"""How the calibration networks were compiled, chosen per device by cross-validation on the calibration rows:
 
-    With ``fold_constants``, a network whose cells' outputs are disconnected
-    computes a constant; all its features are zero (only the intercept
-    remains), as the ~0.01 ms measurements of such networks on the Pi 4 show.
-    Without it (see :func:`~edgecompress.latency_models.nb201.live_edges`)
-    such a network still runs its stem, reductions and head.
+* ``all``: every constant is folded (TFLite-style): a ``none`` edge is gone, an operator applied only to
+  constants is gone, and a network whose cell output is disconnected computes a constant (only the intercept);
+* ``output``: only a network whose output is a constant is compiled to nothing; inside any other network the
+  layers on an all-zero input still run (unused layers removed);
+* ``none``: unused layers removed, everything else runs, a disconnected network too (TensorRT via torch2trt).
+"""
+
+FOLDING_NOTES = {
+    "all": "constants folded: none edges, operators on constants and constant-output networks compiled away",
+    "output": "only a network whose output is constant compiled away; layers on all-zero inputs kept elsewhere",
+    "none": "unused layers removed, layers on all-zero inputs kept (TensorRT via torch2trt)",
+}
+
+
+def nb201_features(arch: str, folding: str = "all") -> dict[str, float]:
+    """Features of a NAS-Bench-201 network as deployed under ``folding`` (:data:`FOLDINGS`).
+
+    A network that computes a constant (``all`` and ``output``: its cells' outputs are disconnected) has all
+    features zero (only the intercept remains), as the ~0.01 ms measurements of such networks on the Pi 4
+    show; otherwise the live edges are those of
+    :func:`~edgecompress.latency_models.nb201.live_edges`, with constants folded only under ``all``.
     """
-
+    _check_folding(folding)
     fixed, parts = _nb201_parts()
-    live = live_edges(parse_arch(arch), fold_constants)
-    if fold_constants and not live[2]:
+    if is_constant_network(arch, folding):
         return dict.fromkeys(fixed, 0.0)
+    live = live_edges(parse_arch(arch), folding == "all")
     feats = dict(fixed)
     for edges in live:
         for op, _ in edges:
@@ -221,10 +239,16 @@ def nb201_features(arch: str, fold_constants: bool = True) -> dict[str, float]:
     return feats
 
 
-def is_constant_network(arch: str, fold_constants: bool = True) -> bool:
-    """Whether the deployed network computes a constant (only where constants are folded)."""
+def _check_folding(folding: str) -> None:
+    if folding not in FOLDINGS:
+        raise EdgeCompressError(f"folding {folding!r} is not one of: {', '.join(FOLDINGS)}")
 
-    return fold_constants and not live_edges(parse_arch(arch))[2]
+
+def is_constant_network(arch: str, folding: str = "all") -> bool:
+    """Whether the deployed network computes a constant (its cell output is disconnected, and the compiler folds
+    such a network: ``folding`` ``all`` or ``output``)."""
+    _check_folding(folding)
+    return folding != "none" and not live_edges(parse_arch(arch))[2]
 
 
 def load_nb201_rows(data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, str]]:
@@ -253,17 +277,17 @@ class DeviceModel:
     fitted_on: str = ""
     scale: float = 1.0
     """Multiplies every prediction (the Pi 5 profile is the Pi 4 model over a published speed-up)."""
-    fold_constants: bool = True
-    """How the calibration networks were deployed (see ``nb201.live_edges``); chosen by cross-validation on
-    the calibration rows. Only the fit and the validation use it: a user's model is traced as it is."""
+    folding: str = "all"
+    """How the calibration networks were compiled (:data:`FOLDINGS`); chosen by cross-validation on the
+    calibration rows. Only the fit and the validation use it: a user's model is traced as it is."""
     selection: dict[str, Any] = field(default_factory=dict)
-    """The cross-validation scores that chose ``fold_constants``."""
+    """The cross-validation scores that chose ``folding``."""
     validation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     version: int = 1
     energy: dict[str, Any] = field(default_factory=dict)
     """Energy per inference where the public data has it: ``intercept_mj``, ``coefficients`` (mJ per operator,
-    MMAC, MB, the latency model's terms), ``fold_constants``, ``source``, ``fitted_on``, ``validation``."""
+    MMAC, MB, the latency model's terms), ``folding``, ``source``, ``fitted_on``, ``validation``."""
 
     def predict_features(self, feats: dict[str, float]) -> float:
         return self.scale * (self.intercept_ms + sum(self.coefficients.get(k, 0.0) * v for k, v in feats.items()))
@@ -326,7 +350,10 @@ class DeviceModel:
         if data.get("format") != "edgecompress.device_model" or data.get("version") != 1:
             raise EdgeCompressError(f"{source} is not a version-1 edgecompress device model")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        fields = {k: v for k, v in data.items() if k in known}
+        if "fold_constants" in data and "folding" not in data:  # written before the ``output`` mode existed
+            fields["folding"] = "all" if data["fold_constants"] else "none"
+        return cls(**fields)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_json_atomic(path, self.to_dict())
@@ -336,14 +363,14 @@ class DeviceModel:
         return cls.from_dict(read_json(path, "device model", EdgeCompressError), str(path))
 
 
-def _design(rows: Sequence[dict[str, str]], fold_constants: bool = True) -> tuple[np.ndarray, list[str]]:
+def _design(rows: Sequence[dict[str, str]], folding: str = "all") -> tuple[np.ndarray, list[str]]:
     keys = [f"{g}.{t}" for g in GROUPS for t in TERMS]
     cache: dict[str, dict[str, float]] = {}
     x = np.zeros((len(rows), len(keys) + 1))
     for i, row in enumerate(rows):
         arch = row["arch_str"]
         if arch not in cache:
-            cache[arch] = nb201_features(arch, fold_constants)
+            cache[arch] = nb201_features(arch, folding)
         x[i, 0] = 1.0
         x[i, 1:] = [cache[arch][k] for k in keys]
     return x, keys
@@ -360,18 +387,18 @@ def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return coef / norms
 
 
-def _fit_rows(rows: Sequence[dict[str, str]], col: str, fold_constants: bool) -> list[dict[str, str]]:
+def _fit_rows(rows: Sequence[dict[str, str]], col: str, folding: str) -> list[dict[str, str]]:
     # Networks that fold to a constant (~0.01 ms on the Pi 4) are a regime no compressed model reaches:
     # left out so they do not pull the per-operator costs.
     return [
         r for r in rows
-        if r["split"] == "calibration" and r.get(col) and not is_constant_network(r["arch_str"], fold_constants)
+        if r["split"] == "calibration" and r.get(col) and not is_constant_network(r["arch_str"], folding)
     ]  # fmt: skip
 
 
 def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
-    """5-fold cross-validated Spearman of the cost model on the *calibration* rows, with and without
-    constant folding of the calibration networks; the deployment assumption that predicts better wins.
+    """5-fold cross-validated Spearman of the cost model on the *calibration* rows under each way the calibration
+    networks may have been compiled (:data:`FOLDINGS`); the assumption that predicts best wins.
 
     Only calibration rows are split (by ``arch_index % folds``); the holdout rows play no part.
     """
@@ -379,20 +406,20 @@ def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int
 
     col = DEVICE_COLUMNS[name]["column"]
     scores: dict[str, float] = {}
-    for fold_constants in (True, False):
-        use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
-        x, _ = _design(use, fold_constants)
-        y = np.array([float(r[col]) for r in use])
-        fit = np.array([not is_constant_network(r["arch_str"], fold_constants) for r in use])
-        fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+    use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
+    y = np.array([float(r[col]) for r in use])
+    fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+    for folding in FOLDINGS:
+        x, _ = _design(use, folding)
+        fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
         pred = np.zeros_like(y)
         for k in range(folds):
             train = (fold != k) & fit
             pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
-        scores["fold_constants" if fold_constants else "no_constant_folding"] = float(spearmanr(pred, y).statistic)
+        scores[folding] = float(spearmanr(pred, y).statistic)
     return {
         "cv_spearman": scores,
-        "fold_constants": scores["fold_constants"] >= scores["no_constant_folding"],
+        "folding": max(FOLDINGS, key=lambda f: scores[f]),
         "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds})",
     }
 
@@ -444,7 +471,7 @@ def _fit_joint(
 def fit_device_model(
     name: str,
     rows: Sequence[dict[str, str]],
-    fold_constants: bool = True,
+    folding: str = "all",
     *,
     fbnet_rows: Sequence[dict[str, Any]] = (),
     extra: Sequence[str] = (),
@@ -455,12 +482,12 @@ def fit_device_model(
     priced on their own."""
     meta = DEVICE_COLUMNS[name]
     col = meta["column"]
-    use = _fit_rows(rows, col, fold_constants)
+    use = _fit_rows(rows, col, folding)
     if not use:
         raise EdgeCompressError(f"no calibration rows with a {col} measurement")
     if any(r["layer"] % 2 for r in fbnet_rows):
         raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a fit")
-    x, keys = _design(use, fold_constants)
+    x, keys = _design(use, folding)
     y = np.array([float(r[col]) for r in use])
     fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
     if fbnet_rows and fbnet_weight > 0:
@@ -476,7 +503,7 @@ def fit_device_model(
     return DeviceModel(
         name=name, device=meta["device"], precision=meta["precision"], intercept_ms=float(coef[0]),
         coefficients={k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
-        source=meta["source"], licence=meta["licence"], fitted_on=fitted_on, fold_constants=fold_constants,
+        source=meta["source"], licence=meta["licence"], fitted_on=fitted_on, folding=folding,
     )  # fmt: skip
 
 
@@ -488,7 +515,7 @@ def _block_delta(model: DeviceModel, row: dict[str, Any], block: str) -> float:
 
 
 def select_fbnet_terms(
-    name: str, rows: Sequence[dict[str, str]], fbnet_rows: Sequence[dict[str, Any]], fold_constants: bool
+    name: str, rows: Sequence[dict[str, str]], fbnet_rows: Sequence[dict[str, Any]], folding: str
 ) -> dict[str, Any]:
     """Which :data:`EXTRA_GROUPS` to price on their own and how much the FBNet rows weigh: leave-one-row-out
     cross-validation on the *even* FBNet rows (each left-out row's block deltas predicted by a fit on the
@@ -499,8 +526,8 @@ def select_fbnet_terms(
     if any(r["layer"] % 2 for r in fbnet_rows):
         raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a selection")
     col = DEVICE_COLUMNS[name]["column"]
-    use = _fit_rows(rows, col, fold_constants)
-    x, base_keys = _design(use, fold_constants)
+    use = _fit_rows(rows, col, folding)
+    x, base_keys = _design(use, folding)
     y = np.array([float(r[col]) for r in use])
     per_row = len(BLOCKS) - 1
     scores: list[dict[str, Any]] = []
@@ -569,25 +596,27 @@ def fit_energy_model(name: str, rows: Sequence[dict[str, str]], folds: int = 5) 
     meta = ENERGY_COLUMNS[name]
     col = meta["column"]
     scores: dict[str, float] = {}
-    for fold_constants in (True, False):
-        use = _fit_rows(rows, col, fold_constants)
-        x, _ = _design(use, fold_constants)
-        y = np.array([float(r[col]) for r in use])
-        fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+    every = [r for r in rows if r["split"] == "calibration" and r.get(col)]
+    y = np.array([float(r[col]) for r in every])
+    fold = np.array([int(r["arch_index"]) // 5 % folds for r in every])
+    for folding in FOLDINGS:  # every mode scored on the same rows; constant networks are predicted, not fitted
+        x, _ = _design(every, folding)
+        fit = np.array([not is_constant_network(r["arch_str"], folding) for r in every])
         pred = np.zeros_like(y)
         for k in range(folds):
-            pred[fold == k] = x[fold == k] @ _nnls_relative(x[fold != k], y[fold != k])
-        scores["fold_constants" if fold_constants else "no_constant_folding"] = float(spearmanr(pred, y).statistic)
-    fold_constants = scores["fold_constants"] >= scores["no_constant_folding"]
-    use = _fit_rows(rows, col, fold_constants)
+            train = (fold != k) & fit
+            pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
+        scores[folding] = float(spearmanr(pred, y).statistic)
+    folding = max(FOLDINGS, key=lambda f: scores[f])
+    use = _fit_rows(rows, col, folding)
     if not use:
         raise EdgeCompressError(f"no calibration rows with a {col} measurement")
-    x, keys = _design(use, fold_constants)
+    x, keys = _design(use, folding)
     coef = _nnls_relative(x, np.array([float(r[col]) for r in use]))
     return {
         "column": col, "source": meta["source"], "licence": meta["licence"], "unit": "mJ per inference",
         "intercept_mj": float(coef[0]), "coefficients": {k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
-        "fold_constants": fold_constants,
+        "folding": folding,
         "selection": {"cv_spearman": scores, "how": f"{folds}-fold cross-validation on the calibration rows"},
         "fitted_on": f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
     }  # fmt: skip

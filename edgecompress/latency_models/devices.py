@@ -23,6 +23,7 @@ from edgecompress.latency_models.device_model import (
     ENERGY_COLUMNS,
     EXTRA_GROUPS,
     FBNET_DEVICES,
+    FOLDING_NOTES,
     PI5_COLUMNS,
     PI5_SPEEDUP_OVER_PI4,
     DeviceModel,
@@ -79,10 +80,10 @@ def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dic
     hold = _holdout(rows, column)
     if not hold:
         raise EdgeCompressError(f"no holdout rows with a {column} measurement")
-    x, keys = _design(hold, model.fold_constants)
+    x, keys = _design(hold, model.folding)
     y = np.array([float(r[column]) for r in hold])
     pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
-    live = np.array([not is_constant_network(r["arch_str"], model.fold_constants) for r in hold])
+    live = np.array([not is_constant_network(r["arch_str"], model.folding) for r in hold])
     flops = sum(x[:, 1 + keys.index(k)] for k in keys if k.endswith(".mmacs"))
     ranks = metrics(np.maximum(pred, 1e-9), y)
     errors = metrics(pred[live], y[live])
@@ -107,7 +108,7 @@ def validate_energy(model: DeviceModel, rows: list[dict[str, str]]) -> dict[str,
     from scipy.stats import spearmanr
 
     column = model.energy["column"]
-    fold = bool(model.energy["fold_constants"])
+    fold = str(model.energy["folding"])
     hold = _holdout(rows, column)
     if not hold:
         raise EdgeCompressError(f"no holdout rows with a {column} measurement")
@@ -155,20 +156,21 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
         selection = cross_validate_folding(name, rows)
         if name in FBNET_DEVICES:  # MobileNet-style blocks measured on this device: the even rows are fitted too
             fb_rows = load_fbnet_rows(data_dir, "calibration")
-            fb = select_fbnet_terms(name, rows, fb_rows, selection["fold_constants"])
-            model = fit_device_model(name, rows, selection["fold_constants"], fbnet_rows=fb_rows, extra=fb["extra"],
+            fb = select_fbnet_terms(name, rows, fb_rows, selection["folding"])
+            model = fit_device_model(name, rows, selection["folding"], fbnet_rows=fb_rows, extra=fb["extra"],
                                      fbnet_weight=fb["weight"])  # fmt: skip
             selection = {**selection, "fbnet": fb}
         else:
-            model = fit_device_model(name, rows, selection["fold_constants"])
+            model = fit_device_model(name, rows, selection["folding"])
         model.selection = selection
-        if not selection["fold_constants"]:
-            model.notes.append(
-                "calibration networks read as deployed without constant folding (TensorRT via torch2trt: unused "
-                "layers removed, layers on all-zero inputs kept); chosen by cross-validation on calibration rows "
-                f"(Spearman {selection['cv_spearman']['no_constant_folding']:.3f} vs "
-                f"{selection['cv_spearman']['fold_constants']:.3f} with folding)"
-            )
+        cv = selection["cv_spearman"]
+        model.notes.append(
+            f"calibration networks read as compiled with folding {selection['folding']!r} ("
+            + FOLDING_NOTES[selection["folding"]]
+            + "); chosen by cross-validation on calibration rows (Spearman "
+            + ", ".join(f"{f} {cv[f]:.3f}" for f in cv)
+            + ")"
+        )
         report = validate(model, rows, meta["column"])
         model.validation = {k: v for k, v in report.items() if k not in ("predicted", "measured")}
         if name in FBNET_DEVICES:
