@@ -29,19 +29,28 @@ def main() -> None:
     parser.add_argument("--size-ratio", default="0.1,0.025")
     parser.add_argument("--techniques", default="all")
     parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune-lr", type=float, default=None, help="compare's --finetune-lr (default its own)")
+    parser.add_argument("--deep-stages", type=int, default=1)
+    parser.add_argument("--deep-bias-bits", type=int, default=32)
+    parser.add_argument("--variant", default=None, help="result and run-folder name (default: the model)")
     parser.add_argument("--max-batches", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--agent", default="optuna")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    run = Path(f"benchmarks/runs/compare-{args.model}")
+    variant = args.variant or args.model
+    run = Path(f"benchmarks/runs/compare-{variant}")
     cmd = [
         sys.executable, "-m", "edgecompress", "compare", "--model", args.model, "--checkpoint", args.checkpoint,
         "--device", args.device, "--budget-ratio", args.budget_ratio, "--size-ratio", args.size_ratio,
         "--techniques", args.techniques, "--finetune-epochs", str(args.finetune_epochs), "--episodes",
         str(args.episodes), "--agent", args.agent, "--out", str(run),
     ]  # fmt: skip
+    if args.finetune_lr is not None:
+        cmd += ["--finetune-lr", str(args.finetune_lr)]
+    if args.deep_stages != 1 or args.deep_bias_bits != 32:
+        cmd += ["--deep-stages", str(args.deep_stages), "--deep-bias-bits", str(args.deep_bias_bits)]
     if args.max_batches:
         cmd += ["--max-batches", str(args.max_batches)]
     if args.test_samples:
@@ -53,7 +62,7 @@ def main() -> None:
     def brief(row: dict) -> dict:
         out = {k: row.get(k) for k in ("technique", "met", "reason", "setting", "params", "macs", "stored_bytes",
                                        "huffman_bytes", "peak_activation_bytes", "accuracy", "latency_ms",
-                                       "top1_before_finetune", "seconds")}  # fmt: skip
+                                       "top1_before_finetune", "seconds", "policy_note")}  # fmt: skip
         out["budget"] = row.get("budget", {}).get("label")
         if row.get("measured"):
             out["measured_speedup"] = {k: v["speedup"] for k, v in row["measured"].items() if k.startswith("batch")}
@@ -68,7 +77,7 @@ def main() -> None:
         "base": brief(r["base"]), "rows": [brief(x) for x in r["rows"] if x.get("met") is not None],
         "wall_seconds_this_invocation": round(time.time() - started, 1), "run_folder": str(run),
     }  # fmt: skip
-    path = write_result(args.out or result_path("compare_techniques", args.model), payload)
+    path = write_result(args.out or result_path("compare_techniques", variant), payload)
     print(f"wrote {path}")
 
 

@@ -11,7 +11,8 @@ Huffman size: the structure (dense, bitmask, CSR, or Deep Compression's
 relative indices, fixed-width or Huffman-coded), the value stream
 (fp32/fp16 bits, quantization levels with one fp32 scale per output channel,
 or codebook indices with the fp32 codebook; fixed-width or Huffman-coded,
-with one code-length byte per distinct symbol) and the fp32 bias. So the
+with one code-length byte per distinct symbol) and the bias (fp32, or fp16 where the policy's
+``bias_bits`` is 16). So the
 coded bytes of the layers equal the report's ``huffman_bytes_after`` exactly;
 everything else (BatchNorm tensors, activation-quantizer ranges, the JSON
 header, Huffman symbol lists) is the container overhead, reported apart.
@@ -170,8 +171,9 @@ def _raw_codes(vm: dict[str, Any], flat: torch.Tensor) -> np.ndarray:
     raise AssertionError
 
 
-def _encode_tensor(module: nn.Module) -> tuple[dict[str, Any], bytes]:
-    """Code one weight tensor the way ``tensor_storage`` counts its Huffman size; return (header, bytes)."""
+def _encode_tensor(module: nn.Module, bias_bits: int = 32) -> tuple[dict[str, Any], bytes]:
+    """Code one weight tensor the way ``tensor_storage`` counts its Huffman size, and its bias at ``bias_bits``;
+    return (header, bytes)."""
     vm = _value_model(module)
     w = vm["w"]
     flat = w.flatten()
@@ -284,9 +286,11 @@ def _encode_tensor(module: nn.Module) -> tuple[dict[str, Any], bytes]:
     parts.append(extra_bytes)
     header["extra_size"] = len(extra_bytes)
     bias = getattr(module, "bias", None)
-    bias_bytes = bias.detach().float().numpy().tobytes() if bias is not None else b""
+    dtype = np.float16 if bias_bits == 16 else np.float32
+    bias_bytes = bias.detach().float().numpy().astype(dtype).tobytes() if bias is not None else b""
     parts.append(bias_bytes)
     header["bias_size"] = len(bias_bytes)
+    header["bias_bits"] = bias_bits
     data = b"".join(parts)
     assert len(data) == total + len(bias_bytes), (len(data), total, len(bias_bytes))
     return header, data
@@ -354,7 +358,8 @@ def _decode_tensor(h: dict[str, Any], data: bytes) -> tuple[torch.Tensor, torch.
         lv = levels.view(shape).to(torch.float32)
         weight = lv * scale.view((-1,) + (1,) * (len(shape) - 1))
         out = weight.flatten()
-    bias = torch.from_numpy(np.frombuffer(bias_raw, dtype=np.float32).copy()) if bias_raw else None
+    dtype = np.float16 if h.get("bias_bits", 32) == 16 else np.float32
+    bias = torch.from_numpy(np.frombuffer(bias_raw, dtype=dtype).astype(np.float32)) if bias_raw else None
     return out.view(shape), bias
 
 
@@ -370,7 +375,7 @@ def pack_archive(
         if layer.name in gone:
             continue
         for name, module in weight_modules(model, layer.name):
-            coded[name] = _encode_tensor(module)
+            coded[name] = _encode_tensor(module, policy.get(layer.name).bias_bits)
     baked = constraints.bake(copy.deepcopy(model))
     state = baked.state_dict()
     covered = {f"{name}.weight" for name in coded} | {f"{name}.bias" for name in coded}

@@ -123,6 +123,17 @@ def compare_cmd(
         str | None, typer.Option(help="Driver of the searched row: ddpg, optuna, ray, random (default: config's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of students, calibration batches and fine-tuning.")] = 0,
+    deep_stages: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Deep-compression rows: pruning stages, each removing the same fraction of the surviving weights "
+            "and followed by the distillation recipe (1: one-shot).",
+        ),
+    ] = 1,
+    deep_bias_bits: Annotated[
+        int, typer.Option(help="Deep-compression rows: stored bias bits, 32 or 16 (rounded to fp16 and held).")
+    ] = 32,
     accelerator: AcceleratorOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
@@ -145,7 +156,8 @@ def compare_cmd(
         budget_ms=_floats("--budget-ms", budget_ms) or [],
         size_ratios=_floats("--size-ratio", size_ratio) if size_ratio else [],  # type: ignore[arg-type]
         techniques=chosen, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_batches=max_batches,
-        student=student, test_samples=test_samples, threads=threads, seed=seed,
+        student=student, test_samples=test_samples, threads=threads, seed=seed, deep_stages=deep_stages,
+        deep_bias_bits=deep_bias_bits,
     )  # fmt: skip
     r = run_compare(cfg, settings, console)
     console.print(f"comparison: {cfg.out}/compare.md, compare.json, {', '.join(Path(p).name for p in r['plots'])}")

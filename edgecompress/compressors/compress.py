@@ -33,7 +33,7 @@ import edgecompress.compressors.structured
 import edgecompress.compressors.unstructured  # noqa: F401
 from edgecompress._inputs import ExampleInputs, InputSpec, is_shape, normalise
 from edgecompress.analysis import ModelAnalysis, analyze_model, measure_layers
-from edgecompress.compressors.base import TECHNIQUES, CompressionContext, weight_modules
+from edgecompress.compressors.base import TECHNIQUES, CompressionContext, layers_asking, weight_modules
 from edgecompress.compressors.depth import removed_layers
 from edgecompress.compressors.policy import Policy
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
@@ -122,10 +122,24 @@ def compress(
     with torch.enable_grad():
         for name in ORDER:
             TECHNIQUES[name].apply(ctx)
+    _hold_biases(ctx)
     new.eval()
     report = _report(ctx, model)
     _check_recorded(policy, report)
     return new, report
+
+
+def _hold_biases(ctx: CompressionContext) -> None:
+    """``bias_bits`` 16: round each bias to fp16 and hold it there (``requires_grad`` off), so fine-tuning
+    leaves the model computing with exactly the bias it stores."""
+    for name in layers_asking(ctx, lambda lp: lp.bias_bits == 16):
+        for _, m in weight_modules(ctx.model, name):
+            bias = getattr(m, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                with torch.no_grad():
+                    bias.copy_(bias.half().float())
+                bias.requires_grad_(False)
+        ctx.record(name, "bias", bits=16)
 
 
 def _check_recorded(policy: Policy, report: CompressionReport) -> None:
@@ -152,14 +166,14 @@ def _report(ctx: CompressionContext, base: nn.Module) -> CompressionReport:
         recs = [after[n] for n in names if n in after]
         stored = huff = params = nonzero = 0
         encodings: list[str] = []
+        lp = ctx.policy.get(spec.name)
         for _, m in mods:
-            sizes, p, nz = module_storage(m)
+            sizes, p, nz = module_storage(m, bias_bits=lp.bias_bits)
             stored += sizes.stored_bytes
             huff += sizes.huffman_bytes
             params += p
             nonzero += nz
             encodings.append(sizes.encoding)
-        lp = ctx.policy.get(spec.name)
         out_after = recs[-1]["out_channels"] if recs else 0
         layers.append(
             LayerReport(

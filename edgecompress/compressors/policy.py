@@ -33,13 +33,14 @@ from edgecompress._io import read_json, write_json_atomic
 from edgecompress.analysis import compressible_layers
 from edgecompress.errors import PolicyError, did_you_mean
 
-__all__ = ["ABITS", "POLICY_SCHEMA_VERSION", "WBITS", "LayerPolicy", "Policy"]
+__all__ = ["ABITS", "BIAS_BITS", "POLICY_SCHEMA_VERSION", "WBITS", "LayerPolicy", "Policy"]
 
 POLICY_SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 APPLIED_FIELDS = {"channels": "kept output channels", "rank": "kept rank", "act_range": "[min, max] of 8-bit input"}
 WBITS = (32, 16, 8, 6, 4, 2)
 ABITS = (32, 16, 8)
+BIAS_BITS = (32, 16)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class LayerPolicy:
     drop:      remove the residual block this layer belongs to (the block becomes its identity
                shortcut); only for layers of a removable block (``ModelAnalysis.blocks()``), and
                any layer of a block asking removes the whole block.
+    bias_bits: bits of the stored bias, 32 or 16: at 16 the bias is rounded to fp16 and held there
+               (not trained further), so the model computes with exactly what is stored. Not a
+               search knob: a storage choice for size budgets (a LeNet-5's biases are a fifth of
+               its Deep-Compressed bytes at fp32).
     """
 
     keep: float = 1.0
@@ -64,6 +69,7 @@ class LayerPolicy:
     clusters: int = 0
     abits: int = 32
     drop: bool = False
+    bias_bits: int = 32
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,7 +84,7 @@ class LayerPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise bad(name, value, "a number")
-        for name in ("wbits", "clusters", "abits"):
+        for name in ("wbits", "clusters", "abits", "bias_bits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise bad(name, value, "an integer")
@@ -96,6 +102,8 @@ class LayerPolicy:
             raise bad("clusters", self.clusters, "0 (off) or 2..256")
         if self.abits not in ABITS:
             raise bad("abits", self.abits, ", ".join(map(str, ABITS)))
+        if self.bias_bits not in BIAS_BITS:
+            raise bad("bias_bits", self.bias_bits, ", ".join(map(str, BIAS_BITS)))
 
     @property
     def is_identity(self) -> bool:

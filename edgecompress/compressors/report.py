@@ -14,7 +14,8 @@ elements with nnz non-zeros, stored with v bits per value:
   relative indexing with b = 1..8 bits (each entry stores the zeros skipped
   since the previous one; a longer run inserts a filler entry holding an
   explicit zero every 2^b positions);
-* biases stay fp32; every component is rounded up to whole bytes.
+* biases are fp32, or fp16 where the layer's policy has ``bias_bits`` 16 (``compress`` rounds them and
+  holds them there); every component is rounded up to whole bytes.
 
 Huffman bytes Huffman-code the value stream of quantized and shared weights
 and the relative-index stream (Deep Compression), each with a one-byte code
@@ -247,14 +248,15 @@ class CompressionReport:
         }
 
 
-def module_storage(module: nn.Module) -> tuple[SizeBreakdown, int, int]:
-    """Stored size of a conv/linear's weight + bias; returns (sizes, params, non-zero weights)."""
+def module_storage(module: nn.Module, bias_bits: int = 32) -> tuple[SizeBreakdown, int, int]:
+    """Stored size of a conv/linear's weight + bias (``bias_bits`` per bias value: the policy's ``bias_bits``);
+    returns (sizes, params, non-zero weights)."""
     w = constraints.effective_weight(module)
     chain = constraints.transforms(module)
     shared = next((t for t in chain if isinstance(t, constraints.SharedWeights)), None)
     wq = next((t for t in chain if isinstance(t, constraints.WeightFakeQuant)), None)
     bias = getattr(module, "bias", None)
-    bias_bits = 32 * bias.numel() if bias is not None else 0
+    bias_bits = bias_bits * bias.numel() if bias is not None else 0
     if shared is not None:
         k = int(shared.centroids.numel())
         sizes = tensor_storage(

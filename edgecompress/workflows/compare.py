@@ -52,6 +52,7 @@ from edgecompress._lock import run_folder_lock
 from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.artifacts.checkpoint import ModelSpec
 from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, compress
+from edgecompress.compressors.constraints import bake
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle, first_batches
@@ -122,6 +123,11 @@ class CompareSettings:
     keep_min: float = 0.05
     rank_min: float = 0.05
     seed: int = 0
+    deep_stages: int = 1
+    """Deep-compression rows: 1 prunes in one shot; N > 1 prunes in N stages, each removing the same fraction of
+    the surviving weights and followed by the rows' distillation recipe, before the codebooks."""
+    deep_bias_bits: int = 32
+    """Deep-compression rows: bits of the stored biases (16: rounded to fp16 and held, ``LayerPolicy.bias_bits``)."""
 
     def check(self) -> None:
         unknown = [t for t in self.techniques if t not in TECHNIQUES]
@@ -137,6 +143,10 @@ class CompareSettings:
             raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not self.techniques:
             raise ConfigError(f"no technique to compare; choose among {', '.join(TECHNIQUES)}")
+        if self.deep_stages < 1:
+            raise ConfigError(f"deep_stages must be >= 1 (1: one-shot pruning), got {self.deep_stages}")
+        if self.deep_bias_bits not in (32, 16):
+            raise ConfigError(f"deep_bias_bits {self.deep_bias_bits} is invalid; valid: 32, 16")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,6 +184,8 @@ class _Candidate:
     unstructured: str = "magnitude"
     trained_from_scratch: bool = False
     search_seconds: float = 0.0
+    note: str = ""
+    """Said in the row next to its policy (e.g. why ``compress(base, policy)`` alone does not give this model)."""
 
 
 # ---------------------------------------------------------------- pricing and counting
@@ -322,7 +334,9 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
             for sp in ctx.analysis.layers:
                 if deep:  # every layer keeps the same non-zeros per square root of its size; s: the largest's
                     sparsity = 1 - min(1.0, (1 - s) * math.sqrt(largest / max(sp.params, 1)))
-                    layers[sp.name] = LayerPolicy(sparsity=round(sparsity, 5), clusters=DEEP_CLUSTERS)
+                    layers[sp.name] = LayerPolicy(
+                        sparsity=round(sparsity, 5), clusters=DEEP_CLUSTERS, bias_bits=ctx.settings.deep_bias_bits
+                    )
                 else:
                     layers[sp.name] = LayerPolicy(sparsity=s)
             return Policy(layers, base=_base_record(ctx))
@@ -331,6 +345,8 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
         s, n = _mildest(values, lambda s: fits(make(s), method))
         if s is None:
             return None, f"sparsity 0.99 stores {_archive_bytes(ctx, make(0.99), method):,} bytes"
+        if deep and ctx.settings.deep_stages > 1:
+            return _gradual_deep(ctx, make, values, s, budget_bytes)
         p = make(s)
         return _Candidate(*_policy_model(ctx, p, method), {"sparsity": s, "priced": n}, p, unstructured=method), ""
     if technique == "quant":
@@ -346,6 +362,43 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
             return None, f"2-entry codebooks store {_archive_bytes(ctx, make_c(2)):,} bytes"
         return _Candidate(*_policy_model(ctx, make_c(c)), {"clusters": c, "priced": n}, make_c(c)), ""
     raise AssertionError(technique)
+
+
+def _gradual_deep(
+    ctx: _Context, make: Callable[[float], Policy], values: list[float], s: float, budget_bytes: float
+) -> tuple[_Candidate | None, str]:
+    """Deep Compression with the pruning reached in ``deep_stages`` stages: each stage removes the same fraction
+    of every layer's surviving weights (density (1 - s_layer) ** (i / N)) and is followed by the rows'
+    distillation; then the codebooks. ``s`` is where one-shot pricing put the budget; staged training moves the
+    weights, so the final model is re-counted and, where it no longer fits, pruned further along ``values``."""
+    st = ctx.settings
+    target = make(s)
+    student = ctx.base
+    for i in range(1, st.deep_stages + 1):
+        stage = {name: LayerPolicy(sparsity=round(1 - (1 - lp.sparsity) ** (i / st.deep_stages), 5))
+                 for name, lp in target.layers.items()}  # fmt: skip
+        student, _ = compress(student, Policy(stage, base=_base_record(ctx)), analysis=ctx.analysis)
+        ctx.console.print(
+            f"  stage {i}/{st.deep_stages}: largest layer at sparsity {1 - (1 - s) ** (i / st.deep_stages):.4f}"
+        )
+        distill(
+            student, ctx.base, ctx.bundle.train, epochs=st.finetune_epochs, lr=st.finetune_lr,
+            batch_size=st.batch_size, seed=st.seed, max_batches=st.max_batches, progress=True,
+            workers=ctx.bundle.workers, accelerator=ctx.cfg.train.accelerator, precision=ctx.cfg.train.precision,
+        )  # fmt: skip
+        bake(student)  # the fine-tuned sparse weights start the next stage; its zeros stay the smallest
+    for final in values[values.index(s) :]:
+        policy = make(final)
+        model, report = compress(student, policy, analysis=ctx.analysis)
+        if report.totals["huffman_bytes_after"] <= budget_bytes:
+            setting = {"sparsity": final, "one_shot_sparsity": s, "stages": st.deep_stages, "schedule": "geometric",
+                       "bias_bits": st.deep_bias_bits}  # fmt: skip
+            note = (
+                f"pruned in {st.deep_stages} stages with distillation between them, then shared: compress(base, "
+                "policy) gives the one-shot model of the same sparsities, not this one"
+            )
+            return _Candidate(model, report, setting, policy, note=note), ""
+    return None, f"after {st.deep_stages} pruning stages, sparsity {values[-1]} stores more than the budget"
 
 
 def _search_candidate(ctx: _Context, label: str, budget_ms: float) -> tuple[_Candidate | None, str]:
@@ -433,6 +486,8 @@ def _finish_row(ctx: _Context, technique: str, budget: dict[str, Any], cand: _Ca
     )  # fmt: skip
     if cand.policy is not None and cand.unstructured != "magnitude":
         row["policy_note"] = f"replays with compress(..., unstructured={cand.unstructured!r})"
+    if cand.note:
+        row["policy_note"] = cand.note
     return row
 
 
@@ -544,7 +599,11 @@ def run_compare(
         def prepare() -> None:
             write_resolved_config(cfg, out)
             if settings_path.exists():
-                recorded = read_json(settings_path, "comparison settings", ConfigError)
+                # settings added since the folder was made take their defaults
+                recorded = {
+                    **CompareSettings().to_dict(),
+                    **read_json(settings_path, "comparison settings", ConfigError),
+                }
                 if recorded != json.loads(json.dumps(settings.to_dict())):
                     changed = sorted(k for k in recorded if recorded.get(k) != settings.to_dict().get(k))
                     raise ConfigError(

@@ -208,3 +208,22 @@ def test_student_rows_train_a_compact_student(
     assert row["setting"]["student"] in row["setting"]["candidates"]
     assert row["latency_ms"] <= 0.5 * r["base"]["latency_ms"]
     assert row["params"] < r["base"]["params"]
+
+
+def test_gradual_deep_compression_rows_meet_the_size_budget_after_their_stages(
+    tiny_fmnist_shared: Path, resnet_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``deep_stages`` 2: pruned in two stages with distillation between them, then shared with fp16 biases; the
+    row's model (re-counted after the stages) meets the budget, and the row says its policy alone is one-shot."""
+    cfg = _cfg(tiny_fmnist_shared, resnet_checkpoint, tmp_path / "run")
+    settings = _settings(techniques=["deep-compression"], budget_ratios=[], size_ratios=[0.1], deep_stages=2,
+                         deep_bias_bits=16)  # fmt: skip
+    r = run_compare(cfg, settings, QUIET)
+    (row,) = [row for row in r["rows"] if row["technique"] == "deep-compression"]
+    assert row["met"] and row["huffman_bytes"] <= 0.1 * r["base"]["stored_bytes"]
+    assert row["setting"]["stages"] == 2 and row["setting"]["bias_bits"] == 16
+    assert row["setting"]["sparsity"] >= row["setting"]["one_shot_sparsity"]
+    assert all(lp.get("bias_bits") == 16 and lp.get("clusters") == 16 for lp in row["policy"]["layers"].values())
+    assert row["policy_note"].startswith("pruned in 2 stages with distillation between them")
+    with pytest.raises(ConfigError, match="deep_stages must be >= 1 \\(1: one-shot pruning\\), got 0"):
+        run_compare(cfg, CompareSettings(deep_stages=0), QUIET)
