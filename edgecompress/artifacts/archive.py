@@ -286,6 +286,11 @@ def _encode_tensor(module: nn.Module, bias_bits: int = 32) -> tuple[dict[str, An
     parts.append(extra_bytes)
     header["extra_size"] = len(extra_bytes)
     bias = getattr(module, "bias", None)
+    if bias is not None and bias_bits == 16 and not torch.equal(bias.detach(), bias.detach().half().float()):
+        raise CheckpointError(
+            "the policy stores this layer's bias in fp16 (bias_bits 16) but the model's bias is not fp16-exact: "
+            "pack the model compress() made with this policy (it rounds and holds the bias), not another one"
+        )
     dtype = np.float16 if bias_bits == 16 else np.float32
     bias_bytes = bias.detach().float().numpy().astype(dtype).tobytes() if bias is not None else b""
     parts.append(bias_bytes)

@@ -132,14 +132,25 @@ def compress(
 def _hold_biases(ctx: CompressionContext) -> None:
     """``bias_bits`` 16: round each bias to fp16 and hold it there (``requires_grad`` off), so fine-tuning
     leaves the model computing with exactly the bias it stores."""
+    fp16_max = float(torch.finfo(torch.float16).max)
     for name in layers_asking(ctx, lambda lp: lp.bias_bits == 16):
-        for _, m in weight_modules(ctx.model, name):
+        held = 0
+        for module_name, m in weight_modules(ctx.model, name):
             bias = getattr(m, "bias", None)
-            if isinstance(bias, nn.Parameter):
-                with torch.no_grad():
-                    bias.copy_(bias.half().float())
-                bias.requires_grad_(False)
-        ctx.record(name, "bias", bits=16)
+            if not isinstance(bias, nn.Parameter):
+                continue
+            largest = float(bias.detach().abs().max())
+            if largest > fp16_max:
+                raise PolicyError(
+                    f"layer {name!r}: bias_bits = 16, but {module_name}.bias holds {largest:g}, beyond fp16's "
+                    f"largest value {fp16_max:g}; keep bias_bits = 32 for this layer"
+                )
+            with torch.no_grad():
+                bias.copy_(bias.half().float())
+            bias.requires_grad_(False)
+            held += bias.numel()
+        if held:
+            ctx.record(name, "bias", bits=16, values=held)
 
 
 def _check_recorded(policy: Policy, report: CompressionReport) -> None:

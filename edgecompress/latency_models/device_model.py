@@ -353,6 +353,13 @@ class DeviceModel:
         fields = {k: v for k, v in data.items() if k in known}
         if "fold_constants" in data and "folding" not in data:  # written before the ``output`` mode existed
             fields["folding"] = "all" if data["fold_constants"] else "none"
+        energy = dict(fields.get("energy") or {})
+        if "fold_constants" in energy and "folding" not in energy:
+            energy["folding"] = "all" if energy.pop("fold_constants") else "none"
+            fields["energy"] = energy
+        for folding in (fields.get("folding", "all"), energy.get("folding", "all")):
+            if folding not in FOLDINGS:
+                raise EdgeCompressError(f"{source}: folding {folding!r} is not one of: {', '.join(FOLDINGS)}")
         return cls(**fields)
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -374,6 +374,7 @@ def _gradual_deep(
     st = ctx.settings
     target = make(s)
     student = ctx.base
+    stage_seconds = 0.0
     for i in range(1, st.deep_stages + 1):
         stage = {name: LayerPolicy(sparsity=round(1 - (1 - lp.sparsity) ** (i / st.deep_stages), 5))
                  for name, lp in target.layers.items()}  # fmt: skip
@@ -381,18 +382,22 @@ def _gradual_deep(
         ctx.console.print(
             f"  stage {i}/{st.deep_stages}: largest layer at sparsity {1 - (1 - s) ** (i / st.deep_stages):.4f}"
         )
-        distill(
-            student, ctx.base, ctx.bundle.train, epochs=st.finetune_epochs, lr=st.finetune_lr,
-            batch_size=st.batch_size, seed=st.seed, max_batches=st.max_batches, progress=True,
-            workers=ctx.bundle.workers, accelerator=ctx.cfg.train.accelerator, precision=ctx.cfg.train.precision,
-        )  # fmt: skip
+        t0 = time.perf_counter()
+        if st.finetune_epochs > 0:
+            distill(
+                student, ctx.base, ctx.bundle.train, epochs=st.finetune_epochs, lr=st.finetune_lr,
+                batch_size=st.batch_size, seed=st.seed, max_batches=st.max_batches, progress=True,
+                workers=ctx.bundle.workers, accelerator=ctx.cfg.train.accelerator, precision=ctx.cfg.train.precision,
+            )  # fmt: skip
+        stage_seconds += time.perf_counter() - t0
         bake(student)  # the fine-tuned sparse weights start the next stage; its zeros stay the smallest
     for final in values[values.index(s) :]:
         policy = make(final)
         model, report = compress(student, policy, analysis=ctx.analysis)
         if report.totals["huffman_bytes_after"] <= budget_bytes:
             setting = {"sparsity": final, "one_shot_sparsity": s, "stages": st.deep_stages, "schedule": "geometric",
-                       "bias_bits": st.deep_bias_bits}  # fmt: skip
+                       "bias_bits": st.deep_bias_bits,
+                       "stage_distillation_seconds": round(stage_seconds, 2)}  # fmt: skip
             note = (
                 f"pruned in {st.deep_stages} stages with distillation between them, then shared: compress(base, "
                 "policy) gives the one-shot model of the same sparsities, not this one"

@@ -12,7 +12,7 @@ import torch.nn as nn
 from edgecompress import LayerPolicy, Policy, compress
 from edgecompress.artifacts.archive import load_archive, pack_archive
 from edgecompress.artifacts.checkpoint import ModelSpec
-from edgecompress.errors import PolicyError
+from edgecompress.errors import CheckpointError, PolicyError
 
 SHAPE = [1, 1, 28, 28]
 
@@ -64,3 +64,16 @@ def test_fp16_biases_are_rounded_held_counted_and_archived() -> None:
     x = torch.randn(4, *SHAPE[1:])
     assert torch.equal(restored(x), small(x))
     del full
+
+
+def test_a_bias_beyond_fp16_is_refused_and_the_archive_packs_only_held_biases() -> None:
+    model, spec, half = _lenet(bias_bits=16)
+    with torch.no_grad():
+        model.fc3.bias[0] = 1e6
+    with pytest.raises(PolicyError, match=r"layer 'fc3': bias_bits = 16, but fc3.bias holds 1e\+06, beyond fp16"):
+        compress(model, half)
+    model, spec, half = _lenet(bias_bits=16)
+    _, plain = _lenet()[1:]
+    unheld, _ = compress(model, plain)  # fp32 biases, packed as if the policy held them in fp16
+    with pytest.raises(CheckpointError, match="the policy stores this layer's bias in fp16 \\(bias_bits 16\\)"):
+        pack_archive(unheld, spec, half)

@@ -230,3 +230,16 @@ def test_a_cpu_table_is_refused_for_a_gpu_profile_unless_forced(tmp_path) -> Non
             assert forced.total_ms > 0
         else:
             assert estimate_latency(model, (1, 1, 28, 28), "jetson-nano", table=path).total_ms > 0
+
+
+def test_a_profile_written_before_the_output_folding_loads() -> None:
+    """Profiles from before ``folding`` had ``fold_constants`` booleans (the model's and its energy model's)."""
+    old = {
+        "format": "edgecompress.device_model", "version": 1, "name": "t", "device": "t", "precision": "fp32",
+        "intercept_ms": 1.0, "coefficients": {"conv_k3.count": 0.1}, "source": "synthetic", "fold_constants": False,
+        "energy": {"intercept_mj": 1.0, "coefficients": {}, "fold_constants": True},
+    }  # fmt: skip
+    model = DeviceModel.from_dict(old)
+    assert model.folding == "none" and model.energy["folding"] == "all" and "fold_constants" not in model.energy
+    with pytest.raises(EdgeCompressError, match="folding 'some' is not one of: all, output, none"):
+        DeviceModel.from_dict({**old, "folding": "some"})

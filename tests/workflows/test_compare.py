@@ -227,3 +227,9 @@ def test_gradual_deep_compression_rows_meet_the_size_budget_after_their_stages(
     assert row["policy_note"].startswith("pruned in 2 stages with distillation between them")
     with pytest.raises(ConfigError, match="deep_stages must be >= 1 \\(1: one-shot pruning\\), got 0"):
         run_compare(cfg, CompareSettings(deep_stages=0), QUIET)
+    # Without distillation the stages only prune (no training run is started with 0 epochs).
+    cfg = _cfg(tiny_fmnist_shared, resnet_checkpoint, tmp_path / "no-ft")
+    r = run_compare(cfg, _settings(techniques=["deep-compression"], budget_ratios=[], size_ratios=[0.1],
+                                   deep_stages=2, finetune_epochs=0), QUIET)  # fmt: skip
+    (row,) = r["rows"]
+    assert row["met"] and row["setting"]["stages"] == 2 and row["setting"]["bias_bits"] == 32
