@@ -403,19 +403,16 @@ def _fit_rows(rows: Sequence[dict[str, str]], col: str, folding: str) -> list[di
     ]  # fmt: skip
 
 
-def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
-    """5-fold cross-validated Spearman of the cost model on the *calibration* rows under each way the calibration
-    networks may have been compiled (:data:`FOLDINGS`); the assumption that predicts best wins.
-
-    Only calibration rows are split (by ``arch_index % folds``); the holdout rows play no part.
-    """
+def _cv_spearman_by_folding(rows: Sequence[dict[str, str]], col: str, folds: int) -> dict[str, float]:
+    """Per reading in :data:`FOLDINGS`: the ``folds``-fold cross-validated Spearman of the cost model on the
+    calibration rows with a ``col`` measurement (folds by ``arch_index // 5 % folds``). Every reading is scored on
+    the same rows; constant networks are predicted, never fitted."""
     from scipy.stats import spearmanr
 
-    col = DEVICE_COLUMNS[name]["column"]
-    scores: dict[str, float] = {}
     use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
     y = np.array([float(r[col]) for r in use])
     fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+    scores: dict[str, float] = {}
     for folding in FOLDINGS:
         x, _ = _design(use, folding)
         fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
@@ -424,6 +421,17 @@ def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int
             train = (fold != k) & fit
             pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
         scores[folding] = float(spearmanr(pred, y).statistic)
+    return scores
+
+
+def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
+    """5-fold cross-validated Spearman of the cost model on the *calibration* rows under each way the calibration
+    networks may have been compiled (:data:`FOLDINGS`); the assumption that predicts best wins.
+
+    Only calibration rows are split (by ``arch_index % folds``); the holdout rows play no part.
+    """
+
+    scores = _cv_spearman_by_folding(rows, DEVICE_COLUMNS[name]["column"], folds)
     return {
         "cv_spearman": scores,
         "folding": max(FOLDINGS, key=lambda f: scores[f]),
@@ -598,22 +606,10 @@ def fit_energy_model(name: str, rows: Sequence[dict[str, str]], folds: int = 5) 
     that have an energy measurement (non-negative least squares on relative error). Whether the calibration
     networks are read with constant folding is chosen by ``folds``-fold cross-validated Spearman on the
     calibration rows, as for latency; the holdout rows play no part."""
-    from scipy.stats import spearmanr
 
     meta = ENERGY_COLUMNS[name]
     col = meta["column"]
-    scores: dict[str, float] = {}
-    every = [r for r in rows if r["split"] == "calibration" and r.get(col)]
-    y = np.array([float(r[col]) for r in every])
-    fold = np.array([int(r["arch_index"]) // 5 % folds for r in every])
-    for folding in FOLDINGS:  # every mode scored on the same rows; constant networks are predicted, not fitted
-        x, _ = _design(every, folding)
-        fit = np.array([not is_constant_network(r["arch_str"], folding) for r in every])
-        pred = np.zeros_like(y)
-        for k in range(folds):
-            train = (fold != k) & fit
-            pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
-        scores[folding] = float(spearmanr(pred, y).statistic)
+    scores = _cv_spearman_by_folding(rows, col, folds)
     folding = max(FOLDINGS, key=lambda f: scores[f])
     use = _fit_rows(rows, col, folding)
     if not use:

@@ -53,6 +53,7 @@ from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.artifacts.checkpoint import ModelSpec
 from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, compress
 from edgecompress.compressors.constraints import bake
+from edgecompress.compressors.policy import BIAS_BITS
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle, first_batches
@@ -145,8 +146,10 @@ class CompareSettings:
             raise ConfigError(f"no technique to compare; choose among {', '.join(TECHNIQUES)}")
         if self.deep_stages < 1:
             raise ConfigError(f"deep_stages must be >= 1 (1: one-shot pruning), got {self.deep_stages}")
-        if self.deep_bias_bits not in (32, 16):
-            raise ConfigError(f"deep_bias_bits {self.deep_bias_bits} is invalid; valid: 32, 16")
+        if self.deep_bias_bits not in BIAS_BITS:
+            raise ConfigError(
+                f"deep_bias_bits {self.deep_bias_bits} is invalid; valid: {', '.join(map(str, BIAS_BITS))}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
