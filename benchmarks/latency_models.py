@@ -6,7 +6,7 @@
 1. Refit every public device model on the calibration rows (`edgecompress latency
    calibrate`) and report holdout Spearman / Kendall / MAPE next to the FLOPs ranking.
 2. Profile this machine (`host`): every operator signature reachable from lenet5,
-   resnet20, mobilenetv2 and mobilenetv2-0.5 in ONNX Runtime (2 threads, median), fit the in-graph
+   resnet20, mobilenetv2 and mobilenetv2-0.5 in ONNX Runtime (1 thread, median), fit the in-graph
    context factors on fixed calibration models, then compare the table's sum with
    measured end-to-end latency of random compressed models (channels rounded to 8
    and to 16), and of random models with unrounded channels (to show what odd
@@ -14,8 +14,9 @@
    unchanged model, which is timed in the same round-robin rounds.
 
 Writes the profiles under edgecompress/latency_models/profiles/ and
-benchmarks/results/latency_models__<profile>[-reuse-table].json (profile ``host`` at 2 threads,
-else ``host-Nthread``). Run it on an otherwise idle machine.
+benchmarks/results/latency_models__host-<N>thread[-reuse-table].json (the profile is ``host`` at 1 thread,
+the count whose timings hold on a 2-core VM, else ``host-Nthread``; before 2026-12-04 ``host`` was the 2-thread
+table and its results were latency_models__host*.json). Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -42,15 +43,15 @@ console = make_console()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-model", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="1: the shipped `host`; N: `host-Nthread`")
     parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
     parser.add_argument(
-        "--out", default=None, help="default: benchmarks/results/latency_models__<profile>[-reuse-table].json"
+        "--out", default=None, help="default: benchmarks/results/latency_models__host-<N>thread[-reuse-table].json"
     )
     args = parser.parse_args()
     if args.out is None:
-        variant = "host" if args.threads == 2 else f"host-{args.threads}thread"
+        variant = f"host-{args.threads}thread"
         args.out = result_path("latency_models", f"{variant}-reuse-table" if args.reuse_table else variant)
     result: dict[str, Any] = {}
     console.print("[bold]1/2 device models[/]")
@@ -71,8 +72,8 @@ def main() -> None:
                 )
     result["device_models"] = devices
     console.print("[bold]2/2 host table[/]")
-    # The 2-thread table is `host`; other thread counts ship beside it as `host-Nthread`.
-    profile = "host" if args.threads == 2 else f"host-{args.threads}thread"
+    # The 1-thread table is `host`; other thread counts ship beside it as `host-Nthread`.
+    profile = "host" if args.threads == 1 else f"host-{args.threads}thread"
     path = PROFILE_DIR / f"{profile}.table.json"
     keys: list[str] = []
     for name in ("lenet5", "resnet20", "mobilenetv2", "mobilenetv2-0.5"):

@@ -36,14 +36,32 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "fc-c16": {"sparsity": {"conv1": 0.3, "conv2": 0.8, "fc1": 0.965, "fc2": 0.92, "fc3": 0.7}, "clusters": 16},
     "conv-light-c16": {"sparsity": {"conv1": 0.2, "conv2": 0.75, "fc1": 0.97, "fc2": 0.9, "fc3": 0.6}, "clusters": 16},
     "fc1-96-c16": {"sparsity": {"conv1": 0.3, "conv2": 0.8, "fc1": 0.96, "fc2": 0.92, "fc3": 0.7}, "clusters": 16},
+    # 8-entry codebooks: a 16-entry fp32 codebook is 64 bytes, as much as conv1's 90 surviving weights, and each
+    # index one bit shorter; counted on the one-shot model, all-8 stores ~12% less than all-16 at the same
+    # sparsities, which the candidates below spend on keeping more weights (fc1 at 95.5-96%, conv2 at 75-80%).
+    # "mix" keeps 16 entries where a layer has more than ~300 survivors.
+    "c8-a": {"sparsity": {"conv1": 0.3, "conv2": 0.8, "fc1": 0.955, "fc2": 0.92, "fc3": 0.7}, "clusters": 8},
+    "c8-b": {"sparsity": {"conv1": 0.3, "conv2": 0.75, "fc1": 0.96, "fc2": 0.9, "fc3": 0.6}, "clusters": 8},
+    "c8-c": {"sparsity": {"conv1": 0.3, "conv2": 0.75, "fc1": 0.955, "fc2": 0.9, "fc3": 0.6}, "clusters": 8},
+    "mix-a": {
+        "sparsity": {"conv1": 0.3, "conv2": 0.8, "fc1": 0.96, "fc2": 0.92, "fc3": 0.7},
+        "clusters": {"conv1": 8, "conv2": 16, "fc1": 16, "fc2": 16, "fc3": 8},
+    },
 }
 
 
-def stage_sparsity(final: float, fraction: float, schedule: str) -> float:
-    """A layer's sparsity after ``fraction`` of the stages: linear in sparsity, or geometric in density."""
-    if schedule == "linear":
-        return round(final * fraction, 4)
-    return round(1 - (1 - final) ** fraction, 4)
+def clusters_of(setting: dict[str, Any], layer: str) -> int:
+    """A candidate's codebook size for ``layer``: one for every layer, or one per layer."""
+    c = setting["clusters"]
+    return int(c[layer]) if isinstance(c, dict) else int(c)
+
+
+def stage_sparsity(final: float, stage: int, stages: int, schedule: str) -> float:
+    """A layer's sparsity after ``stage`` of ``stages``: linear in sparsity, or geometric in density (the
+    library's :func:`edgecompress.compressors.unstructured.staged_sparsity`, which ``compare --deep-stages`` uses)."""
+    from edgecompress.compressors.unstructured import staged_sparsity
+
+    return round(final * stage / stages if schedule == "linear" else staged_sparsity(final, stage, stages), 4)
 
 
 def schedule_fractions(stages: int) -> list[float]:
@@ -59,14 +77,14 @@ def run(name: str, setting: dict[str, Any], base: Any, data: Any, args: argparse
     t0 = time.perf_counter()
     student = base
     stages = []
-    for fraction in schedule_fractions(args.stages):
-        policy = Policy({n: LayerPolicy(sparsity=stage_sparsity(s, fraction, args.schedule))
+    for i, fraction in enumerate(schedule_fractions(args.stages), start=1):
+        policy = Policy({n: LayerPolicy(sparsity=stage_sparsity(s, i, args.stages, args.schedule))
                          for n, s in setting["sparsity"].items()}, base=shape)  # fmt: skip
         student, _ = compress(student, policy)
         distill(student, base, data.train, epochs=args.stage_epochs, lr=args.lr, progress=False)
         bake(student)  # the fine-tuned sparse weights are the next stage's start; zeros stay the smallest
         stages.append({"fraction": fraction, "val": evaluate(student, data.val)["top1"]})
-    full = Policy({n: LayerPolicy(sparsity=s, clusters=setting["clusters"], bias_bits=args.bias_bits)
+    full = Policy({n: LayerPolicy(sparsity=s, clusters=clusters_of(setting, n), bias_bits=args.bias_bits)
                    for n, s in setting["sparsity"].items()}, base=shape)  # fmt: skip
     final, report = compress(student, full)
     shared_val = evaluate(final, data.val)["top1"]
@@ -98,6 +116,35 @@ def run(name: str, setting: dict[str, Any], base: Any, data: Any, args: argparse
     }
 
 
+def _base_accuracy(checkpoint: str) -> tuple[float, float]:
+    from edgecompress.artifacts.checkpoint import load_checkpoint
+    from edgecompress.data import load_dataset
+    from edgecompress.training import evaluate
+
+    base, spec = load_checkpoint(checkpoint)
+    data = load_dataset(spec.dataset)
+    return evaluate(base, data.val)["top1"], evaluate(base, data.test)["top1"]
+
+
+def _run_candidate(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One candidate from the checkpoint, seeded alike whether run alone or in a worker process."""
+    import torch
+
+    from edgecompress.artifacts.checkpoint import load_checkpoint
+    from edgecompress.data import load_dataset
+
+    if args.jobs > 1:
+        torch.set_num_threads(1)
+    torch.manual_seed(0)
+    base, spec = load_checkpoint(args.checkpoint)
+    return run(name, CANDIDATES[name], base, load_dataset(spec.dataset), args)
+
+
+def _print_run(r: dict[str, Any], base_val: float, base_test: float) -> None:
+    print(f"{r['candidate']}: {r['ratio_huffman']:.1f}x (Huffman), val {r['val_final']:.4f} (base {base_val:.4f}), "
+          f"test {r['test_final']:.4f} (base {base_test:.4f}), {r['seconds']:.0f} s", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/lenet5-fashion-mnist.pt")
@@ -120,24 +167,30 @@ def main() -> None:
         help="bits of the stored biases (16: rounded to fp16 when the weights are shared, then held)",
     )
     parser.add_argument("--only", nargs="*", default=list(CANDIDATES))
-    parser.add_argument("--out", default=result_path("lenet_deep_compression"))
+    parser.add_argument("--jobs", type=int, default=1, help="candidates run at once, one process and thread each")
+    parser.add_argument("--variant", default="", help="result name suffix: lenet_deep_compression__VARIANT.json")
+    parser.add_argument("--out", default=None, help="result file (default from --variant)")
     args = parser.parse_args()
-    import torch
-
-    from edgecompress.artifacts.checkpoint import load_checkpoint
-    from edgecompress.data import load_dataset
-    from edgecompress.training import evaluate
-
-    torch.manual_seed(0)
-    base, spec = load_checkpoint(args.checkpoint)
-    data = load_dataset(spec.dataset)
-    base_val, base_test = evaluate(base, data.val)["top1"], evaluate(base, data.test)["top1"]
+    unknown = [n for n in args.only if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidate(s) {', '.join(unknown)}; valid: {', '.join(CANDIDATES)}")
+    args.out = args.out or result_path("lenet_deep_compression", args.variant)
+    base_val, base_test = _base_accuracy(args.checkpoint)
     runs = []
-    for name in args.only:
-        r = run(name, CANDIDATES[name], base, data, args)
-        runs.append(r)
-        print(f"{name}: {r['ratio_huffman']:.1f}x (Huffman), val {r['val_final']:.4f} (base {base_val:.4f}), "
-              f"test {r['test_final']:.4f} (base {base_test:.4f}), {r['seconds']:.0f} s", flush=True)  # fmt: skip
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_candidate, name, args) for name in args.only]
+            for f in as_completed(futures):
+                runs.append(f.result())
+                _print_run(runs[-1], base_val, base_test)
+        runs.sort(key=lambda r: args.only.index(r["candidate"]))
+    else:
+        for name in args.only:
+            runs.append(_run_candidate(name, args))
+            _print_run(runs[-1], base_val, base_test)
     reaching = [r for r in runs if r["ratio_huffman"] >= args.target]
     chosen = max(reaching, key=lambda r: r["val_final"]) if reaching else None
     write_result(args.out, {

@@ -97,15 +97,17 @@ def entry_name(
     techniques: tuple[str, ...] = ("keep",),
 ) -> str:
     """Results key and run folder: the model's name at the issue's 0.5 budget and AMC's scoring without
-    fine-tuning on the host table, else with the budget, the fine-tuning steps per scored policy and
+    fine-tuning, else with the budget, the fine-tuning steps per scored policy and
     ``-measured`` where each policy's latency was measured during the search, ``-fill`` where policies were
-    widened into their unused budget, ``-keep-drop`` (the techniques) where they are not ``keep`` alone."""
+    widened into their unused budget, ``-keep-drop`` (the techniques) where they are not ``keep`` alone, and
+    the device table last."""
     name = model if budget_ratio == 0.5 else f"{model}-budget{budget_ratio:g}"
     name = f"{name}-ft{finetune_batches}" if finetune_batches else name
     name = f"{name}-measured" if latency == "measured" else name
     name = f"{name}-fill" if fill else name
     name = name if tuple(techniques) == ("keep",) else f"{name}-{'-'.join(techniques)}"
-    return name if device == "host" else f"{name}-{device}"
+    # Results without a device suffix predate 2026-12-04 and used the then `host`, the 2-thread table.
+    return f"{name}-{device}"
 
 
 def interleaved(files: dict[str, Path], rounds: int) -> dict[str, Any]:
@@ -303,7 +305,8 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--device", default="host",
-        help="the table the search budgets and predicts with: host (2 threads) or host-1thread",
+        help="the table the search budgets and predicts with: host (1 thread; before 2026-12-04 the 2-thread "
+        "table, now host-2thread, and results without a device suffix used that one) or host-2thread",
     )  # fmt: skip
     parser.add_argument(
         "--fill-budget", action="store_true", help="search.fill_budget: widen policies into their unused budget"

@@ -253,7 +253,7 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
 
 
 def is_host(device: str) -> bool:
-    """A table profiled on this machine: ``host`` (2 threads) or ``host-Nthread``."""
+    """A table profiled on this machine: ``host`` (1 thread) or ``host-Nthread``."""
     return device == "host" or (device.startswith("host-") and device.endswith("thread"))
 
 

@@ -40,10 +40,13 @@ from edgecompress.latency_models.device_model import (
 from edgecompress.latency_models.fbnet import load_fbnet_rows
 from edgecompress.latency_models.table import LatencyTable
 
-__all__ = ["PROFILE_DIR", "calibrate", "calibrate_energy", "list_devices", "load_device", "validate", "validate_energy"]
+__all__ = ["DEVICE_ALIASES", "PROFILE_DIR", "calibrate", "calibrate_energy", "list_devices", "load_device", "validate", "validate_energy"]
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 PI5 = "raspberry-pi-5"
+DEVICE_ALIASES = {"host-1thread": "host"}
+"""Former profile names still accepted: ``host`` is the 1-thread table since it is the one that holds its
+validation on a 2-core machine (the 2-thread table is ``host-2thread``)."""
 
 
 def list_devices(profile_dir: Path = PROFILE_DIR) -> list[str]:
@@ -52,6 +55,7 @@ def list_devices(profile_dir: Path = PROFILE_DIR) -> list[str]:
 
 
 def load_device(name: str, profile_dir: Path = PROFILE_DIR) -> DeviceModel | LatencyTable:
+    name = DEVICE_ALIASES.get(name, name)
     table = profile_dir / f"{name}.table.json"
     if table.is_file():
         return LatencyTable.load(table)

@@ -55,6 +55,7 @@ from edgecompress.compressors import CompressionReport, LayerPolicy, Policy, com
 from edgecompress.compressors.constraints import bake
 from edgecompress.compressors.policy import BIAS_BITS
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
+from edgecompress.compressors.unstructured import staged_sparsity
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle, first_batches
 from edgecompress.drivers import get_driver
@@ -379,11 +380,11 @@ def _gradual_deep(
     student = ctx.base
     stage_seconds = 0.0
     for i in range(1, st.deep_stages + 1):
-        stage = {name: LayerPolicy(sparsity=round(1 - (1 - lp.sparsity) ** (i / st.deep_stages), 5))
+        stage = {name: LayerPolicy(sparsity=staged_sparsity(lp.sparsity, i, st.deep_stages))
                  for name, lp in target.layers.items()}  # fmt: skip
         student, _ = compress(student, Policy(stage, base=_base_record(ctx)), analysis=ctx.analysis)
         ctx.console.print(
-            f"  stage {i}/{st.deep_stages}: largest layer at sparsity {1 - (1 - s) ** (i / st.deep_stages):.4f}"
+            f"  stage {i}/{st.deep_stages}: largest layer at sparsity {staged_sparsity(s, i, st.deep_stages):.4f}"
         )
         t0 = time.perf_counter()
         if st.finetune_epochs > 0:

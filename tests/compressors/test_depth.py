@@ -77,7 +77,7 @@ def test_drop_with_pruning_removes_operators_and_predicted_latency(resnet20) -> 
     ops_pruned, ops_both = trace_ops(pruned, SHAPE), trace_ops(both, SHAPE)
     assert len(ops_pruned) - len(ops_both) == 2 * (len(ops_pruned) - len(trace_ops(_drop_one(pruned), SHAPE)))
     assert dispatched_ops(ops_both) < dispatched_ops(ops_pruned)
-    for device in ("raspberry-pi-4", "host-1thread"):
+    for device in ("raspberry-pi-4", "host"):
         assert estimate_latency(both, SHAPE, device).total_ms < estimate_latency(pruned, SHAPE, device).total_ms
     assert not report.skipped
 

@@ -111,14 +111,18 @@ def test_metrics_known_answer() -> None:
 def test_shipped_profiles() -> None:
     assert list_devices() == [
         "host",
-        "host-1thread",
+        "host-2thread",
         "jetson-nano",
         "jetson-nano-fp16",
         "jetson-tx2",
         "raspberry-pi-4",
         "raspberry-pi-5",
     ]
-    assert load_device("host").meta["threads"] == 2 and load_device("host-1thread").meta["threads"] == 1
+    host = load_device("host")  # the table that holds its validation here: 1 thread
+    assert host.meta["threads"] == 1 and load_device("host-2thread").meta["threads"] == 2
+    v = host.meta["validation"]
+    assert v["n"] >= 32 and v["median_abs_error"] <= 0.10 and v["spearman"] >= 0.95
+    assert load_device("host-1thread").path == host.path  # the former name still loads it
     pi4 = load_device("raspberry-pi-4")
     assert pi4.validation["rows"] == "holdout (arch_index % 5 == 0)" and pi4.licence == "MIT"
     pi5 = load_device("raspberry-pi-5")

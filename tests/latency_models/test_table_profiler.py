@@ -310,7 +310,7 @@ def test_validate_table_compares_other_tables_on_the_same_measurements() -> None
     from edgecompress.latency_models.devices import PROFILE_DIR
     from edgecompress.latency_models.host import validate_table
 
-    table = LatencyTable.load(PROFILE_DIR / "host-1thread.table.json")
+    table = LatencyTable.load(PROFILE_DIR / "host.table.json")
     assert table.channel_block == 16
     unblocked = LatencyTable({**table.meta, "channel_block": 1}, table.entries)
     doubled = LatencyTable(table.meta, {k: {**e, "ms": 2 * e["ms"]} for k, e in table.entries.items()})

@@ -93,8 +93,8 @@ def test_fill_takes_whole_simd_blocks_on_a_blocked_table(setup) -> None:
 
     model, data = setup
     shape = (1, 1, 28, 28)
-    assert load_device("host-1thread").channel_block == 16
-    obj = Objective(model, data.val, "host-1thread", input_shape=shape)
+    assert load_device("host").channel_block == 16
+    obj = Objective(model, data.val, "host", input_shape=shape)
     lean = Policy.uniform(model, keep=0.2, round_to=8)
     budget = 0.5 * obj.base_latency_ms()
     wide, steps = fill(obj, lean, budget)

@@ -11,4 +11,5 @@ def test_unknown_device_suggests() -> None:
         load_run_config(None, {"device": "raspberry-pi4"})
     msg = str(err.value)
     assert "device = 'raspberry-pi4': unknown device. Did you mean 'raspberry-pi-4'?" in msg
-    assert "Valid devices: host, host-1thread, jetson-nano" in msg
+    assert "Valid devices: host, host-2thread, jetson-nano" in msg
+    assert load_run_config(None, {"device": "host-1thread"}).device == "host"  # a former name, recorded as now
