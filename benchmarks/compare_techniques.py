@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=None, help="compare's --finetune-lr (default its own)")
     parser.add_argument("--deep-stages", type=int, default=1)
     parser.add_argument("--deep-bias-bits", type=int, default=32)
+    parser.add_argument("--deep-clusters", type=int, default=16)
     parser.add_argument("--variant", default=None, help="result and run-folder name (default: the model)")
     parser.add_argument("--max-batches", type=int, default=None)
     parser.add_argument("--test-samples", type=int, default=None)
@@ -51,6 +52,8 @@ def main() -> None:
         cmd += ["--finetune-lr", str(args.finetune_lr)]
     if args.deep_stages != 1 or args.deep_bias_bits != 32:
         cmd += ["--deep-stages", str(args.deep_stages), "--deep-bias-bits", str(args.deep_bias_bits)]
+    if args.deep_clusters != 16:
+        cmd += ["--deep-clusters", str(args.deep_clusters)]
     if args.max_batches:
         cmd += ["--max-batches", str(args.max_batches)]
     if args.test_samples:

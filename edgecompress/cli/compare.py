@@ -134,6 +134,9 @@ def compare_cmd(
     deep_bias_bits: Annotated[
         int, typer.Option(help="Deep-compression rows: stored bias bits, 32 or 16 (rounded to fp16 and held).")
     ] = 32,
+    deep_clusters: Annotated[
+        int, typer.Option(help="Deep-compression rows: entries of each layer's k-means codebook (2-256, a power of 2).")
+    ] = 16,
     accelerator: AcceleratorOpt = None,
     precision: PrecisionOpt = None,
 ) -> None:
@@ -157,7 +160,7 @@ def compare_cmd(
         size_ratios=_floats("--size-ratio", size_ratio) if size_ratio else [],  # type: ignore[arg-type]
         techniques=chosen, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_batches=max_batches,
         student=student, test_samples=test_samples, threads=threads, seed=seed, deep_stages=deep_stages,
-        deep_bias_bits=deep_bias_bits,
+        deep_bias_bits=deep_bias_bits, deep_clusters=deep_clusters,
     )  # fmt: skip
     r = run_compare(cfg, settings, console)
     console.print(f"comparison: {cfg.out}/compare.md, compare.json, {', '.join(Path(p).name for p in r['plots'])}")

@@ -87,7 +87,8 @@ DESCRIPTIONS = {
     "quant": "uniform weight quantization, one bit width on every layer (8, 6, 4, 2)",
     "sharing": "weight sharing: one k-means codebook size on every layer, Huffman-coded indices",
     "deep-compression": "magnitude pruning (sparsity s on the largest layer, the same non-zeros per square root "
-    "of layer size elsewhere) plus 16-entry weight sharing, Huffman coded (Han et al. 2016)",
+    "of layer size elsewhere) plus k-means weight sharing (16 entries unless --deep-clusters), Huffman coded "
+    "(Han et al. 2016)",
 }
 SIZE_NOTE = (
     "size technique: unstructured sparsity, low-bit weights and codebooks shrink the stored file but not the "
@@ -130,6 +131,8 @@ class CompareSettings:
     the surviving weights and followed by the rows' distillation recipe, before the codebooks."""
     deep_bias_bits: int = 32
     """Deep-compression rows: bits of the stored biases (16: rounded to fp16 and held, ``LayerPolicy.bias_bits``)."""
+    deep_clusters: int = DEEP_CLUSTERS
+    """Deep-compression rows: entries of every layer's codebook (a power of two, 2-256)."""
 
     def check(self) -> None:
         unknown = [t for t in self.techniques if t not in TECHNIQUES]
@@ -147,6 +150,10 @@ class CompareSettings:
             raise ConfigError(f"no technique to compare; choose among {', '.join(TECHNIQUES)}")
         if self.deep_stages < 1:
             raise ConfigError(f"deep_stages must be >= 1 (1: one-shot pruning), got {self.deep_stages}")
+        if self.deep_clusters not in SHARING_CLUSTERS:
+            raise ConfigError(
+                f"deep_clusters {self.deep_clusters} is invalid; valid: {', '.join(map(str, sorted(SHARING_CLUSTERS)))}"
+            )
         if self.deep_bias_bits not in BIAS_BITS:
             raise ConfigError(
                 f"deep_bias_bits {self.deep_bias_bits} is invalid; valid: {', '.join(map(str, BIAS_BITS))}"
@@ -339,7 +346,8 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
                 if deep:  # every layer keeps the same non-zeros per square root of its size; s: the largest's
                     sparsity = 1 - min(1.0, (1 - s) * math.sqrt(largest / max(sp.params, 1)))
                     layers[sp.name] = LayerPolicy(
-                        sparsity=round(sparsity, 5), clusters=DEEP_CLUSTERS, bias_bits=ctx.settings.deep_bias_bits
+                        sparsity=round(sparsity, 5), clusters=ctx.settings.deep_clusters,
+                        bias_bits=ctx.settings.deep_bias_bits,
                     )
                 else:
                     layers[sp.name] = LayerPolicy(sparsity=s)
@@ -400,7 +408,7 @@ def _gradual_deep(
         model, report = compress(student, policy, analysis=ctx.analysis)
         if report.totals["huffman_bytes_after"] <= budget_bytes:
             setting = {"sparsity": final, "one_shot_sparsity": s, "stages": st.deep_stages, "schedule": "geometric",
-                       "bias_bits": st.deep_bias_bits,
+                       "bias_bits": st.deep_bias_bits, "clusters": st.deep_clusters,
                        "stage_distillation_seconds": round(stage_seconds, 2)}  # fmt: skip
             note = (
                 f"pruned in {st.deep_stages} stages with distillation between them, then shared: compress(base, "

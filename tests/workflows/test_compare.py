@@ -217,16 +217,18 @@ def test_gradual_deep_compression_rows_meet_the_size_budget_after_their_stages(
     row's model (re-counted after the stages) meets the budget, and the row says its policy alone is one-shot."""
     cfg = _cfg(tiny_fmnist_shared, resnet_checkpoint, tmp_path / "run")
     settings = _settings(techniques=["deep-compression"], budget_ratios=[], size_ratios=[0.1], deep_stages=2,
-                         deep_bias_bits=16)  # fmt: skip
+                         deep_bias_bits=16, deep_clusters=8)  # fmt: skip
     r = run_compare(cfg, settings, QUIET)
     (row,) = [row for row in r["rows"] if row["technique"] == "deep-compression"]
     assert row["met"] and row["huffman_bytes"] <= 0.1 * r["base"]["stored_bytes"]
-    assert row["setting"]["stages"] == 2 and row["setting"]["bias_bits"] == 16
+    assert row["setting"]["stages"] == 2 and row["setting"]["bias_bits"] == 16 and row["setting"]["clusters"] == 8
     assert row["setting"]["sparsity"] >= row["setting"]["one_shot_sparsity"]
-    assert all(lp.get("bias_bits") == 16 and lp.get("clusters") == 16 for lp in row["policy"]["layers"].values())
+    assert all(lp.get("bias_bits") == 16 and lp.get("clusters") == 8 for lp in row["policy"]["layers"].values())
     assert row["policy_note"].startswith("pruned in 2 stages with distillation between them")
     with pytest.raises(ConfigError, match="deep_stages must be >= 1 \\(1: one-shot pruning\\), got 0"):
         run_compare(cfg, CompareSettings(deep_stages=0), QUIET)
+    with pytest.raises(ConfigError, match="deep_clusters 12 is invalid; valid: 2, 4, 8, 16, 32, 64, 128, 256"):
+        run_compare(cfg, CompareSettings(deep_clusters=12), QUIET)
     # Without distillation the stages only prune (no training run is started with 0 epochs).
     cfg = _cfg(tiny_fmnist_shared, resnet_checkpoint, tmp_path / "no-ft")
     r = run_compare(cfg, _settings(techniques=["deep-compression"], budget_ratios=[], size_ratios=[0.1],
