@@ -40,7 +40,16 @@ from edgecompress.latency_models.device_model import (
 from edgecompress.latency_models.fbnet import load_fbnet_rows
 from edgecompress.latency_models.table import LatencyTable
 
-__all__ = ["DEVICE_ALIASES", "PROFILE_DIR", "calibrate", "calibrate_energy", "list_devices", "load_device", "validate", "validate_energy"]
+__all__ = [
+    "DEVICE_ALIASES",
+    "PROFILE_DIR",
+    "calibrate",
+    "calibrate_energy",
+    "list_devices",
+    "load_device",
+    "validate",
+    "validate_energy",
+]
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 PI5 = "raspberry-pi-5"

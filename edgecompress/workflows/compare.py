@@ -346,7 +346,8 @@ def _size_candidate(ctx: _Context, technique: str, budget_bytes: float) -> tuple
                 if deep:  # every layer keeps the same non-zeros per square root of its size; s: the largest's
                     sparsity = 1 - min(1.0, (1 - s) * math.sqrt(largest / max(sp.params, 1)))
                     layers[sp.name] = LayerPolicy(
-                        sparsity=round(sparsity, 5), clusters=ctx.settings.deep_clusters,
+                        sparsity=round(sparsity, 5),
+                        clusters=ctx.settings.deep_clusters,
                         bias_bits=ctx.settings.deep_bias_bits,
                     )
                 else:

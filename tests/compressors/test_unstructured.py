@@ -62,6 +62,6 @@ def test_staged_sparsity_removes_the_same_fraction_of_survivors_per_stage() -> N
 
     density = [1 - staged_sparsity(0.96, i, 4) for i in range(1, 5)]
     assert density == pytest.approx([0.44721, 0.2, 0.08944, 0.04], abs=1e-5)
-    assert [round(b / a, 4) for a, b in zip([1.0, *density], density)] == [0.4472] * 4
+    assert [round(b / a, 4) for a, b in zip([1.0, *density[:-1]], density, strict=True)] == [0.4472] * 4
     with pytest.raises(ValueError, match="stage 0 is not in 1..4"):
         staged_sparsity(0.96, 0, 4)
