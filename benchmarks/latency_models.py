@@ -2,6 +2,7 @@
 
     python benchmarks/latency_models.py                 # refits, re-profiles this machine, validates
     python benchmarks/latency_models.py --reuse-table   # refits; validates the shipped host table as it is
+    python benchmarks/latency_models.py --reuse-table --int8 --no-device-models   # adds and validates int8
 
 1. Refit every public device model on the calibration rows (`edgecompress latency
    calibrate`) and report holdout Spearman / Kendall / MAPE next to the FLOPs ranking.
@@ -12,6 +13,10 @@
    and to 16), and of random models with unrounded channels (to show what odd
    widths cost). Absolute error and the error of the predicted speed-up over the
    unchanged model, which is timed in the same round-robin rounds.
+
+3. With ``--int8``: profile the int8 (QDQ) entries of the same weighted operators (those missing), fit their
+   in-graph factors on the calibration models quantized, and validate on random compressed models with every
+   layer at int8 and with a random half of their layers at int8 (both stored in the table's metadata).
 
 Writes the profiles under edgecompress/latency_models/profiles/ and
 benchmarks/results/latency_models__host-<N>thread[-reuse-table].json (the profile is ``host`` at 1 thread,
@@ -46,17 +51,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="1: the shipped `host`; N: `host-Nthread`")
     parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
+    parser.add_argument("--int8", action="store_true", help="add int8 entries (kept when present) and validate them")
+    parser.add_argument("--no-device-models", action="store_true", help="skip refitting the public device models")
     parser.add_argument(
         "--out", default=None, help="default: benchmarks/results/latency_models__host-<N>thread[-reuse-table].json"
     )
     args = parser.parse_args()
     if args.out is None:
         variant = f"host-{args.threads}thread"
-        args.out = result_path("latency_models", f"{variant}-reuse-table" if args.reuse_table else variant)
+        variant = f"{variant}-reuse-table" if args.reuse_table else variant
+        args.out = result_path("latency_models", f"{variant}-int8" if args.int8 else variant)
     result: dict[str, Any] = {}
     console.print("[bold]1/2 device models[/]")
     devices = {}
-    for name, model in calibrate().items():
+    for name, model in ({} if args.no_device_models else calibrate()).items():
         devices[name] = model.validation
         v = model.validation
         if "spearman" in v:
@@ -99,7 +107,26 @@ def main() -> None:
         "table_profiled": table.meta.get("updated"), "reprofiled": not args.reuse_table,
         "validation_round_to_8": rounded, "validation_round_to_16": by16, "validation_unrounded": odd,
     }  # fmt: skip
-    for label, r in (("channels rounded to 8", rounded), ("rounded to 16", by16), ("unrounded channels", odd)):
+    validations = [("channels rounded to 8", rounded), ("rounded to 16", by16), ("unrounded channels", odd)]
+    if args.int8:
+        int8_keys = [k for k in keys if k.split("|")[0] in ("conv", "depthwise", "linear")]
+        int8_keys = [k.removesuffix("|fp32") + "|int8" for k in int8_keys]
+        console.print(f"  int8: profiling {len(int8_keys)} weighted-operator signatures (those missing)")
+        profiler.run(int8_keys, path, threads=args.threads, device=profile, passes=args.passes)
+        table = LatencyTable.load(path)
+        table.meta["context"] = context
+        result["host"]["int8_context"] = fit_context(table, precision="int8")
+        table.save(path)
+        int8 = {
+            mode: validate_table(table, per_model=args.per_model, round_to=8, seed=3, int8=mode)
+            for mode in ("all", "mixed")
+        }
+        table.meta["validation_int8"] = {mode: {k: v for k, v in r.items() if k != "rows"} for mode, r in int8.items()}
+        table.save(path)
+        result["host"]["validation_int8"] = int8
+        validations += [(f"int8, every layer ({len(int8_keys)} int8 entries)", int8["all"]),
+                        ("int8, half the layers", int8["mixed"])]  # fmt: skip
+    for label, r in validations:
         console.print(
             f"  {label}: {r['n']} models, median |error| {r['median_abs_error']:.1%}, Spearman {r['spearman']:.3f}, "
             f"speed-up median |error| {r['speedup_median_abs_error']:.1%}, "

@@ -123,11 +123,13 @@ def _device_rows(devices: dict[str, Any]) -> Iterator[Row]:
 
 
 def render_latency_models(p: dict[str, Any]) -> list[str]:
-    out = ["Device models on the holdout rows as refitted by this run (the current figures: device_models):", ""]
-    out += table(
-        ["device", "n", "Spearman", "Kendall", "FLOPs Spearman", "MAPE raw", "MAPE one scale"],
-        list(_device_rows(p["device_models"])),
-    )
+    out = []
+    if p["device_models"]:
+        out += ["Device models on the holdout rows as refitted by this run (the current figures: device_models):", ""]
+        out += table(
+            ["device", "n", "Spearman", "Kendall", "FLOPs Spearman", "MAPE raw", "MAPE one scale"],
+            list(_device_rows(p["device_models"])),
+        )
     h = p["host"]
     ctx = h.get("context") or {}
     factors = ctx.get("factors", ctx if all(isinstance(v, (int, float)) for v in ctx.values()) else {})
@@ -144,8 +146,10 @@ def render_latency_models(p: dict[str, Any]) -> list[str]:
         ("validation_round_to_8", "channels rounded to 8"),
         ("validation_round_to_16", "rounded to 16"),
         ("validation_unrounded", "unrounded"),
+        ("int8_all", "int8 on every layer, rounded to 8"),
+        ("int8_mixed", "int8 on a random half of the layers, rounded to 8"),
     ):
-        r = h.get(key)
+        r = h.get(key) if not key.startswith("int8_") else (h.get("validation_int8") or {}).get(key[5:])
         if not r:
             continue
         rows.append([label, num(r["n"], "d"), pct(r["median_abs_error"]), num(r["spearman"], ".3f"),
@@ -155,6 +159,14 @@ def render_latency_models(p: dict[str, Any]) -> list[str]:
                          pct(c["speedup_median_abs_error"]), "same timings"])  # fmt: skip
     out += table(["random models", "n", "median abs error", "Spearman", "speed-up median abs error",
                   "median measured ms"], rows)  # fmt: skip
+    int8_ctx = h.get("int8_context")
+    if int8_ctx:
+        out += [
+            "int8 in-graph factors (fp32 part held): "
+            + ", ".join(f"{k} {num(v, '.2f')}" for k, v in sorted(int8_ctx["factors"].items()))
+            + f" (fit median error {pct(int8_ctx['fit_median_abs_error'])}).",
+            "",
+        ]
     drift = p.get("machine_drift_resnet20_ms")
     if drift:
         out += [f"Drift: ResNet-20 measured {len(drift)} times: {ms(min(drift))}-{ms(max(drift))} ms.", ""]

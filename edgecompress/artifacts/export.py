@@ -47,8 +47,8 @@ from edgecompress.compressors.constraints import float_view, qdq_view
 from edgecompress.data import batches, first_batches, load_dataset
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.latency_models.litert import to_tflite
-from edgecompress.latency_models.onnx import EXPORTERS, export_module, runner, to_onnx
-from edgecompress.latency_models.profiler import time_model, time_onnx
+from edgecompress.latency_models.onnx import EXPORTERS, export_module, int8_selection, module_of_node, runner, to_onnx
+from edgecompress.latency_models.profiler import pre_process_for_quantization, time_model, time_onnx
 from edgecompress.training import evaluate
 
 __all__ = ["FORMATS", "export_model", "module_of_node"]
@@ -56,24 +56,6 @@ __all__ = ["FORMATS", "export_model", "module_of_node"]
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "tflite", "tflite-int8", "torchscript", "archive")
 SCALES = ("auto", "trained", "calibrated")
 TARGETS = ("generic", "tensorrt")
-
-
-def module_of_node(node_name: str) -> str:
-    """Module path of an exported node: ``/layers/layers.0/conv1/conv1.0/Conv`` -> ``layers.0.conv1.0``.
-
-    The TorchScript exporter names each scope by the child's name, prefixed by
-    its parent's scope name when the parent is a container (``layers.0``).
-    """
-    parts = [p for p in node_name.split("/") if p][:-1]
-    path: list[str] = []
-    prev = ""
-    for part in parts:
-        if prev and part.startswith(prev + "."):
-            path.append(part[len(prev) + 1 :])
-        else:
-            path.append(part)
-        prev = part
-    return ".".join(path)
 
 
 def _parity(run: Any, reference: nn.Module, dataset: Any, samples: int | None, reference_name: str) -> dict[str, Any]:
@@ -149,12 +131,10 @@ def _int8(
     calibration_batches: int,
     seed: int,
 ) -> tuple[bytes, dict[str, Any]]:
-    onnx = optional("onnx", needed_for="onnx-int8 export")
+    optional("onnx", needed_for="onnx-int8 export")  # before the quantizer, which needs it
     quantization = optional("onnxruntime.quantization", needed_for="onnx-int8 export")
     CalibrationDataReader, QuantFormat = quantization.CalibrationDataReader, quantization.QuantFormat
     QuantType, quantize_static = quantization.QuantType, quantization.quantize_static
-    graph = onnx.load_from_string(fp32).graph
-    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     int8_layers = sorted(name for name, lp in policy.layers.items() if lp.abits <= 8)
     if not all_layers and not int8_layers:
         raise ConfigError(
@@ -162,13 +142,7 @@ def _int8(
             "search with the abits technique, or pass --all-layers to quantize every layer"
         )
 
-    def owned(node: Any) -> bool:
-        module = module_of_node(node.name)
-        return any(module == layer or module.startswith(layer + ".") for layer in int8_layers)
-
-    quantized = [n.name for n in weighted if all_layers or owned(n)]
-    excluded = [n.name for n in weighted if n.name not in quantized]
-    ops = ["Conv", "Gemm", "MatMul"] + (["Add", "MaxPool", "GlobalAveragePool"] if all_layers or not excluded else [])
+    quantized, excluded, ops = int8_selection(fp32, None if all_layers else int8_layers)
     drawn = [x.numpy() for x in first_batches(train_data, calibration_batches, 32, seed=seed)]
 
     class Reader(CalibrationDataReader):  # type: ignore[misc,valid-type]
@@ -179,10 +153,11 @@ def _int8(
             return next(self.items, None)
 
     with tempfile.TemporaryDirectory() as tmp, quiet_library_logs("onnxruntime"):  # its per-operator advice
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src, ready, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "fp32.pre.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(fp32)
+        pre_process_for_quantization(src, ready)  # else most convolutions stay float between Q/DQ pairs
         quantize_static(
-            str(src),
+            str(ready),
             str(dst),
             Reader(),
             quant_format=QuantFormat.QDQ,

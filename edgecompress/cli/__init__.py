@@ -443,12 +443,19 @@ def devices_cmd() -> None:
         m = load_device(name)
         if isinstance(m, LatencyTable):
             v = m.meta.get("validation", {})
+            when = v.get("date") or str(m.meta.get("updated", ""))[:10]  # a table validated when it was profiled
             val = (
-                f"{v['n']} compressed models measured end to end: median |error| {v['median_abs_error']:.1%}, "
-                f"Spearman {v['spearman']:.3f}"
+                f"{v['n']} compressed models measured end to end ({when}): median |error| "
+                f"{v['median_abs_error']:.1%}, Spearman {v['spearman']:.3f}"
                 if v
                 else "not validated"
             )
+            for mode, r in m.meta.get("validation_int8", {}).items():
+                what = "every layer" if mode == "all" else "half the layers"
+                val += (
+                    f"; int8 on {what} ({r['n']} models): median |error| {r['median_abs_error']:.1%}, "
+                    f"Spearman {r['spearman']:.3f}"
+                )
             source = (
                 f"measured lookup table: {m.meta.get('runtime')} {m.meta.get('threads')} "
                 f"thread{'' if m.meta.get('threads') == 1 else 's'} on "
@@ -702,6 +709,13 @@ def latency_validate_table(
     save: Annotated[bool, typer.Option(help="Store the result in the table's metadata.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of a summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help=PLOT_HELP)] = None,
+    int8: Annotated[
+        str | None,
+        typer.Option(
+            help="Validate the int8 entries instead: 'all' quantizes every layer of each model, 'mixed' a random "
+            "half (default: fp32 models)."
+        ),
+    ] = None,
 ) -> None:
     """Table sum vs measured end-to-end ONNX Runtime latency of random compressed resnet20 / mobilenetv2."""
     from edgecompress.latency_models import load_device
@@ -711,7 +725,11 @@ def latency_validate_table(
     table = LatencyTable.load(device) if device.endswith(".json") else load_device(device)
     if not isinstance(table, LatencyTable):
         raise ConfigError(f"{device!r} is a device model, not a measured table: use `edgecompress latency validate`")
-    result = validate_table(table, per_model=per_model, seed=seed, round_to=round_to)
+    if int8 not in (None, "all", "mixed"):
+        raise ConfigError(f"--int8 {int8!r} is invalid; valid: all (every layer), mixed (a random half)")
+    if int8 is not None and "int8" not in table.precisions():
+        raise ConfigError(f"table {table.path} has no int8 entries; profile them with `profile --precision int8`")
+    result = validate_table(table, per_model=per_model, seed=seed, round_to=round_to, int8=int8)
     summary = {k: v for k, v in result.items() if k != "rows"}
     if plot is not None:
         points = {
@@ -721,14 +739,19 @@ def latency_validate_table(
             "mape_raw": result["median_abs_error"],
         }
         _scatter({"table": points}, device, plot)
-    if save:
+    if save and int8 is not None:
+        table.meta.setdefault("validation_int8", {})[int8] = summary
+        table.save(table.path)
+    elif save:
         table.meta["validation"] = summary
         table.save(table.path)
     if as_json:
         print(json.dumps(result, indent=2))
         return
     console.print(
-        f"{result['n']} compressed models (channels rounded to {round_to}), measured in ONNX Runtime with "
+        f"{result['n']} compressed models (channels rounded to {round_to}"
+        + ("" if int8 is None else f"; int8 on {'every layer' if int8 == 'all' else 'a random half of the layers'}")
+        + "), measured in ONNX Runtime with "
         f"{result['threads']} threads, median of {result['repeats']}: table sum median |error| "
         f"{result['median_abs_error']:.1%}, mean {result['mean_abs_error']:.1%}, Spearman {result['spearman']:.3f}; "
         f"speed-up over the unchanged model (timed in the same rounds) median |error| "

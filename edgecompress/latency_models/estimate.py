@@ -263,7 +263,7 @@ def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | 
             # Each isolated measurement paid the per-call overhead once; the model pays it once in total.
             # In a whole graph the runtime keeps its blocked layout between operators and fuses some: the
             # table's fitted context factor for this operator kind accounts for that (1 when not fitted).
-            factor = tab.context_factor(op.kind)
+            factor = tab.context_factor(op.kind, precision)
             return factor * max(0.0, hit.ms - tab.overhead_ms), hit.source
     if dm is not None and op.kind != "unknown":
         src = f"device model {dm.name}"

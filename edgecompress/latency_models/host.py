@@ -20,8 +20,8 @@ import torch.nn as nn
 
 from edgecompress.analysis import analyze_model
 from edgecompress.compressors import LayerPolicy, Policy, compress
-from edgecompress.latency_models.estimate import dispatched_ops, estimate_latency
-from edgecompress.latency_models.onnx import to_onnx
+from edgecompress.latency_models.estimate import dispatched_ops, estimate_latency, layer_precision
+from edgecompress.latency_models.onnx import to_int8, to_onnx
 from edgecompress.latency_models.ops import trace_ops
 from edgecompress.latency_models.profiler import time_onnx_interleaved
 from edgecompress.latency_models.table import CONTEXT_GROUP, LatencyTable, op_key
@@ -104,20 +104,35 @@ def random_policy(model: nn.Module, analysis: Any, rng: random.Random, *, rank_p
     return Policy(layers, base={"input_shape": list(analysis.input_shape)})
 
 
-def _kind_sums(model: nn.Module, shape: tuple[int, ...], table: LatencyTable) -> dict[str, float]:
-
+def _kind_sums(
+    model: nn.Module, shape: tuple[int, ...], table: LatencyTable, precision: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Isolated table time per operator group (``conv``, ``depthwise``, ``eltwise``), the groups of layers
+    ``precision`` puts at another precision than fp32 as ``GROUP@PRECISION``."""
     sums: dict[str, float] = {}
     for op in trace_ops(model, shape):
-        key = op_key(op)
+        p = layer_precision(op.layer, precision) if precision and op.layer else "fp32"
+        key = op_key(op, p)
         hit = table.lookup(key) if key else None
         if hit is not None:
-            group = CONTEXT_GROUP.get(op.kind, "conv")
+            group = CONTEXT_GROUP.get(op.kind, "conv") + ("" if p == "fp32" else f"@{p}")
             sums[group] = sums.get(group, 0.0) + max(0.0, hit.ms - table.overhead_ms)
     return sums
 
 
+def int8_layers(analysis: Any, layers: Any = None) -> dict[str, str]:
+    """The precision mapping of an int8 graph from :func:`to_int8`: ``layers`` (default every analysed layer)
+    at int8."""
+    return dict.fromkeys(layers if layers is not None else (sp.name for sp in analysis.layers), "int8")
+
+
 def fit_context(
-    table: LatencyTable, repeats: int = 200, progress: Any = None, round_to: int = 8, rounds: int = 3
+    table: LatencyTable,
+    repeats: int = 200,
+    progress: Any = None,
+    round_to: int = 8,
+    rounds: int = 3,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Fit the isolated-to-in-graph factor per operator group on fixed calibration models.
 
@@ -134,26 +149,27 @@ def fit_context(
     at 28x28. Non-negative least squares on relative error; stored in the
     table's metadata.
     ``validate_table`` then checks other (random) models.
-    """
-    from scipy.optimize import nnls
 
+    ``precision="int8"``: the same models with every weighted layer quantized (:func:`to_int8`, as the int8
+    entries were measured); with the fp32 fit's per-operator overhead and element-wise factor held, a factor
+    per group of int8 operators (each isolated int8 entry pays a Quantize and a Dequantize that a chain of int8
+    layers shares), stored under the context's ``by_precision`` (needs the fp32 fit first).
+    """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if precision != "fp32":
+        return _fit_context_quantized(table, precision, repeats, progress, round_to, rounds)
+    from scipy.optimize import nnls
+
     threads = int(table.meta.get("threads", 2))
     groups = ("conv", "depthwise", "eltwise")
     shape = (1, 1, 28, 28)
     onnx: dict[str, bytes | str] = {}
     rows = []
-    for name in CALIBRATION_MODELS:
-        torch.manual_seed(0)
-        base = create_model(name).eval()
-        for fields in CALIBRATION_POLICIES:
-            policy = Policy.uniform(base, **fields)
-            model = compress(base, replace(policy, round_to=round_to), input_shape=shape)[0] if fields else base
-            label = f"{name} {fields or 'unchanged'}"
-            onnx[label] = to_onnx(model, shape)
-            sums = _kind_sums(model, shape, table)
-            rows.append([sums.get(g, 0.0) for g in groups] + [float(dispatched_ops(trace_ops(model, shape)))])
+    for label, model in _calibration_models(round_to):
+        onnx[label] = to_onnx(model, shape)
+        sums = _kind_sums(model, shape, table)
+        rows.append([sums.get(g, 0.0) for g in groups] + [float(dispatched_ops(trace_ops(model, shape)))])
     x = torch.randn(shape).numpy()
     times = time_onnx_interleaved(onnx, dict.fromkeys(onnx, x), threads, rounds, 20, repeats, progress=progress)
     measured = [statistics.median(times[label]) for label in onnx]
@@ -172,9 +188,70 @@ def fit_context(
         "measured_ms": dict(zip(onnx, measured, strict=True)),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if "by_precision" in table.meta.get("context", {}):  # fitted on the fp32 part: refit them after this one
+        context["by_precision"] = table.meta["context"]["by_precision"]
     table.meta["context"] = context
     table.meta["overhead_per_op_ms"] = per_op
     return context
+
+
+def _calibration_models(round_to: int) -> list[tuple[str, nn.Module]]:
+    shape = (1, 1, 28, 28)
+    out = []
+    for name in CALIBRATION_MODELS:
+        torch.manual_seed(0)
+        base = create_model(name).eval()
+        for fields in CALIBRATION_POLICIES:
+            policy = Policy.uniform(base, **fields)
+            model = compress(base, replace(policy, round_to=round_to), input_shape=shape)[0] if fields else base
+            out.append((f"{name} {fields or 'unchanged'}", model))
+    return out
+
+
+def _fit_context_quantized(
+    table: LatencyTable, precision: str, repeats: int, progress: Any, round_to: int, rounds: int
+) -> dict[str, Any]:
+    from scipy.optimize import nnls
+
+    if precision != "int8":
+        raise ValueError(f"context fits exist for fp32 and int8, not {precision!r}")
+    context = table.meta.get("context")
+    if not context or "factors" not in context:
+        raise ValueError("fit the fp32 context first (fit_context(table)): the int8 fit holds its overheads")
+    if precision not in table.precisions():
+        raise ValueError(f"table {table.path} has no {precision} entries; profile them first")
+    threads = int(table.meta.get("threads", 2))
+    shape = (1, 1, 28, 28)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).numpy()
+    groups = ("conv", "depthwise")
+    onnx: dict[str, bytes | str] = {}
+    rows, held = [], []
+    for label, model in _calibration_models(round_to):
+        mapping = int8_layers(analyze_model(model, shape))
+        onnx[label] = to_int8(to_onnx(model, shape), x)
+        sums = _kind_sums(model, shape, table, mapping)
+        rows.append([sums.get(f"{g}@{precision}", 0.0) for g in groups])
+        fixed = sum(float(context["factors"].get(g, 1.0)) * v for g, v in sums.items() if "@" not in g)
+        per_op = float(table.meta.get("overhead_per_op_ms", 0.0))
+        held.append(fixed + per_op * dispatched_ops(trace_ops(model, shape)))
+    times = time_onnx_interleaved(onnx, dict.fromkeys(onnx, x), threads, rounds, 20, repeats, progress=progress)
+    measured = [statistics.median(times[label]) for label in onnx]
+    a = np.array(rows)
+    y = np.array(measured) - table.overhead_ms - np.array(held)
+    total = np.array(measured)
+    solution, _ = nnls(a / total[:, None], y / total)
+    fitted = a @ solution + np.array(held) + table.overhead_ms
+    fit = {
+        "factors": {**context["factors"], **dict(zip(groups, (float(f) for f in solution), strict=True))},
+        "fit_median_abs_error": float(np.median(np.abs(fitted - total) / total)),
+        "fitted_on": f"{len(y)} calibration models as in the fp32 fit, every weighted layer at {precision} "
+        f"(QDQ, uint8 activations calibrated on one random input); fp32 per-operator overhead and element-wise "
+        f"factor held; median of {repeats} per round, median of {rounds} round-robin rounds",
+        "measured_ms": dict(zip(onnx, measured, strict=True)),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    context.setdefault("by_precision", {})[precision] = fit
+    return fit
 
 
 def validate_table(
@@ -187,19 +264,25 @@ def validate_table(
     round_to: int = 1,
     rounds: int = 3,
     compare: dict[str, LatencyTable] | None = None,
+    int8: str | None = None,
 ) -> dict[str, Any]:
     """Table sum vs measured end-to-end latency of randomly compressed models (none of them calibration models).
 
     ``compare`` names other tables (say, the same table without its channel block) that predict the same
     models; their errors against the very same measurements land under ``"compare"``: a paired A/B, immune
-    to the machine's drift between runs."""
+    to the machine's drift between runs. ``int8``: ``"all"`` quantizes every weighted layer of each random
+    model, ``"mixed"`` a random half of its layers (:func:`to_int8`), priced at the table's int8 entries; the
+    unchanged model, which speed-ups are measured against, stays fp32."""
     from scipy.stats import spearmanr
 
+    if int8 not in (None, "all", "mixed"):
+        raise ValueError(f"int8 must be None, 'all' or 'mixed', got {int8!r}")
     threads = int(table.meta.get("threads", 2))
     rng = random.Random(seed)
     compare = compare or {}
     others: dict[int, dict[str, float]] = {}
     candidates = []
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(seed)).numpy()  # timed; int8's calibration
     for name in models:
         torch.manual_seed(seed)
         base = create_model(name).eval()
@@ -211,11 +294,18 @@ def validate_table(
         for i in range(per_model):
             policy = random_policy(base, analysis, rng)
             model = compress(base, replace(policy, round_to=round_to), analysis=analysis)[0]
-            candidates.append((name, i, to_onnx(model, shape), estimate_latency(model, shape, table)))
-            others[len(candidates) - 1] = {k: estimate_latency(model, shape, t).total_ms for k, t in compare.items()}
+            graph = to_onnx(model, shape)
+            precision: str | dict[str, str] = "fp32"
+            if int8 is not None:
+                names = [sp.name for sp in analysis.layers]
+                chosen = None if int8 == "all" else sorted(rng.sample(names, len(names) // 2))
+                graph, precision = to_int8(graph, x, chosen), int8_layers(analysis, chosen)
+            candidates.append((name, i, graph, estimate_latency(model, shape, table, precision=precision)))
+            others[len(candidates) - 1] = {
+                k: estimate_latency(model, shape, t, precision=precision).total_ms for k, t in compare.items()
+            }
     # Round-robin rounds, median per model: the machine's slow drift hits every model alike.
 
-    x = torch.randn(1, 1, 28, 28).numpy()
     times = time_onnx_interleaved(
         {str(j): c[2] for j, c in enumerate(candidates)}, dict.fromkeys(map(str, range(len(candidates))), x),
         threads, rounds, 20, repeats,
@@ -252,6 +342,7 @@ def validate_table(
         "n": len(rows),
         "models": list(models),
         "round_to": round_to,
+        "int8": int8,
         "median_abs_error": float(np.median(rel)),
         "mean_abs_error": float(np.mean(rel)),
         "spearman": float(spearmanr(est_arr, meas).statistic),
@@ -264,5 +355,6 @@ def validate_table(
         "seed": seed,
         "rows": rows,
         "median_measured_ms": float(statistics.median(meas.tolist())),
+        "date": time.strftime("%Y-%m-%d"),
         **({"compare": paired} if compare else {}),
     }

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import statistics
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -35,7 +35,13 @@ from edgecompress._imports import optional
 from edgecompress._inputs import ExampleInputs, InputSpec, example, is_shape, normalise
 from edgecompress.compressors.constraints import float_view
 from edgecompress.errors import ConfigError, EdgeCompressError
-from edgecompress.latency_models.profiler import open_session, runtime_missing, time_onnx, time_onnx_interleaved
+from edgecompress.latency_models.profiler import (
+    open_session,
+    quantize_qdq,
+    runtime_missing,
+    time_onnx,
+    time_onnx_interleaved,
+)
 
 __all__ = [
     "EXPORTERS",
@@ -43,10 +49,13 @@ __all__ = [
     "OPSET",
     "OUTPUT_NAME",
     "input_names",
+    "int8_selection",
     "measure_ms",
+    "module_of_node",
     "onnx_feed",
     "runner",
     "speedup_against",
+    "to_int8",
     "to_onnx",
 ]  # fmt: skip
 
@@ -54,6 +63,53 @@ EXPORTERS = ("torchscript", "dynamo")
 OPSET = 17
 INPUT_NAME = "x"
 OUTPUT_NAME = "logits"
+
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+INT8_GLUE_OPS = ("Add", "MaxPool", "GlobalAveragePool")
+"""Quantized with the weighted operators only when every one of those is: an int8 export of some layers keeps
+the element-wise operators in float, as ``export --format onnx-int8`` does."""
+
+
+def module_of_node(node_name: str) -> str:
+    """Module path of an exported node: ``/layers/layers.0/conv1/conv1.0/Conv`` -> ``layers.0.conv1.0``.
+
+    The TorchScript exporter names each scope by the child's name, prefixed by
+    its parent's scope name when the parent is a container (``layers.0``).
+    """
+    parts = [p for p in node_name.split("/") if p][:-1]
+    path: list[str] = []
+    prev = ""
+    for part in parts:
+        if prev and part.startswith(prev + "."):
+            path.append(part[len(prev) + 1 :])
+        else:
+            path.append(part)
+        prev = part
+    return ".".join(path)
+
+
+def int8_selection(fp32: bytes, layers: Collection[str] | None) -> tuple[list[str], list[str], list[str]]:
+    """Which nodes of an exported graph an int8 export quantizes: the weighted operators of ``layers`` (module
+    paths; None: all), plus the element-wise ones where every weighted operator is. Returns (quantized weighted
+    nodes, float weighted nodes, operator types to quantize)."""
+    onnx = optional("onnx", needed_for="int8 graphs")
+    weighted = [n for n in onnx.load_from_string(fp32).graph.node if n.op_type in WEIGHTED_OPS]
+
+    def chosen(node: Any) -> bool:
+        module = module_of_node(node.name)
+        return layers is None or any(module == m or module.startswith(m + ".") for m in layers)
+
+    quantized = [n.name for n in weighted if chosen(n)]
+    excluded = [n.name for n in weighted if not chosen(n)]
+    return quantized, excluded, list(WEIGHTED_OPS) + ([] if excluded else list(INT8_GLUE_OPS))
+
+
+def to_int8(fp32: bytes, x: Any, layers: Collection[str] | None = None) -> bytes:
+    """QDQ int8 of an exported graph as the host table's int8 entries were measured (uint8 activations calibrated
+    on ``x``, per-channel int8 weights), over the nodes :func:`int8_selection` picks."""
+    _, excluded, ops = int8_selection(fp32, layers)
+    return quantize_qdq(fp32, x, op_types=ops, exclude=excluded)
 
 
 def input_names(example: ExampleInputs) -> list[str]:

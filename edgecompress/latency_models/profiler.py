@@ -113,25 +113,39 @@ def _export(module, x) -> bytes:  # type: ignore[no-untyped-def]
     return buf.getvalue()
 
 
-def _to_int8(model_bytes: bytes, x) -> bytes:  # type: ignore[no-untyped-def]
+def pre_process_for_quantization(src: Path, dst: Path) -> None:
+    """ONNX Runtime's pre-processing before ``quantize_static`` (shape inference and graph optimisation). Without
+    it the quantizer cannot tell every activation's type and shape, and ONNX Runtime 1.32 on x86 fused only 3 of a
+    QDQ ResNet-20's 21 convolutions into QLinearConv, running the rest as Dequantize, fp32 Conv, Quantize: 2.4x
+    slower than fp32 instead of 1.4x faster."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst))
+
+
+def quantize_qdq(model_bytes: bytes, x, op_types=None, exclude=()) -> bytes:  # type: ignore[no-untyped-def]
+    """QDQ int8 (uint8 activations calibrated on ``x``, per-channel int8 weights) of every operator the quantizer
+    supports, or of the ``op_types`` given, less the nodes named in ``exclude``."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter([{"x": x.numpy()}])
+            self.items = iter([{"x": x.numpy() if hasattr(x, "numpy") else x}])
 
         def get_next(self):  # type: ignore[no-untyped-def]
             return next(self.items, None)
 
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "op.onnx", Path(tmp) / "op.int8.onnx"
+        src, ready, dst = Path(tmp) / "op.onnx", Path(tmp) / "op.pre.onnx", Path(tmp) / "op.int8.onnx"
         src.write_bytes(model_bytes)
-        with _quiet_onnxruntime():  # the quantizer's pre-processing advice, once per operator
+        with _quiet_onnxruntime():
+            pre_process_for_quantization(src, ready)
             quantize_static(
-                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(ready), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
+                nodes_to_exclude=list(exclude),
             )  # fmt: skip
         return dst.read_bytes()
 
@@ -422,7 +436,7 @@ def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int, fil
                           repeats, runtime="litert")  # fmt: skip
     model = _export(module, x)
     if sig["precision"] == "int8":
-        model = _to_int8(model, x)
+        model = quantize_qdq(model, x)
     elif sig["precision"] == "fp16":
         model = _to_fp16(model)
     return time_model(model, x, threads, warmup, repeats, runtime=runtime)

@@ -74,9 +74,11 @@ class LatencyTable:
     def overhead_ms(self) -> float:
         return float(self.meta.get("overhead_ms", 0.0))
 
-    def context_factor(self, kind: str) -> float:
-        """Multiplier from isolated to in-graph cost for a traced operator kind (see ``fit_context``)."""
-        factors = self.meta.get("context", {}).get("factors", {})
+    def context_factor(self, kind: str, precision: str = "fp32") -> float:
+        """Multiplier from isolated to in-graph cost for a traced operator kind at ``precision`` (see
+        ``fit_context``; a precision without a fit of its own takes the fp32 factors)."""
+        context = self.meta.get("context", {})
+        factors = context.get("by_precision", {}).get(precision, context).get("factors", {})
         return float(factors.get(CONTEXT_GROUP.get(kind, "conv"), 1.0))
 
     def save(self, path: str | os.PathLike[str]) -> Path:

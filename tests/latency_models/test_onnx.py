@@ -50,5 +50,5 @@ def test_quantizing_an_operator_leaves_the_callers_logging_alone() -> None:
     root = logging.getLogger()
     before = (root.level, list(root.handlers), list(root.filters))
     module, x = profiler.build_op(profiler.parse_key("conv|8|16|3|1|1|14|14|fp32"))
-    assert profiler._to_int8(profiler._export(module, x), x)
+    assert profiler.quantize_qdq(profiler._export(module, x), x)
     assert (root.level, list(root.handlers), list(root.filters)) == before

@@ -306,6 +306,93 @@ def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch
         host.fit_context(table, rounds=0)
 
 
+def _with_int8(table: LatencyTable) -> LatencyTable:
+    """The table plus int8 entries for its weighted operators at 1.5x their fp32 time (the shipped host table
+    has none: see docs/latency.md, "Known misses")."""
+    int8 = {
+        k.removesuffix("|fp32") + "|int8": {**e, "ms": 1.5 * e["ms"]}
+        for k, e in table.entries.items()
+        if k.split("|")[0] in ("conv", "depthwise", "linear")
+    }
+    return LatencyTable(json.loads(json.dumps(table.meta)), {**table.entries, **int8}, table.path)
+
+
+def test_int8_context_fit_recovers_known_factors_holding_the_fp32_part(monkeypatch) -> None:
+    """Synthetic timings of the calibration models with every weighted layer at int8, built from known int8
+    factors on top of the fp32 fit's overheads and element-wise factor: the int8 fit returns them, stores them
+    beside the fp32 context, and the estimator then reproduces the timings."""
+    import numpy as np
+
+    from edgecompress.analysis import analyze_model
+    from edgecompress.latency_models import host
+    from edgecompress.latency_models.estimate import dispatched_ops
+
+    table = _with_int8(load_device("host"))
+    known = {"conv": 1.3, "depthwise": 0.4}
+    per_op = float(table.meta["overhead_per_op_ms"])
+    expected, models = [], []
+    real_sums = host._kind_sums
+
+    def recording_sums(model, shape, tbl, precision=None):
+        sums = real_sums(model, shape, tbl, precision)
+        held = sum(tbl.meta["context"]["factors"][g] * v for g, v in sums.items() if "@" not in g)
+        n = dispatched_ops(trace_ops(model, shape))
+        int8 = sum(known[g] * sums.get(f"{g}@int8", 0.0) for g in known)
+        expected.append(tbl.overhead_ms + held + per_op * n + int8)
+        models.append(model)
+        return sums
+
+    def fake_timing(models_, feeds, threads, rounds, warmup, repeats, progress=None):
+        return {label: [truth] * rounds for label, truth in zip(models_, expected, strict=True)}
+
+    monkeypatch.setattr(host, "_kind_sums", recording_sums)
+    monkeypatch.setattr(host, "time_onnx_interleaved", fake_timing)
+    monkeypatch.setattr(host, "to_int8", lambda graph, x, layers=None: graph)  # the timings are synthetic
+    fp32_factors = dict(table.meta["context"]["factors"])
+    fit = host.fit_context(table, repeats=5, rounds=1, precision="int8")
+    assert np.allclose([fit["factors"][g] for g in known], list(known.values()), atol=1e-6), fit["factors"]
+    assert fit["factors"]["eltwise"] == fp32_factors["eltwise"] and fit["fit_median_abs_error"] < 1e-6
+    assert table.meta["context"]["by_precision"]["int8"] is fit and table.meta["context"]["factors"] == fp32_factors
+    assert table.context_factor("conv_k3", "int8") == pytest.approx(1.3)
+    assert table.context_factor("conv_k3") == fp32_factors["conv"]
+    for model, truth in list(zip(models, expected, strict=True))[::5]:
+        mapping = host.int8_layers(analyze_model(model, (1, 1, 28, 28)))
+        got = estimate_latency(model, (1, 1, 28, 28), table, precision=mapping).total_ms
+        assert got == pytest.approx(truth, rel=1e-6)
+    with pytest.raises(ValueError, match="context fits exist for fp32 and int8, not 'fp16'"):
+        host.fit_context(table, precision="fp16")
+    bare = LatencyTable({k: v for k, v in table.meta.items() if k != "context"}, table.entries)
+    with pytest.raises(ValueError, match="fit the fp32 context first"):
+        host.fit_context(bare, precision="int8")
+
+
+def test_validate_table_int8_quantizes_and_prices_the_layers_it_says() -> None:
+    from edgecompress.latency_models.host import validate_table
+
+    table = _with_int8(load_device("host"))
+    r = validate_table(table, models=("resnet20",), per_model=2, repeats=5, rounds=1, round_to=8, int8="mixed")
+    assert r["n"] == 2 and r["int8"] == "mixed"
+    assert all(row["missing"] == 0 and row["estimated_ms"] > 0 for row in r["rows"])
+    with pytest.raises(ValueError, match="int8 must be None, 'all' or 'mixed', got 'half'"):
+        validate_table(table, int8="half")
+
+
+def test_to_int8_quantizes_the_named_layers_only() -> None:
+    import onnx
+
+    from edgecompress.latency_models.onnx import int8_selection, to_int8, to_onnx
+
+    model = create_model("lenet5").eval()
+    fp32 = to_onnx(model, (1, 1, 28, 28))
+    quantized, floating, ops = int8_selection(fp32, ["conv2", "fc1"])
+    assert sorted(n.split("/")[1] for n in quantized) == ["conv2", "fc1"] and "Add" not in ops
+    assert sorted(n.split("/")[1] for n in floating) == ["conv1", "fc2", "fc3"]
+    graph = onnx.load_from_string(to_int8(fp32, torch.randn(1, 1, 28, 28).numpy(), ["conv2", "fc1"])).graph
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert any("conv2" in w for w in dequantized) and not any("conv1" in w for w in dequantized)
+    assert int8_selection(fp32, None)[1] == [] and "MaxPool" in int8_selection(fp32, None)[2]
+
+
 def test_validate_table_compares_other_tables_on_the_same_measurements() -> None:
     from edgecompress.latency_models.devices import PROFILE_DIR
     from edgecompress.latency_models.host import validate_table
@@ -373,3 +460,23 @@ def test_a_file_xnnpack_refuses_runs_on_litert_builtin_kernels_and_says_so(monke
     assert session.kernels.startswith("LiteRT built-in kernels: the default XNNPACK delegate refused this file")
     assert "BUILTIN_WITHOUT_DEFAULT_DELEGATES" in session.kernels
     assert session.run(torch.randn(2, 1, 8, 8)).shape == (2, 4, 6, 6)
+
+
+def test_int8_graphs_run_every_convolution_as_qlinearconv(tmp_path) -> None:
+    """The quantizer works on the pre-processed graph (shapes inferred): ONNX Runtime then fuses each
+    Dequantize-Conv-Quantize of a QDQ ResNet-20 into one QLinearConv. Without the pre-processing it fused 3 of
+    21 and ran the others as float convolutions between Q/DQ pairs."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from edgecompress.latency_models.onnx import to_int8, to_onnx
+
+    int8 = to_int8(to_onnx(create_model("resnet20").eval(), (1, 1, 28, 28)), torch.randn(1, 1, 28, 28).numpy())
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(int8, options, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
+    assert ops["QLinearConv"] == 21 and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
