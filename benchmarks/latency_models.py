@@ -113,8 +113,7 @@ def main() -> None:
         int8_keys = [k.removesuffix("|fp32") + "|int8" for k in int8_keys]
         console.print(f"  int8: profiling {len(int8_keys)} weighted-operator signatures (those missing)")
         profiler.run(int8_keys, path, threads=args.threads, device=profile, passes=args.passes)
-        table = LatencyTable.load(path)
-        table.meta["context"] = context
+        table = LatencyTable.load(path)  # with the fp32 context the int8 fit holds
         result["host"]["int8_context"] = fit_context(table, precision="int8")
         table.save(path)
         int8 = {

@@ -226,13 +226,13 @@ def _fit_context_quantized(
     groups = ("conv", "depthwise")
     onnx: dict[str, bytes | str] = {}
     rows, held = [], []
+    per_op = float(table.meta.get("overhead_per_op_ms", 0.0))
     for label, model in _calibration_models(round_to):
         mapping = int8_layers(analyze_model(model, shape))
         onnx[label] = to_int8(to_onnx(model, shape), x)
         sums = _kind_sums(model, shape, table, mapping)
         rows.append([sums.get(f"{g}@{precision}", 0.0) for g in groups])
         fixed = sum(float(context["factors"].get(g, 1.0)) * v for g, v in sums.items() if "@" not in g)
-        per_op = float(table.meta.get("overhead_per_op_ms", 0.0))
         held.append(fixed + per_op * dispatched_ops(trace_ops(model, shape)))
     times = time_onnx_interleaved(onnx, dict.fromkeys(onnx, x), threads, rounds, 20, repeats, progress=progress)
     measured = [statistics.median(times[label]) for label in onnx]
@@ -288,6 +288,7 @@ def validate_table(
         base = create_model(name).eval()
         shape = (1, 1, 28, 28)
         analysis = analyze_model(base, shape)
+        names = [sp.name for sp in analysis.layers]
         # The unchanged model runs in every round too: speed-ups against it are immune to the machine's drift.
         candidates.append((name, -1, to_onnx(base, shape), estimate_latency(base, shape, table)))
         others[len(candidates) - 1] = {k: estimate_latency(base, shape, t).total_ms for k, t in compare.items()}
@@ -297,7 +298,6 @@ def validate_table(
             graph = to_onnx(model, shape)
             precision: str | dict[str, str] = "fp32"
             if int8 is not None:
-                names = [sp.name for sp in analysis.layers]
                 chosen = None if int8 == "all" else sorted(rng.sample(names, len(names) // 2))
                 graph, precision = to_int8(graph, x, chosen), int8_layers(analysis, chosen)
             candidates.append((name, i, graph, estimate_latency(model, shape, table, precision=precision)))
