@@ -40,6 +40,7 @@ __all__ = [
     "FOLDINGS",
     "FOLDING_NOTES",
     "GROUPS",
+    "MERGES",
     "DeviceModel",
     "calibration_edges",
     "default_data_dir",
@@ -50,6 +51,7 @@ __all__ = [
     "nb201_features",
     "op_group",
     "select_fbnet_terms",
+    "select_merges",
     "validate_fbnet",
 ]
 
@@ -132,6 +134,18 @@ EXTRA_GROUPS = {
 coefficients prices its operators with the base group (:data:`KIND_TO_GROUP`)."""
 
 
+MERGES = {
+    "merge.conv": "a convolution fused horizontally with an earlier sibling (same input value, kernel, stride, "
+    "padding, dilation and groups: one wider convolution runs)",
+    "merge.pool": "a pooling repeating an earlier one on the same input (the same computation, done once)",
+}
+"""Terms a profile may carry for what a GPU compiler (TensorRT) merges in a graph, counted by the tracer
+(:attr:`OpRecord.merged`): each coefficient is the (non-positive) ms that one such operator changes the sum of
+the per-operator costs by. Chosen per profile by cross-validation on the calibration rows
+(:func:`select_merges`)."""
+MERGE_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("merge.pool",), ("merge.conv",), ("merge.conv", "merge.pool"))
+
+
 def op_group(op: OpRecord, extra: Sequence[str] = ()) -> str | None:
     """The cost group of ``op``: one of ``extra`` (:data:`EXTRA_GROUPS`) where it applies, else the base group."""
     if op.kind == "depthwise" and "depthwise" in extra:
@@ -144,12 +158,16 @@ def op_group(op: OpRecord, extra: Sequence[str] = ()) -> str | None:
 
 
 def group_features(ops: Sequence[OpRecord], extra: Sequence[str] = ()) -> dict[str, float]:
-    """The cost model's inputs: per group, operator count, MMACs and MB moved."""
+    """The cost model's inputs: per group, operator count, MMACs and MB moved; and the counts of merged
+    operators (:data:`MERGES`)."""
     feats = {f"{g}.{t}": 0.0 for g in (*GROUPS, *extra) for t in TERMS}
+    feats.update(dict.fromkeys(MERGES, 0.0))
     for op in ops:
         g = op_group(op, extra)
         if g is None:
             continue
+        if op.merged:
+            feats[f"merge.{op.merged}"] += 1
         feats[f"{g}.count"] += 1
         feats[f"{g}.mmacs"] += op.macs / 1e6
         feats[f"{g}.mbytes"] += op.bytes / 1e6
@@ -227,6 +245,8 @@ def nb201_features(arch: str, folding: str = "all") -> dict[str, float]:
         return dict.fromkeys(fixed, 0.0)
     live = live_edges(parse_arch(arch), folding == "all")
     feats = dict(fixed)
+    for key, n in _cell_merges(live).items():
+        feats[key] += 15 * n  # 5 cells in each of 3 stages
     for edges in live:
         for op, _ in edges:
             for stage in range(3):
@@ -237,6 +257,23 @@ def nb201_features(arch: str, folding: str = "all") -> dict[str, float]:
                 for k, v in parts[("add", stage)].items():
                     feats[k] += 5 * v
     return feats
+
+
+def _cell_merges(live: list[list[tuple[str, int]]]) -> dict[str, int]:
+    """Merged operators of one cell (:data:`MERGES`): from each node, every convolution edge after the first of
+    its kind (a sibling reading the same ReLU of that node) and every pooling edge after the first."""
+    from_node: dict[int, list[str]] = {}
+    for edges in live:
+        for op, src in edges:
+            from_node.setdefault(src, []).append(op)
+    counts = dict.fromkeys(MERGES, 0)
+    for ops in from_node.values():
+        for op in set(ops):
+            if op.startswith("nor_conv"):
+                counts["merge.conv"] += ops.count(op) - 1
+            elif op == "avg_pool_3x3":
+                counts["merge.pool"] += ops.count(op) - 1
+    return counts
 
 
 def _check_folding(folding: str) -> None:
@@ -320,9 +357,15 @@ class DeviceModel:
             compute_ms = over_mmacs / peak["gmacs"]
             memory_ms = over_mbytes * peak["bytes_per_value"] / 4 / peak["gbps"]
             extra = max(compute_ms, memory_ms)
-        return self.scale * (
-            c.get(f"{g}.count", 0.0) + c.get(f"{g}.mmacs", 0.0) * mmacs + c.get(f"{g}.mbytes", 0.0) * mbytes + extra
-        )
+        ms = c.get(f"{g}.count", 0.0) + c.get(f"{g}.mmacs", 0.0) * mmacs + c.get(f"{g}.mbytes", 0.0) * mbytes + extra
+        if op.merged:  # a merged operator costs its own terms plus the (non-positive) merge term, never below 0
+            ms = max(0.0, ms + c.get(f"merge.{op.merged}", 0.0))
+        return self.scale * ms
+
+    @property
+    def merges(self) -> tuple[str, ...]:
+        """The :data:`MERGES` terms this profile carries."""
+        return tuple(k for k in MERGES if k in self.coefficients)
 
     @property
     def extra_groups(self) -> tuple[str, ...]:
@@ -370,8 +413,10 @@ class DeviceModel:
         return cls.from_dict(read_json(path, "device model", EdgeCompressError), str(path))
 
 
-def _design(rows: Sequence[dict[str, str]], folding: str = "all") -> tuple[np.ndarray, list[str]]:
-    keys = [f"{g}.{t}" for g in GROUPS for t in TERMS]
+def _design(
+    rows: Sequence[dict[str, str]], folding: str = "all", merges: Sequence[str] = ()
+) -> tuple[np.ndarray, list[str]]:
+    keys = [f"{g}.{t}" for g in GROUPS for t in TERMS] + list(merges)
     cache: dict[str, dict[str, float]] = {}
     x = np.zeros((len(rows), len(keys) + 1))
     for i, row in enumerate(rows):
@@ -392,6 +437,14 @@ def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     norms[norms == 0] = 1.0
     coef, _ = nnls(xw / norms, np.ones_like(y))
     return coef / norms
+
+
+def _nnls_with_savings(x: np.ndarray, y: np.ndarray, savings: int) -> np.ndarray:
+    """:func:`_nnls_relative` with the last ``savings`` columns' coefficients non-positive (:data:`MERGES`)."""
+    sign = np.ones(x.shape[1])
+    if savings:
+        sign[-savings:] = -1.0
+    return _nnls_relative(x * sign, y) * sign
 
 
 def _fit_rows(rows: Sequence[dict[str, str]], col: str, folding: str) -> list[dict[str, str]]:
@@ -437,6 +490,36 @@ def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int
         "folding": max(FOLDINGS, key=lambda f: scores[f]),
         "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds})",
     }
+
+
+def select_merges(name: str, rows: Sequence[dict[str, str]], folding: str, folds: int = 5) -> dict[str, Any]:
+    """Which :data:`MERGES` terms ``name``'s model carries: ``folds``-fold cross-validated Spearman on the
+    *calibration* rows (the folds of :func:`cross_validate_folding`) of each :data:`MERGE_VARIANTS`, the
+    folding held; the best to 3 decimals wins, then fewer terms. The holdout rows play no part."""
+    from scipy.stats import spearmanr
+
+    col = DEVICE_COLUMNS[name]["column"]
+    use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
+    y = np.array([float(r[col]) for r in use])
+    fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
+    fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
+    x, _ = _design(use, folding, tuple(MERGES))
+    base = x.shape[1] - len(MERGES)
+    scores: list[dict[str, Any]] = []
+    for variant in MERGE_VARIANTS:
+        cols = list(range(base)) + [base + list(MERGES).index(k) for k in variant]
+        xv = x[:, cols]
+        pred = np.zeros_like(y)
+        for k in range(folds):
+            train = (fold != k) & fit
+            pred[fold == k] = xv[fold == k] @ _nnls_with_savings(xv[train], y[train], len(variant))
+        scores.append({"merges": list(variant), "cv_spearman": float(spearmanr(pred, y).statistic)})
+    best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["merges"])))
+    return {
+        "merges": best["merges"], "scores": scores,
+        "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
+        "folding held; best to 3 decimals, then fewer terms",
+    }  # fmt: skip
 
 
 FBNET_DEVICES = ("raspberry-pi-4",)
@@ -491,10 +574,11 @@ def fit_device_model(
     fbnet_rows: Sequence[dict[str, Any]] = (),
     extra: Sequence[str] = (),
     fbnet_weight: float = 0.0,
+    merges: Sequence[str] = (),
 ) -> DeviceModel:
     """Fit ``name``'s cost model on the *calibration* rows that have a measurement; with ``fbnet_rows`` (FBNet's
     even, calibration rows only) and ``fbnet_weight`` > 0, jointly with their block deltas, ``extra`` groups
-    priced on their own."""
+    priced on their own; with ``merges`` (:data:`MERGES`), those terms too (NAS-Bench-201 rows only)."""
     meta = DEVICE_COLUMNS[name]
     col = meta["column"]
     use = _fit_rows(rows, col, folding)
@@ -502,10 +586,18 @@ def fit_device_model(
         raise EdgeCompressError(f"no calibration rows with a {col} measurement")
     if any(r["layer"] % 2 for r in fbnet_rows):
         raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a fit")
-    x, keys = _design(use, folding)
+    unknown = [m for m in merges if m not in MERGES]
+    if unknown:
+        raise EdgeCompressError(f"unknown merge term(s) {', '.join(unknown)}; valid: {', '.join(MERGES)}")
+    if merges and fbnet_rows and fbnet_weight > 0:
+        raise EdgeCompressError("merge terms are fitted on NAS-Bench-201 rows alone, not jointly with FBNet rows")
+    x, keys = _design(use, folding, merges)
     y = np.array([float(r[col]) for r in use])
     fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
-    if fbnet_rows and fbnet_weight > 0:
+    if merges:
+        coef = _nnls_with_savings(x, y, len(merges))
+        fitted_on += f" ({', '.join(merges)}: non-positive)"
+    elif fbnet_rows and fbnet_weight > 0:
         x_fb, y_fb = _fbnet_design(fbnet_rows, extra)
         coef = _fit_joint(x, y, x_fb, y_fb, fbnet_weight)
         keys = keys + [f"{g}.{t}" for g in extra for t in TERMS]

@@ -24,6 +24,7 @@ from edgecompress.latency_models.device_model import (
     EXTRA_GROUPS,
     FBNET_DEVICES,
     FOLDING_NOTES,
+    MERGES,
     PI5_COLUMNS,
     PI5_SPEEDUP_OVER_PI4,
     DeviceModel,
@@ -35,6 +36,7 @@ from edgecompress.latency_models.device_model import (
     load_nb201_rows,
     metrics,
     select_fbnet_terms,
+    select_merges,
     validate_fbnet,
 )
 from edgecompress.latency_models.fbnet import load_fbnet_rows
@@ -93,7 +95,7 @@ def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dic
     hold = _holdout(rows, column)
     if not hold:
         raise EdgeCompressError(f"no holdout rows with a {column} measurement")
-    x, keys = _design(hold, model.folding)
+    x, keys = _design(hold, model.folding, model.merges)
     y = np.array([float(r[column]) for r in hold])
     pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
     live = np.array([not is_constant_network(r["arch_str"], model.folding) for r in hold])
@@ -174,7 +176,17 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
                                      fbnet_weight=fb["weight"])  # fmt: skip
             selection = {**selection, "fbnet": fb}
         else:
-            model = fit_device_model(name, rows, selection["folding"])
+            merges = select_merges(name, rows, selection["folding"])
+            model = fit_device_model(name, rows, selection["folding"], merges=merges["merges"])
+            selection = {**selection, "merges": merges}
+            if merges["merges"]:
+                model.notes.append(
+                    "merged operators priced on their own ("
+                    + "; ".join(MERGES[m] for m in merges["merges"])
+                    + "), chosen by cross-validation on calibration rows (Spearman "
+                    + ", ".join(f"{'+'.join(v['merges']) or 'none'} {v['cv_spearman']:.3f}" for v in merges["scores"])
+                    + ")"
+                )
         model.selection = selection
         cv = selection["cv_spearman"]
         model.notes.append(

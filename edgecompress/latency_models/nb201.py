@@ -102,8 +102,8 @@ class _Cell(nn.Module):
             total = None
             for _, src in edges:
                 inp = states[src]
-                if inp is None:  # a node without live inputs (only without fold_constants): all zeros
-                    inp = torch.zeros_like(x)
+                if inp is None:  # a node without live inputs (only without fold_constants): all zeros, one tensor
+                    inp = states[src] = torch.zeros_like(x)
                 out = self.edges[f"{j + 1}_{src}"](inp)
                 total = out if total is None else total + out
             states.append(total)

@@ -50,6 +50,12 @@ class OpRecord:
     in_hw: tuple[int, int] = (1, 1)
     detail: str = ""
     """For pooling: max, avg or global."""
+    merged: str = ""
+    """``conv``: a convolution reading the same input value as an earlier convolution of the pass with the same
+    kernel, stride, padding, dilation and groups (a GPU compiler such as TensorRT fuses such siblings
+    horizontally into one wider convolution); ``pool``: a pooling that repeats an earlier pooling on the same
+    input (the same computation, done once); "" otherwise. An input value is a tensor, or the same element-wise
+    activation (ReLU family) applied to the same tensor."""
 
 
 def _numel(t: Any) -> int:
@@ -76,11 +82,33 @@ IGNORED = {
 }  # fmt: skip
 
 
+# Fused activations (in IGNORED): the same one applied to the same tensor gives the same value (two
+# NAS-Bench-201 edges each apply ReLU to one node before their convolutions); value numbering follows them.
+ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_"}
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: list[OpRecord] = []
         self.stack: list[str] = []
+        self._values: dict[int, Any] = {}  # id(tensor) -> value number
+        self._pinned: list[torch.Tensor] = []  # tensors seen, kept alive so their ids are not reused
+        self._seen: set[tuple[Any, ...]] = set()  # (kind, input value, geometry) of convolutions and poolings
+
+    def value(self, t: torch.Tensor) -> Any:
+        if id(t) not in self._values:
+            self._values[id(t)] = ("tensor", id(t))
+            self._pinned.append(t)
+        return self._values[id(t)]
+
+    def merged(self, kind: str, x: torch.Tensor, *geometry: Any) -> str:
+        """``kind`` when an earlier ``kind`` operator of this pass read the same input value with this geometry."""
+        key = (kind, self.value(x), *geometry)
+        if key in self._seen:
+            return kind
+        self._seen.add(key)
+        return ""
 
     def pop(self) -> None:  # a forward hook must return None, or it replaces the output
         self.stack.pop()
@@ -98,6 +126,11 @@ class _Recorder(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             return out
+        if name in ACTIVATIONS and args and isinstance(args[0], torch.Tensor):
+            value = (self.value(args[0]), name)
+            self._pinned.append(out)
+            self._values[id(out)] = value
+            return out
         if func in (F.conv2d, torch.conv2d) or name == "conv2d":
             x, w = args[0], args[1]
             groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
@@ -105,8 +138,11 @@ class _Recorder(TorchFunctionMode):
             nbytes = FP32 * (x.numel() + out.numel() + w.numel())
             stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
             stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+            padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
+            dilation = kwargs.get("dilation", args[5] if len(args) > 5 else 1)
+            merged = self.merged("conv", x, tuple(w.shape[1:]), str(stride), str(padding), str(dilation), groups)
             self.add(_conv_kind(w, groups), macs, nbytes, out, x, kernel=int(w.shape[-1]), stride=int(stride),
-                     groups=int(groups))  # fmt: skip
+                     groups=int(groups), merged=merged)  # fmt: skip
         elif func in (F.linear,) or name == "linear":
             x, w = args[0], args[1]
             self.add("linear", out.numel() * w.shape[1], FP32 * (x.numel() + out.numel() + w.numel()), out, x)
@@ -128,7 +164,9 @@ class _Recorder(TorchFunctionMode):
                 k = k[0] if isinstance(k, (tuple, list)) else k
                 st = st[0] if isinstance(st, (tuple, list)) else st
                 detail = "avg" if name.startswith("avg") else "max"
-            self.add("pool", 0, FP32 * (_numel(x) + out.numel()), out, x, kernel=int(k), stride=int(st), detail=detail)
+            merged = self.merged("pool", x, name, tuple(out.shape), str(args[1:]), str(sorted(kwargs.items())))
+            self.add("pool", 0, FP32 * (_numel(x) + out.numel()), out, x, kernel=int(k), stride=int(st), detail=detail,
+                     merged=merged)  # fmt: skip
         elif name in ("add", "__add__", "__iadd__", "add_", "__radd__"):
             if isinstance(args[0], torch.Tensor) and len(args) > 1 and isinstance(args[1], torch.Tensor):
                 self.add("add", 0, FP32 * 3 * out.numel(), out, args[0])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,7 @@ from edgecompress.latency_models.device_model import (
     fit_device_model,
     metrics,
     nb201_features,
+    select_merges,
 )
 from edgecompress.latency_models.devices import validate
 from edgecompress.models import create_model
@@ -76,6 +79,81 @@ def test_cross_validation_recovers_how_the_networks_were_deployed(folding: str) 
     assert all(
         score < chosen["cv_spearman"][folding] for other, score in chosen["cv_spearman"].items() if other != folding
     )
+
+
+def _random_rows(truth: DeviceModel, n: int = 150, folding: str = "all") -> list[dict[str, str]]:
+    import random
+
+    from edgecompress.latency_models.nb201 import OPS
+
+    rng = random.Random(1)
+    rows = []
+    for i in range(n):
+        ops = [rng.choice(OPS[1:]) for _ in range(6)]
+        arch = f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
+        ms = truth.predict_features(nb201_features(arch, folding))
+        rows.append({"arch_index": str(i), "arch_str": arch, "split": "calibration",
+                     "brpnas_jetson_nano_fp16_ms": str(ms)})  # fmt: skip
+    return rows
+
+
+def test_merge_terms_are_recovered_and_chosen_by_cross_validation() -> None:
+    """Latencies made with known (non-positive) merge terms: the fit recovers them, the cross-validation picks
+    them, and latencies made without them pick none; holdout rows change nothing."""
+    base = {"conv_k3.mmacs": 0.05, "conv_k1.count": 0.3, "pool.count": 0.2, "add.count": 0.1}
+    truth = DeviceModel("t", "t", "fp16", 0.5, {**base, "merge.conv": -0.12, "merge.pool": -0.15}, "synthetic")
+    rows = _random_rows(truth)
+    chosen = select_merges("jetson-nano-fp16", rows, "all")
+    assert chosen["merges"] == ["merge.conv", "merge.pool"]
+    fitted = fit_device_model("jetson-nano-fp16", rows, "all", merges=chosen["merges"])
+    assert fitted.merges == ("merge.conv", "merge.pool")
+    assert fitted.coefficients["merge.conv"] == pytest.approx(-0.12, rel=1e-4)
+    assert fitted.coefficients["merge.pool"] == pytest.approx(-0.15, rel=1e-4)
+    for r in rows[:10]:
+        measured = float(r["brpnas_jetson_nano_fp16_ms"])
+        assert fitted.predict_features(nb201_features(r["arch_str"])) == pytest.approx(measured)
+    poisoned = rows + [{**r, "split": "holdout", "brpnas_jetson_nano_fp16_ms": "9999"} for r in rows]
+    assert select_merges("jetson-nano-fp16", poisoned, "all")["scores"] == chosen["scores"]
+    assert fit_device_model("jetson-nano-fp16", poisoned, "all", merges=chosen["merges"]).coefficients == (
+        fitted.coefficients
+    )
+    plain = _random_rows(DeviceModel("t", "t", "fp16", 0.5, base, "synthetic"))
+    assert select_merges("jetson-nano-fp16", plain, "all")["merges"] == []
+    with pytest.raises(EdgeCompressError, match="unknown merge term.* merge.rows; valid: merge.conv, merge.pool"):
+        fit_device_model("jetson-nano-fp16", rows, "all", merges=["merge.rows"])
+
+
+def test_a_merged_operator_costs_its_terms_plus_the_merge_term_never_below_zero() -> None:
+    from edgecompress.latency_models.ops import OpRecord
+
+    m = DeviceModel("t", "t", "fp16", 0.0, {"conv_k3.count": 0.3, "merge.conv": -0.1, "merge.pool": -0.5,
+                                            "pool.count": 0.2}, "synthetic")  # fmt: skip
+    conv = OpRecord("conv_k3", 1000, 100, (1, 8, 4, 4), kernel=3)
+    assert m.op_ms(conv) == pytest.approx(0.3)
+    assert m.op_ms(replace(conv, merged="conv")) == pytest.approx(0.2)
+    assert m.op_ms(replace(OpRecord("pool", 0, 100, (1, 8, 4, 4)), merged="pool")) == 0.0
+    assert DeviceModel("t", "t", "fp16", 0.0, {"conv_k3.count": 0.3}, "s").op_ms(replace(conv, merged="conv")) == (
+        pytest.approx(0.3)
+    )
+
+
+def test_estimates_name_the_operators_a_merge_term_priced() -> None:
+    import torch.nn as nn
+
+    class Siblings(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.a(x) + self.b(x)
+
+    report = estimate_latency(Siblings(), (1, 8, 16, 16), "jetson-nano-fp16")
+    sources = {r.layer: r.source for r in report.rows}
+    assert "merged" not in sources["a"]
+    assert sources["b"].endswith("(merged with an earlier operator on the same input: its merge term applied)")
+    nano = load_device("jetson-nano-fp16")
+    assert report.rows[1].ms == pytest.approx(max(0.0, report.rows[0].ms + nano.coefficients["merge.conv"]))
 
 
 def test_fit_never_reads_holdout_rows() -> None:

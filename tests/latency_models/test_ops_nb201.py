@@ -89,6 +89,10 @@ def test_output_folding_compiles_only_constant_networks_away() -> None:
         "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
         "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|",
         "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|nor_conv_1x1~1|none~2|",
+        # siblings and repeated poolings: from node 0 three 3x3 convolutions, from node 1 two poolings
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|nor_conv_3x3~0|avg_pool_3x3~1|nor_conv_1x1~2|",
+        # node 1 has no live input: without folding both of its edges read one all-zero tensor
+        "|none~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|",
     ],
 )
 @pytest.mark.parametrize("folding", ["all", "output", "none"])
@@ -158,3 +162,34 @@ def test_a_channel_shuffle_and_a_concat_do_not_vanish() -> None:
     assert any(w.startswith("copy operators are extrapolated: a copying reshape or transpose") for w in nano.warnings)
     host = estimate_latency(Shuffle(), (1, 16, 28, 28), "host")
     assert "concat:" in host.missing and "copy:contiguous" in host.missing
+
+
+def test_tracer_marks_sibling_convolutions_and_repeated_poolings() -> None:
+    """What a GPU compiler merges: convolutions on the same input value (the same ReLU of one tensor) with the
+    same geometry, and a pooling that repeats an earlier one on the same tensor."""
+
+    class Branches(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 16, 3, padding=1)  # a sibling of a: same input value and geometry
+            self.c = torch.nn.Conv2d(8, 8, 1)  # another kernel
+            self.d = torch.nn.Conv2d(8, 8, 3, padding=1)  # reads x, not relu(x)
+            self.e = torch.nn.Conv2d(8, 8, 3, padding=1, stride=2)  # another stride
+            self.p = torch.nn.AvgPool2d(3, 1, 1)
+            self.m = torch.nn.MaxPool2d(3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(x)
+            outs = [self.a(torch.relu(x)), self.b(y), self.c(y), self.d(x), self.e(y)]
+            outs += [self.p(x), self.p(x), self.m(x), self.p(y)]
+            return sum(o.mean() for o in outs)
+
+    ops = trace_ops(Branches(), (1, 8, 8, 8))
+    assert [(op.kind, op.merged) for op in ops if op.kind != "add"] == [
+        ("conv_k3", ""), ("conv_k3", "conv"), ("conv_k1", ""), ("conv_k3", ""), ("conv_k3", ""),
+        ("pool", ""), ("pool", "pool"), ("pool", ""), ("pool", ""),
+    ]  # fmt: skip
+    feats = group_features(ops)
+    assert feats["merge.conv"] == 1 and feats["merge.pool"] == 1
+    assert not any(op.merged for op in trace_ops(create_model("resnet20"), (1, 1, 28, 28)))
