@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--techniques", default="all")
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--finetune-lr", type=float, default=None, help="compare's --finetune-lr (default its own)")
+    parser.add_argument("--distill-alpha", type=float, default=None, help="compare's --distill-alpha (default its own)")
     parser.add_argument("--deep-stages", type=int, default=1)
     parser.add_argument("--deep-bias-bits", type=int, default=32)
     parser.add_argument("--deep-clusters", type=int, default=16)
@@ -50,6 +51,8 @@ def main() -> None:
     ]  # fmt: skip
     if args.finetune_lr is not None:
         cmd += ["--finetune-lr", str(args.finetune_lr)]
+    if args.distill_alpha is not None:
+        cmd += ["--distill-alpha", str(args.distill_alpha)]
     if args.deep_stages != 1 or args.deep_bias_bits != 32:
         cmd += ["--deep-stages", str(args.deep_stages), "--deep-bias-bits", str(args.deep_bias_bits)]
     if args.deep_clusters != 16:

@@ -81,14 +81,14 @@ def run(name: str, setting: dict[str, Any], base: Any, data: Any, args: argparse
         policy = Policy({n: LayerPolicy(sparsity=stage_sparsity(s, i, args.stages, args.schedule))
                          for n, s in setting["sparsity"].items()}, base=shape)  # fmt: skip
         student, _ = compress(student, policy)
-        distill(student, base, data.train, epochs=args.stage_epochs, lr=args.lr, progress=False)
+        distill(student, base, data.train, epochs=args.stage_epochs, lr=args.lr, alpha=args.alpha, progress=False)
         bake(student)  # the fine-tuned sparse weights are the next stage's start; zeros stay the smallest
         stages.append({"fraction": fraction, "val": evaluate(student, data.val)["top1"]})
     full = Policy({n: LayerPolicy(sparsity=s, clusters=clusters_of(setting, n), bias_bits=args.bias_bits)
                    for n, s in setting["sparsity"].items()}, base=shape)  # fmt: skip
     final, report = compress(student, full)
     shared_val = evaluate(final, data.val)["top1"]
-    distill(final, base, data.train, epochs=args.share_epochs, lr=args.lr / 2, progress=False)
+    distill(final, base, data.train, epochs=args.share_epochs, lr=args.lr / 2, alpha=args.alpha, progress=False)
     t = report.totals
     return {
         "candidate": name,
@@ -152,6 +152,12 @@ def main() -> None:
     parser.add_argument("--stage-epochs", type=int, default=4)
     parser.add_argument("--share-epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=0.02)
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.9,
+        help="weight of the teacher's soft targets in the distillation loss (the rest: the labels)",
+    )
     parser.add_argument("--stages", type=int, default=4, help="pruning stages, each followed by distillation")
     parser.add_argument(
         "--schedule",
@@ -198,7 +204,7 @@ def main() -> None:
                 f"reaching {args.target:g}x; the test split chooses nothing",
         "checkpoint": args.checkpoint, "base_val": base_val, "base_test": base_test,
         "recipe": {"stage_epochs": args.stage_epochs, "share_epochs": args.share_epochs, "lr": args.lr,
-                   "schedule": args.schedule, "stages": schedule_fractions(args.stages),
+                   "alpha": args.alpha, "schedule": args.schedule, "stages": schedule_fractions(args.stages),
                    "bias_bits": args.bias_bits},
         "runs": runs,
         "chosen": None if chosen is None else {

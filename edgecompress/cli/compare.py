@@ -109,6 +109,15 @@ def compare_cmd(
     ] = None,
     finetune_epochs: Annotated[int, typer.Option(min=0, help="Distillation epochs every row gets.")] = 1,
     finetune_lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate of that distillation.")] = 0.01,
+    distill_alpha: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Weight of the base model's soft targets in that distillation (the rest: the labels); lower it "
+            "for a weak base.",
+        ),
+    ] = 0.9,
     max_batches: Annotated[
         int | None, typer.Option(min=1, help="Cap the batches of each distillation epoch (default: all).")
     ] = None,
@@ -160,7 +169,7 @@ def compare_cmd(
         size_ratios=_floats("--size-ratio", size_ratio) if size_ratio else [],  # type: ignore[arg-type]
         techniques=chosen, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_batches=max_batches,
         student=student, test_samples=test_samples, threads=threads, seed=seed, deep_stages=deep_stages,
-        deep_bias_bits=deep_bias_bits, deep_clusters=deep_clusters,
+        deep_bias_bits=deep_bias_bits, deep_clusters=deep_clusters, distill_alpha=distill_alpha,
     )  # fmt: skip
     r = run_compare(cfg, settings, console)
     console.print(f"comparison: {cfg.out}/compare.md, compare.json, {', '.join(Path(p).name for p in r['plots'])}")

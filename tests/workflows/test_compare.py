@@ -180,7 +180,29 @@ def test_bad_settings_are_refused_before_any_work(tmp_path: Path) -> None:
         run_compare(cfg, CompareSettings(techniques=["pruning"]), QUIET)
     with pytest.raises(ConfigError, match="budget ratio 1.5 is invalid"):
         run_compare(cfg, CompareSettings(budget_ratios=[1.5]), QUIET)
+    with pytest.raises(ConfigError, match="distill_alpha 1.2 is invalid; valid: 0 \\(labels only\\) to 1"):
+        run_compare(cfg, CompareSettings(distill_alpha=1.2), QUIET)
     assert not (tmp_path / "x").exists()
+
+
+def test_every_row_distils_with_the_given_alpha(
+    tiny_fmnist_shared: Path, resnet_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edgecompress.workflows.compare as compare_module
+
+    alphas: list[float] = []
+    real = compare_module.distill
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        alphas.append(kwargs["alpha"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "distill", recording)
+    cfg = _cfg(tiny_fmnist_shared, resnet_checkpoint, tmp_path / "alpha")
+    r = run_compare(cfg, _settings(techniques=["deep-compression", "quant"], budget_ratios=[], size_ratios=[0.2],
+                                   deep_stages=2, distill_alpha=0.5), QUIET)  # fmt: skip
+    assert len(r["rows"]) == 2 and alphas == [0.5] * 4  # two stages and two rows
+    assert json.loads((tmp_path / "alpha" / "settings.json").read_text())["distill_alpha"] == 0.5
 
 
 def test_a_budget_no_setting_meets_is_a_row_saying_the_floor(
