@@ -95,6 +95,7 @@ class _Recorder(TorchFunctionMode):
         self._values: dict[int, Any] = {}  # id(tensor) -> value number
         self._pinned: list[torch.Tensor] = []  # tensors seen, kept alive so their ids are not reused
         self._seen: set[tuple[Any, ...]] = set()  # (kind, input value, geometry) of convolutions and poolings
+        self._changes = 0
 
     def value(self, t: torch.Tensor) -> Any:
         if id(t) not in self._values:
@@ -131,6 +132,9 @@ class _Recorder(TorchFunctionMode):
             self._pinned.append(out)
             self._values[id(out)] = value
             return out
+        if id(out) in self._values:  # an in-place operator (x += y) changed a tensor seen before: a new value
+            self._changes += 1
+            self._values[id(out)] = ("changed", self._changes, id(out))
         if func in (F.conv2d, torch.conv2d) or name == "conv2d":
             x, w = args[0], args[1]
             groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)

@@ -193,3 +193,15 @@ def test_tracer_marks_sibling_convolutions_and_repeated_poolings() -> None:
     feats = group_features(ops)
     assert feats["merge.conv"] == 1 and feats["merge.pool"] == 1
     assert not any(op.merged for op in trace_ops(create_model("resnet20"), (1, 1, 28, 28)))
+
+    class InPlace(torch.nn.Module):  # the second convolution reads x after x += ...: another value
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            x += y
+            return self.b(x)
+
+    assert [op.merged for op in trace_ops(InPlace(), (1, 8, 8, 8)) if op.kind == "conv_k3"] == ["", ""]
