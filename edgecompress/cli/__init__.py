@@ -492,8 +492,12 @@ def devices_cmd() -> None:
         unfitted = [k for k in ("depthwise", "concat", "copy") if m.extrapolated(k)]
         source += f"; extrapolated: {', '.join(unfitted)} (none in the calibration networks)"
         if m.merges:
-            terms = ", ".join(f"{k.split('.')[1]} {m.coefficients[k]:+.3f} ms" for k in m.merges)
-            source += f"; merged operators (same input: fused convolutions, repeated poolings): {terms} each"
+            c = m.coefficients
+            terms = "; ".join(
+                f"{g} {c[f'{g}.count']:.3f} ms + {c[f'{g}.mmacs']:.3f} ms/MMAC + {c[f'{g}.mbytes']:.3f} ms/MB"
+                for g in m.merges
+            )
+            source += f"; merged operators (same input: fused convolutions, repeated poolings) priced apart: {terms}"
         table.add_row(name, m.device, m.precision, source, val)
     console.print(table)
 

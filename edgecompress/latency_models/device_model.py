@@ -135,19 +135,22 @@ coefficients prices its operators with the base group (:data:`KIND_TO_GROUP`).""
 
 
 MERGES = {
-    "merge.conv": "a convolution fused horizontally with an earlier sibling (same input value, kernel, stride, "
-    "padding, dilation and groups: one wider convolution runs)",
-    "merge.pool": "a pooling repeating an earlier one on the same input (the same computation, done once)",
+    "merge_conv": "convolutions reading the same input value as an earlier sibling with the same kernel, stride, "
+    "padding, dilation and groups (TensorRT can fuse such siblings into one wider convolution)",
+    "merge_pool": "poolings repeating an earlier one on the same input (a compiler can compute it once)",
 }
-"""Terms a profile may carry for what a GPU compiler (TensorRT) merges in a graph, counted by the tracer
-(:attr:`OpRecord.merged`): each coefficient is the (non-positive) ms that one such operator changes the sum of
-the per-operator costs by. Chosen per profile by cross-validation on the calibration rows
-(:func:`select_merges`)."""
-MERGE_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("merge.pool",), ("merge.conv",), ("merge.conv", "merge.pool"))
+"""Groups a profile may price on their own for operators a GPU compiler (TensorRT) can merge, marked by the
+tracer (:attr:`OpRecord.merged`): such an operator leaves its base group and costs this group's (non-negative)
+terms instead, whatever the data says they cost (less where the compiler merged them). Chosen per profile by
+cross-validation on the calibration rows (:func:`select_merges`)."""
+MERGE_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("merge_pool",), ("merge_conv",), ("merge_conv", "merge_pool"))
 
 
-def op_group(op: OpRecord, extra: Sequence[str] = ()) -> str | None:
-    """The cost group of ``op``: one of ``extra`` (:data:`EXTRA_GROUPS`) where it applies, else the base group."""
+def op_group(op: OpRecord, extra: Sequence[str] = (), merges: Sequence[str] = ()) -> str | None:
+    """The cost group of ``op``: its :data:`MERGES` group where it is merged and the profile prices that group,
+    else one of ``extra`` (:data:`EXTRA_GROUPS`) where it applies, else the base group."""
+    if op.merged and f"merge_{op.merged}" in merges:
+        return f"merge_{op.merged}"
     if op.kind == "depthwise" and "depthwise" in extra:
         return "depthwise"
     if op.kind == "conv_k1" and op.groups > 1 and "grouped_k1" in extra:
@@ -157,17 +160,14 @@ def op_group(op: OpRecord, extra: Sequence[str] = ()) -> str | None:
     return KIND_TO_GROUP.get(op.kind)
 
 
-def group_features(ops: Sequence[OpRecord], extra: Sequence[str] = ()) -> dict[str, float]:
-    """The cost model's inputs: per group, operator count, MMACs and MB moved; and the counts of merged
-    operators (:data:`MERGES`)."""
-    feats = {f"{g}.{t}": 0.0 for g in (*GROUPS, *extra) for t in TERMS}
-    feats.update(dict.fromkeys(MERGES, 0.0))
+def group_features(ops: Sequence[OpRecord], extra: Sequence[str] = (), merges: Sequence[str] = ()) -> dict[str, float]:
+    """The cost model's inputs: per group (``merges`` and ``extra`` groups included), operator count, MMACs and
+    MB moved."""
+    feats = {f"{g}.{t}": 0.0 for g in (*GROUPS, *extra, *merges) for t in TERMS}
     for op in ops:
-        g = op_group(op, extra)
+        g = op_group(op, extra, merges)
         if g is None:
             continue
-        if op.merged:
-            feats[f"merge.{op.merged}"] += 1
         feats[f"{g}.count"] += 1
         feats[f"{g}.mmacs"] += op.macs / 1e6
         feats[f"{g}.mbytes"] += op.bytes / 1e6
@@ -231,7 +231,10 @@ FOLDING_NOTES = {
 }
 
 
-def nb201_features(arch: str, folding: str = "all") -> dict[str, float]:
+NB201_GROUP = {"nor_conv_3x3": "conv_k3", "nor_conv_1x1": "conv_k1", "avg_pool_3x3": "pool"}
+
+
+def nb201_features(arch: str, folding: str = "all", merges: Sequence[str] = ()) -> dict[str, float]:
     """Features of a NAS-Bench-201 network as deployed under ``folding`` (:data:`FOLDINGS`).
 
     A network that computes a constant (``all`` and ``output``: its cells' outputs are disconnected) has all
@@ -241,16 +244,18 @@ def nb201_features(arch: str, folding: str = "all") -> dict[str, float]:
     """
     _check_folding(folding)
     fixed, parts = _nb201_parts()
+    feats = {**fixed, **{f"{g}.{t}": 0.0 for g in merges for t in TERMS}}
     if is_constant_network(arch, folding):
-        return dict.fromkeys(fixed, 0.0)
+        return dict.fromkeys(feats, 0.0)
     live = live_edges(parse_arch(arch), folding == "all")
-    feats = dict(fixed)
-    for key, n in _cell_merges(live).items():
-        feats[key] += 15 * n  # 5 cells in each of 3 stages
-    for edges in live:
-        for op, _ in edges:
+    merged = _merged_edges(live)
+    for j, edges in enumerate(live):
+        for i, (op, _) in enumerate(edges):
+            group = f"merge_{merged[(j, i)]}" if merged.get((j, i)) and f"merge_{merged[(j, i)]}" in merges else None
             for stage in range(3):
                 for k, v in parts[(op, stage)].items():
+                    if group is not None and k.startswith(f"{NB201_GROUP[op]}."):
+                        k = f"{group}.{k.split('.')[1]}"  # the merged edge's terms move to its merge group
                     feats[k] += 5 * v
         for _ in range(max(0, len(edges) - 1)):
             for stage in range(3):
@@ -259,21 +264,25 @@ def nb201_features(arch: str, folding: str = "all") -> dict[str, float]:
     return feats
 
 
-def _cell_merges(live: list[list[tuple[str, int]]]) -> dict[str, int]:
-    """Merged operators of one cell (:data:`MERGES`): from each node, every convolution edge after the first of
-    its kind (a sibling reading the same ReLU of that node) and every pooling edge after the first."""
-    from_node: dict[int, list[str]] = {}
-    for edges in live:
-        for op, src in edges:
-            from_node.setdefault(src, []).append(op)
-    counts = dict.fromkeys(MERGES, 0)
-    for ops in from_node.values():
-        for op in set(ops):
-            if op.startswith("nor_conv"):
-                counts["merge.conv"] += ops.count(op) - 1
-            elif op == "avg_pool_3x3":
-                counts["merge.pool"] += ops.count(op) - 1
-    return counts
+def _merged_edges(live: list[list[tuple[str, int]]]) -> dict[tuple[int, int], str]:
+    """The merged edges of one cell as the tracer marks them (:attr:`OpRecord.merged`), keyed (node - 1, edge):
+    every convolution edge after the first of its kind reading the same tensor (through its own ReLU), ``conv``,
+    and every pooling edge after the first, ``pool``. A node whose only live edge is a skip is the tensor it
+    skips from."""
+    same = [0, 1, 2, 3]  # each node's tensor, as the node that first holds it
+    for j, edges in enumerate(live, start=1):
+        if len(edges) == 1 and edges[0][0] == "skip_connect":
+            same[j] = same[edges[0][1]]
+    seen: set[tuple[int, str]] = set()
+    merged: dict[tuple[int, int], str] = {}
+    for j, edges in enumerate(live):
+        for i, (op, src) in enumerate(edges):
+            if op not in NB201_GROUP:
+                continue
+            if (same[src], op) in seen:
+                merged[(j, i)] = "pool" if op == "avg_pool_3x3" else "conv"
+            seen.add((same[src], op))
+    return merged
 
 
 def _check_folding(folding: str) -> None:
@@ -342,7 +351,7 @@ class DeviceModel:
         operator has beyond that is priced at the device's published roofline, max(extra MACs / peak MAC
         rate, extra bytes / memory bandwidth), bytes at the profile's precision: a lower bound for that part.
         """
-        g = op_group(op, self.extra_groups)
+        g = op_group(op, self.extra_groups, self.merges)
         if g is None:
             return None
         c = self.coefficients
@@ -350,22 +359,21 @@ class DeviceModel:
         extra = 0.0
         peak = DEVICE_PEAKS.get(self.name)
         if peak is not None:
-            edge_mmacs, edge_mbytes = calibration_edges()[g]
+            edge_mmacs, edge_mbytes = calibration_edges()[KIND_TO_GROUP[op.kind]]
             over_mmacs, over_mbytes = max(0.0, mmacs - edge_mmacs), max(0.0, mbytes - edge_mbytes)
             mmacs, mbytes = min(mmacs, edge_mmacs), min(mbytes, edge_mbytes)
             # MMACs / (GMAC/s) is in ms (1e6 / 1e9 s); MB / (GB/s) likewise.
             compute_ms = over_mmacs / peak["gmacs"]
             memory_ms = over_mbytes * peak["bytes_per_value"] / 4 / peak["gbps"]
             extra = max(compute_ms, memory_ms)
-        ms = c.get(f"{g}.count", 0.0) + c.get(f"{g}.mmacs", 0.0) * mmacs + c.get(f"{g}.mbytes", 0.0) * mbytes + extra
-        if op.merged:  # a merged operator costs its own terms plus the (non-positive) merge term, never below 0
-            ms = max(0.0, ms + c.get(f"merge.{op.merged}", 0.0))
-        return self.scale * ms
+        return self.scale * (
+            c.get(f"{g}.count", 0.0) + c.get(f"{g}.mmacs", 0.0) * mmacs + c.get(f"{g}.mbytes", 0.0) * mbytes + extra
+        )
 
     @property
     def merges(self) -> tuple[str, ...]:
-        """The :data:`MERGES` terms this profile carries."""
-        return tuple(k for k in MERGES if k in self.coefficients)
+        """The :data:`MERGES` groups this profile prices on their own."""
+        return tuple(g for g in MERGES if f"{g}.count" in self.coefficients)
 
     @property
     def extra_groups(self) -> tuple[str, ...]:
@@ -416,13 +424,13 @@ class DeviceModel:
 def _design(
     rows: Sequence[dict[str, str]], folding: str = "all", merges: Sequence[str] = ()
 ) -> tuple[np.ndarray, list[str]]:
-    keys = [f"{g}.{t}" for g in GROUPS for t in TERMS] + list(merges)
+    keys = [f"{g}.{t}" for g in (*GROUPS, *merges) for t in TERMS]
     cache: dict[str, dict[str, float]] = {}
     x = np.zeros((len(rows), len(keys) + 1))
     for i, row in enumerate(rows):
         arch = row["arch_str"]
         if arch not in cache:
-            cache[arch] = nb201_features(arch, folding)
+            cache[arch] = nb201_features(arch, folding, merges)
         x[i, 0] = 1.0
         x[i, 1:] = [cache[arch][k] for k in keys]
     return x, keys
@@ -437,14 +445,6 @@ def _nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     norms[norms == 0] = 1.0
     coef, _ = nnls(xw / norms, np.ones_like(y))
     return coef / norms
-
-
-def _nnls_with_savings(x: np.ndarray, y: np.ndarray, savings: int) -> np.ndarray:
-    """:func:`_nnls_relative` with the last ``savings`` columns' coefficients non-positive (:data:`MERGES`)."""
-    sign = np.ones(x.shape[1])
-    if savings:
-        sign[-savings:] = -1.0
-    return _nnls_relative(x * sign, y) * sign
 
 
 def _fit_rows(rows: Sequence[dict[str, str]], col: str, folding: str) -> list[dict[str, str]]:
@@ -493,9 +493,9 @@ def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int
 
 
 def select_merges(name: str, rows: Sequence[dict[str, str]], folding: str, folds: int = 5) -> dict[str, Any]:
-    """Which :data:`MERGES` terms ``name``'s model carries: ``folds``-fold cross-validated Spearman on the
-    *calibration* rows (the folds of :func:`cross_validate_folding`) of each :data:`MERGE_VARIANTS`, the
-    folding held; the best to 3 decimals wins, then fewer terms. The holdout rows play no part."""
+    """Which :data:`MERGES` groups ``name``'s model prices on their own: ``folds``-fold cross-validated Spearman
+    on the *calibration* rows (the folds of :func:`cross_validate_folding`) of each :data:`MERGE_VARIANTS`, the
+    folding held; the best to 3 decimals wins, then fewer groups. The holdout rows play no part."""
     from scipy.stats import spearmanr
 
     col = DEVICE_COLUMNS[name]["column"]
@@ -503,22 +503,19 @@ def select_merges(name: str, rows: Sequence[dict[str, str]], folding: str, folds
     y = np.array([float(r[col]) for r in use])
     fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
     fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
-    x, _ = _design(use, folding, tuple(MERGES))
-    base = x.shape[1] - len(MERGES)
     scores: list[dict[str, Any]] = []
     for variant in MERGE_VARIANTS:
-        cols = list(range(base)) + [base + list(MERGES).index(k) for k in variant]
-        xv = x[:, cols]
+        xv, _ = _design(use, folding, variant)
         pred = np.zeros_like(y)
         for k in range(folds):
             train = (fold != k) & fit
-            pred[fold == k] = xv[fold == k] @ _nnls_with_savings(xv[train], y[train], len(variant))
+            pred[fold == k] = xv[fold == k] @ _nnls_relative(xv[train], y[train])
         scores.append({"merges": list(variant), "cv_spearman": float(spearmanr(pred, y).statistic)})
     best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["merges"])))
     return {
         "merges": best["merges"], "scores": scores,
         "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
-        "folding held; best to 3 decimals, then fewer terms",
+        "folding held; best to 3 decimals, then fewer groups",
     }  # fmt: skip
 
 
@@ -578,7 +575,8 @@ def fit_device_model(
 ) -> DeviceModel:
     """Fit ``name``'s cost model on the *calibration* rows that have a measurement; with ``fbnet_rows`` (FBNet's
     even, calibration rows only) and ``fbnet_weight`` > 0, jointly with their block deltas, ``extra`` groups
-    priced on their own; with ``merges`` (:data:`MERGES`), those terms too (NAS-Bench-201 rows only)."""
+    priced on their own; with ``merges`` (:data:`MERGES`), merged operators priced in those groups (NAS-Bench-201
+    rows only)."""
     meta = DEVICE_COLUMNS[name]
     col = meta["column"]
     use = _fit_rows(rows, col, folding)
@@ -588,15 +586,15 @@ def fit_device_model(
         raise EdgeCompressError("odd FBNet layer rows are holdout: they never reach a fit")
     unknown = [m for m in merges if m not in MERGES]
     if unknown:
-        raise EdgeCompressError(f"unknown merge term(s) {', '.join(unknown)}; valid: {', '.join(MERGES)}")
+        raise EdgeCompressError(f"unknown merge group(s) {', '.join(unknown)}; valid: {', '.join(MERGES)}")
     if merges and fbnet_rows and fbnet_weight > 0:
-        raise EdgeCompressError("merge terms are fitted on NAS-Bench-201 rows alone, not jointly with FBNet rows")
+        raise EdgeCompressError("merge groups are fitted on NAS-Bench-201 rows alone, not jointly with FBNet rows")
     x, keys = _design(use, folding, merges)
     y = np.array([float(r[col]) for r in use])
     fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
     if merges:
-        coef = _nnls_with_savings(x, y, len(merges))
-        fitted_on += f" ({', '.join(merges)}: non-positive)"
+        coef = _nnls_relative(x, y)
+        fitted_on += f" ({', '.join(merges)} priced on their own)"
     elif fbnet_rows and fbnet_weight > 0:
         x_fb, y_fb = _fbnet_design(fbnet_rows, extra)
         coef = _fit_joint(x, y, x_fb, y_fb, fbnet_weight)

@@ -99,7 +99,8 @@ def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dic
     y = np.array([float(r[column]) for r in hold])
     pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
     live = np.array([not is_constant_network(r["arch_str"], model.folding) for r in hold])
-    flops = sum(x[:, 1 + keys.index(k)] for k in keys if k.endswith(".mmacs"))
+    # rounded so that equal MAC counts tie whatever groups their operators are summed in
+    flops = np.round(sum(x[:, 1 + keys.index(k)] for k in keys if k.endswith(".mmacs")), 6)
     ranks = metrics(np.maximum(pred, 1e-9), y)
     errors = metrics(pred[live], y[live])
     return {
@@ -181,7 +182,7 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
             selection = {**selection, "merges": merges}
             if merges["merges"]:
                 model.notes.append(
-                    "merged operators priced on their own ("
+                    "merged operators priced in groups of their own ("
                     + "; ".join(MERGES[m] for m in merges["merges"])
                     + "), chosen by cross-validation on calibration rows (Spearman "
                     + ", ".join(f"{'+'.join(v['merges']) or 'none'} {v['cv_spearman']:.3f}" for v in merges["scores"])

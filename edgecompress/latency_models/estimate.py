@@ -269,8 +269,8 @@ def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | 
         src = f"device model {dm.name}"
         if dm.extrapolated(op.kind):
             src += " (extrapolated)"
-        if op.merged and f"merge.{op.merged}" in dm.coefficients:
-            src += " (merged with an earlier operator on the same input: its merge term applied)"
+        if op.merged and f"merge_{op.merged}" in dm.merges:
+            src += f" (merged with an earlier operator on the same input: priced as merge_{op.merged})"
         return dm.op_ms(op), src
     return None, "missing"
 

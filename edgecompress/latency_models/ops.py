@@ -128,7 +128,8 @@ class _Recorder(TorchFunctionMode):
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             return out
         if name in ACTIVATIONS and args and isinstance(args[0], torch.Tensor):
-            value = (self.value(args[0]), name)
+            settings = {k: v for k, v in kwargs.items() if k != "inplace"}
+            value = (self.value(args[0]), name, str(args[1:]), str(sorted(settings.items())))
             self._pinned.append(out)
             self._values[id(out)] = value
             return out
@@ -141,10 +142,10 @@ class _Recorder(TorchFunctionMode):
             macs = out.numel() * w[0].numel()
             nbytes = FP32 * (x.numel() + out.numel() + w.numel())
             stride = kwargs.get("stride", args[3] if len(args) > 3 else 1)
-            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
             padding = kwargs.get("padding", args[4] if len(args) > 4 else 0)
             dilation = kwargs.get("dilation", args[5] if len(args) > 5 else 1)
             merged = self.merged("conv", x, tuple(w.shape[1:]), str(stride), str(padding), str(dilation), groups)
+            stride = stride[0] if isinstance(stride, (tuple, list)) else stride
             self.add(_conv_kind(w, groups), macs, nbytes, out, x, kernel=int(w.shape[-1]), stride=int(stride),
                      groups=int(groups), merged=merged)  # fmt: skip
         elif func in (F.linear,) or name == "linear":

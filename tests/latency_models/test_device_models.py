@@ -81,7 +81,9 @@ def test_cross_validation_recovers_how_the_networks_were_deployed(folding: str) 
     )
 
 
-def _random_rows(truth: DeviceModel, n: int = 150, folding: str = "all") -> list[dict[str, str]]:
+def _random_rows(
+    truth: DeviceModel, n: int = 150, folding: str = "all", merges: tuple[str, ...] = ()
+) -> list[dict[str, str]]:
     import random
 
     from edgecompress.latency_models.nb201 import OPS
@@ -91,53 +93,50 @@ def _random_rows(truth: DeviceModel, n: int = 150, folding: str = "all") -> list
     for i in range(n):
         ops = [rng.choice(OPS[1:]) for _ in range(6)]
         arch = f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
-        ms = truth.predict_features(nb201_features(arch, folding))
+        ms = truth.predict_features(nb201_features(arch, folding, merges))
         rows.append({"arch_index": str(i), "arch_str": arch, "split": "calibration",
                      "brpnas_jetson_nano_fp16_ms": str(ms)})  # fmt: skip
     return rows
 
 
-def test_merge_terms_are_recovered_and_chosen_by_cross_validation() -> None:
-    """Latencies made with known (non-positive) merge terms: the fit recovers them, the cross-validation picks
-    them, and latencies made without them pick none; holdout rows change nothing."""
+def test_merge_groups_are_recovered_and_chosen_by_cross_validation() -> None:
+    """Latencies made with merged operators priced apart (cheaper than their kind): the cross-validation picks
+    the merge groups and the fit reproduces the latencies with non-negative costs; latencies made without them
+    pick none; holdout rows change nothing."""
     base = {"conv_k3.mmacs": 0.05, "conv_k1.count": 0.3, "pool.count": 0.2, "add.count": 0.1}
-    truth = DeviceModel("t", "t", "fp16", 0.5, {**base, "merge.conv": -0.12, "merge.pool": -0.15}, "synthetic")
-    rows = _random_rows(truth)
+    merges = ("merge_conv", "merge_pool")
+    truth = DeviceModel("t", "t", "fp16", 0.5, {**base, "merge_conv.count": 0.02, "merge_pool.count": 0.01}, "s")
+    rows = _random_rows(truth, merges=merges)
     chosen = select_merges("jetson-nano-fp16", rows, "all")
-    assert chosen["merges"] == ["merge.conv", "merge.pool"]
+    assert chosen["merges"] == ["merge_conv", "merge_pool"]
     fitted = fit_device_model("jetson-nano-fp16", rows, "all", merges=chosen["merges"])
-    assert fitted.merges == ("merge.conv", "merge.pool")
-    assert fitted.coefficients["merge.conv"] == pytest.approx(-0.12, rel=1e-4)
-    assert fitted.coefficients["merge.pool"] == pytest.approx(-0.15, rel=1e-4)
+    assert fitted.merges == merges and min(fitted.coefficients.values()) >= 0
     for r in rows[:10]:
         measured = float(r["brpnas_jetson_nano_fp16_ms"])
-        assert fitted.predict_features(nb201_features(r["arch_str"])) == pytest.approx(measured)
+        assert fitted.predict_features(nb201_features(r["arch_str"], "all", merges)) == pytest.approx(measured)
     poisoned = rows + [{**r, "split": "holdout", "brpnas_jetson_nano_fp16_ms": "9999"} for r in rows]
     assert select_merges("jetson-nano-fp16", poisoned, "all")["scores"] == chosen["scores"]
-    assert fit_device_model("jetson-nano-fp16", poisoned, "all", merges=chosen["merges"]).coefficients == (
-        fitted.coefficients
-    )
+    assert fit_device_model("jetson-nano-fp16", poisoned, "all", merges=merges).coefficients == fitted.coefficients
     plain = _random_rows(DeviceModel("t", "t", "fp16", 0.5, base, "synthetic"))
     assert select_merges("jetson-nano-fp16", plain, "all")["merges"] == []
-    with pytest.raises(EdgeCompressError, match="unknown merge term.* merge.rows; valid: merge.conv, merge.pool"):
-        fit_device_model("jetson-nano-fp16", rows, "all", merges=["merge.rows"])
+    with pytest.raises(EdgeCompressError, match="unknown merge group.* merge_rows; valid: merge_conv, merge_pool"):
+        fit_device_model("jetson-nano-fp16", rows, "all", merges=["merge_rows"])
 
 
-def test_a_merged_operator_costs_its_terms_plus_the_merge_term_never_below_zero() -> None:
+def test_a_merged_operator_is_priced_by_its_merge_group_where_the_profile_has_one() -> None:
     from edgecompress.latency_models.ops import OpRecord
 
-    m = DeviceModel("t", "t", "fp16", 0.0, {"conv_k3.count": 0.3, "merge.conv": -0.1, "merge.pool": -0.5,
-                                            "pool.count": 0.2}, "synthetic")  # fmt: skip
+    c = {"conv_k3.count": 0.3, "merge_conv.count": 0.05, "merge_conv.mmacs": 0.0, "merge_conv.mbytes": 0.0}
+    m = DeviceModel("t", "t", "fp16", 0.0, c, "synthetic")
     conv = OpRecord("conv_k3", 1000, 100, (1, 8, 4, 4), kernel=3)
+    assert m.merges == ("merge_conv",)
     assert m.op_ms(conv) == pytest.approx(0.3)
-    assert m.op_ms(replace(conv, merged="conv")) == pytest.approx(0.2)
-    assert m.op_ms(replace(OpRecord("pool", 0, 100, (1, 8, 4, 4)), merged="pool")) == 0.0
-    assert DeviceModel("t", "t", "fp16", 0.0, {"conv_k3.count": 0.3}, "s").op_ms(replace(conv, merged="conv")) == (
-        pytest.approx(0.3)
-    )
+    assert m.op_ms(replace(conv, merged="conv")) == pytest.approx(0.05)
+    plain = DeviceModel("t", "t", "fp16", 0.0, {"conv_k3.count": 0.3}, "s")
+    assert plain.merges == () and plain.op_ms(replace(conv, merged="conv")) == pytest.approx(0.3)
 
 
-def test_estimates_name_the_operators_a_merge_term_priced() -> None:
+def test_estimates_name_the_operators_a_merge_group_priced() -> None:
     import torch.nn as nn
 
     class Siblings(nn.Module):
@@ -151,9 +150,12 @@ def test_estimates_name_the_operators_a_merge_term_priced() -> None:
     report = estimate_latency(Siblings(), (1, 8, 16, 16), "jetson-nano-fp16")
     sources = {r.layer: r.source for r in report.rows}
     assert "merged" not in sources["a"]
-    assert sources["b"].endswith("(merged with an earlier operator on the same input: its merge term applied)")
-    nano = load_device("jetson-nano-fp16")
-    assert report.rows[1].ms == pytest.approx(max(0.0, report.rows[0].ms + nano.coefficients["merge.conv"]))
+    assert sources["b"].endswith("(merged with an earlier operator on the same input: priced as merge_conv)")
+    c = load_device("jetson-nano-fp16").coefficients
+    mb = 4 * (8 * 16 * 16 * 2 + 8 * 8 * 9) / 1e6  # input + output + weights, fp32
+    mmacs = 8 * 16 * 16 * 8 * 9 / 1e6
+    expected = c["merge_conv.count"] + c["merge_conv.mmacs"] * mmacs + c["merge_conv.mbytes"] * mb
+    assert {r.layer: r.ms for r in report.rows}["b"] == pytest.approx(expected)
 
 
 def test_fit_never_reads_holdout_rows() -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from edgecompress import Policy, compress
 from edgecompress.errors import EdgeCompressError
@@ -93,12 +94,22 @@ def test_output_folding_compiles_only_constant_networks_away() -> None:
         "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|nor_conv_3x3~0|avg_pool_3x3~1|nor_conv_1x1~2|",
         # node 1 has no live input: without folding both of its edges read one all-zero tensor
         "|none~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|avg_pool_3x3~0|avg_pool_3x3~1|avg_pool_3x3~2|",
+        # a node whose only edge is a skip is the tensor it skips from: its edges are siblings of that node's
+        "|skip_connect~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|",
+        "|skip_connect~0|+|avg_pool_3x3~0|avg_pool_3x3~1|+|skip_connect~0|none~1|skip_connect~2|",
+        "|nor_conv_1x1~0|+|none~0|skip_connect~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|",
+        "|none~0|+|none~0|skip_connect~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
     ],
 )
 @pytest.mark.parametrize("folding", ["all", "output", "none"])
-def test_feature_decomposition_equals_tracing_the_whole_network(arch: str, folding: str) -> None:
-    direct = group_features(trace_ops(NB201Network(arch, fold_constants=folding == "all"), (1, 3, 32, 32)))
-    fast = nb201_features(arch, folding)
+@pytest.mark.parametrize("merges", [(), ("merge_conv", "merge_pool")])
+def test_feature_decomposition_equals_tracing_the_whole_network(arch: str, folding: str, merges: tuple) -> None:
+    net = NB201Network(arch, fold_constants=folding == "all")
+    direct = group_features(trace_ops(net, (1, 3, 32, 32)), merges=merges)
+    fast = nb201_features(arch, folding, merges)
+    if is_constant_network(arch, folding):
+        assert all(v == 0 for v in fast.values())
+        return
     assert direct.keys() == fast.keys()
     assert all(fast[k] == pytest.approx(direct[k], abs=1e-9) for k in direct)
 
@@ -190,8 +201,9 @@ def test_tracer_marks_sibling_convolutions_and_repeated_poolings() -> None:
         ("conv_k3", ""), ("conv_k3", "conv"), ("conv_k1", ""), ("conv_k3", ""), ("conv_k3", ""),
         ("pool", ""), ("pool", "pool"), ("pool", ""), ("pool", ""),
     ]  # fmt: skip
-    feats = group_features(ops)
-    assert feats["merge.conv"] == 1 and feats["merge.pool"] == 1
+    feats = group_features(ops, merges=("merge_conv", "merge_pool"))
+    assert feats["merge_conv.count"] == 1 and feats["merge_pool.count"] == 1
+    assert feats["conv_k3.count"] == 3 and feats["pool.count"] == 3  # the merged ones left their groups
     assert not any(op.merged for op in trace_ops(create_model("resnet20"), (1, 1, 28, 28)))
 
     class InPlace(torch.nn.Module):  # the second convolution reads x after x += ...: another value
@@ -205,3 +217,15 @@ def test_tracer_marks_sibling_convolutions_and_repeated_poolings() -> None:
             return self.b(x)
 
     assert [op.merged for op in trace_ops(InPlace(), (1, 8, 8, 8)) if op.kind == "conv_k3"] == ["", ""]
+
+    class Different(torch.nn.Module):  # other strides, other activations: not siblings
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(8, 8, 3, (2, 1), 1), torch.nn.Conv2d(8, 8, 3, (2, 2), 1)
+            self.c, self.d = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            outs = [self.a(x), self.b(x), self.c(F.hardtanh(x, -1.0, 1.0)), self.d(F.hardtanh(x, 0.0, 6.0))]
+            return sum(o.mean() for o in outs)
+
+    assert not any(op.merged for op in trace_ops(Different(), (1, 8, 8, 8)))
