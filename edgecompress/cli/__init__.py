@@ -497,7 +497,7 @@ def devices_cmd() -> None:
                 f"{g} {c[f'{g}.count']:.3f} ms + {c[f'{g}.mmacs']:.3f} ms/MMAC + {c[f'{g}.mbytes']:.3f} ms/MB"
                 for g in m.merges
             )
-            source += f"; merged operators (same input: fused convolutions, repeated poolings) priced apart: {terms}"
+            source += f"; operators a compiler can merge (sibling convolutions, repeated poolings) apart: {terms}"
         table.add_row(name, m.device, m.precision, source, val)
     console.print(table)
 
