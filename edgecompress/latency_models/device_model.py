@@ -251,7 +251,8 @@ def nb201_features(arch: str, folding: str = "all", merges: Sequence[str] = ()) 
     merged = _merged_edges(live)
     for j, edges in enumerate(live):
         for i, (op, _) in enumerate(edges):
-            group = f"merge_{merged[(j, i)]}" if merged.get((j, i)) and f"merge_{merged[(j, i)]}" in merges else None
+            kind = merged.get((j, i))
+            group = f"merge_{kind}" if kind and f"merge_{kind}" in merges else None
             for stage in range(3):
                 for k, v in parts[(op, stage)].items():
                     if group is not None and k.startswith(f"{NB201_GROUP[op]}."):
@@ -456,25 +457,29 @@ def _fit_rows(rows: Sequence[dict[str, str]], col: str, folding: str) -> list[di
     ]  # fmt: skip
 
 
-def _cv_spearman_by_folding(rows: Sequence[dict[str, str]], col: str, folds: int) -> dict[str, float]:
-    """Per reading in :data:`FOLDINGS`: the ``folds``-fold cross-validated Spearman of the cost model on the
-    calibration rows with a ``col`` measurement (folds by ``arch_index // 5 % folds``). Every reading is scored on
-    the same rows; constant networks are predicted, never fitted."""
+def _cv_spearman(
+    rows: Sequence[dict[str, str]], col: str, folds: int, folding: str, merges: Sequence[str] = ()
+) -> float:
+    """The ``folds``-fold cross-validated Spearman of the cost model (``merges`` groups priced on their own) on
+    the calibration rows with a ``col`` measurement (folds by ``arch_index // 5 % folds``), the networks read as
+    compiled under ``folding``; constant networks are predicted, never fitted."""
     from scipy.stats import spearmanr
 
     use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
     y = np.array([float(r[col]) for r in use])
     fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
-    scores: dict[str, float] = {}
-    for folding in FOLDINGS:
-        x, _ = _design(use, folding)
-        fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
-        pred = np.zeros_like(y)
-        for k in range(folds):
-            train = (fold != k) & fit
-            pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
-        scores[folding] = float(spearmanr(pred, y).statistic)
-    return scores
+    x, _ = _design(use, folding, merges)
+    fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
+    pred = np.zeros_like(y)
+    for k in range(folds):
+        train = (fold != k) & fit
+        pred[fold == k] = x[fold == k] @ _nnls_relative(x[train], y[train])
+    return float(spearmanr(pred, y).statistic)
+
+
+def _cv_spearman_by_folding(rows: Sequence[dict[str, str]], col: str, folds: int) -> dict[str, float]:
+    """Per reading in :data:`FOLDINGS`: :func:`_cv_spearman`, every reading scored on the same rows."""
+    return {folding: _cv_spearman(rows, col, folds, folding) for folding in FOLDINGS}
 
 
 def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
@@ -496,21 +501,11 @@ def select_merges(name: str, rows: Sequence[dict[str, str]], folding: str, folds
     """Which :data:`MERGES` groups ``name``'s model prices on their own: ``folds``-fold cross-validated Spearman
     on the *calibration* rows (the folds of :func:`cross_validate_folding`) of each :data:`MERGE_VARIANTS`, the
     folding held; the best to 3 decimals wins, then fewer groups. The holdout rows play no part."""
-    from scipy.stats import spearmanr
-
     col = DEVICE_COLUMNS[name]["column"]
-    use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
-    y = np.array([float(r[col]) for r in use])
-    fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
-    fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
-    scores: list[dict[str, Any]] = []
-    for variant in MERGE_VARIANTS:
-        xv, _ = _design(use, folding, variant)
-        pred = np.zeros_like(y)
-        for k in range(folds):
-            train = (fold != k) & fit
-            pred[fold == k] = xv[fold == k] @ _nnls_relative(xv[train], y[train])
-        scores.append({"merges": list(variant), "cv_spearman": float(spearmanr(pred, y).statistic)})
+    scores: list[dict[str, Any]] = [
+        {"merges": list(variant), "cv_spearman": _cv_spearman(rows, col, folds, folding, variant)}
+        for variant in MERGE_VARIANTS
+    ]
     best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["merges"])))
     return {
         "merges": best["merges"], "scores": scores,
@@ -593,9 +588,8 @@ def fit_device_model(
     y = np.array([float(r[col]) for r in use])
     fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
     if merges:
-        coef = _nnls_relative(x, y)
         fitted_on += f" ({', '.join(merges)} priced on their own)"
-    elif fbnet_rows and fbnet_weight > 0:
+    if fbnet_rows and fbnet_weight > 0:
         x_fb, y_fb = _fbnet_design(fbnet_rows, extra)
         coef = _fit_joint(x, y, x_fb, y_fb, fbnet_weight)
         keys = keys + [f"{g}.{t}" for g in extra for t in TERMS]
