@@ -616,10 +616,14 @@ def _block_delta(model: DeviceModel, row: dict[str, Any], block: str) -> float:
 def select_fbnet_terms(
     name: str, rows: Sequence[dict[str, str]], fbnet_rows: Sequence[dict[str, Any]], folding: str
 ) -> dict[str, Any]:
-    """Which :data:`EXTRA_GROUPS` to price on their own and how much the FBNet rows weigh: leave-one-row-out
-    cross-validation on the *even* FBNet rows (each left-out row's block deltas predicted by a fit on the
-    NAS-Bench-201 calibration rows and the other even rows), pooled Spearman; the best (to 3 decimals) wins,
-    then fewer groups, then the smaller weight. The odd rows play no part."""
+    """Which :data:`EXTRA_GROUPS` to price on their own and how much the FBNet rows weigh: leave-one-position-out
+    cross-validation on the *even* FBNet rows (each position's block deltas predicted by a fit on the
+    NAS-Bench-201 calibration rows and the even rows at other positions), pooled Spearman; the best (to 3
+    decimals) wins, then fewer groups, then the smaller weight. The odd rows play no part.
+
+    A position is (input side, in and out channels, stride): FBNet repeats a position in consecutive layers, and
+    the file holds one measurement per position, so leaving out one row while its twin stays in the fit would
+    score a row the fit has seen."""
     from scipy.stats import spearmanr
 
     if any(r["layer"] % 2 for r in fbnet_rows):
@@ -629,6 +633,7 @@ def select_fbnet_terms(
     x, base_keys = _design(use, folding)
     y = np.array([float(r[col]) for r in use])
     per_row = len(BLOCKS) - 1
+    positions = [(r["H_in"], r["Cin"], r["Cout"], r["stride"]) for r in fbnet_rows]
     scores: list[dict[str, Any]] = []
     for extra in FBNET_VARIANTS:
         keys = base_keys + [f"{g}.{t}" for g in extra for t in TERMS]
@@ -637,22 +642,26 @@ def select_fbnet_terms(
             if weight == 0 and extra:
                 continue  # nothing to fit the extra groups on
             pred, meas = [], []
-            for i, left in enumerate(fbnet_rows):
+            for position in dict.fromkeys(positions):
+                left = [i for i, p in enumerate(positions) if p == position]
                 keep = np.ones(len(y_fb), dtype=bool)
-                keep[i * per_row : (i + 1) * per_row] = False
+                for i in left:
+                    keep[i * per_row : (i + 1) * per_row] = False
                 coef = _fit_joint(x, y, x_fb[keep], y_fb[keep], weight)
                 m = DeviceModel(name, "", "", float(coef[0]), dict(zip(keys, map(float, coef[1:]), strict=False)), "")
-                for block in BLOCKS[1:]:
-                    pred.append(_block_delta(m, left, block))
-                    meas.append(left["delta_ms"][block])
+                for i in left:
+                    for block in BLOCKS[1:]:
+                        pred.append(_block_delta(m, fbnet_rows[i], block))
+                        meas.append(fbnet_rows[i]["delta_ms"][block])
             rho = float(spearmanr(pred, meas).statistic)
             scores.append({"extra": list(extra), "weight": weight, "cv_spearman": rho})
     best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["extra"]), -s["weight"]))
     return {
         "extra": best["extra"], "weight": best["weight"], "scores": scores,
-        "how": f"leave-one-row-out cross-validation on the {len(fbnet_rows)} even layer rows of "
-        "fbnet_pi4_block_deltas.csv (pooled Spearman of the left-out rows' block deltas); best to 3 decimals, "
-        "then fewer groups, then the smaller weight",
+        "how": f"leave-one-position-out cross-validation on the {len(fbnet_rows)} even layer rows of "
+        f"fbnet_pi4_block_deltas.csv ({len(set(positions))} positions: input side, channels, stride; pooled "
+        "Spearman of the left-out rows' block deltas); best to 3 decimals, then fewer groups, then the smaller "
+        "weight",
     }  # fmt: skip
 
 

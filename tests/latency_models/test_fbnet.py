@@ -7,6 +7,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,41 @@ def test_a_joint_fit_recovers_known_block_costs() -> None:
     assert "16 block deltas of the 2 even layer rows" in fitted.fitted_on
     with pytest.raises(EdgeCompressError, match="odd FBNet layer rows are holdout: they never reach a fit"):
         fit_device_model("raspberry-pi-4", nb, fbnet_rows=_rows([0, 1]), extra=("depthwise",), fbnet_weight=3.0)
+
+
+def test_selection_leaves_a_position_out_whole(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """FBNet repeats a position in consecutive layers (the file's rows 2 and 4 are one measurement): the
+    selection's cross-validation leaves every row at a position out together, so a twin never scores a fit it
+    is in."""
+    import edgecompress.latency_models.device_model as dm
+
+    truth = DeviceModel("t", "t", "fp32", 1.0, {"conv_k3.mmacs": 0.4, "conv_k1.mmacs": 0.6, "pool.mbytes": 2.0},
+                        "synthetic")  # fmt: skip
+    nb = [{"arch_str": a, "split": "calibration", "arch_index": str(i), "hwnb_raspi4_cifar10_ms": str(
+        truth.predict_features(nb201_features(a)))} for i, a in enumerate(ARCHS)]  # fmt: skip
+    shape = {"H_in": 32, "Cin": 16, "Cout": 16, "stride": 1}
+    twin = {**shape, "H_in": 16}
+    fb: list[dict[str, Any]] = [
+        {"layer": 0, **shape},
+        {"layer": 2, **twin},
+        {"layer": 4, **twin},
+        {"layer": 6, **shape, "Cout": 24},
+    ]
+    for row in fb:
+        row["delta_ms"] = {b: _block_delta(truth, row, b) for b in BLOCKS}
+    sizes: list[int] = []
+    real = dm._fit_joint
+
+    def recording(x, y, x_fb, y_fb, weight):  # type: ignore[no-untyped-def]
+        sizes.append(len(y_fb))
+        return real(x, y, x_fb, y_fb, weight)
+
+    monkeypatch.setattr(dm, "_fit_joint", recording)
+    chosen = select_fbnet_terms("raspberry-pi-4", nb, fb, "all")
+    per_row = len(BLOCKS) - 1
+    assert sizes[:3] == [3 * per_row, 2 * per_row, 3 * per_row]  # 3 positions: the twins leave together
+    assert len(sizes) == 3 * (len(dm.FBNET_VARIANTS) * len(dm.FBNET_WEIGHTS) - len(dm.FBNET_VARIANTS) + 1)
+    assert "leave-one-position-out" in chosen["how"] and "(3 positions" in chosen["how"]
 
 
 @pytest.fixture(scope="module")
