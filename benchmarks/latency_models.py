@@ -18,7 +18,8 @@
    in-graph factors on the calibration models quantized, and validate on random compressed models with every
    layer at int8 and with a random half of their layers at int8 (both stored in the table's metadata).
 
-Writes the profiles under edgecompress/latency_models/profiles/ and
+Writes the profiles under edgecompress/latency_models/profiles/ (with ``--table PATH``, the host table there
+instead: the shipped one is left as it is) and
 benchmarks/results/latency_models__host-<N>thread[-reuse-table].json (the profile is ``host`` at 1 thread,
 the count whose timings hold on a 2-core VM, else ``host-Nthread``; before 2026-12-04 ``host`` was the 2-thread
 table and its results were latency_models__host*.json). Run it on an otherwise idle machine.
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="add int8 entries (kept when present) and validate them")
     parser.add_argument("--no-device-models", action="store_true", help="skip refitting the public device models")
     parser.add_argument(
+        "--table", default=None, help="profile into this file instead of the shipped profile (which stays as it is)"
+    )
+    parser.add_argument(
         "--out", default=None, help="default: benchmarks/results/latency_models__host-<N>thread[-reuse-table].json"
     )
     args = parser.parse_args()
@@ -82,7 +86,7 @@ def main() -> None:
     console.print("[bold]2/2 host table[/]")
     # The 1-thread table is `host`; other thread counts ship beside it as `host-Nthread`.
     profile = "host" if args.threads == 1 else f"host-{args.threads}thread"
-    path = PROFILE_DIR / f"{profile}.table.json"
+    path = Path(args.table) if args.table else PROFILE_DIR / f"{profile}.table.json"
     keys: list[str] = []
     for name in ("lenet5", "resnet20", "mobilenetv2", "mobilenetv2-0.5"):
         keys += reachable_keys(trace_ops(create_model(name), (1, 1, 28, 28)))

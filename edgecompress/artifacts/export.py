@@ -48,7 +48,12 @@ from edgecompress.data import batches, first_batches, load_dataset
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.latency_models.litert import to_tflite
 from edgecompress.latency_models.onnx import EXPORTERS, export_module, int8_selection, module_of_node, runner, to_onnx
-from edgecompress.latency_models.profiler import pre_process_for_quantization, time_model, time_onnx
+from edgecompress.latency_models.profiler import (
+    pre_process_for_quantization,
+    time_model,
+    time_onnx,
+    unshare_float_constants,
+)
 from edgecompress.training import evaluate
 
 __all__ = ["FORMATS", "export_model", "module_of_node"]
@@ -168,10 +173,11 @@ def _int8(
             nodes_to_exclude=excluded,
             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
         )
-        data = dst.read_bytes()
+        data, unshared = unshare_float_constants(dst.read_bytes(), excluded)
     return data, {
         "quantized_nodes": quantized,
         "float_nodes": excluded,
+        "float_constants_unshared": unshared,
         "op_types": ops,
         "calibration": f"{len(drawn)} training batches of 32",
         "symmetric": symmetric,

@@ -148,7 +148,67 @@ def quantize_qdq(model_bytes: bytes, x, op_types=None, exclude=()) -> bytes:  # 
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
                 nodes_to_exclude=list(exclude),
             )  # fmt: skip
-        return dst.read_bytes()
+        return unshare_float_constants(dst.read_bytes(), exclude)[0]
+
+
+def unshare_float_constants(model_bytes: bytes, float_nodes) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
+    """Give the float nodes of a QDQ graph their constants back in float.
+
+    The exporter stores equal constants once (the folded BatchNorm biases of layers that share their values, as
+    untrained or identically initialised ones do), and ONNX Runtime's quantizer quantizes such a shared bias for
+    its quantized users, so a float user (named in ``float_nodes``) then reads it through a DequantizeLinear.
+    ONNX Runtime's CPU provider does not compute a DequantizeLinear of constants ahead of time, and a
+    convolution whose bias is not a constant is not given its blocked (NCHWc) kernel: on a 2-core x86 VM a
+    ResNet-20 at 28x28 with half its layers at int8 ran 1.7x slower (1.09 against 0.63 ms, the same outputs).
+    Each float user reads its own float copy (the DequantizeLinear computed now, the values it would compute);
+    quantized users keep theirs. Returns the graph and the number of constants copied."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    names = set(float_nodes)
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    copied, dropped = 0, []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in consts for i in node.input if i):
+            continue
+        floats = [u for u in users.get(node.output[0], []) if u.name in names]
+        if not floats:
+            continue
+        q = numpy_helper.to_array(consts[node.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float64)
+        zero = (
+            numpy_helper.to_array(consts[node.input[2]]).astype(np.float64)
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(())
+        )
+        if scale.ndim == 1 and scale.size > 1:  # per axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            scale = scale.reshape(shape)
+            zero = zero.reshape(shape) if zero.ndim else zero
+        name = f"{node.output[0]}_float"
+        graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), name))
+        copied += 1
+        for user in floats:
+            for j, i in enumerate(user.input):
+                if i == node.output[0]:
+                    user.input[j] = name
+        if len(floats) == len(users[node.output[0]]):
+            dropped.append(node)
+    for node in dropped:
+        graph.node.remove(node)
+    used = {i for node in graph.node for i in node.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+    return (model.SerializeToString() if copied else model_bytes), copied
 
 
 @contextlib.contextmanager

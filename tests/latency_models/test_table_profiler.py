@@ -393,6 +393,42 @@ def test_to_int8_quantizes_the_named_layers_only() -> None:
     assert int8_selection(fp32, None)[1] == [] and "MaxPool" in int8_selection(fp32, None)[2]
 
 
+def test_float_layers_of_a_mixed_int8_graph_read_float_constants(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An untrained ResNet-20's folded biases are equal, so the exporter stores them once and the quantizer
+    quantizes the shared tensor for its int8 users: the float convolutions then read a DequantizeLinear (which
+    costs ONNX Runtime its blocked kernels). Each float layer gets a float copy; the outputs stay within float
+    rounding."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    import edgecompress.latency_models.profiler as profiler
+    from edgecompress.latency_models.onnx import int8_selection, to_int8, to_onnx
+
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    fp32 = to_onnx(model, (1, 1, 28, 28))
+    x = torch.randn(1, 1, 28, 28).numpy()
+    layers = ["layers.0.conv1", "layers.1.conv2", "layers.3.conv1", "layers.6.conv2"]
+    floating = set(int8_selection(fp32, layers)[1])
+
+    def float_reads_of_dequantized_constants(data: bytes) -> int:
+        graph = onnx.load_from_string(data).graph
+        consts = {t.name for t in graph.initializer}
+        dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+        return sum(i in dq for n in graph.node if n.name in floating for i in n.input)
+
+    fixed = to_int8(fp32, x, layers)
+    with monkeypatch.context() as m:
+        m.setattr(profiler, "unshare_float_constants", lambda data, nodes: (data, 0))
+        shared = to_int8(fp32, x, layers)
+    assert float_reads_of_dequantized_constants(shared) > 0
+    assert float_reads_of_dequantized_constants(fixed) == 0
+    assert profiler.unshare_float_constants(fixed, floating) == (fixed, 0)  # nothing left to copy
+    run = [ort.InferenceSession(g, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for g in (shared, fixed)]
+    assert np.allclose(run[0], run[1], rtol=1e-4, atol=1e-5)  # the blocked kernels sum in another order
+
+
 def test_validate_table_compares_other_tables_on_the_same_measurements() -> None:
     from edgecompress.latency_models.devices import PROFILE_DIR
     from edgecompress.latency_models.host import validate_table
