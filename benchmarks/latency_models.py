@@ -52,6 +52,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="1: the shipped `host`; N: `host-Nthread`")
     parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="round-robin rounds (a new session each) of the context fits and "
+        "validations; each model's median over rounds counts",
+    )
     parser.add_argument("--int8", action="store_true", help="add int8 entries (kept when present) and validate them")
     parser.add_argument("--no-device-models", action="store_true", help="skip refitting the public device models")
     parser.add_argument(
@@ -95,17 +102,19 @@ def main() -> None:
         path.unlink(missing_ok=True)
         profiler.run(keys, path, threads=args.threads, device=profile, passes=args.passes)
     table = LatencyTable.load(path)
-    context = table.meta["context"] if args.reuse_table else fit_context(table)
+    context = table.meta["context"] if args.reuse_table else fit_context(table, rounds=args.rounds)
     # Paired A/B: the same measurements predicted without the SIMD channel block (see table.py).
     compare = {}
     if table.meta.get("channel_block", 1) > 1:
         compare["no channel block"] = LatencyTable({**table.meta, "channel_block": 1}, table.entries)
-    rounded = validate_table(table, per_model=args.per_model, round_to=8, compare=compare)
+    rounded = validate_table(table, per_model=args.per_model, round_to=8, compare=compare, rounds=args.rounds)
     if not args.reuse_table:
         table.meta["validation"] = {k: v for k, v in rounded.items() if k != "rows"}
         table.save(path)
-    by16 = validate_table(table, per_model=args.per_model, round_to=16, seed=2, compare=compare)
-    odd = validate_table(table, per_model=max(4, args.per_model // 4), round_to=1, seed=1, compare=compare)
+    by16 = validate_table(table, per_model=args.per_model, round_to=16, seed=2, compare=compare, rounds=args.rounds)
+    odd = validate_table(
+        table, per_model=max(4, args.per_model // 4), round_to=1, seed=1, compare=compare, rounds=args.rounds
+    )
     result["host"] = {
         "signatures": len(keys), "overhead_ms": table.overhead_ms, "context": context,
         "table_profiled": table.meta.get("updated"), "reprofiled": not args.reuse_table,
@@ -118,12 +127,18 @@ def main() -> None:
         console.print(f"  int8: profiling {len(int8_keys)} weighted-operator signatures (those missing)")
         profiler.run(int8_keys, path, threads=args.threads, device=profile, passes=args.passes)
         table = LatencyTable.load(path)  # with the fp32 context the int8 fit holds
-        result["host"]["int8_context"] = fit_context(table, precision="int8")
+        result["host"]["int8_context"] = fit_context(table, precision="int8", rounds=args.rounds)
         table.save(path)
+        # Paired A/B: the same measurements priced without the fitted cost of precision changes.
+        import copy
+
+        plain = LatencyTable(copy.deepcopy(table.meta), table.entries)
+        plain.meta["context"]["by_precision"]["int8"].pop("change_ms_per_mb", None)
         int8 = {
-            mode: validate_table(table, per_model=args.per_model, round_to=8, seed=3, int8=mode)
+            mode: validate_table(table, per_model=args.per_model, round_to=8, seed=3, int8=mode,
+                                 compare={"no precision-change cost": plain}, rounds=args.rounds)
             for mode in ("all", "mixed")
-        }
+        }  # fmt: skip
         table.meta["validation_int8"] = {mode: {k: v for k, v in r.items() if k != "rows"} for mode, r in int8.items()}
         table.save(path)
         result["host"]["validation_int8"] = int8

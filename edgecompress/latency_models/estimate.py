@@ -35,6 +35,7 @@ __all__ = [
     "estimate_energy",
     "estimate_latency",
     "layer_precision",
+    "precision_changes",
     "priced_precisions",
 ]
 
@@ -177,6 +178,11 @@ def estimate_latency(
         overhead = tab.overhead_ms + float(tab.meta.get("overhead_per_op_ms", 0.0)) * dispatched_ops(ops)
     else:
         overhead = dm.scale * dm.intercept_ms if dm is not None else 0.0
+    change = _precision_change_cost(tab, precision)
+    if change is not None:
+        count, mb = precision_changes(ops, precision)
+        if count:
+            rows.append(LatencyRow("(precision changes)", count, "quantize,dequantize", change[0] * mb, change[1]))
     total = overhead + sum(r.ms for r in rows)
     name = dm.name if dm is not None else str(tab.meta.get("device") if tab else "")
     return LatencyReport(name, total, overhead, rows, source, validated, warnings, sorted(set(missing)))
@@ -226,6 +232,57 @@ def estimate_energy(model: nn.Module, example_input: InputSpec, device: str | De
         + "".join(f"; {k} operators extrapolated ({EXTRAPOLATED_KINDS[k]})" for k in extrapolated)
     )
     return EnergyEstimate(dm.name, mj, source, {k: v[k] for k in ("n", "spearman", "mape_raw") if k in v})
+
+
+WEIGHTED_KINDS = ("conv_k1", "conv_k3", "conv_kN", "depthwise", "linear")
+GLUE = {("add", ""), ("pool", "max"), ("pool", "global")}
+"""Operators an int8 export quantizes with the weighted ones when every weighted layer is int8 (Add, MaxPool,
+GlobalAveragePool: ``onnx.INT8_GLUE_OPS``); otherwise they run in float."""
+
+
+def precision_changes(ops: Any, precision: str | Mapping[str, str]) -> tuple[int, float]:
+    """Where a deployed graph changes precision: the number of tensors a Quantize or Dequantize converts (an
+    operator reading a tensor made at another precision, the model's input read by an int8 operator, an int8
+    output) and their size in MB at fp32. Weighted operators run at their layer's precision; the element-wise
+    ones in :data:`GLUE` at int8 where every weighted layer is int8, as an int8 export has them; the rest in
+    fp32."""
+
+    def numel(shape: Any) -> int:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n
+
+    weighted = [op for op in ops if op.kind in WEIGHTED_KINDS]
+    at = [precision if isinstance(precision, str) else layer_precision(op.layer, precision) for op in weighted]
+    glue = "int8" if at and all(p == "int8" for p in at) else "fp32"
+    own = iter(at)
+    prec = [next(own) if op.kind in WEIGHTED_KINDS else glue if (op.kind, op.detail) in GLUE else "fp32" for op in ops]
+    count, elements = 0, 0
+    for i, op in enumerate(ops):
+        for j in op.inputs:
+            if (prec[j] if j >= 0 else "fp32") != prec[i]:
+                count += 1
+                elements += numel(ops[j].shape) if j >= 0 else op.cin * op.in_hw[0] * op.in_hw[1]
+    if ops and prec[-1] != "fp32":
+        count += 1
+        elements += numel(ops[-1].shape)
+    return count, elements * 4 / 1e6
+
+
+def _precision_change_cost(tab: LatencyTable | None, precision: str | Mapping[str, str]) -> tuple[float, str] | None:
+    """The table's fitted cost per MB crossing a change of precision, and its source (None: not fitted, or
+    nothing at int8)."""
+    asked = {precision} if isinstance(precision, str) else set(precision.values())
+    if tab is None or "int8" not in asked:
+        return None
+    fit = tab.meta.get("context", {}).get("by_precision", {}).get("int8", {})
+    if "change_ms_per_mb" not in fit:
+        return None
+    return float(fit["change_ms_per_mb"]), (
+        f"{fit['change_ms_per_mb']:.3f} ms per MB converted, fitted with the table's int8 context "
+        f"({fit.get('date', '?')}: {fit.get('fitted_on', '').split(';')[0]})"
+    )
 
 
 def dispatched_ops(ops: Any) -> int:

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from edgecompress.analysis import analyze_model
 from edgecompress.compressors import LayerPolicy, Policy, compress
-from edgecompress.latency_models.estimate import dispatched_ops, estimate_latency, layer_precision
+from edgecompress.latency_models.estimate import dispatched_ops, estimate_latency, layer_precision, precision_changes
 from edgecompress.latency_models.onnx import to_int8, to_onnx
 from edgecompress.latency_models.ops import trace_ops
 from edgecompress.latency_models.profiler import time_onnx_interleaved
@@ -228,12 +228,19 @@ def _fit_context_quantized(
     rows, held = [], []
     per_op = float(table.meta.get("overhead_per_op_ms", 0.0))
     for label, model in _calibration_models(round_to):
-        mapping = int8_layers(analyze_model(model, shape))
-        onnx[label] = to_int8(to_onnx(model, shape), x)
-        sums = _kind_sums(model, shape, table, mapping)
-        rows.append([sums.get(f"{g}@{precision}", 0.0) for g in groups])
-        fixed = sum(float(context["factors"].get(g, 1.0)) * v for g, v in sums.items() if "@" not in g)
-        held.append(fixed + per_op * dispatched_ops(trace_ops(model, shape)))
+        names = [sp.name for sp in analyze_model(model, shape).layers]
+        half = sorted(random.Random(label).sample(names, len(names) // 2)) if len(names) > 1 else []
+        fp32 = to_onnx(model, shape)
+        ops = trace_ops(model, shape)
+        for tag, chosen in (("", None), (" half int8", half)):
+            if chosen == []:
+                continue
+            mapping = int8_layers(None, chosen) if chosen is not None else int8_layers(analyze_model(model, shape))
+            onnx[label + tag] = to_int8(fp32, x, chosen)
+            sums = _kind_sums(model, shape, table, mapping)
+            rows.append([sums.get(f"{g}@{precision}", 0.0) for g in groups] + [precision_changes(ops, mapping)[1]])
+            fixed = sum(float(context["factors"].get(g, 1.0)) * v for g, v in sums.items() if "@" not in g)
+            held.append(fixed + per_op * dispatched_ops(ops))
     times = time_onnx_interleaved(onnx, dict.fromkeys(onnx, x), threads, rounds, 20, repeats, progress=progress)
     measured = [statistics.median(times[label]) for label in onnx]
     a = np.array(rows)
@@ -242,11 +249,14 @@ def _fit_context_quantized(
     solution, _ = nnls(a / total[:, None], y / total)
     fitted = a @ solution + np.array(held) + table.overhead_ms
     fit = {
-        "factors": {**context["factors"], **dict(zip(groups, (float(f) for f in solution), strict=True))},
+        "factors": {**context["factors"], **dict(zip(groups, (float(f) for f in solution[: len(groups)]), strict=True))},
+        "change_ms_per_mb": float(solution[len(groups)]),
         "fit_median_abs_error": float(np.median(np.abs(fitted - total) / total)),
-        "fitted_on": f"{len(y)} calibration models as in the fp32 fit, every weighted layer at {precision} "
-        f"(QDQ, uint8 activations calibrated on one random input); fp32 per-operator overhead and element-wise "
-        f"factor held; median of {repeats} per round, median of {rounds} round-robin rounds",
+        "fitted_on": f"{len(y)} calibration models: those of the fp32 fit with every weighted layer at {precision} "
+        f"and with a fixed random half of their layers at {precision} (QDQ, uint8 activations calibrated on one "
+        "random input); a factor per group of int8 operators and a cost per MB crossing a change of precision; "
+        f"fp32 factors and per-operator overhead held; median of {repeats} per round, median of {rounds} "
+        "round-robin rounds",
         "measured_ms": dict(zip(onnx, measured, strict=True)),
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -14,7 +14,7 @@ user models, so the two can never disagree about what an operator is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,6 +56,9 @@ class OpRecord:
     horizontally into one wider convolution); ``pool``: a pooling that repeats an earlier pooling on the same
     input (the same computation, done once); "" otherwise. An input value is a tensor, or the same element-wise
     activation (ReLU family) applied to the same tensor."""
+    inputs: tuple[int, ...] = field(default=(), compare=False)
+    """The operators whose outputs this one reads, as indices into the traced list (-1: a model input); through
+    operators that are not listed (activations, BatchNorm, views) to the listed one before them."""
 
 
 def _numel(t: Any) -> int:
@@ -96,6 +99,10 @@ class _Recorder(TorchFunctionMode):
         self._pinned: list[torch.Tensor] = []  # tensors seen, kept alive so their ids are not reused
         self._seen: set[tuple[Any, ...]] = set()  # (kind, input value, geometry) of convolutions and poolings
         self._changes = 0
+        self._producer: dict[int, int] = {}  # id(tensor) -> index of the listed operator that made it
+
+    def producer(self, t: Any) -> int:
+        return self._producer.get(id(t), -1) if isinstance(t, torch.Tensor) else -1
 
     def value(self, t: torch.Tensor) -> Any:
         if id(t) not in self._values:
@@ -114,12 +121,19 @@ class _Recorder(TorchFunctionMode):
     def pop(self) -> None:  # a forward hook must return None, or it replaces the output
         self.stack.pop()
 
-    def add(self, kind: str, macs: int, nbytes: int, out: torch.Tensor, x: torch.Tensor, **geometry: Any) -> None:
+    def add(
+        self, kind: str, macs: int, nbytes: int, out: torch.Tensor, x: torch.Tensor, reads: Any = None, **geometry: Any
+    ) -> None:
+        """List an operator; ``reads``: the tensors it reads (default ``x``)."""
         in_hw = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else (1, 1)
         cin = int(x.shape[1]) if x.dim() >= 2 else int(x.numel())
         cout = int(out.shape[1]) if out.dim() >= 2 else int(out.numel())
         layer = self.stack[-1] if self.stack else ""
-        self.ops.append(OpRecord(kind, macs, nbytes, tuple(out.shape), layer, cin, cout, in_hw=in_hw, **geometry))
+        inputs = tuple(self.producer(t) for t in (reads if reads is not None else (x,)))
+        self.ops.append(
+            OpRecord(kind, macs, nbytes, tuple(out.shape), layer, cin, cout, in_hw=in_hw, inputs=inputs, **geometry)
+        )
+        self._producer[id(out)] = len(self.ops) - 1
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -127,6 +141,21 @@ class _Recorder(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             return out
+        listed = len(self.ops)
+        try:
+            return self._record(func, name, args, kwargs, out)
+        finally:
+            if len(self.ops) == listed:  # not listed (an activation, a view): it passes its input on
+                first = args[0] if args else None
+                if isinstance(first, (list, tuple)):
+                    first = first[0] if first else None
+                source = self.producer(first)
+                if source >= 0:
+                    self._producer[id(out)] = source
+                else:  # made from no listed operator (a new tensor may reuse a freed one's id)
+                    self._producer.pop(id(out), None)
+
+    def _record(self, func: Callable[..., Any], name: str, args: Any, kwargs: Any, out: torch.Tensor) -> Any:
         if name in ACTIVATIONS and args and isinstance(args[0], torch.Tensor):
             settings = {k: v for k, v in kwargs.items() if k != "inplace"}
             value = (self.value(args[0]), name, str(args[1:]), str(sorted(settings.items())))
@@ -174,17 +203,20 @@ class _Recorder(TorchFunctionMode):
                      merged=merged)  # fmt: skip
         elif name in ("add", "__add__", "__iadd__", "add_", "__radd__"):
             if isinstance(args[0], torch.Tensor) and len(args) > 1 and isinstance(args[1], torch.Tensor):
-                self.add("add", 0, FP32 * 3 * out.numel(), out, args[0])
+                self.add("add", 0, FP32 * 3 * out.numel(), out, args[0], reads=args[:2])
         elif name in ("contiguous", "reshape") and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
             # a transpose or permute made real: the runtime moves every element (a channel shuffle's cost)
             self.add("copy", 0, FP32 * 2 * out.numel(), out, args[0], detail=name)
         elif name in ("cat", "concat", "concatenate"):
-            self.add("concat", 0, FP32 * 2 * out.numel(), out, out)
+            parts = [t for t in args[0] if isinstance(t, torch.Tensor)] if args else []
+            self.add("concat", 0, FP32 * 2 * out.numel(), out, out, reads=parts)
         elif name in ("mul", "__mul__", "mul_", "__rmul__"):
-            self.add("mul", 0, FP32 * 2 * out.numel(), out, args[0] if isinstance(args[0], torch.Tensor) else out)
+            tensors = [t for t in args[:2] if isinstance(t, torch.Tensor)]
+            self.add("mul", 0, FP32 * 2 * out.numel(), out, tensors[0] if tensors else out, reads=tensors)
         elif name not in IGNORED and out.numel() > 1:
             # An operator no cost model or table knows: reported, never silently priced at zero.
-            self.add("unknown", 0, FP32 * out.numel(), out, out, detail=name)
+            self.add("unknown", 0, FP32 * out.numel(), out, out, reads=[t for t in args if isinstance(t, torch.Tensor)],
+                     detail=name)  # fmt: skip
         return out
 
 

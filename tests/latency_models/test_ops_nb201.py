@@ -229,3 +229,32 @@ def test_tracer_marks_sibling_convolutions_and_repeated_poolings() -> None:
             return sum(o.mean() for o in outs)
 
     assert not any(op.merged for op in trace_ops(Different(), (1, 8, 8, 8)))
+
+
+class _Branches(torch.nn.Module):
+    """conv1 -> ReLU -> conv2, a residual add of both, a concat of the sum and conv2's output, conv3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.conv1(x))
+        b = self.conv2(a)
+        return self.conv3(torch.cat([a + b, b], 1))  # type: ignore[no-any-return]
+
+
+def test_tracer_records_what_each_operator_reads_and_where_precision_changes() -> None:
+    from edgecompress.latency_models.estimate import precision_changes
+
+    ops = trace_ops(_Branches(), (1, 1, 8, 8))
+    assert [(op.kind, op.inputs) for op in ops] == [
+        ("conv_k3", (-1,)), ("conv_k3", (0,)), ("add", (0, 1)), ("concat", (2, 1)), ("conv_k1", (3,)),
+    ]  # fmt: skip
+    # conv2 alone at int8: it reads conv1's output (256 values), the add and the concat read its output
+    assert precision_changes(ops, {"conv2": "int8"}) == (3, pytest.approx(3 * 256 * 4 / 1e6))
+    # every layer at int8: the add is quantized with them, the concat is not; the input and the output change
+    assert precision_changes(ops, "int8") == (5, pytest.approx((64 + 256 + 256 + 512 + 128) * 4 / 1e6))
+    assert precision_changes(ops, "fp32") == (0, 0.0)

@@ -307,28 +307,29 @@ def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch
 
 
 def _with_int8(table: LatencyTable) -> LatencyTable:
-    """The table plus int8 entries for its weighted operators at 1.5x their fp32 time (the shipped host table
-    has none: see docs/latency.md, "Known misses")."""
+    """The table with int8 entries for its weighted operators at 1.5x their fp32 time (in place of the shipped
+    host table's measured ones: synthetic timings need known entries)."""
     int8 = {
         k.removesuffix("|fp32") + "|int8": {**e, "ms": 1.5 * e["ms"]}
         for k, e in table.entries.items()
-        if k.split("|")[0] in ("conv", "depthwise", "linear")
+        if k.split("|")[0] in ("conv", "depthwise", "linear") and k.endswith("|fp32")
     }
     return LatencyTable(json.loads(json.dumps(table.meta)), {**table.entries, **int8}, table.path)
 
 
 def test_int8_context_fit_recovers_known_factors_holding_the_fp32_part(monkeypatch) -> None:
-    """Synthetic timings of the calibration models with every weighted layer at int8, built from known int8
-    factors on top of the fp32 fit's overheads and element-wise factor: the int8 fit returns them, stores them
-    beside the fp32 context, and the estimator then reproduces the timings."""
+    """Synthetic timings of the calibration models with every weighted layer at int8, and with half of them,
+    built from known int8 factors and a known cost per MB crossing a change of precision on top of the fp32
+    fit's overheads and element-wise factor: the int8 fit returns them, stores them beside the fp32 context, and
+    the estimator then reproduces the timings (a "(precision changes)" row where the graph changes precision)."""
     import numpy as np
 
-    from edgecompress.analysis import analyze_model
     from edgecompress.latency_models import host
-    from edgecompress.latency_models.estimate import dispatched_ops
+    from edgecompress.latency_models.estimate import dispatched_ops, precision_changes
 
     table = _with_int8(load_device("host"))
     known = {"conv": 1.3, "depthwise": 0.4}
+    change = 0.25
     per_op = float(table.meta["overhead_per_op_ms"])
     expected, models = [], []
     real_sums = host._kind_sums
@@ -336,10 +337,11 @@ def test_int8_context_fit_recovers_known_factors_holding_the_fp32_part(monkeypat
     def recording_sums(model, shape, tbl, precision=None):
         sums = real_sums(model, shape, tbl, precision)
         held = sum(tbl.meta["context"]["factors"][g] * v for g, v in sums.items() if "@" not in g)
-        n = dispatched_ops(trace_ops(model, shape))
+        ops = trace_ops(model, shape)
         int8 = sum(known[g] * sums.get(f"{g}@int8", 0.0) for g in known)
-        expected.append(tbl.overhead_ms + held + per_op * n + int8)
-        models.append(model)
+        expected.append(tbl.overhead_ms + held + per_op * dispatched_ops(ops) + int8
+                        + change * precision_changes(ops, precision)[1])  # fmt: skip
+        models.append((model, precision))
         return sums
 
     def fake_timing(models_, feeds, threads, rounds, warmup, repeats, progress=None):
@@ -350,15 +352,23 @@ def test_int8_context_fit_recovers_known_factors_holding_the_fp32_part(monkeypat
     monkeypatch.setattr(host, "to_int8", lambda graph, x, layers=None: graph)  # the timings are synthetic
     fp32_factors = dict(table.meta["context"]["factors"])
     fit = host.fit_context(table, repeats=5, rounds=1, precision="int8")
+    assert len(models) == 36  # 18 calibration models with every layer at int8, and with half of them
     assert np.allclose([fit["factors"][g] for g in known], list(known.values()), atol=1e-6), fit["factors"]
+    assert fit["change_ms_per_mb"] == pytest.approx(change, rel=1e-6)
     assert fit["factors"]["eltwise"] == fp32_factors["eltwise"] and fit["fit_median_abs_error"] < 1e-6
     assert table.meta["context"]["by_precision"]["int8"] is fit and table.meta["context"]["factors"] == fp32_factors
     assert table.context_factor("conv_k3", "int8") == pytest.approx(1.3)
     assert table.context_factor("conv_k3") == fp32_factors["conv"]
-    for model, truth in list(zip(models, expected, strict=True))[::5]:
-        mapping = host.int8_layers(analyze_model(model, (1, 1, 28, 28)))
-        got = estimate_latency(model, (1, 1, 28, 28), table, precision=mapping).total_ms
-        assert got == pytest.approx(truth, rel=1e-6)
+    changes = []
+    for (model, mapping), truth in list(zip(models, expected, strict=True))[::5]:
+        report = estimate_latency(model, (1, 1, 28, 28), table, precision=mapping)
+        assert report.total_ms == pytest.approx(truth, rel=1e-6)
+        count, mb = precision_changes(trace_ops(model, (1, 1, 28, 28)), mapping)
+        rows = [(r.ops, r.ms, r.source) for r in report.rows if r.layer == "(precision changes)"]
+        assert [r[:2] for r in rows] == [(count, pytest.approx(change * mb))]
+        assert "ms per MB converted, fitted with the table's int8 context" in rows[0][2]
+        changes.append(count)
+    assert min(changes) == 2 and max(changes) > 2  # every layer at int8: the input and the output only
     with pytest.raises(ValueError, match="context fits exist for fp32 and int8, not 'fp16'"):
         host.fit_context(table, precision="fp16")
     bare = LatencyTable({k: v for k, v in table.meta.items() if k != "context"}, table.entries)
@@ -516,3 +526,33 @@ def test_int8_graphs_run_every_convolution_as_qlinearconv(tmp_path) -> None:
     ort.InferenceSession(int8, options, providers=["CPUExecutionProvider"])
     ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node)
     assert ops["QLinearConv"] == 21 and ops["Conv"] == 0 and ops["FusedConv"] == 0, ops
+
+
+def test_profile_fits_the_int8_context_when_it_measured_int8(monkeypatch, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`edgecompress profile --precision int8` fits the fp32 context, then the int8 one (factors and the cost of
+    precision changes) on the same table, and says what it fitted."""
+    from edgecompress.cli import main
+    from edgecompress.latency_models import host
+
+    out = tmp_path / "t.json"
+    monkeypatch.setattr(profiler, "run", lambda keys, path, **kw: _with_int8(load_device("host")).save(path))
+    fits = []
+
+    def fake_fit(table, progress=None, precision="fp32", rounds=3):  # type: ignore[no-untyped-def]
+        fits.append(precision)
+        assert rounds == (7 if precision == "int8" else 3)
+        return {"factors": {"conv": 1.0}, "fitted_on": f"fake {precision}", "change_ms_per_mb": 0.125}
+
+    monkeypatch.setattr(host, "fit_context", fake_fit)
+    with pytest.raises(SystemExit) as done:
+        main(["profile", "--out", str(out), "--model", "lenet5", "--precision", "fp32", "--precision", "int8"])
+    assert done.value.code == 0 and fits == ["fp32", "int8"]
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0.125 ms per MB crossing a change of precision (fake int8)" in text
+    fits.clear()
+    host_table = load_device("host")
+    fp32_only = LatencyTable(host_table.meta, {k: e for k, e in host_table.entries.items() if k.endswith("|fp32")})
+    monkeypatch.setattr(profiler, "run", lambda keys, path, **kw: fp32_only.save(path))
+    with pytest.raises(SystemExit) as done:
+        main(["profile", "--out", str(tmp_path / "fp32.json"), "--model", "lenet5"])
+    assert done.value.code == 0 and fits == ["fp32"]
