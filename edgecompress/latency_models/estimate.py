@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -246,13 +247,6 @@ def precision_changes(ops: Any, precision: str | Mapping[str, str]) -> tuple[int
     output) and their size in MB at fp32. Weighted operators run at their layer's precision; the element-wise
     ones in :data:`GLUE` at int8 where every weighted layer is int8, as an int8 export has them; the rest in
     fp32."""
-
-    def numel(shape: Any) -> int:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        return n
-
     weighted = [op for op in ops if op.kind in WEIGHTED_KINDS]
     at = [precision if isinstance(precision, str) else layer_precision(op.layer, precision) for op in weighted]
     glue = "int8" if at and all(p == "int8" for p in at) else "fp32"
@@ -263,10 +257,10 @@ def precision_changes(ops: Any, precision: str | Mapping[str, str]) -> tuple[int
         for j in op.inputs:
             if (prec[j] if j >= 0 else "fp32") != prec[i]:
                 count += 1
-                elements += numel(ops[j].shape) if j >= 0 else op.cin * op.in_hw[0] * op.in_hw[1]
+                elements += math.prod(ops[j].shape) if j >= 0 else op.cin * math.prod(op.in_hw)
     if ops and prec[-1] != "fp32":
         count += 1
-        elements += numel(ops[-1].shape)
+        elements += math.prod(ops[-1].shape)
     return count, elements * 4 / 1e6
 
 
