@@ -552,7 +552,12 @@ def latency_cmd(
         view.add_column(col, justify="right" if col in ("ops", "ms") else "left")
     for r in report.rows:
         view.add_row(r.layer, str(r.ops), r.kinds, f"{r.ms:.4f}", r.source)
-    view.add_row("(per-inference overhead)", "", "", f"{report.overhead_ms:.4f}", f"device model {report.device}")
+    overhead = (
+        "the table's measured cost per call, plus its fitted cost per dispatched operator"
+        if report.source.startswith("looked up")
+        else f"device model {report.device} (its fitted intercept)"
+    )
+    view.add_row("(per-inference overhead)", "", "", f"{report.overhead_ms:.4f}", overhead)
     console.print(view)
     if energy is not None:
         console.print(f"energy per inference: {energy.mj:.3f} mJ ({energy.source})")

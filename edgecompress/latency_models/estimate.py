@@ -135,7 +135,14 @@ def estimate_latency(
     rows, warnings, missing = [], [], []
     roofline: list[Any] = []  # operators partly priced at the published roofline (beyond the calibration range)
     for layer, layer_ops in by_layer.items():
-        p = precision if isinstance(precision, str) else layer_precision(layer, precision)
+        # Element-wise operators outside any layer (residual adds, pools) are priced at fp32 (docs/latency.md).
+        p = (
+            "fp32"
+            if layer == "(other)"
+            else precision
+            if isinstance(precision, str)
+            else layer_precision(layer, precision)
+        )
         total, sources = 0.0, set()
         for op in layer_ops:
             ms, src = _op_ms(op, p, dm, tab)

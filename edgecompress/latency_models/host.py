@@ -249,7 +249,7 @@ def _fit_context_quantized(
     solution, _ = nnls(a / total[:, None], y / total)
     fitted = a @ solution + np.array(held) + table.overhead_ms
     fit = {
-        "factors": {**context["factors"], **dict(zip(groups, (float(f) for f in solution[: len(groups)]), strict=True))},
+        "factors": {**context["factors"], **{g: float(f) for g, f in zip(groups, solution, strict=False)}},
         "change_ms_per_mb": float(solution[len(groups)]),
         "fit_median_abs_error": float(np.median(np.abs(fitted - total) / total)),
         "fitted_on": f"{len(y)} calibration models: those of the fp32 fit with every weighted layer at {precision} "

@@ -234,6 +234,10 @@ def test_shipped_host_table_prices_the_zoo() -> None:
     for name in ("lenet5", "resnet20", "mobilenetv2"):
         report = estimate_latency(create_model(name), (1, 1, 28, 28), "host")
         assert not report.missing and report.total_ms > 0
+        # at int8 too: weighted layers from the int8 entries, adds and pools outside layers at fp32
+        int8 = estimate_latency(create_model(name), (1, 1, 28, 28), "host", precision="int8")
+        assert not int8.missing and int8.total_ms > 0
+        assert [r.ops for r in int8.rows if r.layer == "(precision changes)"] == [2]  # the input and the output
 
 
 def test_in_graph_profiling_maps_nodes_to_signatures(tmp_path) -> None:
