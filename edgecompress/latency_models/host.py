@@ -235,7 +235,7 @@ def _fit_context_quantized(
         for tag, chosen in (("", None), (" half int8", half)):
             if chosen == []:
                 continue
-            mapping = int8_layers(None, chosen) if chosen is not None else int8_layers(analyze_model(model, shape))
+            mapping = int8_layers(None, names if chosen is None else chosen)
             onnx[label + tag] = to_int8(fp32, x, chosen)
             sums = _kind_sums(model, shape, table, mapping)
             rows.append([sums.get(f"{g}@{precision}", 0.0) for g in groups] + [precision_changes(ops, mapping)[1]])
