@@ -498,6 +498,16 @@ def devices_cmd() -> None:
                 for g in m.merges
             )
             source += f"; operators a compiler can merge (sibling convolutions, repeated poolings) apart: {terms}"
+        if m.fusions:
+            c = m.coefficients
+            parts = []
+            if "act" in m.fusions:
+                parts.append("standalone activations (their input has other readers) priced as adds")
+            if "fuse_add" in m.fusions:
+                parts.append(
+                    f"adds fused into a convolution {c['fuse_add.count']:.3f} ms + {c['fuse_add.mbytes']:.3f} ms/MB"
+                )
+            source += f"; TensorRT layer fusions: {'; '.join(parts)}"
         table.add_row(name, m.device, m.precision, source, val)
     console.print(table)
 

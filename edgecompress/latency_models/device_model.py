@@ -31,7 +31,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.latency_models._data import default_data_dir
 from edgecompress.latency_models.fbnet import BLOCKS, block_ops
 from edgecompress.latency_models.nb201 import OPS, NB201Network, _op, live_edges, parse_arch
-from edgecompress.latency_models.ops import OpRecord, trace_ops
+from edgecompress.latency_models.ops import OpRecord, mark_fusions, trace_ops
 
 __all__ = [
     "DEVICE_COLUMNS",
@@ -39,6 +39,7 @@ __all__ = [
     "ENERGY_COLUMNS",
     "FOLDINGS",
     "FOLDING_NOTES",
+    "FUSIONS",
     "GROUPS",
     "MERGES",
     "DeviceModel",
@@ -51,6 +52,7 @@ __all__ = [
     "nb201_features",
     "op_group",
     "select_fbnet_terms",
+    "select_fusions",
     "select_merges",
     "validate_fbnet",
 ]
@@ -146,11 +148,30 @@ cross-validation on the calibration rows (:func:`select_merges`)."""
 MERGE_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("merge_pool",), ("merge_conv",), ("merge_conv", "merge_pool"))
 
 
-def op_group(op: OpRecord, extra: Sequence[str] = (), merges: Sequence[str] = ()) -> str | None:
+FUSIONS = {
+    "act": "activations no compiler can fuse into the operator that made their input (that operator is not a "
+    "convolution, linear layer or add, or its output has other readers), each priced as an element-wise add "
+    "moving the same bytes",
+    "fuse_add": "adds fused into the convolution that made one of their operands (TensorRT's convolution + "
+    "element-wise sum fusion; that output read by nothing else)",
+}
+"""What a profile may price of TensorRT's layer fusions, marked by the tracer (:func:`~edgecompress.
+latency_models.ops.mark_fusions`): without ``act`` every activation is taken as fused (free, as on any
+runtime that fuses it); without ``fuse_add`` a fused add costs what any add costs. Chosen per profile by
+cross-validation on the calibration rows (:func:`select_fusions`)."""
+FUSION_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("act",), ("fuse_add",), ("act", "fuse_add"))
+
+
+def op_group(
+    op: OpRecord, extra: Sequence[str] = (), merges: Sequence[str] = (), fusions: Sequence[str] = ()
+) -> str | None:
     """The cost group of ``op``: its :data:`MERGES` group where it is merged and the profile prices that group,
-    else one of ``extra`` (:data:`EXTRA_GROUPS`) where it applies, else the base group."""
+    ``fuse_add`` for a fused add where the profile prices it (:data:`FUSIONS`), else one of ``extra``
+    (:data:`EXTRA_GROUPS`) where it applies, else the base group."""
     if op.merged and f"merge_{op.merged}" in merges:
         return f"merge_{op.merged}"
+    if op.kind == "add" and op.fused and "fuse_add" in fusions:
+        return "fuse_add"
     if op.kind == "depthwise" and "depthwise" in extra:
         return "depthwise"
     if op.kind == "conv_k1" and op.groups > 1 and "grouped_k1" in extra:
@@ -160,17 +181,25 @@ def op_group(op: OpRecord, extra: Sequence[str] = (), merges: Sequence[str] = ()
     return KIND_TO_GROUP.get(op.kind)
 
 
-def group_features(ops: Sequence[OpRecord], extra: Sequence[str] = (), merges: Sequence[str] = ()) -> dict[str, float]:
-    """The cost model's inputs: per group (``merges`` and ``extra`` groups included), operator count, MMACs and
-    MB moved."""
-    feats = {f"{g}.{t}": 0.0 for g in (*GROUPS, *extra, *merges) for t in TERMS}
+def _groups(extra: Sequence[str] = (), merges: Sequence[str] = (), fusions: Sequence[str] = ()) -> tuple[str, ...]:
+    return (*GROUPS, *extra, *merges, *(("fuse_add",) if "fuse_add" in fusions else ()))
+
+
+def group_features(
+    ops: Sequence[OpRecord], extra: Sequence[str] = (), merges: Sequence[str] = (), fusions: Sequence[str] = ()
+) -> dict[str, float]:
+    """The cost model's inputs: per group (``merges``, ``extra`` and ``fusions`` groups included), operator count,
+    MMACs and MB moved; with ``act`` in ``fusions``, standalone activations count as adds."""
+    feats = {f"{g}.{t}": 0.0 for g in _groups(extra, merges, fusions) for t in TERMS}
     for op in ops:
-        g = op_group(op, extra, merges)
-        if g is None:
-            continue
-        feats[f"{g}.count"] += 1
-        feats[f"{g}.mmacs"] += op.macs / 1e6
-        feats[f"{g}.mbytes"] += op.bytes / 1e6
+        g = op_group(op, extra, merges, fusions)
+        if g is not None:
+            feats[f"{g}.count"] += 1
+            feats[f"{g}.mmacs"] += op.macs / 1e6
+            feats[f"{g}.mbytes"] += op.bytes / 1e6
+        if op.acts and "act" in fusions:
+            feats["add.count"] += op.acts
+            feats["add.mbytes"] += op.act_bytes / 1e6
     return feats
 
 
@@ -188,14 +217,17 @@ def calibration_edges() -> dict[str, tuple[float, float]]:
     return edges
 
 
-@lru_cache(maxsize=1)
-def _nb201_parts() -> tuple[dict[str, float], dict[tuple[str, int], dict[str, float]]]:
+@lru_cache(maxsize=2)
+def _nb201_parts(fuse_add: bool = False) -> tuple[dict[str, float], dict[tuple[str, int], dict[str, float]]]:
     """Features of the fixed part of a NAS-Bench-201 network and of each (edge op or add, stage).
 
     A network's features are the fixed part (stem, reductions, head) plus, for
     each of 5 cells per stage, the features of its live edges and node sums.
     Tracing the parts once makes 15,625 networks cost milliseconds, not
     minutes; ``tests/latency_models`` checks the sum against whole networks.
+    With ``fuse_add``, the fixed part's fused adds (the reductions') are in
+    the ``fuse_add`` group; standalone activations are never in it (they
+    depend on the cells: :func:`_nb201_fusions`).
     """
     import torch
     import torch.nn as nn
@@ -205,7 +237,7 @@ def _nb201_parts() -> tuple[dict[str, float], dict[tuple[str, int], dict[str, fl
             return x + x
 
     identity_cells = "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"
-    fixed = group_features(trace_ops(NB201Network(identity_cells), (1, 3, 32, 32)))
+    fixed = group_features(trace_ops(NB201Network(identity_cells), (1, 3, 32, 32)), fusions=("fuse_add",) * fuse_add)
     parts: dict[tuple[str, int], dict[str, float]] = {}
     for stage, (c, hw) in enumerate(((16, 32), (32, 16), (64, 8))):
         for op in (*OPS, "add"):
@@ -234,8 +266,69 @@ FOLDING_NOTES = {
 NB201_GROUP = {"nor_conv_3x3": "conv_k3", "nor_conv_1x1": "conv_k1", "avg_pool_3x3": "pool"}
 
 
-def nb201_features(arch: str, folding: str = "all", merges: Sequence[str] = ()) -> dict[str, float]:
-    """Features of a NAS-Bench-201 network as deployed under ``folding`` (:data:`FOLDINGS`).
+NB201_STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, height = width) of each stage's cells
+
+
+def _nb201_fusions(live: list[list[tuple[str, int]]]) -> tuple[list[int], list[int]]:
+    """Per stage, the standalone activations (:attr:`OpRecord.acts`) and the fused adds of the cells
+    (:attr:`OpRecord.fused`) of a NAS-Bench-201 network with these live edges: its stage graph replayed through
+    the tracer's own :func:`~edgecompress.latency_models.ops.mark_fusions`, with what reads each stage's output
+    (the next reduction's ReLU and pooling, or the head's ReLU)."""
+    counts = [_stage_fusions(live, stage) for stage in range(3)]
+    return [c[0] for c in counts], [c[1] for c in counts]
+
+
+def _stage_fusions(live: list[list[tuple[str, int]]], stage: int) -> tuple[int, int]:
+    ops: list[OpRecord] = []
+    reads: list[tuple[tuple[int, int], ...]] = []
+    calls: list[tuple[int, int]] = []
+
+    def op(kind: str, *read: tuple[int, int]) -> int:
+        ops.append(OpRecord(kind, 0, 0, ()))
+        reads.append(read)
+        return len(ops) - 1
+
+    def act(t: int) -> tuple[int, int]:
+        calls.append((t, 1))
+        return (t, len(calls) - 1)
+
+    cur = op("conv_k3" if stage == 0 else "add")  # the stem's convolution, or the reduction's add
+    cell_adds: list[int] = []
+    for _ in range(5):
+        states: list[int | None] = [cur]
+        for edges in live:
+            total: int | None = None
+            for name, src in edges:
+                inp = states[src]
+                if inp is None:  # a node without live inputs: one all-zero tensor, made by no operator
+                    inp = states[src] = -1
+                if name in ("nor_conv_3x3", "nor_conv_1x1"):
+                    out = op("conv_k3", act(inp))
+                elif name == "avg_pool_3x3":
+                    out = op("pool", (inp, -1))
+                else:  # skip_connect
+                    out = inp
+                if total is None:
+                    total = out
+                else:
+                    total = op("add", (total, -1), (out, -1))
+                    cell_adds.append(total)
+            states.append(total)
+        cur = states[-1] if states[-1] is not None else -1
+    if stage < 2:  # the reduction: ReLU -> convolution, and an average-pooling shortcut
+        op("conv_k3", act(cur))
+        op("pool", (cur, -1))
+    else:  # the head: BatchNorm -> ReLU -> global pooling
+        op("pool", act(cur))
+    marked = mark_fusions(ops, reads, calls)
+    return sum(o.acts for o in marked), sum(1 for i in cell_adds if marked[i].fused)
+
+
+def nb201_features(
+    arch: str, folding: str = "all", merges: Sequence[str] = (), fusions: Sequence[str] = ()
+) -> dict[str, float]:
+    """Features of a NAS-Bench-201 network as deployed under ``folding`` (:data:`FOLDINGS`), with ``merges``
+    (:data:`MERGES`) and ``fusions`` (:data:`FUSIONS`) priced as a profile with them does.
 
     A network that computes a constant (``all`` and ``output``: its cells' outputs are disconnected) has all
     features zero (only the intercept remains), as the ~0.01 ms measurements of such networks on the Pi 4
@@ -243,11 +336,21 @@ def nb201_features(arch: str, folding: str = "all", merges: Sequence[str] = ()) 
     :func:`~edgecompress.latency_models.nb201.live_edges`, with constants folded only under ``all``.
     """
     _check_folding(folding)
-    fixed, parts = _nb201_parts()
+    fixed, parts = _nb201_parts("fuse_add" in fusions)
     feats = {**fixed, **{f"{g}.{t}": 0.0 for g in merges for t in TERMS}}
     if is_constant_network(arch, folding):
         return dict.fromkeys(feats, 0.0)
     live = live_edges(parse_arch(arch), folding == "all")
+    if fusions:
+        acts, fused = _nb201_fusions(live)
+        for stage, (c, hw) in enumerate(NB201_STAGES):
+            if "act" in fusions:
+                feats["add.count"] += acts[stage]
+                feats["add.mbytes"] += acts[stage] * 2 * 4 * c * hw * hw / 1e6
+            if "fuse_add" in fusions:
+                for k, v in parts[("add", stage)].items():
+                    feats[k] -= fused[stage] * v  # those adds move to their own group
+                    feats[f"fuse_add.{k.split('.')[1]}"] += fused[stage] * v
     merged = _merged_edges(live)
     for j, edges in enumerate(live):
         for i, (op, _) in enumerate(edges):
@@ -329,6 +432,8 @@ class DeviceModel:
     calibration rows. Only the fit and the validation use it: a user's model is traced as it is."""
     selection: dict[str, Any] = field(default_factory=dict)
     """The cross-validation scores that chose ``folding``."""
+    fusions: list[str] = field(default_factory=list)
+    """The :data:`FUSIONS` this profile prices (chosen by cross-validation on the calibration rows)."""
     validation: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     version: int = 1
@@ -345,22 +450,30 @@ class DeviceModel:
         return float(e["intercept_mj"] + sum(e["coefficients"].get(k, 0.0) * v for k, v in feats.items()))
 
     def op_ms(self, op: OpRecord) -> float | None:
-        """Predicted ms of one operator; None for an operator kind the model has no coefficients for.
+        """Predicted ms of one operator; None for an operator kind the model has no coefficients for. With
+        ``act`` in :attr:`fusions`, the standalone activations the operator reads (:attr:`OpRecord.acts`) are
+        included, each priced as an add moving its bytes.
 
         On a profile in :data:`DEVICE_PEAKS` (the Jetson GPUs), the fitted terms see at most the largest MMACs
         and MB of the operator's group in the calibration networks (:func:`calibration_edges`); what an
         operator has beyond that is priced at the device's published roofline, max(extra MACs / peak MAC
         rate, extra bytes / memory bandwidth), bytes at the profile's precision: a lower bound for that part.
         """
-        g = op_group(op, self.extra_groups, self.merges)
+        g = op_group(op, self.extra_groups, self.merges, self.fusions)
         if g is None:
             return None
+        ms = self._group_ms(g, KIND_TO_GROUP[op.kind], op.macs / 1e6, op.bytes / 1e6)
+        if op.acts and "act" in self.fusions:
+            ms += op.acts * self._group_ms("add", "add", 0.0, op.act_bytes / op.acts / 1e6)
+        return ms
+
+    def _group_ms(self, g: str, base: str, mmacs: float, mbytes: float) -> float:
+        """One operator of group ``g`` (base group ``base``: its calibration range) with these MMACs and MB."""
         c = self.coefficients
-        mmacs, mbytes = op.macs / 1e6, op.bytes / 1e6
         extra = 0.0
         peak = DEVICE_PEAKS.get(self.name)
         if peak is not None:
-            edge_mmacs, edge_mbytes = calibration_edges()[KIND_TO_GROUP[op.kind]]
+            edge_mmacs, edge_mbytes = calibration_edges()[base]
             over_mmacs, over_mbytes = max(0.0, mmacs - edge_mmacs), max(0.0, mbytes - edge_mbytes)
             mmacs, mbytes = min(mmacs, edge_mmacs), min(mbytes, edge_mbytes)
             # MMACs / (GMAC/s) is in ms (1e6 / 1e9 s); MB / (GB/s) likewise.
@@ -423,15 +536,15 @@ class DeviceModel:
 
 
 def _design(
-    rows: Sequence[dict[str, str]], folding: str = "all", merges: Sequence[str] = ()
+    rows: Sequence[dict[str, str]], folding: str = "all", merges: Sequence[str] = (), fusions: Sequence[str] = ()
 ) -> tuple[np.ndarray, list[str]]:
-    keys = [f"{g}.{t}" for g in (*GROUPS, *merges) for t in TERMS]
+    keys = [f"{g}.{t}" for g in _groups((), merges, fusions) for t in TERMS]
     cache: dict[str, dict[str, float]] = {}
     x = np.zeros((len(rows), len(keys) + 1))
     for i, row in enumerate(rows):
         arch = row["arch_str"]
         if arch not in cache:
-            cache[arch] = nb201_features(arch, folding, merges)
+            cache[arch] = nb201_features(arch, folding, merges, fusions)
         x[i, 0] = 1.0
         x[i, 1:] = [cache[arch][k] for k in keys]
     return x, keys
@@ -458,9 +571,15 @@ def _fit_rows(rows: Sequence[dict[str, str]], col: str, folding: str) -> list[di
 
 
 def _cv_spearman(
-    rows: Sequence[dict[str, str]], col: str, folds: int, folding: str, merges: Sequence[str] = ()
+    rows: Sequence[dict[str, str]],
+    col: str,
+    folds: int,
+    folding: str,
+    merges: Sequence[str] = (),
+    fusions: Sequence[str] = (),
 ) -> float:
-    """The ``folds``-fold cross-validated Spearman of the cost model (``merges`` groups priced on their own) on
+    """The ``folds``-fold cross-validated Spearman of the cost model (``merges`` groups priced on their own,
+    ``fusions`` priced) on
     the calibration rows with a ``col`` measurement (folds by ``arch_index // 5 % folds``), the networks read as
     compiled under ``folding``; constant networks are predicted, never fitted."""
     from scipy.stats import spearmanr
@@ -468,7 +587,7 @@ def _cv_spearman(
     use = [r for r in rows if r["split"] == "calibration" and r.get(col)]
     y = np.array([float(r[col]) for r in use])
     fold = np.array([int(r["arch_index"]) // 5 % folds for r in use])
-    x, _ = _design(use, folding, merges)
+    x, _ = _design(use, folding, merges, fusions)
     fit = np.array([not is_constant_network(r["arch_str"], folding) for r in use])
     pred = np.zeros_like(y)
     for k in range(folds):
@@ -511,6 +630,26 @@ def select_merges(name: str, rows: Sequence[dict[str, str]], folding: str, folds
         "merges": best["merges"], "scores": scores,
         "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
         "folding held; best to 3 decimals, then fewer groups",
+    }  # fmt: skip
+
+
+def select_fusions(
+    name: str, rows: Sequence[dict[str, str]], folding: str, merges: Sequence[str], folds: int = 5
+) -> dict[str, Any]:
+    """Which of TensorRT's layer fusions (:data:`FUSIONS`) ``name``'s model prices: ``folds``-fold
+    cross-validated Spearman on the *calibration* rows of each :data:`FUSION_VARIANTS`, the folding and the
+    merge groups held (:func:`select_merges` chose them without fusions); the best to 3 decimals wins, then
+    fewer. The holdout rows play no part."""
+    col = DEVICE_COLUMNS[name]["column"]
+    scores: list[dict[str, Any]] = [
+        {"fusions": list(variant), "cv_spearman": _cv_spearman(rows, col, folds, folding, merges, variant)}
+        for variant in FUSION_VARIANTS
+    ]
+    best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["fusions"])))
+    return {
+        "fusions": best["fusions"], "scores": scores,
+        "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
+        "folding and merge groups held; best to 3 decimals, then fewer",
     }  # fmt: skip
 
 
@@ -567,11 +706,12 @@ def fit_device_model(
     extra: Sequence[str] = (),
     fbnet_weight: float = 0.0,
     merges: Sequence[str] = (),
+    fusions: Sequence[str] = (),
 ) -> DeviceModel:
     """Fit ``name``'s cost model on the *calibration* rows that have a measurement; with ``fbnet_rows`` (FBNet's
     even, calibration rows only) and ``fbnet_weight`` > 0, jointly with their block deltas, ``extra`` groups
-    priced on their own; with ``merges`` (:data:`MERGES`), merged operators priced in those groups (NAS-Bench-201
-    rows only)."""
+    priced on their own; with ``merges`` (:data:`MERGES`), merged operators priced in those groups, and with
+    ``fusions`` (:data:`FUSIONS`) those fusions priced (NAS-Bench-201 rows only)."""
     meta = DEVICE_COLUMNS[name]
     col = meta["column"]
     use = _fit_rows(rows, col, folding)
@@ -582,13 +722,20 @@ def fit_device_model(
     unknown = [m for m in merges if m not in MERGES]
     if unknown:
         raise EdgeCompressError(f"unknown merge group(s) {', '.join(unknown)}; valid: {', '.join(MERGES)}")
-    if merges and fbnet_rows and fbnet_weight > 0:
-        raise EdgeCompressError("merge groups are fitted on NAS-Bench-201 rows alone, not jointly with FBNet rows")
-    x, keys = _design(use, folding, merges)
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown:
+        raise EdgeCompressError(f"unknown fusion(s) {', '.join(unknown)}; valid: {', '.join(FUSIONS)}")
+    if (merges or fusions) and fbnet_rows and fbnet_weight > 0:
+        raise EdgeCompressError(
+            "merge groups and fusions are fitted on NAS-Bench-201 rows alone, not jointly with FBNet rows"
+        )
+    x, keys = _design(use, folding, merges, fusions)
     y = np.array([float(r[col]) for r in use])
     fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
     if merges:
         fitted_on += f" ({', '.join(merges)} priced on their own)"
+    if fusions:
+        fitted_on += f" (fusions priced: {', '.join(fusions)})"
     if fbnet_rows and fbnet_weight > 0:
         x_fb, y_fb = _fbnet_design(fbnet_rows, extra)
         coef = _fit_joint(x, y, x_fb, y_fb, fbnet_weight)
@@ -603,6 +750,7 @@ def fit_device_model(
         name=name, device=meta["device"], precision=meta["precision"], intercept_ms=float(coef[0]),
         coefficients={k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
         source=meta["source"], licence=meta["licence"], fitted_on=fitted_on, folding=folding,
+        fusions=list(fusions),
     )  # fmt: skip
 
 

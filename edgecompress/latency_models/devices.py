@@ -24,6 +24,7 @@ from edgecompress.latency_models.device_model import (
     EXTRA_GROUPS,
     FBNET_DEVICES,
     FOLDING_NOTES,
+    FUSIONS,
     MERGES,
     PI5_COLUMNS,
     PI5_SPEEDUP_OVER_PI4,
@@ -36,6 +37,7 @@ from edgecompress.latency_models.device_model import (
     load_nb201_rows,
     metrics,
     select_fbnet_terms,
+    select_fusions,
     select_merges,
     validate_fbnet,
 )
@@ -95,7 +97,7 @@ def validate(model: DeviceModel, rows: list[dict[str, str]], column: str) -> dic
     hold = _holdout(rows, column)
     if not hold:
         raise EdgeCompressError(f"no holdout rows with a {column} measurement")
-    x, keys = _design(hold, model.folding, model.merges)
+    x, keys = _design(hold, model.folding, model.merges, model.fusions)
     y = np.array([float(r[column]) for r in hold])
     pred = np.array([model.predict_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
     live = np.array([not is_constant_network(r["arch_str"], model.folding) for r in hold])
@@ -178,14 +180,25 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
             selection = {**selection, "fbnet": fb}
         else:
             merges = select_merges(name, rows, selection["folding"])
-            model = fit_device_model(name, rows, selection["folding"], merges=merges["merges"])
-            selection = {**selection, "merges": merges}
+            fusions = select_fusions(name, rows, selection["folding"], merges["merges"])
+            model = fit_device_model(
+                name, rows, selection["folding"], merges=merges["merges"], fusions=fusions["fusions"]
+            )
+            selection = {**selection, "merges": merges, "fusions": fusions}
             if merges["merges"]:
                 model.notes.append(
                     "merged operators priced in groups of their own ("
                     + "; ".join(MERGES[m] for m in merges["merges"])
                     + "), chosen by cross-validation on calibration rows (Spearman "
                     + ", ".join(f"{'+'.join(v['merges']) or 'none'} {v['cv_spearman']:.3f}" for v in merges["scores"])
+                    + ")"
+                )
+            if fusions["fusions"]:
+                model.notes.append(
+                    "TensorRT layer fusions priced ("
+                    + "; ".join(FUSIONS[f] for f in fusions["fusions"])
+                    + "), chosen by cross-validation on calibration rows (Spearman "
+                    + ", ".join(f"{'+'.join(v['fusions']) or 'none'} {v['cv_spearman']:.3f}" for v in fusions["scores"])
                     + ")"
                 )
         model.selection = selection

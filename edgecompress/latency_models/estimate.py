@@ -329,6 +329,10 @@ def _op_ms(op: Any, precision: str, dm: DeviceModel | None, tab: LatencyTable | 
             src += " (extrapolated)"
         if op.merged and f"merge_{op.merged}" in dm.merges:
             src += f" (merged with an earlier operator on the same input: priced as merge_{op.merged})"
+        if op.kind == "add" and op.fused and "fuse_add" in dm.fusions:
+            src += " (fused into the convolution that made an operand: priced as fuse_add)"
+        if op.acts and "act" in dm.fusions:
+            src += f" (includes {op.acts} standalone activation(s) on its input, priced as adds)"
         return dm.op_ms(op), src
     return None, "missing"
 

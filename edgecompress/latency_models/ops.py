@@ -59,6 +59,16 @@ class OpRecord:
     inputs: tuple[int, ...] = field(default=(), compare=False)
     """The operators whose outputs this one reads, as indices into the traced list (-1: a model input); through
     operators that are not listed (activations, BatchNorm, views) to the listed one before them."""
+    fused: str = field(default="", compare=False)
+    """``conv`` for an add a GPU compiler can fuse into the convolution that made one of its operands (TensorRT's
+    convolution + element-wise sum fusion): that convolution's output is read by nothing else, and it has not
+    absorbed another add (see :func:`mark_fusions`)."""
+    acts: int = field(default=0, compare=False)
+    """Standalone activations this operator reads: activation calls (ReLU family) that no compiler can fuse into
+    the operator that made their input, because that operator is not a convolution, linear layer or add, or its
+    output has other readers (two edges each applying ReLU to one node, a ReLU and a pooling reading one tensor).
+    Each runs as an element-wise kernel of its own on a GPU compiler; ``act_bytes`` is what they move."""
+    act_bytes: int = field(default=0, compare=False)
 
 
 def _numel(t: Any) -> int:
@@ -90,6 +100,14 @@ IGNORED = {
 ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_"}
 
 
+# Functions whose output is a new tensor made from no operator's result (a constant), whatever they read.
+FRESH = {"zeros_like", "ones_like", "full_like", "empty_like", "zeros", "ones", "full", "empty"}
+# Operators an activation reading their output fuses into (when nothing else reads that output).
+ACT_HOSTS = {"conv_k1", "conv_k3", "conv_kN", "depthwise", "linear", "add"}
+# Operators an add reading their output fuses into.
+ADD_HOSTS = {"conv_k1", "conv_k3", "conv_kN", "depthwise"}
+
+
 class _Recorder(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
@@ -100,6 +118,9 @@ class _Recorder(TorchFunctionMode):
         self._seen: set[tuple[Any, ...]] = set()  # (kind, input value, geometry) of convolutions and poolings
         self._changes = 0
         self._producer: dict[int, int] = {}  # id(tensor) -> index of the listed operator that made it
+        self._act_calls: list[tuple[int, int]] = []  # per activation call: (producer of its input, its input's size)
+        self._act_of: dict[int, int] = {}  # id(tensor) -> the activation call that made it
+        self.reads: list[tuple[tuple[int, int], ...]] = []  # per listed operator: (producer, activation call or -1)
 
     def producer(self, t: Any) -> int:
         return self._producer.get(id(t), -1) if isinstance(t, torch.Tensor) else -1
@@ -129,7 +150,10 @@ class _Recorder(TorchFunctionMode):
         cin = int(x.shape[1]) if x.dim() >= 2 else int(x.numel())
         cout = int(out.shape[1]) if out.dim() >= 2 else int(out.numel())
         layer = self.stack[-1] if self.stack else ""
-        inputs = tuple(self.producer(t) for t in (reads if reads is not None else (x,)))
+        read = reads if reads is not None else (x,)
+        inputs = tuple(self.producer(t) for t in read)
+        self.reads.append(tuple((p, self._act_of.get(id(t), -1)) for p, t in zip(inputs, read, strict=True)))
+        self._act_of.pop(id(out), None)
         self.ops.append(
             OpRecord(kind, macs, nbytes, tuple(out.shape), layer, cin, cout, in_hw=in_hw, inputs=inputs, **geometry)
         )
@@ -149,11 +173,17 @@ class _Recorder(TorchFunctionMode):
                 first = args[0] if args else None
                 if isinstance(first, (list, tuple)):
                     first = first[0] if first else None
-                source = self.producer(first)
+                source = -1 if name in FRESH else self.producer(first)
                 if source >= 0:
                     self._producer[id(out)] = source
                 else:  # made from no listed operator (a new tensor may reuse a freed one's id)
                     self._producer.pop(id(out), None)
+                if name not in ACTIVATIONS:  # a view of an activation's output is that activation's output
+                    act = self._act_of.get(id(first), -1) if isinstance(first, torch.Tensor) else -1
+                    if act >= 0 and name not in FRESH:
+                        self._act_of[id(out)] = act
+                    else:
+                        self._act_of.pop(id(out), None)
 
     def _record(self, func: Callable[..., Any], name: str, args: Any, kwargs: Any, out: torch.Tensor) -> Any:
         if name in ACTIVATIONS and args and isinstance(args[0], torch.Tensor):
@@ -161,6 +191,8 @@ class _Recorder(TorchFunctionMode):
             value = (self.value(args[0]), name, str(args[1:]), str(sorted(settings.items())))
             self._pinned.append(out)
             self._values[id(out)] = value
+            self._act_of[id(out)] = len(self._act_calls)
+            self._act_calls.append((self.producer(args[0]), args[0].numel()))
             return out
         if id(out) in self._values:  # an in-place operator (x += y) changed a tensor seen before: a new value
             self._changes += 1
@@ -248,7 +280,55 @@ def trace_ops(model: nn.Module, input_shape: InputSpec) -> list[OpRecord]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return recorder.ops
+    return mark_fusions(recorder.ops, recorder.reads, recorder._act_calls)
+
+
+def mark_fusions(
+    ops: list[OpRecord], reads: list[tuple[tuple[int, int], ...]], act_calls: list[tuple[int, int]]
+) -> list[OpRecord]:
+    """``ops`` with :attr:`OpRecord.acts` and :attr:`OpRecord.fused` set, from what each operator read
+    (``reads``: per operator, per tensor read, its producer and the activation call that made it, -1 for none)
+    and each activation call's (producer of its input, input size).
+
+    The rules are TensorRT's documented layer fusions, applied where a tensor has one reader: an activation
+    fuses into the convolution, linear layer or add that made its input when that output is read by nothing
+    else (one activation call, no other reader); an add fuses into a convolution that made one of its operands
+    when that convolution's output is read by nothing else, one add per convolution. A standalone activation is
+    counted on the first operator reading it.
+    """
+    from dataclasses import replace
+
+    direct = [0] * len(ops)  # readers of each operator's output, not through an activation
+    acts_on = [0] * len(ops)  # activation calls on each operator's output
+    for op_reads in reads:
+        for p, a in op_reads:
+            if p >= 0 and a < 0:
+                direct[p] += 1
+    for p, _ in act_calls:
+        if p >= 0:
+            acts_on[p] += 1
+    standalone = {
+        a for a, (p, _) in enumerate(act_calls)
+        if not (p >= 0 and ops[p].kind in ACT_HOSTS and acts_on[p] == 1 and direct[p] == 0)
+    }  # fmt: skip
+    counted: set[int] = set()
+    hosts_used: set[int] = set()
+    out = []
+    for op, op_reads in zip(ops, reads, strict=True):
+        mine = {a for _, a in op_reads if a in standalone and a not in counted}
+        counted |= mine
+        fused = ""
+        if op.kind == "add":
+            for p, a in op_reads:
+                if a < 0 and p >= 0 and ops[p].kind in ADD_HOSTS and direct[p] == 1 and not acts_on[p]:
+                    if p not in hosts_used:
+                        hosts_used.add(p)
+                        fused = "conv"
+                        break
+        if mine or fused:
+            op = replace(op, acts=len(mine), act_bytes=sum(2 * FP32 * act_calls[a][1] for a in mine), fused=fused)
+        out.append(op)
+    return out
 
 
 def op_kind_features(ops: list[OpRecord]) -> dict[str, dict[str, float]]:

@@ -14,6 +14,7 @@ from edgecompress.latency_models.device_model import (
     fit_device_model,
     metrics,
     nb201_features,
+    select_fusions,
     select_merges,
 )
 from edgecompress.latency_models.devices import validate
@@ -82,7 +83,11 @@ def test_cross_validation_recovers_how_the_networks_were_deployed(folding: str) 
 
 
 def _random_rows(
-    truth: DeviceModel, n: int = 150, folding: str = "all", merges: tuple[str, ...] = ()
+    truth: DeviceModel,
+    n: int = 150,
+    folding: str = "all",
+    merges: tuple[str, ...] = (),
+    fusions: tuple[str, ...] = (),
 ) -> list[dict[str, str]]:
     import random
 
@@ -93,7 +98,7 @@ def _random_rows(
     for i in range(n):
         ops = [rng.choice(OPS[1:]) for _ in range(6)]
         arch = f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
-        ms = truth.predict_features(nb201_features(arch, folding, merges))
+        ms = truth.predict_features(nb201_features(arch, folding, merges, fusions))
         rows.append({"arch_index": str(i), "arch_str": arch, "split": "calibration",
                      "brpnas_jetson_nano_fp16_ms": str(ms)})  # fmt: skip
     return rows
@@ -121,6 +126,45 @@ def test_merge_groups_are_recovered_and_chosen_by_cross_validation() -> None:
     assert select_merges("jetson-nano-fp16", plain, "all")["merges"] == []
     with pytest.raises(EdgeCompressError, match="unknown merge group.* merge_rows; valid: merge_conv, merge_pool"):
         fit_device_model("jetson-nano-fp16", rows, "all", merges=["merge_rows"])
+
+
+def test_fusions_are_recovered_and_chosen_by_cross_validation() -> None:
+    """Latencies made with standalone activations priced as adds and fused adds cheaper than adds: the
+    cross-validation picks both fusions and the fit reproduces the latencies; latencies made without them pick
+    none; holdout rows change nothing."""
+    base = {"conv_k3.mmacs": 0.05, "conv_k1.count": 0.3, "pool.count": 0.2, "add.count": 0.1, "add.mbytes": 0.4}
+    fusions = ("act", "fuse_add")
+    truth = DeviceModel("t", "t", "fp16", 0.5, {**base, "fuse_add.count": 0.01}, "s", fusions=list(fusions))
+    rows = _random_rows(truth, folding="output", fusions=fusions)
+    chosen = select_fusions("jetson-nano-fp16", rows, "output", ())
+    assert chosen["fusions"] == ["act", "fuse_add"]
+    fitted = fit_device_model("jetson-nano-fp16", rows, "output", fusions=chosen["fusions"])
+    assert fitted.fusions == ["act", "fuse_add"] and min(fitted.coefficients.values()) >= 0
+    for r in rows[:10]:
+        measured = float(r["brpnas_jetson_nano_fp16_ms"])
+        assert fitted.predict_features(nb201_features(r["arch_str"], "output", (), fusions)) == pytest.approx(measured)
+    poisoned = rows + [{**r, "split": "holdout", "brpnas_jetson_nano_fp16_ms": "9999"} for r in rows]
+    assert select_fusions("jetson-nano-fp16", poisoned, "output", ())["scores"] == chosen["scores"]
+    assert fit_device_model("jetson-nano-fp16", poisoned, "output", fusions=fusions).coefficients == (
+        fitted.coefficients
+    )
+    plain = _random_rows(DeviceModel("t", "t", "fp16", 0.5, base, "synthetic"), folding="output")
+    assert select_fusions("jetson-nano-fp16", plain, "output", ())["fusions"] == []
+    with pytest.raises(EdgeCompressError, match="unknown fusion.* relu; valid: act, fuse_add"):
+        fit_device_model("jetson-nano-fp16", rows, "output", fusions=["relu"])
+
+
+def test_standalone_activations_and_fused_adds_are_priced_where_the_profile_has_them() -> None:
+    from edgecompress.latency_models.ops import OpRecord
+
+    c = {"conv_k3.count": 0.3, "add.count": 0.1, "add.mbytes": 0.5, "fuse_add.count": 0.02, "fuse_add.mbytes": 0.0}
+    m = DeviceModel("t", "t", "fp32", 0.0, c, "synthetic", fusions=["act", "fuse_add"])
+    conv = OpRecord("conv_k3", 1000, 100, (1, 8, 4, 4), kernel=3, acts=2, act_bytes=2_000_000)
+    add = OpRecord("add", 0, 3_000_000, (1, 8, 4, 4), fused="conv")
+    assert m.op_ms(conv) == pytest.approx(0.3 + 2 * (0.1 + 0.5 * 1.0))  # two activations of 1 MB each
+    assert m.op_ms(add) == pytest.approx(0.02)
+    plain = replace(m, fusions=[])
+    assert plain.op_ms(conv) == pytest.approx(0.3) and plain.op_ms(add) == pytest.approx(0.1 + 0.5 * 3.0)
 
 
 def test_a_merged_operator_is_priced_by_its_merge_group_where_the_profile_has_one() -> None:

@@ -102,11 +102,15 @@ def test_output_folding_compiles_only_constant_networks_away() -> None:
     ],
 )
 @pytest.mark.parametrize("folding", ["all", "output", "none"])
-@pytest.mark.parametrize("merges", [(), ("merge_conv", "merge_pool")])
-def test_feature_decomposition_equals_tracing_the_whole_network(arch: str, folding: str, merges: tuple) -> None:
+@pytest.mark.parametrize(
+    ("merges", "fusions"), [((), ()), (("merge_conv", "merge_pool"), ()), ((), ("act", "fuse_add")), ((), ("act",))]
+)
+def test_feature_decomposition_equals_tracing_the_whole_network(
+    arch: str, folding: str, merges: tuple, fusions: tuple
+) -> None:
     net = NB201Network(arch, fold_constants=folding == "all")
-    direct = group_features(trace_ops(net, (1, 3, 32, 32)), merges=merges)
-    fast = nb201_features(arch, folding, merges)
+    direct = group_features(trace_ops(net, (1, 3, 32, 32)), merges=merges, fusions=fusions)
+    fast = nb201_features(arch, folding, merges, fusions)
     if is_constant_network(arch, folding):
         assert all(v == 0 for v in fast.values())
         return
@@ -258,3 +262,40 @@ def test_tracer_records_what_each_operator_reads_and_where_precision_changes() -
     # every layer at int8: the add is quantized with them, the concat is not; the input and the output change
     assert precision_changes(ops, "int8") == (5, pytest.approx((64 + 256 + 256 + 512 + 128) * 4 / 1e6))
     assert precision_changes(ops, "fp32") == (0, 0.0)
+
+
+def test_tracer_marks_standalone_activations_and_adds_fused_into_a_convolution() -> None:
+    """TensorRT's fusions, where a tensor has one reader: an activation fuses into the convolution or add that
+    made its input; an add fuses into a convolution that made an operand (one add per convolution)."""
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = (torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(3))
+            self.d = torch.nn.Conv2d(8, 8, 1)
+            self.p = torch.nn.AvgPool2d(3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)  # read by a ReLU and by a pooling: the ReLU cannot fuse into a
+            y = self.b(torch.relu(h)) + self.p(h)  # the add fuses into b (b's output has no other reader)
+            z = torch.relu(y)  # one ReLU on the add's output, nothing else reads it: fused
+            u = self.c(z) + self.d(z)  # fuses into c only (one add per convolution)
+            w = self.p(u) + self.p(x)  # two poolings: nothing to fuse into
+            return self.d(torch.relu(w)) + self.c(torch.relu(w))  # two ReLUs on w: both standalone
+
+    ops = trace_ops(Graph(), (1, 8, 8, 8))
+    assert [(op.kind, op.acts, op.fused) for op in ops] == [
+        ("conv_k3", 0, ""), ("conv_k3", 1, ""), ("pool", 0, ""), ("add", 0, "conv"),
+        ("conv_k3", 0, ""), ("conv_k1", 0, ""), ("add", 0, "conv"),
+        ("pool", 0, ""), ("pool", 0, ""), ("add", 0, ""),
+        ("conv_k1", 1, ""), ("conv_k3", 1, ""), ("add", 0, "conv"),
+    ]  # fmt: skip
+    assert ops[1].act_bytes == 2 * 4 * 8 * 8 * 8  # reads and writes one 8x8x8 fp32 tensor
+    feats = group_features(ops, fusions=("act", "fuse_add"))
+    assert feats["fuse_add.count"] == 3 and feats["add.count"] == 1 + 3  # one unfused add, three activations
+    assert group_features(ops)["add.count"] == 4 and "fuse_add.count" not in group_features(ops)
+    # Networks built the usual way (conv-BN-ReLU, residual add then ReLU) have nothing standalone.
+    for name, shape in (("resnet20", (1, 1, 28, 28)), ("mobilenetv2-0.5", (1, 3, 32, 32))):
+        traced = trace_ops(create_model(name, **({"in_channels": 3} if "mobile" in name else {})), shape)
+        adds = [op for op in traced if op.kind == "add"]
+        assert sum(op.acts for op in traced) == 0 and adds and all(op.fused == "conv" for op in adds)
