@@ -39,6 +39,11 @@ def main() -> None:
         entry: dict[str, Any] = {
             "folding": model.folding,
             "selection_cv_spearman": model.selection.get("cv_spearman"),
+            "merges": list(model.merges),
+            "fusions": list(model.fusions),
+            "merge_and_fusion_cv": {
+                k: model.selection[k]["scores"] for k in ("merges", "fusions") if k in model.selection
+            },
             **{k: v[k] for k in ("n", "spearman", "kendall", "flops_spearman", "mape_raw", "mape_scaled")},
         }
         if name in NB201_TARGETS:

@@ -169,6 +169,19 @@ def estimate_latency(
             f"{limits}); beyond that size they are extrapolated at {dm.name}'s published roofline "
             f"({peak['gmacs']:g} GMAC/s, {peak['gbps']:g} GB/s; {peak['source']}): a lower bound for that part"
         )
+    standalone = sum(op.acts for op in ops)
+    if standalone and (tab is not None or dm is None or "act" not in dm.fusions):
+        if tab is not None or dm is None:
+            by = "the table has no activation entries"
+        elif "fusions" in dm.selection:
+            by = f"{dm.name}'s cross-validation on its calibration rows chose to price none"
+        else:
+            by = f"{dm.name} was fitted without them"
+        warnings.append(
+            f"{standalone} activations cannot be fused into the operator that made their input (that output has "
+            f"other readers, or its maker is not a convolution, linear layer or add) and run on their own; "
+            f"not counted: {by}"
+        )
     unknown = sorted({m for m in missing if m.startswith("unknown:")})
     if unknown:
         warnings.append(

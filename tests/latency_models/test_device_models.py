@@ -371,3 +371,31 @@ def test_a_profile_written_before_the_output_folding_loads() -> None:
     assert model.folding == "none" and model.energy["folding"] == "all" and "fold_constants" not in model.energy
     with pytest.raises(EdgeCompressError, match="folding 'some' is not one of: all, output, none"):
         DeviceModel.from_dict({**old, "folding": "some"})
+
+
+def test_estimates_price_standalone_activations_or_say_they_did_not() -> None:
+    import torch
+    import torch.nn as nn
+
+    class PreActivation(nn.Module):  # a ReLU and a pooling read one convolution's output
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.p = nn.AvgPool2d(3, 1, 1)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            h = self.a(x)
+            return self.b(torch.relu(h)) + self.p(h)
+
+    tx2 = load_device("jetson-tx2")
+    assert "act" in tx2.fusions
+    report = estimate_latency(PreActivation(), (1, 8, 16, 16), "jetson-tx2")
+    assert {r.layer: r.source for r in report.rows}["b"].endswith(
+        "(includes 1 standalone activation(s) on its input, priced as adds)"
+    )
+    assert not any("activations cannot be fused" in w for w in report.warnings)
+    nano = estimate_latency(PreActivation(), (1, 8, 16, 16), "jetson-nano")
+    assert "jetson-nano's cross-validation on its calibration rows chose to price none" in " ".join(nano.warnings)
+    assert "1 activations cannot be fused" in " ".join(nano.warnings)
+    pi4 = estimate_latency(PreActivation(), (1, 8, 16, 16), "raspberry-pi-4")
+    assert "not counted: raspberry-pi-4 was fitted without them" in " ".join(pi4.warnings)
