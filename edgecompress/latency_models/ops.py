@@ -6,7 +6,10 @@ multiply, with MACs and bytes moved (input + output activations + weights,
 fp32). BatchNorm and ReLU are not listed: deployment runtimes (ONNX Runtime,
 TFLite, TensorRT) fold BatchNorm into the preceding convolution and fuse the
 activation, and in the calibration data they always accompany a convolution,
-so their cost is part of the convolution's fitted coefficients. One tracer
+so their cost is part of the convolution's fitted coefficients. Where a
+compiler cannot fuse an activation (its input has other readers), the
+operator reading it records it (``OpRecord.acts``, see :func:`mark_fusions`)
+for the profiles that price it. One tracer
 serves both the device-model fit (NAS-Bench-201 networks) and prediction for
 user models, so the two can never disagree about what an operator is.
 """
@@ -14,7 +17,7 @@ user models, so the two can never disagree about what an operator is.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -118,7 +121,7 @@ class _Recorder(TorchFunctionMode):
         self._seen: set[tuple[Any, ...]] = set()  # (kind, input value, geometry) of convolutions and poolings
         self._changes = 0
         self._producer: dict[int, int] = {}  # id(tensor) -> index of the listed operator that made it
-        self._act_calls: list[tuple[int, int]] = []  # per activation call: (producer of its input, its input's size)
+        self.act_calls: list[tuple[int, int]] = []  # per activation call: (producer of its input, its input's size)
         self._act_of: dict[int, int] = {}  # id(tensor) -> the activation call that made it
         self.reads: list[tuple[tuple[int, int], ...]] = []  # per listed operator: (producer, activation call or -1)
 
@@ -191,8 +194,8 @@ class _Recorder(TorchFunctionMode):
             value = (self.value(args[0]), name, str(args[1:]), str(sorted(settings.items())))
             self._pinned.append(out)
             self._values[id(out)] = value
-            self._act_of[id(out)] = len(self._act_calls)
-            self._act_calls.append((self.producer(args[0]), args[0].numel()))
+            self._act_of[id(out)] = len(self.act_calls)
+            self.act_calls.append((self.producer(args[0]), args[0].numel()))
             return out
         if id(out) in self._values:  # an in-place operator (x += y) changed a tensor seen before: a new value
             self._changes += 1
@@ -280,7 +283,7 @@ def trace_ops(model: nn.Module, input_shape: InputSpec) -> list[OpRecord]:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return mark_fusions(recorder.ops, recorder.reads, recorder._act_calls)
+    return mark_fusions(recorder.ops, recorder.reads, recorder.act_calls)
 
 
 def mark_fusions(
@@ -296,8 +299,6 @@ def mark_fusions(
     when that convolution's output is read by nothing else, one add per convolution. A standalone activation is
     counted on the first operator reading it.
     """
-    from dataclasses import replace
-
     direct = [0] * len(ops)  # readers of each operator's output, not through an activation
     acts_on = [0] * len(ops)  # activation calls on each operator's output
     for op_reads in reads:
