@@ -2,7 +2,8 @@
 
     python benchmarks/latency_models.py                 # refits, re-profiles this machine, validates
     python benchmarks/latency_models.py --reuse-table   # refits; validates the shipped host table as it is
-    python benchmarks/latency_models.py --reuse-table --int8 --no-device-models   # adds and validates int8
+    python benchmarks/latency_models.py --int8 --no-device-models   # re-profiles with int8 entries, validates
+    python benchmarks/latency_models.py --reuse-table --int8 --no-device-models   # validates the shipped table
 
 1. Refit every public device model on the calibration rows (`edgecompress latency
    calibrate`) and report holdout Spearman / Kendall / MAPE next to the FLOPs ranking.
@@ -124,11 +125,14 @@ def main() -> None:
     if args.int8:
         int8_keys = [k for k in keys if k.split("|")[0] in ("conv", "depthwise", "linear")]
         int8_keys = [k.removesuffix("|fp32") + "|int8" for k in int8_keys]
-        console.print(f"  int8: profiling {len(int8_keys)} weighted-operator signatures (those missing)")
-        profiler.run(int8_keys, path, threads=args.threads, device=profile, passes=args.passes)
-        table = LatencyTable.load(path)  # with the fp32 context the int8 fit holds
-        result["host"]["int8_context"] = fit_context(table, precision="int8", rounds=args.rounds)
-        table.save(path)
+        if args.reuse_table:  # the table's int8 entries and context as they are
+            result["host"]["int8_context"] = table.meta["context"]["by_precision"]["int8"]
+        else:
+            console.print(f"  int8: profiling {len(int8_keys)} weighted-operator signatures (those missing)")
+            profiler.run(int8_keys, path, threads=args.threads, device=profile, passes=args.passes)
+            table = LatencyTable.load(path)  # with the fp32 context the int8 fit holds
+            result["host"]["int8_context"] = fit_context(table, precision="int8", rounds=args.rounds)
+            table.save(path)
         # Paired A/B: the same measurements priced without the fitted cost of precision changes.
         import copy
 
@@ -139,8 +143,11 @@ def main() -> None:
                                  compare={"no precision-change cost": plain}, rounds=args.rounds)
             for mode in ("all", "mixed")
         }  # fmt: skip
-        table.meta["validation_int8"] = {mode: {k: v for k, v in r.items() if k != "rows"} for mode, r in int8.items()}
-        table.save(path)
+        if not args.reuse_table:
+            table.meta["validation_int8"] = {
+                mode: {k: v for k, v in r.items() if k != "rows"} for mode, r in int8.items()
+            }
+            table.save(path)
         result["host"]["validation_int8"] = int8
         validations += [(f"int8, every layer ({len(int8_keys)} int8 entries)", int8["all"]),
                         ("int8, half the layers", int8["mixed"])]  # fmt: skip
