@@ -616,21 +616,24 @@ def cross_validate_folding(name: str, rows: Sequence[dict[str, str]], folds: int
     }
 
 
+def _select(key: str, variants: Sequence[tuple[str, ...]], score: Any, how: str) -> dict[str, Any]:
+    """Score each variant (``score(variant)``: a cross-validated Spearman); the best to 3 decimals wins, then
+    the one with fewer items."""
+    scores: list[dict[str, Any]] = [{key: list(v), "cv_spearman": score(v)} for v in variants]
+    best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s[key])))
+    return {key: best[key], "scores": scores, "how": how}
+
+
 def select_merges(name: str, rows: Sequence[dict[str, str]], folding: str, folds: int = 5) -> dict[str, Any]:
     """Which :data:`MERGES` groups ``name``'s model prices on their own: ``folds``-fold cross-validated Spearman
     on the *calibration* rows (the folds of :func:`cross_validate_folding`) of each :data:`MERGE_VARIANTS`, the
     folding held; the best to 3 decimals wins, then fewer groups. The holdout rows play no part."""
     col = DEVICE_COLUMNS[name]["column"]
-    scores: list[dict[str, Any]] = [
-        {"merges": list(variant), "cv_spearman": _cv_spearman(rows, col, folds, folding, variant)}
-        for variant in MERGE_VARIANTS
-    ]
-    best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["merges"])))
-    return {
-        "merges": best["merges"], "scores": scores,
-        "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
+    return _select(
+        "merges", MERGE_VARIANTS, lambda v: _cv_spearman(rows, col, folds, folding, v),
+        f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
         "folding held; best to 3 decimals, then fewer groups",
-    }  # fmt: skip
+    )  # fmt: skip
 
 
 def select_fusions(
@@ -641,16 +644,11 @@ def select_fusions(
     merge groups held (:func:`select_merges` chose them without fusions); the best to 3 decimals wins, then
     fewer. The holdout rows play no part."""
     col = DEVICE_COLUMNS[name]["column"]
-    scores: list[dict[str, Any]] = [
-        {"fusions": list(variant), "cv_spearman": _cv_spearman(rows, col, folds, folding, merges, variant)}
-        for variant in FUSION_VARIANTS
-    ]
-    best = max(scores, key=lambda s: (round(s["cv_spearman"], 3), -len(s["fusions"])))
-    return {
-        "fusions": best["fusions"], "scores": scores,
-        "how": f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
+    return _select(
+        "fusions", FUSION_VARIANTS, lambda v: _cv_spearman(rows, col, folds, folding, merges, v),
+        f"{folds}-fold cross-validation on the calibration rows (folds by arch_index // 5 % {folds}), "
         "folding and merge groups held; best to 3 decimals, then fewer",
-    }  # fmt: skip
+    )  # fmt: skip
 
 
 FBNET_DEVICES = ("raspberry-pi-4",)

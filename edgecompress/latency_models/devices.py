@@ -185,22 +185,17 @@ def calibrate(data_dir: str | os.PathLike[str] | None = None, out_dir: Path = PR
                 name, rows, selection["folding"], merges=merges["merges"], fusions=fusions["fusions"]
             )
             selection = {**selection, "merges": merges, "fusions": fusions}
-            if merges["merges"]:
-                model.notes.append(
-                    "merged operators priced in groups of their own ("
-                    + "; ".join(MERGES[m] for m in merges["merges"])
-                    + "), chosen by cross-validation on calibration rows (Spearman "
-                    + ", ".join(f"{'+'.join(v['merges']) or 'none'} {v['cv_spearman']:.3f}" for v in merges["scores"])
-                    + ")"
-                )
-            if fusions["fusions"]:
-                model.notes.append(
-                    "TensorRT layer fusions priced ("
-                    + "; ".join(FUSIONS[f] for f in fusions["fusions"])
-                    + "), chosen by cross-validation on calibration rows (Spearman "
-                    + ", ".join(f"{'+'.join(v['fusions']) or 'none'} {v['cv_spearman']:.3f}" for v in fusions["scores"])
-                    + ")"
-                )
+            for what, key, chosen, meaning in (
+                ("merged operators priced in groups of their own", "merges", merges, MERGES),
+                ("TensorRT layer fusions priced", "fusions", fusions, FUSIONS),
+            ):
+                if chosen[key]:
+                    model.notes.append(
+                        f"{what} ({'; '.join(meaning[m] for m in chosen[key])}), chosen by cross-validation on "
+                        "calibration rows (Spearman "
+                        + ", ".join(f"{'+'.join(v[key]) or 'none'} {v['cv_spearman']:.3f}" for v in chosen["scores"])
+                        + ")"
+                    )
         model.selection = selection
         cv = selection["cv_spearman"]
         model.notes.append(
