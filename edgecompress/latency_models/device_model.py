@@ -463,7 +463,7 @@ class DeviceModel:
         if g is None:
             return None
         ms = self._group_ms(g, KIND_TO_GROUP[op.kind], op.macs / 1e6, op.bytes / 1e6)
-        if op.acts and "act" in self.fusions:
+        if op.acts and "act" in self.fusions:  # an operator's inputs are the same size: each moves the mean
             ms += op.acts * self._group_ms("add", "add", 0.0, op.act_bytes / op.acts / 1e6)
         return ms
 
@@ -505,6 +505,8 @@ class DeviceModel:
         if self.name not in DEVICE_PEAKS or op.kind not in KIND_TO_GROUP:
             return False
         edge_mmacs, edge_mbytes = calibration_edges()[KIND_TO_GROUP[op.kind]]
+        if op.acts and "act" in self.fusions and op.act_bytes / op.acts / 1e6 > calibration_edges()["add"][1]:
+            return True  # its standalone activations, priced as adds, beyond the largest add
         return op.macs / 1e6 > edge_mmacs or op.bytes / 1e6 > edge_mbytes
 
     def to_dict(self) -> dict[str, Any]:

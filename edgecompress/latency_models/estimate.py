@@ -133,6 +133,7 @@ def estimate_latency(
     for op in ops:
         by_layer.setdefault(op.layer or "(other)", []).append(op)
     rows, warnings, missing = [], [], []
+    unpriced_acts = 0  # standalone activations (OpRecord.acts) no cost included
     roofline: list[Any] = []  # operators partly priced at the published roofline (beyond the calibration range)
     for layer, layer_ops in by_layer.items():
         # Element-wise operators outside any layer (residual adds, pools) are priced at fp32 (docs/latency.md).
@@ -146,6 +147,8 @@ def estimate_latency(
         total, sources = 0.0, set()
         for op in layer_ops:
             ms, src = _op_ms(op, p, dm, tab)
+            if op.acts and not (ms is not None and src.startswith("device model") and "act" in dm.fusions):  # type: ignore[union-attr]
+                unpriced_acts += op.acts
             if ms is None:
                 missing.append(op_key(op, p) or f"{op.kind}:{op.detail}")
                 continue
@@ -162,23 +165,27 @@ def estimate_latency(
     if roofline and dm is not None:
         peak = DEVICE_PEAKS[dm.name]
         edges = calibration_edges()
-        groups = sorted({KIND_TO_GROUP[op.kind] for op in roofline})
+        groups = sorted(
+            {KIND_TO_GROUP[op.kind] for op in roofline}
+            | ({"add"} if "act" in dm.fusions and any(op.acts for op in roofline) else set())
+        )
         limits = ", ".join(f"{g} {edges[g][0]:.2f} MMAC / {edges[g][1]:.2f} MB" for g in groups)
         warnings.append(
             f"{len(roofline)} operators are larger than any in the calibration networks (largest per operator: "
             f"{limits}); beyond that size they are extrapolated at {dm.name}'s published roofline "
             f"({peak['gmacs']:g} GMAC/s, {peak['gbps']:g} GB/s; {peak['source']}): a lower bound for that part"
         )
-    standalone = sum(op.acts for op in ops)
-    if standalone and (tab is not None or dm is None or "act" not in dm.fusions):
-        if tab is not None or dm is None:
+    if unpriced_acts:
+        if dm is not None and "act" in dm.fusions:
+            by = "they read operators that are not priced, or are looked up in a table that has no activation entries"
+        elif tab is not None or dm is None:
             by = "the table has no activation entries"
         elif "fusions" in dm.selection:
             by = f"{dm.name}'s cross-validation on its calibration rows chose to price none"
         else:
             by = f"{dm.name} was fitted without them"
         warnings.append(
-            f"{standalone} activations cannot be fused into the operator that made their input (that output has "
+            f"{unpriced_acts} activations cannot be fused into the operator that made their input (that output has "
             f"other readers, or its maker is not a convolution, linear layer or add) and run on their own; "
             f"not counted: {by}"
         )

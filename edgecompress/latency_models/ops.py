@@ -161,11 +161,47 @@ class _Recorder(TorchFunctionMode):
             OpRecord(kind, macs, nbytes, tuple(out.shape), layer, cin, cout, in_hw=in_hw, inputs=inputs, **geometry)
         )
         self._producer[id(out)] = len(self.ops) - 1
+        self._pinned.append(out)  # kept alive: its id keys _producer, so no later tensor may reuse it
+
+    def pass_on(self, name: str, args: Any, outs: Any) -> None:
+        """Tensors made by a function that is not listed (an activation, a view, a split) come from the listed
+        operator that made its first input, and a view of an activation's output is that activation's output;
+        a fresh tensor (``FRESH``) comes from none."""
+        first = args[0] if args else None
+        if isinstance(first, (list, tuple)):
+            first = first[0] if first else None
+        source = -1 if name in FRESH else self.producer(first)
+        act = self._act_of.get(id(first), -1) if isinstance(first, torch.Tensor) and name not in FRESH else -1
+        for out in outs:
+            self._pinned.append(out)  # kept alive: its id keys the maps below
+            if source >= 0:
+                self._producer[id(out)] = source
+            else:  # made from no listed operator
+                self._producer.pop(id(out), None)
+            if name not in ACTIVATIONS:
+                if act >= 0:
+                    self._act_of[id(out)] = act
+                else:
+                    self._act_of.pop(id(out), None)
+
+    def producers(self, value: Any) -> list[tuple[int, int]]:
+        """(producer, activation call) of every tensor in ``value`` (a tensor, or tuples, lists and dicts of them):
+        a model's outputs, which read what made them."""
+        if isinstance(value, torch.Tensor):
+            return [(self.producer(value), self._act_of.get(id(value), -1))]
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            return [p for v in value for p in self.producers(v)]
+        return []
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if isinstance(out, (list, tuple)):  # chunk, split, unbind: each part comes from what made the input
+            self.pass_on(name, args, [t for t in out if isinstance(t, torch.Tensor)])
+            return out
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             return out
         listed = len(self.ops)
@@ -173,20 +209,7 @@ class _Recorder(TorchFunctionMode):
             return self._record(func, name, args, kwargs, out)
         finally:
             if len(self.ops) == listed:  # not listed (an activation, a view): it passes its input on
-                first = args[0] if args else None
-                if isinstance(first, (list, tuple)):
-                    first = first[0] if first else None
-                source = -1 if name in FRESH else self.producer(first)
-                if source >= 0:
-                    self._producer[id(out)] = source
-                else:  # made from no listed operator (a new tensor may reuse a freed one's id)
-                    self._producer.pop(id(out), None)
-                if name not in ACTIVATIONS:  # a view of an activation's output is that activation's output
-                    act = self._act_of.get(id(first), -1) if isinstance(first, torch.Tensor) else -1
-                    if act >= 0 and name not in FRESH:
-                        self._act_of[id(out)] = act
-                    else:
-                        self._act_of.pop(id(out), None)
+                self.pass_on(name, args, [out])
 
     def _record(self, func: Callable[..., Any], name: str, args: Any, kwargs: Any, out: torch.Tensor) -> Any:
         if name in ACTIVATIONS and args and isinstance(args[0], torch.Tensor):
@@ -278,26 +301,30 @@ def trace_ops(model: nn.Module, input_shape: InputSpec) -> list[OpRecord]:
     inputs = example(input_shape)
     try:
         with torch.no_grad(), recorder:
-            call(model, inputs)
+            output = call(model, inputs)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return mark_fusions(recorder.ops, recorder.reads, recorder.act_calls)
+    # The model's outputs read what made them (a convolution whose output is returned too absorbs no add).
+    return mark_fusions(recorder.ops, [*recorder.reads, tuple(recorder.producers(output))], recorder.act_calls)
 
 
 def mark_fusions(
     ops: list[OpRecord], reads: list[tuple[tuple[int, int], ...]], act_calls: list[tuple[int, int]]
 ) -> list[OpRecord]:
     """``ops`` with :attr:`OpRecord.acts` and :attr:`OpRecord.fused` set, from what each operator read
-    (``reads``: per operator, per tensor read, its producer and the activation call that made it, -1 for none)
-    and each activation call's (producer of its input, input size).
+    (``reads``: per operator, per tensor read, its producer and the activation call that made it, -1 for none;
+    one more entry may follow: what the model returns) and each activation call's (producer of its input,
+    input size).
 
     The rules are TensorRT's documented layer fusions, applied where a tensor has one reader: an activation
     fuses into the convolution, linear layer or add that made its input when that output is read by nothing
     else (one activation call, no other reader); an add fuses into a convolution that made one of its operands
     when that convolution's output is read by nothing else, one add per convolution. A standalone activation is
-    counted on the first operator reading it.
+    counted on the first operator reading it, or, read by none (returned, or read only by another activation),
+    on the operator that made its input; on the model input or a constant and read by no operator, it is not
+    counted.
     """
     direct = [0] * len(ops)  # readers of each operator's output, not through an activation
     acts_on = [0] * len(ops)  # activation calls on each operator's output
@@ -312,11 +339,16 @@ def mark_fusions(
         a for a, (p, _) in enumerate(act_calls)
         if not (p >= 0 and ops[p].kind in ACT_HOSTS and acts_on[p] == 1 and direct[p] == 0)
     }  # fmt: skip
+    read_by = {a for op_reads in reads[: len(ops)] for _, a in op_reads}
+    orphans: dict[int, set[int]] = {}  # maker -> its standalone activations no operator reads
+    for a in standalone - read_by:
+        if act_calls[a][0] >= 0:
+            orphans.setdefault(act_calls[a][0], set()).add(a)
     counted: set[int] = set()
     hosts_used: set[int] = set()
     out = []
-    for op, op_reads in zip(ops, reads, strict=True):
-        mine = {a for _, a in op_reads if a in standalone and a not in counted}
+    for i, (op, op_reads) in enumerate(zip(ops, reads, strict=False)):
+        mine = {a for _, a in op_reads if a in standalone and a not in counted} | orphans.get(i, set())
         counted |= mine
         fused = ""
         if op.kind == "add":

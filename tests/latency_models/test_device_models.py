@@ -399,3 +399,16 @@ def test_estimates_price_standalone_activations_or_say_they_did_not() -> None:
     assert "1 activations cannot be fused" in " ".join(nano.warnings)
     pi4 = estimate_latency(PreActivation(), (1, 8, 16, 16), "raspberry-pi-4")
     assert "not counted: raspberry-pi-4 was fitted without them" in " ".join(pi4.warnings)
+
+
+def test_standalone_activations_beyond_the_largest_calibration_add_are_flagged_as_roofline() -> None:
+    from edgecompress.latency_models.device_model import calibration_edges
+    from edgecompress.latency_models.ops import OpRecord
+
+    tx2 = load_device("jetson-tx2")
+    edge_mb = calibration_edges()["add"][1]
+    small = OpRecord("conv_k3", 1000, 100, (1, 8, 4, 4), kernel=3, acts=1, act_bytes=int(0.5 * edge_mb * 1e6))
+    assert not tx2.beyond_calibration(small)
+    big = replace(small, act_bytes=int(3 * edge_mb * 1e6))
+    assert tx2.beyond_calibration(big)
+    assert not replace(tx2, fusions=[]).beyond_calibration(big)

@@ -103,7 +103,14 @@ def test_output_folding_compiles_only_constant_networks_away() -> None:
 )
 @pytest.mark.parametrize("folding", ["all", "output", "none"])
 @pytest.mark.parametrize(
-    ("merges", "fusions"), [((), ()), (("merge_conv", "merge_pool"), ()), ((), ("act", "fuse_add")), ((), ("act",))]
+    ("merges", "fusions"),
+    [
+        ((), ()),
+        (("merge_conv", "merge_pool"), ()),
+        ((), ("act", "fuse_add")),
+        ((), ("act",)),
+        (("merge_conv", "merge_pool"), ("act", "fuse_add")),  # the TX2's choice
+    ],
 )
 def test_feature_decomposition_equals_tracing_the_whole_network(
     arch: str, folding: str, merges: tuple, fusions: tuple
@@ -299,3 +306,38 @@ def test_tracer_marks_standalone_activations_and_adds_fused_into_a_convolution()
         traced = trace_ops(create_model(name, **({"in_channels": 3} if "mobile" in name else {})), shape)
         adds = [op for op in traced if op.kind == "add"]
         assert sum(op.acts for op in traced) == 0 and adds and all(op.fused == "conv" for op in adds)
+
+
+def test_fusions_see_every_reader_of_a_tensor() -> None:
+    """A split (chunk) reads what made its input, a model output reads what made it, and an activation nothing
+    reads is counted on the operator that made its input; tracing twice gives the same answer."""
+
+    class Split(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.d = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Conv2d(2, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            h = self.c(x)
+            return self.d(h.chunk(2, 1)[0]), h + x  # h has two readers: the add cannot fuse into c
+
+    class Returned(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c, self.p = torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.AvgPool2d(3, 1, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            h = self.c(x)
+            return h, h + x, torch.relu(self.p(x))  # h is an output too; the ReLU on a pooling is read by none
+
+    assert [(op.kind, op.fused) for op in trace_ops(Split(), (1, 4, 8, 8))] == [
+        ("conv_k3", ""), ("conv_k1", ""), ("add", ""),
+    ]  # fmt: skip
+    assert [(op.kind, op.fused, op.acts) for op in trace_ops(Returned(), (1, 4, 8, 8))] == [
+        ("conv_k3", "", 0), ("add", "", 0), ("pool", "", 1),
+    ]  # fmt: skip
+    import torchvision
+
+    shuffle = torchvision.models.shufflenet_v2_x0_5()
+    runs = [[(op.kind, op.acts, op.fused, op.inputs) for op in trace_ops(shuffle, (1, 3, 64, 64))] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
