@@ -445,9 +445,14 @@ class DeviceModel:
         return self.scale * (self.intercept_ms + sum(self.coefficients.get(k, 0.0) * v for k, v in feats.items()))
 
     def predict_energy_features(self, feats: dict[str, float]) -> float:
-        """Predicted mJ per inference from :func:`group_features` (the model must have ``energy``)."""
+        """Predicted mJ per inference from :func:`group_features` with :meth:`energy_groups` (the model must have
+        ``energy``)."""
         e = self.energy
         return float(e["intercept_mj"] + sum(e["coefficients"].get(k, 0.0) * v for k, v in feats.items()))
+
+    def energy_groups(self) -> tuple[list[str], list[str]]:
+        """The merge groups and fusions the energy model prices (none in profiles fitted before it could)."""
+        return list(self.energy.get("merges", [])), list(self.energy.get("fusions", []))
 
     def op_ms(self, op: OpRecord) -> float | None:
         """Predicted ms of one operator; None for an operator kind the model has no coefficients for. With
@@ -842,11 +847,18 @@ def validate_fbnet(model: DeviceModel, holdout: Sequence[dict[str, Any]]) -> dic
     }  # fmt: skip
 
 
-def fit_energy_model(name: str, rows: Sequence[dict[str, str]], folds: int = 5) -> dict[str, Any]:
+def fit_energy_model(
+    name: str,
+    rows: Sequence[dict[str, str]],
+    folds: int = 5,
+    merges: Sequence[str] = (),
+    fusions: Sequence[str] = (),
+) -> dict[str, Any]:
     """Energy per inference as a cost model with the latency model's terms, fitted on the *calibration* rows
     that have an energy measurement (non-negative least squares on relative error). Whether the calibration
     networks are read with constant folding is chosen by ``folds``-fold cross-validated Spearman on the
-    calibration rows, as for latency; the holdout rows play no part."""
+    calibration rows, as for latency; then whether to price the latency model's merge groups and fusions
+    (``merges``, ``fusions``) too, the same way. The holdout rows play no part."""
 
     meta = ENERGY_COLUMNS[name]
     col = meta["column"]
@@ -855,14 +867,29 @@ def fit_energy_model(name: str, rows: Sequence[dict[str, str]], folds: int = 5) 
     use = _fit_rows(rows, col, folding)
     if not use:
         raise EdgeCompressError(f"no calibration rows with a {col} measurement")
-    x, keys = _design(use, folding)
+
+    def split(groups: Sequence[str]) -> tuple[list[str], list[str]]:
+        return [g for g in groups if g in MERGES], [g for g in groups if g in FUSIONS]
+
+    groups = _select(
+        "groups", [()] + ([(*merges, *fusions)] if merges or fusions else []),
+        lambda v: _cv_spearman(rows, col, folds, folding, *split(v)),
+        f"{folds}-fold cross-validation on the calibration rows, folding held: without, or with the latency "
+        "model's merge groups and fusions",
+    )  # fmt: skip
+    chosen_merges, chosen_fusions = split(groups["groups"])
+    x, keys = _design(use, folding, chosen_merges, chosen_fusions)
     coef = _nnls_relative(x, np.array([float(r[col]) for r in use]))
+    fitted_on = f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}"
+    if groups["groups"]:
+        fitted_on += f" ({', '.join(groups['groups'])} priced as in the latency model)"
     return {
         "column": col, "source": meta["source"], "licence": meta["licence"], "unit": "mJ per inference",
         "intercept_mj": float(coef[0]), "coefficients": {k: float(v) for k, v in zip(keys, coef[1:], strict=True)},
-        "folding": folding,
-        "selection": {"cv_spearman": scores, "how": f"{folds}-fold cross-validation on the calibration rows"},
-        "fitted_on": f"{len(use)} calibration rows (arch_index % 5 != 0) of nb201_latency.csv column {col}",
+        "folding": folding, "merges": chosen_merges, "fusions": chosen_fusions,
+        "selection": {"cv_spearman": scores, "how": f"{folds}-fold cross-validation on the calibration rows",
+                      "groups": groups},
+        "fitted_on": fitted_on,
     }  # fmt: skip
 
 

@@ -130,7 +130,7 @@ def validate_energy(model: DeviceModel, rows: list[dict[str, str]]) -> dict[str,
     hold = _holdout(rows, column)
     if not hold:
         raise EdgeCompressError(f"no holdout rows with a {column} measurement")
-    x, keys = _design(hold, fold)
+    x, keys = _design(hold, fold, *model.energy_groups())
     y = np.array([float(r[column]) for r in hold])
     pred = np.array([model.predict_energy_features(dict(zip(keys, xi[1:], strict=True))) for xi in x])
     live = np.array([not is_constant_network(r["arch_str"], fold) for r in hold])
@@ -157,7 +157,7 @@ def calibrate_energy(
     for name in ENERGY_COLUMNS:
         path = out_dir / f"{name}.json"
         model = DeviceModel.load(path)
-        model.energy = fit_energy_model(name, rows)
+        model.energy = fit_energy_model(name, rows, merges=model.merges, fusions=model.fusions)
         model.energy["validation"] = {**validate_energy(model, rows), "date": time.strftime("%Y-%m-%d")}
         model.save(path)
         done[name] = model

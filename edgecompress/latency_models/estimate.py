@@ -250,7 +250,8 @@ def estimate_energy(model: nn.Module, example_input: InputSpec, device: str | De
     if is_shape(spec):
         spec = (1, *spec[1:])  # type: ignore[index]
     ops = trace_ops(model, spec)
-    mj = dm.predict_energy_features(group_features(ops))
+    merges, fusions = dm.energy_groups()
+    mj = dm.predict_energy_features(group_features(ops, merges=merges, fusions=fusions))
     e, v = dm.energy, dm.energy.get("validation", {})
     extrapolated = sorted({op.kind for op in ops if dm.extrapolated(op.kind)})
     source = (

@@ -412,3 +412,39 @@ def test_standalone_activations_beyond_the_largest_calibration_add_are_flagged_a
     big = replace(small, act_bytes=int(3 * edge_mb * 1e6))
     assert tx2.beyond_calibration(big)
     assert not replace(tx2, fusions=[]).beyond_calibration(big)
+
+
+def test_energy_model_takes_the_latency_models_groups_where_cross_validation_says_so() -> None:
+    import random
+
+    from edgecompress.latency_models.device_model import fit_energy_model
+    from edgecompress.latency_models.nb201 import OPS
+
+    rng = random.Random(2)
+    archs = []
+    for _ in range(150):
+        ops = [rng.choice(OPS[1:]) for _ in range(6)]
+        archs.append(f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|")
+    merges, fusions = ("merge_conv",), ("act", "fuse_add")
+    truth = {"conv_k3.mmacs": 0.05, "conv_k1.count": 0.3, "pool.count": 0.2, "add.mbytes": 2.0,
+             "merge_conv.count": 0.01, "fuse_add.count": 0.01}  # fmt: skip
+
+    def rows(groups: bool) -> list[dict[str, str]]:
+        out = []
+        for i, a in enumerate(archs):
+            feats = nb201_features(a, "none", merges if groups else (), fusions if groups else ())
+            mj = 0.7 + sum(truth.get(k, 0.0) * v for k, v in feats.items())
+            out.append({"arch_str": a, "arch_index": str(i), "split": "calibration",
+                        "hwnb_edgegpu_tx2_cifar10_mJ": str(mj)})  # fmt: skip
+        return out
+
+    with_groups = fit_energy_model("jetson-tx2", rows(True), merges=merges, fusions=fusions)
+    assert (with_groups["merges"], with_groups["fusions"]) == (["merge_conv"], ["act", "fuse_add"])
+    model = DeviceModel("t", "t", "fp32", 0.0, {}, "s", energy=with_groups)
+    for r in rows(True)[:10]:
+        feats = nb201_features(r["arch_str"], "none", *model.energy_groups())
+        assert model.predict_energy_features(feats) == pytest.approx(float(r["hwnb_edgegpu_tx2_cifar10_mJ"]), rel=1e-4)
+    plain = fit_energy_model("jetson-tx2", rows(False), merges=merges, fusions=fusions)
+    assert (plain["merges"], plain["fusions"]) == ([], [])
+    tx2 = load_device("jetson-tx2")
+    assert tx2.energy_groups() == (tx2.energy["merges"], tx2.energy["fusions"])
