@@ -712,13 +712,14 @@ def profile_cmd(
 
             ctx = fit(table, progress=show_fit)
             table.save(out)
+            ctx8 = None
             if "int8" in table.precisions():  # int8 factors and the cost of precision changes, fp32 part held
                 task = bar.add_task("int8 context fit", total=None, status="")
                 # 7 rounds: an int8 session runs at one of two speeds for its lifetime (docs/latency.md)
                 ctx8 = fit(table, progress=show_fit, precision="int8", rounds=7)
                 table.save(out)
         console.print(f"in-graph context factors {ctx['factors']} ({ctx['fitted_on']})")
-        if "int8" in table.precisions():
+        if ctx8 is not None:
             console.print(
                 f"int8 in-graph factors {ctx8['factors']}, {ctx8['change_ms_per_mb']:.3f} ms per MB crossing a "
                 f"change of precision ({ctx8['fitted_on']})"

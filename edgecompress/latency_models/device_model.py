@@ -217,6 +217,9 @@ def calibration_edges() -> dict[str, tuple[float, float]]:
     return edges
 
 
+NB201_STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, height = width) of each stage's cells
+
+
 @lru_cache(maxsize=2)
 def _nb201_parts(fuse_add: bool = False) -> tuple[dict[str, float], dict[tuple[str, int], dict[str, float]]]:
     """Features of the fixed part of a NAS-Bench-201 network and of each (edge op or add, stage).
@@ -227,7 +230,7 @@ def _nb201_parts(fuse_add: bool = False) -> tuple[dict[str, float], dict[tuple[s
     minutes; ``tests/latency_models`` checks the sum against whole networks.
     With ``fuse_add``, the fixed part's fused adds (the reductions') are in
     the ``fuse_add`` group; standalone activations are never in it (they
-    depend on the cells: :func:`_nb201_fusions`).
+    depend on the cells: :func:`_stage_fusions`).
     """
     import torch
     import torch.nn as nn
@@ -239,7 +242,7 @@ def _nb201_parts(fuse_add: bool = False) -> tuple[dict[str, float], dict[tuple[s
     identity_cells = "|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"
     fixed = group_features(trace_ops(NB201Network(identity_cells), (1, 3, 32, 32)), fusions=("fuse_add",) * fuse_add)
     parts: dict[tuple[str, int], dict[str, float]] = {}
-    for stage, (c, hw) in enumerate(((16, 32), (32, 16), (64, 8))):
+    for stage, (c, hw) in enumerate(NB201_STAGES):
         for op in (*OPS, "add"):
             module = _Add() if op == "add" else nn.Sequential(_op(op, c))
             parts[(op, stage)] = group_features(trace_ops(module, (1, c, hw, hw)))
@@ -266,19 +269,12 @@ FOLDING_NOTES = {
 NB201_GROUP = {"nor_conv_3x3": "conv_k3", "nor_conv_1x1": "conv_k1", "avg_pool_3x3": "pool"}
 
 
-NB201_STAGES = ((16, 32), (32, 16), (64, 8))  # (channels, height = width) of each stage's cells
-
-
-def _nb201_fusions(live: list[list[tuple[str, int]]]) -> tuple[list[int], list[int]]:
-    """Per stage, the standalone activations (:attr:`OpRecord.acts`) and the fused adds of the cells
-    (:attr:`OpRecord.fused`) of a NAS-Bench-201 network with these live edges: its stage graph replayed through
-    the tracer's own :func:`~edgecompress.latency_models.ops.mark_fusions`, with what reads each stage's output
-    (the next reduction's ReLU and pooling, or the head's ReLU)."""
-    counts = [_stage_fusions(live, stage) for stage in range(3)]
-    return [c[0] for c in counts], [c[1] for c in counts]
-
-
-def _stage_fusions(live: list[list[tuple[str, int]]], stage: int) -> tuple[int, int]:
+def _stage_fusions(live: list[list[tuple[str, int]]], stage: int) -> tuple[int, int, int]:
+    """In one stage of a NAS-Bench-201 network with these live edges: the standalone activations
+    (:attr:`OpRecord.acts`), the bytes they move, and the fused adds of the cells (:attr:`OpRecord.fused`). The
+    stage graph is replayed through the tracer's own :func:`~edgecompress.latency_models.ops.mark_fusions`, with
+    what reads the stage's output (the next reduction's ReLU and pooling, or the head's ReLU)."""
+    c, hw = NB201_STAGES[stage]
     ops: list[OpRecord] = []
     reads: list[tuple[tuple[int, int], ...]] = []
     calls: list[tuple[int, int]] = []
@@ -289,7 +285,7 @@ def _stage_fusions(live: list[list[tuple[str, int]]], stage: int) -> tuple[int, 
         return len(ops) - 1
 
     def act(t: int) -> tuple[int, int]:
-        calls.append((t, 1))
+        calls.append((t, c * hw * hw))
         return (t, len(calls) - 1)
 
     cur = op("conv_k3" if stage == 0 else "add")  # the stem's convolution, or the reduction's add
@@ -321,7 +317,7 @@ def _stage_fusions(live: list[list[tuple[str, int]]], stage: int) -> tuple[int, 
     else:  # the head: BatchNorm -> ReLU -> global pooling
         op("pool", act(cur))
     marked = mark_fusions(ops, reads, calls)
-    return sum(o.acts for o in marked), sum(1 for i in cell_adds if marked[i].fused)
+    return sum(o.acts for o in marked), sum(o.act_bytes for o in marked), sum(1 for i in cell_adds if marked[i].fused)
 
 
 def nb201_features(
@@ -341,16 +337,15 @@ def nb201_features(
     if is_constant_network(arch, folding):
         return dict.fromkeys(feats, 0.0)
     live = live_edges(parse_arch(arch), folding == "all")
-    if fusions:
-        acts, fused = _nb201_fusions(live)
-        for stage, (c, hw) in enumerate(NB201_STAGES):
-            if "act" in fusions:
-                feats["add.count"] += acts[stage]
-                feats["add.mbytes"] += acts[stage] * 2 * 4 * c * hw * hw / 1e6
-            if "fuse_add" in fusions:
-                for k, v in parts[("add", stage)].items():
-                    feats[k] -= fused[stage] * v  # those adds move to their own group
-                    feats[f"fuse_add.{k.split('.')[1]}"] += fused[stage] * v
+    for stage in range(3) if fusions else ():
+        acts, act_bytes, fused = _stage_fusions(live, stage)
+        if "act" in fusions:
+            feats["add.count"] += acts
+            feats["add.mbytes"] += act_bytes / 1e6
+        if "fuse_add" in fusions:
+            for k, v in parts[("add", stage)].items():
+                feats[k] -= fused * v  # those adds move to their own group
+                feats[f"fuse_add.{k.split('.')[1]}"] += fused * v
     merged = _merged_edges(live)
     for j, edges in enumerate(live):
         for i, (op, _) in enumerate(edges):

@@ -105,10 +105,10 @@ ACTIVATIONS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_"}
 
 # Functions whose output is a new tensor made from no operator's result (a constant), whatever they read.
 FRESH = {"zeros_like", "ones_like", "full_like", "empty_like", "zeros", "ones", "full", "empty"}
-# Operators an activation reading their output fuses into (when nothing else reads that output).
-ACT_HOSTS = {"conv_k1", "conv_k3", "conv_kN", "depthwise", "linear", "add"}
 # Operators an add reading their output fuses into.
 ADD_HOSTS = {"conv_k1", "conv_k3", "conv_kN", "depthwise"}
+# Operators an activation reading their output fuses into (when nothing else reads that output).
+ACT_HOSTS = {*ADD_HOSTS, "linear", "add"}
 
 
 class _Recorder(TorchFunctionMode):
@@ -321,7 +321,7 @@ def mark_fusions(
     The rules are TensorRT's documented layer fusions, applied where a tensor has one reader: an activation
     fuses into the convolution, linear layer or add that made its input when that output is read by nothing
     else (one activation call, no other reader); an add fuses into a convolution that made one of its operands
-    when that convolution's output is read by nothing else, one add per convolution. A standalone activation is
+    when that convolution's output is read by nothing else (so by this add alone). A standalone activation is
     counted on the first operator reading it, or, read by none (returned, or read only by another activation),
     on the operator that made its input; on the model input or a constant and read by no operator, it is not
     counted.
@@ -345,19 +345,15 @@ def mark_fusions(
         if act_calls[a][0] >= 0:
             orphans.setdefault(act_calls[a][0], set()).add(a)
     counted: set[int] = set()
-    hosts_used: set[int] = set()
     out = []
     for i, (op, op_reads) in enumerate(zip(ops, reads, strict=False)):
         mine = {a for _, a in op_reads if a in standalone and a not in counted} | orphans.get(i, set())
         counted |= mine
         fused = ""
-        if op.kind == "add":
-            for p, a in op_reads:
-                if a < 0 and p >= 0 and ops[p].kind in ADD_HOSTS and direct[p] == 1 and not acts_on[p]:
-                    if p not in hosts_used:
-                        hosts_used.add(p)
-                        fused = "conv"
-                        break
+        if op.kind == "add" and any(
+            a < 0 and p >= 0 and ops[p].kind in ADD_HOSTS and direct[p] == 1 and not acts_on[p] for p, a in op_reads
+        ):
+            fused = "conv"
         if mine or fused:
             op = replace(op, acts=len(mine), act_bytes=sum(2 * FP32 * act_calls[a][1] for a in mine), fused=fused)
         out.append(op)
