@@ -427,7 +427,23 @@ def render_nb201_noise_ceiling(p: dict[str, Any]) -> list[str]:
     return [f"{p['what']}.", "", *table(header, rows)]
 
 
+def render_gpu_profile(p: dict[str, Any]) -> list[str]:
+    m = p["measured_on"]
+    out = [f"{p['note']}", "",
+           f"Measured on {m['gpu']} ({m['system']}" + (f", {m['cpu_cores']} CPU cores" if m.get("cpu_cores") else "")
+           + f"), {m['date']}, onnxruntime-gpu "
+           f"{m['onnxruntime_gpu']}, torch {m['torch']}: `{m['command']}`. Timing: {m['io']}. Table: "
+           f"{p['table']['entries']} operators, call overhead {p['table']['overhead_ms']:.4f} ms.", ""]  # fmt: skip
+    rows = [[r["net"], r["precision"], ms(r["measured_ms"]), ms(r["predicted_ms"]), f"{r['error']:+.1%}"]
+            for r in p["rows"]]  # fmt: skip
+    out += table(["network (224x224)", "precision", "measured ms", "table sum ms", "error"], rows)
+    cpu = "; ".join(f"{k} {v:.2f} ms" for k, v in p["cpu_provider_1thread_ms"].items())
+    return [*out, f"Spearman {p['spearman']:.3f}, median absolute error {pct(p['median_abs_error'])}. The same "
+            f"machine's CPU provider, 1 thread: {cpu}.", ""]  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "gpu_profile": render_gpu_profile,
     "real_size_predictions": render_real_size_predictions,
     "device_models": render_device_models,
     "nb201_noise_ceiling": render_nb201_noise_ceiling,

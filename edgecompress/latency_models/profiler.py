@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -233,9 +234,10 @@ def _quiet_onnxruntime():  # type: ignore[no-untyped-def]
         root.removeFilter(keep)
 
 
-def _to_fp16(model_bytes: bytes) -> bytes:
-    """float16 weights and activations, float32 input and output: onnxconverter-common's converter, as
-    ``export --format onnx-fp16`` uses (a device without it: ONNX Runtime's copy of the same converter)."""
+def _to_fp16(model_bytes: bytes, keep_io_types: bool = True) -> bytes:
+    """float16 weights and activations, float32 input and output (``keep_io_types``, else float16 ones too):
+    onnxconverter-common's converter, as ``export --format onnx-fp16`` uses (a device without it: ONNX Runtime's
+    copy of the same converter)."""
     import onnx
 
     try:
@@ -243,7 +245,7 @@ def _to_fp16(model_bytes: bytes) -> bytes:
     except ImportError:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=True)
+    model = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=keep_io_types)
     return model.SerializeToString()
 
 
@@ -258,6 +260,11 @@ _ORT_PROVIDERS = {
     "onnxruntime-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
     "onnxruntime-tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
+GPU_RUNTIMES = ("onnxruntime-cuda", "onnxruntime-tensorrt")
+GPU_IO = (
+    "input copied to the GPU once and outputs left there (ONNX Runtime IO binding); each timed call is the "
+    "kernel launches and the wait for the GPU, as the operator runs inside a model"
+)
 RUNTIME_FORMATS = {"onnxruntime": "onnx", "onnxruntime-cuda": "onnx", "onnxruntime-tensorrt": "onnx",
                    "litert": "tflite"}  # fmt: skip
 
@@ -285,12 +292,39 @@ def runtime_missing(runtime: str) -> str | None:
         import onnxruntime as ort
     except ImportError:
         return "onnxruntime is not installed"
-    wanted = _ORT_PROVIDERS[runtime][0]
-    if wanted not in ort.get_available_providers():
-        have = ", ".join(ort.get_available_providers())
+    wanted, listed = _ORT_PROVIDERS[runtime][0], tuple(ort.get_available_providers())
+    if wanted not in listed:
         extra = " and TensorRT" if runtime.endswith("tensorrt") else ""
-        return f"this onnxruntime ({ort.__version__}) has no {wanted} (it has {have}); install onnxruntime-gpu{extra}"
+        return (
+            f"this onnxruntime ({ort.__version__}) has no {wanted} (it has {', '.join(listed)}); "
+            f"install onnxruntime-gpu{extra}"
+        )
+    if runtime in GPU_RUNTIMES:  # onnxruntime-gpu lists its GPU providers whether or not they can start here
+        started = _session_providers(runtime, listed)
+        if wanted not in started:
+            return _fell_back(ort.__version__, wanted, started)
     return None
+
+
+def _fell_back(version: str, wanted: str, started) -> str:  # type: ignore[no-untyped-def]
+    return (
+        f"onnxruntime {version} lists {wanted} but started a session on {', '.join(started)} (its log says "
+        "why: a CUDA, cuDNN or TensorRT library it could not load, or no GPU)"
+    )
+
+
+@functools.cache
+def _session_providers(runtime: str, listed: tuple[str, ...]) -> tuple[str, ...]:
+    """The providers a one-ReLU session of ``runtime`` starts on (``listed``, what onnxruntime lists, keys
+    the cache)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    module, x = overhead_module()
+    with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its fallback; the caller reports it
+        session = ort.InferenceSession(_export(module, x), so, providers=list(_ORT_PROVIDERS[runtime]))
+    return tuple(session.get_providers())
 
 
 def available_runtimes() -> list[str]:
@@ -349,6 +383,10 @@ class Session:
             for key, value in (config or {}).items():
                 so.add_session_config_entry(key, value)
             self._ort = ort.InferenceSession(model, so, providers=list(_ORT_PROVIDERS[runtime]))
+            wanted, active = _ORT_PROVIDERS[runtime][0], self._ort.get_providers()
+            if wanted not in active:  # onnxruntime falls back to the next provider when one fails to start
+                raise RuntimeError(f"cannot run a model with {runtime}: {_fell_back(ort.__version__, wanted, active)}")
+            self.providers = active
             self.input_names = [i.name for i in self._ort.get_inputs()]
             first = self._ort.get_inputs()[0].shape[0]
             self.batch = first if isinstance(first, int) else None
@@ -358,6 +396,26 @@ class Session:
         if isinstance(x, dict):
             return x
         return {self.input_names[0]: x.numpy() if hasattr(x, "numpy") else x}
+
+    def device_call(self, feed, device: str = "cuda"):  # type: ignore[no-untyped-def]
+        """A call running this session on ``feed`` (a feed dict) copied to ``device`` once, its outputs left
+        there (IO binding): :data:`GPU_IO`. ``run_with_iobinding`` returns once the GPU has finished. The call
+        returns the binding, whose ``copy_outputs_to_cpu()`` reads the outputs."""
+        import numpy as np
+        import onnxruntime as ort
+
+        binding = self._ort.io_binding()
+        for name, arr in feed.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), device, 0)
+            binding.bind_ortvalue_input(name, value)
+        for out in self._ort.get_outputs():
+            binding.bind_output(out.name, device, 0)
+
+        def call():  # type: ignore[no-untyped-def]
+            self._ort.run_with_iobinding(binding)
+            return binding
+
+        return call
 
     def run(self, x):  # type: ignore[no-untyped-def]
         import numpy as np
@@ -400,12 +458,15 @@ def open_session(model: bytes | str, runtime: str = "onnxruntime", threads: int 
 def time_model(model: bytes | str, x, threads: int, warmup: int, repeats: int, *, runtime: str = "onnxruntime",  # type: ignore[no-untyped-def]
                feed=None, config=None) -> float:  # fmt: skip
     """Median ms of ``repeats`` runs after ``warmup`` in a new session of ``runtime`` (``config``: ONNX Runtime
-    session config entries). ``x``: the model's one input (tensor or array) or a feed dict; or pass ``feed``."""
+    session config entries). ``x``: the model's one input (tensor or array) or a feed dict; or pass ``feed``.
+    On a GPU runtime the input stays on the GPU and so do the outputs (:data:`GPU_IO`)."""
     session = open_session(model, runtime, threads, config)
     batch = session.feed(feed if feed is not None else x)
     if runtime == "litert":  # prepared once: the timed loop is the interpreter's set + invoke
         (arr,) = batch.values()
         call = lambda: session._invoke(arr)  # noqa: E731
+    elif runtime in GPU_RUNTIMES:
+        call = session.device_call(batch)
     else:
         call = lambda: session._ort.run(None, batch)  # noqa: E731
     for _ in range(warmup):
@@ -498,8 +559,8 @@ def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int, fil
     model = _export(module, x)
     if sig["precision"] == "int8":
         model = quantize_qdq(model, x)
-    elif sig["precision"] == "fp16":
-        model = _to_fp16(model)
+    elif sig["precision"] == "fp16":  # float16 in and out: inside an fp16 network no operator casts its input
+        model, x = _to_fp16(model, keep_io_types=False), x.half()  # (an fp16 file casts once at each end)
     return time_model(model, x, threads, warmup, repeats, runtime=runtime)
 
 
@@ -672,6 +733,34 @@ def channel_block(runtime: str = "onnxruntime", cpuinfo: str = "/proc/cpuinfo") 
     return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
+def gpu_name() -> str:
+    """The GPU this machine's CUDA runtimes use: torch's name for CUDA device 0, a Jetson's board model
+    (``/proc/device-tree/model``), or ``""`` when neither says."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except ImportError:
+        pass
+    try:
+        return Path("/proc/device-tree/model").read_text().strip("\x00\n ")
+    except OSError:
+        return ""
+
+
+def runtime_meta(runtime: str) -> dict[str, Any]:
+    """What a table records about how it was measured beyond the runtime's name: the provider and, on a GPU,
+    which GPU and how inputs and outputs were placed."""
+    meta: dict[str, Any] = {}
+    if runtime in _ORT_PROVIDERS:
+        meta["provider"] = _ORT_PROVIDERS[runtime][0]
+    if runtime in GPU_RUNTIMES:
+        meta["gpu"] = gpu_name()
+        meta["io"] = GPU_IO
+    return meta
+
+
 def _versions(runtime: str) -> dict[str, str]:
     import torch
 
@@ -734,6 +823,7 @@ def run(
         "device": device or platform.node(), "machine": platform.machine(), "system": platform.platform(),
         "runtime": runtime, "threads": threads, "batch": 1, "warmup": warmup, "repeats": repeats,
         "statistic": "median", "measured_by": "edgecompress profiler", "versions": _versions(runtime),
+        **runtime_meta(runtime),
     }  # fmt: skip
     if out.exists():
         table = json.loads(out.read_text())

@@ -482,6 +482,88 @@ def test_gpu_runtimes_are_refused_where_they_cannot_run(tmp_path, capsys) -> Non
     assert "onnxruntime" in profiler.available_runtimes() and "litert" in profiler.available_runtimes()
 
 
+def test_a_gpu_session_that_fell_back_to_the_cpu_is_refused(monkeypatch) -> None:
+    """onnxruntime-gpu lists the CUDA provider on a machine where CUDA cannot start, then runs the session on the
+    CPU; a time taken from that session would be filed as the GPU's. Here the CPU build is made to list CUDA, as
+    onnxruntime-gpu does: the real runtime starts a session on the CPU, so the runtime is not available, and a
+    session that starts on the CPU anyway is refused."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider (the GPU tests below run instead)")
+    listed = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *listed])
+    module, x = profiler.build_op(profiler.parse_key("conv|4|8|3|1|1|8|8|fp32"))
+    fell_back = f"onnxruntime {ort.__version__} lists CUDAExecutionProvider but started a session on CPUExecution"
+    missing = profiler.runtime_missing("onnxruntime-cuda")
+    assert missing is not None and missing.startswith(fell_back)
+    assert "onnxruntime-cuda" not in profiler.available_runtimes()
+    monkeypatch.setattr(profiler, "runtime_missing", lambda runtime: None)  # a session that starts anyway
+    with pytest.raises(RuntimeError, match=f"^cannot run a model with onnxruntime-cuda: {fell_back}"):
+        profiler.open_session(profiler._export(module, x), "onnxruntime-cuda")
+    assert profiler.open_session(profiler._export(module, x)).providers == ["CPUExecutionProvider"]
+
+
+def test_device_call_runs_the_session_on_bound_inputs_and_outputs() -> None:
+    """The GPU timing loop binds the input once and leaves outputs on the device; on the CPU provider the same
+    binding computes what a plain run computes."""
+    import numpy as np
+
+    module, x = profiler.build_op(profiler.parse_key("conv|4|8|3|1|1|8|8|fp32"))
+    session = profiler.open_session(profiler._export(module, x), "onnxruntime", 1)
+    call = session.device_call(session.feed(x), "cpu")
+    (out,) = call().copy_outputs_to_cpu()
+    assert out.shape == (1, 8, 8, 8) and np.allclose(out, session.run(x))
+
+
+GPU = pytest.mark.skipif(
+    "onnxruntime-cuda" not in profiler.available_runtimes(), reason="needs onnxruntime-gpu and a CUDA GPU"
+)
+
+
+@GPU
+def test_cuda_provider_profiles_operators_on_the_gpu(tmp_path) -> None:
+    """The profiler's GPU path on a real GPU: fp32, fp16 and int8 operators timed with the CUDA provider, the
+    table recording provider, GPU and how inputs were placed; the GPU computes what the CPU computes."""
+    import numpy as np
+
+    keys = [
+        "conv|16|32|3|1|1|56|56|fp32", "conv|16|32|3|1|1|56|56|fp16", "conv|16|32|3|1|1|56|56|int8",
+        "depthwise|32|32|3|1|32|56|56|fp16", "add|32|32|1|1|1|56|56|fp32", "pool-global|64|64|7|7|1|7|7|fp32",
+    ]  # fmt: skip
+    table = profiler.run(keys, tmp_path / "gpu.json", runtime="onnxruntime-cuda", threads=1, warmup=5, repeats=20)
+    meta = table["meta"]
+    assert meta["runtime"] == "onnxruntime-cuda" and meta["provider"] == "CUDAExecutionProvider"
+    assert meta["gpu"] == torch.cuda.get_device_name(0) and meta["io"] == profiler.GPU_IO
+    assert set(table["entries"]) == set(keys) and all(e["ms"] > 0 for e in table["entries"].values())
+    assert LatencyTable.load(tmp_path / "gpu.json").meta["runtime"] == "onnxruntime-cuda"
+    module, x = profiler.build_op(profiler.parse_key(keys[0]))
+    model = profiler._export(module, x)
+    gpu = profiler.open_session(model, "onnxruntime-cuda", 1)
+    assert gpu.providers[0] == "CUDAExecutionProvider"
+    cpu = profiler.open_session(model, "onnxruntime", 1)
+    assert np.allclose(gpu.run(x), cpu.run(x), rtol=1e-3, atol=1e-3)
+    (bound,) = gpu.device_call(gpu.feed(x))().copy_outputs_to_cpu()
+    assert np.allclose(bound, cpu.run(x), rtol=1e-3, atol=1e-3)
+    assert profiler.time_model(model, x, 1, 5, 20, runtime="onnxruntime-cuda") > 0
+
+
+@GPU
+def test_tensorrt_runs_on_tensorrt_or_is_refused() -> None:
+    """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT's libraries are installed; without
+    them a session starts on CUDA, and the TensorRT runtime is refused instead of timing CUDA."""
+    module, x = profiler.build_op(profiler.parse_key("conv|4|8|3|1|1|8|8|fp32"))
+    missing = profiler.runtime_missing("onnxruntime-tensorrt")
+    if missing is None:
+        assert profiler.open_session(profiler._export(module, x), "onnxruntime-tensorrt", 1).providers[0] == (
+            "TensorrtExecutionProvider"
+        )
+    else:
+        assert "lists TensorrtExecutionProvider but started a session on CUDAExecutionProvider" in missing
+        with pytest.raises(RuntimeError, match="cannot run a model with onnxruntime-tensorrt: onnxruntime"):
+            profiler.open_session(profiler._export(module, x), "onnxruntime-tensorrt", 1)
+
+
 def test_a_file_xnnpack_refuses_runs_on_litert_builtin_kernels_and_says_so(monkeypatch) -> None:
     """Some int8 files make LiteRT's default XNNPACK delegate fail to prepare (seen on a searched MobileNetV2-0.5);
     the session then runs LiteRT's built-in kernels and says why and what to do on the device."""
