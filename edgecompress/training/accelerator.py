@@ -30,6 +30,7 @@ __all__ = [
     "model_device",
     "on_device",
     "resolve_accelerator",
+    "step",
     "to_device",
     "use_channels_last",
 ]
@@ -133,6 +134,23 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     if precision == "fp16" and device.type == "cuda":
         return torch.amp.GradScaler("cuda")
     return None
+
+
+def step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> bool:
+    """Backward and one optimizer step, through ``scaler`` when given; whether the optimizer stepped.
+
+    A gradient scaler skips the step of a batch whose scaled gradients overflowed (the first batches of fp16
+    training, while it finds its scale) and lowers its scale; a learning-rate schedule should then not advance
+    either (PyTorch warns when a scheduler steps before its optimizer has)."""
+    if scaler is None:
+        loss.backward()
+        opt.step()
+        return True
+    scale = scaler.get_scale()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return scaler.get_scale() >= scale
 
 
 def use_channels_last(device: torch.device, setting: bool | None) -> bool:

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from edgecompress._inputs import batch_len, call, move
 from edgecompress.config import TrainConfig
-from edgecompress.training.accelerator import autocast, grad_scaler, on_device, resolve_accelerator
+from edgecompress.training.accelerator import autocast, grad_scaler, on_device, resolve_accelerator, step
 from edgecompress.training.distill import distillation_loss
 from edgecompress.training.loop import _cosine_with_warmup, _optimizer
 
@@ -115,14 +115,8 @@ def finetune_cached(
                 else:
                     value = loss(out, t, y)
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(value).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                value.backward()
-                opt.step()
-            sched.step()
+            if step(value, opt, scaler):
+                sched.step()
             n = batch_len(x)
             loss_sum += float(value.detach()) * n
             seen += n

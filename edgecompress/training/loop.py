@@ -36,6 +36,7 @@ from edgecompress.training.accelerator import (
     grad_scaler,
     on_device,
     resolve_accelerator,
+    step,
     to_device,
     use_channels_last,
 )
@@ -337,15 +338,10 @@ def train(
                     else:
                         loss = loss_fn(logits, x, y)
                 opt.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    opt.step()
-                else:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
+                stepped = step(loss, opt, scaler)
                 lr = opt.param_groups[0]["lr"]
-                sched.step()
+                if stepped:
+                    sched.step()
                 loss_sum += loss.detach().to(sum_device, torch.float64) * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)

@@ -303,8 +303,13 @@ class TestCuda:
         assert bool((student.fc1.weight[zeros] == 0).all())
         assert torch.unique(student.fc1.weight[~zeros]).numel() <= 8
 
-    def test_recalibrate_batchnorm_on_the_gpu(self, tiny_fmnist) -> None:  # type: ignore[no-untyped-def]
+    def test_recalibrate_batchnorm_on_the_gpu(self, tiny_fmnist, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+        """The GPU's statistics are the CPU's. PyTorch runs cuDNN convolutions in TF32 on Ampere and newer GPUs
+        by default (torch.backends.cudnn.allow_tf32): on an H200 that moved layers.6.bn2's running mean past
+        1e-3 of the CPU's, so this comparison runs them in full fp32."""
         import copy
+
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
         from edgecompress.data import batches, load_dataset
         from edgecompress.models import create_model
@@ -330,3 +335,22 @@ class TestCuda:
         with pytest.raises(RuntimeError, match="boom"):
             train(model, tiny_data(), TrainConfig(epochs=1, accelerator="cuda"), loss_fn=broken, progress=False)
         assert on_cpu_and_contiguous(model)
+
+
+def test_step_says_whether_the_optimizer_stepped() -> None:
+    """A gradient scaler skips the step of a batch whose scaled gradients overflow; ``step`` says so, and the
+    training loops then hold their learning-rate schedule (PyTorch warns when a scheduler steps before its
+    optimizer has, as it did in fp16 training on a GPU)."""
+    from edgecompress.training.accelerator import step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    before = model.weight.detach().clone()
+    assert step(model(torch.full((1, 2), 1e35)).sum(), opt, scaler) is False  # x 2**16 overflows float32
+    assert torch.equal(model.weight, before) and scaler.get_scale() == 2.0**15
+    opt.zero_grad(set_to_none=True)
+    assert step(model(torch.ones(1, 2)).sum(), opt, scaler) is True
+    assert not torch.equal(model.weight, before)
+    assert step(model(torch.ones(1, 2)).sum(), opt, None) is True
