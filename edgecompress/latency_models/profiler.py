@@ -900,6 +900,12 @@ def main(argv: list[str] | None = None) -> None:
         files = sorted(args.plan.glob("*.onnx"))
         if not files:
             sys.exit(f"{args.plan} holds no .onnx probe models")
+        if args.runtime not in (None, "onnxruntime"):
+            sys.exit(
+                f"--runtime {args.runtime}: in-graph profiling (a folder of probe models) times ONNX Runtime's CPU "
+                "provider only; profile operators alone instead, from a plan written by `edgecompress profile "
+                "--plan-only` without --in-graph"
+            )
         run_in_graph(files, args.out, threads=args.threads, warmup=args.warmup, repeats=max(args.repeats, 50),
                      device=args.device, progress=show)  # fmt: skip
         print(f"wrote {args.out}")

@@ -262,6 +262,17 @@ def test_in_graph_profiling_maps_nodes_to_signatures(tmp_path) -> None:
     del torch
 
 
+def test_in_graph_profiling_refuses_another_runtime(tmp_path, capsys) -> None:
+    """profiler.py on a folder of probe models times ONNX Runtime's CPU provider; asked for a GPU runtime it
+    stops and says what to do instead of filing CPU times."""
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "p.onnx").write_bytes(b"")
+    with pytest.raises(SystemExit) as done:
+        profiler.main([str(tmp_path / "probes"), "--out", str(tmp_path / "t.json"), "--runtime", "onnxruntime-cuda"])
+    assert str(done.value.code).startswith("--runtime onnxruntime-cuda: in-graph profiling (a folder of probe ")
+    assert "without --in-graph" in str(done.value.code) and not (tmp_path / "t.json").exists()
+
+
 def test_fit_context_recovers_known_factors_from_round_robin_medians(monkeypatch) -> None:
     """Synthetic in-graph timings built from known factors and a known cost per dispatched operator,
     with one round slowed by 60%: the per-model median over rounds ignores the slow round and the fit
