@@ -442,8 +442,19 @@ def render_gpu_profile(p: dict[str, Any]) -> list[str]:
             f"machine's CPU provider, 1 thread: {cpu}.", ""]  # fmt: skip
 
 
+def render_gpu_training(p: dict[str, Any]) -> list[str]:
+    g, c = p["gpu"], p["cpu"]
+    rows = [[r["net"], r["precision"], r["device"], num(r["images_per_second"], ".0f"), f"{r['vs_cpu_fp32']:g}x"]
+            for r in p["rows"]]  # fmt: skip
+    rows += [[r["net"], r["precision"], r["device"], num(r["images_per_second"], ".1f"), "1x"] for r in c["rows"]]
+    return [f"{p['what']}. GPU run {g['date']} ({g['system']}, torch {g['torch']}): `{g['command']}`; CPU run "
+            f"{c['date']}: `{c['command']}`.", "",
+            *table(["network", "precision", "device", "images/s", "vs CPU fp32"], rows), ""]  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "gpu_profile": render_gpu_profile,
+    "gpu_training": render_gpu_training,
     "real_size_predictions": render_real_size_predictions,
     "device_models": render_device_models,
     "nb201_noise_ceiling": render_nb201_noise_ceiling,
