@@ -593,6 +593,13 @@ def profile_cmd(
             "operators for profiler.py on the device) or torch."
         ),
     ] = "onnxruntime",
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="ONNX Runtime's execution provider: cpu, cuda or tensorrt (the same as --runtime onnxruntime, "
+            "onnxruntime-cuda, onnxruntime-tensorrt)."
+        ),
+    ] = None,
     precision: Annotated[
         list[str] | None, typer.Option(help="fp32, fp16, int8 (repeat for several; default: fp32).")
     ] = None,
@@ -623,6 +630,10 @@ def profile_cmd(
     from edgecompress.latency_models.table import LatencyTable, reachable_keys, write_plan
 
     precisions = precision or ["fp32"]
+    try:
+        runtime = profiler.runtime_for(None if runtime == "onnxruntime" else runtime, provider)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     valid = profiler.PRECISIONS.get(runtime)
     if valid is None:
         raise ConfigError(f"--runtime {runtime!r} is not one of: {', '.join(profiler.PRECISIONS)}")

@@ -261,6 +261,8 @@ _ORT_PROVIDERS = {
     "onnxruntime-tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
 GPU_RUNTIMES = ("onnxruntime-cuda", "onnxruntime-tensorrt")
+PROVIDERS = {"cpu": "onnxruntime", "cuda": "onnxruntime-cuda", "tensorrt": "onnxruntime-tensorrt"}
+"""``--provider`` (ONNX Runtime's execution provider) -> the runtime it names."""
 GPU_IO = (
     "input copied to the GPU once and outputs left there (ONNX Runtime IO binding); each timed call is the "
     "kernel launches and the wait for the GPU, as the operator runs inside a model"
@@ -304,6 +306,18 @@ def runtime_missing(runtime: str) -> str | None:
         if wanted not in started:
             return _fell_back(ort.__version__, wanted, started)
     return None
+
+
+def runtime_for(runtime: str | None, provider: str | None, default: str = "onnxruntime") -> str:
+    """The runtime that ``--runtime`` and ``--provider`` (either, both agreeing, or neither: ``default``) name;
+    ValueError for an unknown provider or two that disagree."""
+    if provider is None:
+        return runtime or default
+    if provider not in PROVIDERS:
+        raise ValueError(f"--provider {provider!r} is not one of: {', '.join(PROVIDERS)}")
+    if runtime not in (None, PROVIDERS[provider]):
+        raise ValueError(f"--provider {provider} is --runtime {PROVIDERS[provider]}, not --runtime {runtime}")
+    return PROVIDERS[provider]
 
 
 def _fell_back(version: str, wanted: str, started) -> str:  # type: ignore[no-untyped-def]
@@ -881,12 +895,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="table JSON (extended if it exists)")
     parser.add_argument("--runtime", choices=sorted(PRECISIONS), default=None,
                         help="default: the plan's (a LiteRT plan folder), else onnxruntime")  # fmt: skip
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default=None,
+                        help="ONNX Runtime's execution provider: cpu, cuda or tensorrt (the same as --runtime "
+                        "onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--passes", type=int, default=1, help="measure the plan N times over, median per operator")
     parser.add_argument("--device", default="", help="device name to record (default: the host name)")
     args = parser.parse_args(argv)
+    try:
+        args.runtime = runtime_for(args.runtime, args.provider, default=None)  # type: ignore[arg-type]
+    except ValueError as exc:
+        sys.exit(str(exc))
 
     def show(done: int, total: int, key: str, ms: float) -> None:
         print(f"[{done}/{total}] {key}: {ms:.4f} ms", flush=True)

@@ -493,6 +493,28 @@ def test_gpu_runtimes_are_refused_where_they_cannot_run(tmp_path, capsys) -> Non
     assert "onnxruntime" in profiler.available_runtimes() and "litert" in profiler.available_runtimes()
 
 
+def test_provider_names_the_onnxruntime_runtime(tmp_path, capsys) -> None:
+    """--provider cpu|cuda|tensorrt is --runtime onnxruntime[-cuda|-tensorrt]; the two must agree."""
+    from edgecompress.cli import main
+
+    assert profiler.runtime_for(None, "cuda") == "onnxruntime-cuda"
+    assert profiler.runtime_for("onnxruntime-tensorrt", "tensorrt") == "onnxruntime-tensorrt"
+    assert profiler.runtime_for(None, None) == "onnxruntime" and profiler.runtime_for("litert", None) == "litert"
+    with pytest.raises(ValueError, match="^--provider cuda is --runtime onnxruntime-cuda, not --runtime litert$"):
+        profiler.runtime_for("litert", "cuda")
+    with pytest.raises(SystemExit) as done:
+        profiler.main(["plan.json", "--out", str(tmp_path / "t.json"), "--provider", "cpu", "--runtime", "litert"])
+    assert done.value.code == "--provider cpu is --runtime onnxruntime, not --runtime litert"
+    with pytest.raises(SystemExit) as done:
+        main(["profile", "--out", str(tmp_path / "t.json"), "--provider", "gpu", "--model", "lenet5"])
+    assert done.value.code == 2 and not (tmp_path / "t.json").exists()
+    assert "--provider 'gpu' is not one of: cpu, cuda, tensorrt" in " ".join(capsys.readouterr().err.split())
+    if "onnxruntime-cuda" not in profiler.available_runtimes():
+        with pytest.raises(SystemExit) as done:
+            main(["profile", "--out", str(tmp_path / "t.json"), "--provider", "cuda", "--model", "lenet5"])
+        assert "--runtime onnxruntime-cuda cannot run on this machine" in " ".join(capsys.readouterr().err.split())
+
+
 def test_a_gpu_session_that_fell_back_to_the_cpu_is_refused(monkeypatch) -> None:
     """onnxruntime-gpu lists the CUDA provider on a machine where CUDA cannot start, then runs the session on the
     CPU; a time taken from that session would be filed as the GPU's. Here the CPU build is made to list CUDA, as
