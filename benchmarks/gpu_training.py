@@ -72,7 +72,8 @@ def report(args: argparse.Namespace) -> None:
     base = {r["net"]: r["images_per_second"] for r in cpu["rows"]}
     rows = [{**r, "vs_cpu_fp32": round(r["images_per_second"] / base[r["net"]], 1)} for r in gpu["rows"]]
     payload = {
-        "what": "images per second of edgecompress.training.train (SGD, batch 64), second of two epochs, "
+        "what": "images per second of edgecompress.training.train (SGD, batch "
+        f"{'/'.join(sorted({str(r['batch_size']) for r in rows}))}), second of two epochs, "
         "synthetic 3-channel inputs, torchvision networks with 10 classes",
         "gpu": {k: v for k, v in gpu.items() if k != "rows"}, "cpu": cpu, "rows": rows,
     }  # fmt: skip

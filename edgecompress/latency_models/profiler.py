@@ -327,7 +327,7 @@ def _fell_back(version: str, wanted: str, started) -> str:  # type: ignore[no-un
     )
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)  # noqa: UP033 (functools.cache is Python 3.9+; JetPack 5 has 3.8)
 def _session_providers(runtime: str, listed: tuple[str, ...]) -> tuple[str, ...]:
     """The providers a one-ReLU session of ``runtime`` starts on (``listed``, what onnxruntime lists, keys
     the cache)."""
@@ -336,8 +336,7 @@ def _session_providers(runtime: str, listed: tuple[str, ...]) -> tuple[str, ...]
     so = ort.SessionOptions()
     so.log_severity_level = 3
     module, x = overhead_module()
-    with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its fallback; the caller reports it
-        session = ort.InferenceSession(_export(module, x), so, providers=list(_ORT_PROVIDERS[runtime]))
+    session = ort.InferenceSession(_export(module, x), so, providers=list(_ORT_PROVIDERS[runtime]))
     return tuple(session.get_providers())
 
 
@@ -769,6 +768,7 @@ def runtime_meta(runtime: str) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if runtime in _ORT_PROVIDERS:
         meta["provider"] = _ORT_PROVIDERS[runtime][0]
+        meta["fp16_io"] = "float16"  # fp16 operators timed float16 in and out (no Cast at either end)
     if runtime in GPU_RUNTIMES:
         meta["gpu"] = gpu_name()
         meta["io"] = GPU_IO
@@ -844,10 +844,13 @@ def run(
         if table.get("format") != TABLE_FORMAT or table.get("version") != TABLE_VERSION:
             raise ValueError(f"{out} is not a version-{TABLE_VERSION} latency table; refusing to extend it")
         old = table["meta"]
-        for field in ("runtime", "threads", "machine"):
-            if old.get(field) != meta[field]:
+        fields = ["runtime", "threads", "machine", *(f for f in ("gpu", "io") if f in meta)]
+        if any(parse_key(k)["precision"] == "fp16" for k in [*keys, *table.get("entries", {})]):
+            fields.append("fp16_io")  # tables before 2026-12-04 timed fp16 operators with a Cast at each end
+        for field in fields:
+            if old.get(field) != meta.get(field):
                 raise ValueError(
-                    f"{out} was measured with {field}={old.get(field)!r}, this run has {meta[field]!r}; "
+                    f"{out} was measured with {field}={old.get(field)!r}, this run has {meta.get(field)!r}; "
                     "write to another --out"
                 )
     else:

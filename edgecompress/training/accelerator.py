@@ -146,9 +146,9 @@ def step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradS
         loss.backward()
         opt.step()
         return True
-    scale = scaler.get_scale()
     scaler.scale(loss).backward()
-    scaler.step(opt)
+    scaler.step(opt)  # waits for the GPU (it reads whether the gradients overflowed)
+    scale = scaler.get_scale()  # so reading the scale here costs no further wait
     scaler.update()
     return scaler.get_scale() >= scale
 

@@ -493,6 +493,24 @@ def test_gpu_runtimes_are_refused_where_they_cannot_run(tmp_path, capsys) -> Non
     assert "onnxruntime" in profiler.available_runtimes() and "litert" in profiler.available_runtimes()
 
 
+def test_a_table_timed_another_way_is_not_extended(tmp_path) -> None:
+    """fp16 operators were timed with a Cast at each end before 2026-12-04 and float16 in and out since; a table
+    of the old kind (no ``fp16_io`` in its meta) is not extended with fp16 entries, which would mix the two.
+    fp32 entries may still be added to it."""
+    out = tmp_path / "t.json"
+    profiler.run(["conv|4|8|3|1|1|8|8|fp16"], out, threads=1, warmup=1, repeats=2)
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["fp16_io"] == "float16" and doc["meta"]["provider"] == "CPUExecutionProvider"
+    del doc["meta"]["fp16_io"]
+    out.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="was measured with fp16_io=None, this run has 'float16'; write to another"):
+        profiler.run(["add|4|4|1|1|1|8|8|fp32"], out, threads=1, warmup=1, repeats=2)
+    doc["entries"] = {}
+    out.write_text(json.dumps(doc))
+    table = profiler.run(["add|4|4|1|1|1|8|8|fp32"], out, threads=1, warmup=1, repeats=2)
+    assert set(table["entries"]) == {"add|4|4|1|1|1|8|8|fp32"}
+
+
 def test_provider_names_the_onnxruntime_runtime(tmp_path, capsys) -> None:
     """--provider cpu|cuda|tensorrt is --runtime onnxruntime[-cuda|-tensorrt]; the two must agree."""
     from edgecompress.cli import main

@@ -354,3 +354,37 @@ def test_step_says_whether_the_optimizer_stepped() -> None:
     assert step(model(torch.ones(1, 2)).sum(), opt, scaler) is True
     assert not torch.equal(model.weight, before)
     assert step(model(torch.ones(1, 2)).sum(), opt, None) is True
+
+
+def test_training_holds_its_schedule_while_the_scaler_skips_steps(monkeypatch) -> None:
+    """fp16 training on a GPU starts with steps its gradient scaler skips; ``train`` then holds the learning-rate
+    schedule (one scheduler step per optimizer step) and PyTorch does not warn. On the CPU a scaler with a huge
+    initial scale makes the first steps overflow the same way."""
+    import warnings
+
+    from edgecompress.training import loop
+
+    scalers: list[torch.amp.GradScaler] = []
+
+    def overflowing(device, precision):  # type: ignore[no-untyped-def]
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**126))
+        return scalers[-1]
+
+    steps: list[int] = []
+    real_step = torch.optim.lr_scheduler.LambdaLR.step
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        steps.append(1)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "grad_scaler", overflowing)
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", counted)
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(256, 1, 8, 8) * 1e3, torch.randint(0, 3, (256,)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tiny_conv(), data, TrainConfig(epochs=1, batch_size=16), progress=False)
+    skipped = round(math.log2(2.0**126 / scalers[0].get_scale()))
+    assert 0 < skipped < 16  # some steps were skipped, and then training went on
+    assert len(steps) == 1 + 16 - skipped  # the scheduler's own first step at construction, then one per step
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
