@@ -1,7 +1,7 @@
 """Per-operator latency profiler: measures operator signatures in isolation on the machine it runs on.
 
 This file imports nothing from edgecompress and needs only torch and
-onnxruntime (plus onnx for int8), or the LiteRT interpreter (``ai-edge-litert``)
+onnxruntime (plus onnx for int8, fp16 and TensorRT), or the LiteRT interpreter (``ai-edge-litert``)
 for ``--runtime litert``, so it can be copied to a Raspberry Pi or a Jetson and
 run there on a plan written elsewhere:
 
@@ -345,6 +345,23 @@ def available_runtimes() -> list[str]:
     return [r for r in RUNTIMES if runtime_missing(r) is None]
 
 
+def tensorrt_options(model: bytes | str) -> dict[str, str]:
+    """The TensorRT provider options a file's precision needs: TensorRT builds fp32 kernels unless a builder
+    flag allows lower precision, whatever the graph's types, so an fp16 file (float16 weights) gets
+    ``trt_fp16_enable`` and a QDQ int8 file (QuantizeLinear / DequantizeLinear nodes) ``trt_int8_enable``
+    (explicit quantization: the file's scales, no calibration table). An fp32 file gets neither, so TensorRT
+    does not time it in fp16."""
+    import onnx
+
+    graph = (onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)).graph
+    options = {}
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node):
+        options["trt_int8_enable"] = "True"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        options["trt_fp16_enable"] = "True"
+    return options
+
+
 class Session:
     """One model loaded in one runtime. ``run(x)`` takes an input batch (an array or tensor, or a feed dict
     name -> array for a multi-input ONNX model) and returns the first output as a float32 array.
@@ -395,7 +412,12 @@ class Session:
             so.log_severity_level = 3
             for key, value in (config or {}).items():
                 so.add_session_config_entry(key, value)
-            self._ort = ort.InferenceSession(model, so, providers=list(_ORT_PROVIDERS[runtime]))
+            providers: list[Any] = list(_ORT_PROVIDERS[runtime])
+            self.provider_options: dict[str, str] = {}
+            if runtime == "onnxruntime-tensorrt":
+                self.provider_options = tensorrt_options(model)
+                providers[0] = (providers[0], self.provider_options)
+            self._ort = ort.InferenceSession(model, so, providers=providers)
             wanted, active = _ORT_PROVIDERS[runtime][0], self._ort.get_providers()
             if wanted not in active:  # onnxruntime falls back to the next provider when one fails to start
                 raise RuntimeError(f"cannot run a model with {runtime}: {_fell_back(ort.__version__, wanted, active)}")

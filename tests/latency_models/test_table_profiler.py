@@ -493,6 +493,18 @@ def test_gpu_runtimes_are_refused_where_they_cannot_run(tmp_path, capsys) -> Non
     assert "onnxruntime" in profiler.available_runtimes() and "litert" in profiler.available_runtimes()
 
 
+def test_tensorrt_is_allowed_the_precision_of_the_file(tmp_path) -> None:
+    """TensorRT builds fp32 kernels unless a builder flag allows lower precision: an fp16 file gets
+    trt_fp16_enable, a QDQ int8 file trt_int8_enable, an fp32 file neither (read from the file, bytes or path)."""
+    module, x = profiler.build_op(profiler.parse_key("conv|4|8|3|1|1|8|8|fp32"))
+    fp32 = profiler._export(module, x)
+    assert profiler.tensorrt_options(fp32) == {}
+    assert profiler.tensorrt_options(profiler._to_fp16(fp32)) == {"trt_fp16_enable": "True"}
+    assert profiler.tensorrt_options(profiler._to_fp16(fp32, keep_io_types=False)) == {"trt_fp16_enable": "True"}
+    (tmp_path / "q.onnx").write_bytes(profiler.quantize_qdq(fp32, x))
+    assert profiler.tensorrt_options(str(tmp_path / "q.onnx")) == {"trt_int8_enable": "True"}
+
+
 def test_a_table_timed_another_way_is_not_extended(tmp_path) -> None:
     """fp16 operators were timed with a Cast at each end before 2026-12-04 and float16 in and out since; a table
     of the old kind (no ``fp16_io`` in its meta) is not extended with fp16 entries, which would mix the two.
