@@ -963,8 +963,11 @@ def main(argv: list[str] | None = None) -> None:
     runtime = args.runtime or plan.get("runtime", "onnxruntime")
     if plan.get("runtime", runtime) != runtime:
         sys.exit(f"{args.plan} was written for --runtime {plan['runtime']}, not {runtime}")
-    run(plan["keys"], args.out, runtime=runtime, threads=args.threads, warmup=args.warmup,
-        repeats=args.repeats, device=args.device, progress=show, passes=args.passes, files=op_files)  # fmt: skip
+    try:
+        run(plan["keys"], args.out, runtime=runtime, threads=args.threads, warmup=args.warmup,
+            repeats=args.repeats, device=args.device, progress=show, passes=args.passes, files=op_files)  # fmt: skip
+    except ValueError as exc:  # a runtime this machine lacks, a table measured otherwise: one line, no traceback
+        sys.exit(f"profiler.py: {exc}")
     print(f"wrote {args.out}")
 
 

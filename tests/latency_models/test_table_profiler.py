@@ -543,6 +543,12 @@ def test_provider_names_the_onnxruntime_runtime(tmp_path, capsys) -> None:
         with pytest.raises(SystemExit) as done:
             main(["profile", "--out", str(tmp_path / "t.json"), "--provider", "cuda", "--model", "lenet5"])
         assert "--runtime onnxruntime-cuda cannot run on this machine" in " ".join(capsys.readouterr().err.split())
+        plan = tmp_path / "plan.json"  # on the device: profiler.py says what is missing in one line
+        plan.write_text(json.dumps({"format": profiler.PLAN_FORMAT, "keys": ["conv|4|8|3|1|1|8|8|fp16"]}))
+        with pytest.raises(SystemExit) as done:
+            profiler.main([str(plan), "--provider", "cuda", "--out", str(tmp_path / "t.json")])
+        assert str(done.value.code).startswith("profiler.py: cannot profile with runtime onnxruntime-cuda: ")
+        assert not (tmp_path / "t.json").exists()
 
 
 def test_a_gpu_session_that_fell_back_to_the_cpu_is_refused(monkeypatch) -> None:
