@@ -597,7 +597,7 @@ def profile_cmd(
         str | None,
         typer.Option(
             help="ONNX Runtime's execution provider: cpu, cuda or tensorrt (the same as --runtime onnxruntime, "
-            "onnxruntime-cuda, onnxruntime-tensorrt)."
+            "onnxruntime-cuda, onnxruntime-tensorrt; default: none, --runtime decides)."
         ),
     ] = None,
     precision: Annotated[
