@@ -452,7 +452,16 @@ def render_gpu_training(p: dict[str, Any]) -> list[str]:
             *table(["network", "precision", "device", "images/s", "vs CPU fp32"], rows), ""]  # fmt: skip
 
 
+def render_channel_steps(p: dict[str, Any]) -> list[str]:
+    m = p["ms"]
+    cells = [("cout", "fp32"), ("cout", "int8"), ("cin", "fp32"), ("cin", "int8")]
+    rows = [[c, *(num(m[s][q][c], ".4f") for s, q in cells)] for c in m["cout"]["fp32"]]
+    return [f"{p['what']}; channel_block {p['channel_block']}, {p['rounds']} rounds.", "",
+            *table(["channels", "cout: fp32", "cout: int8", "cin: fp32", "cin: int8"], rows), ""]  # fmt: skip
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "channel_steps": render_channel_steps,
     "gpu_profile": render_gpu_profile,
     "gpu_training": render_gpu_training,
     "real_size_predictions": render_real_size_predictions,

@@ -119,7 +119,7 @@ class LatencyTable:
         if f["kind"] in TIED_KINDS:  # one channel count (cin == cout): interpolate along it
             ms = _interpolate_1d({ci: v for (ci, co), v in grid.items() if ci == co}, f["cin"])
             return None if ms is None else Lookup(ms, "interpolated")
-        cin, cout = self.blocked_channels(f["kind"], f["cin"], f["cout"])
+        cin, cout = self.blocked_channels(f["kind"], f["cin"], f["cout"], f["precision"])
         if (cin, cout) in grid:
             return Lookup(grid[(cin, cout)], "table (channel block)")
         ms = _interpolate(grid, cin, cout)
@@ -131,14 +131,21 @@ class LatencyTable:
     def channel_block(self) -> int:
         return max(1, int(self.meta.get("channel_block", 1)))
 
-    def blocked_channels(self, kind: str, cin: int, cout: int) -> tuple[int, int]:
+    def blocked_channels(self, kind: str, cin: int, cout: int, precision: str = "fp32") -> tuple[int, int]:
         """The channel counts a convolution computes with: output channels rounded up to the table's
         ``channel_block``, input channels too when above one block (below it the runtime reads them as they
-        are); other kinds unchanged."""
+        are); other kinds unchanged.
+
+        int8 convolutions round their input channels to ``int8_input_block`` instead (meta; default 1, as they
+        are): ONNX Runtime's x86 kernels run them as im2col and a quantized matrix product, not in the blocked
+        float layout. On the project's 2-core AVX-512 VM (1 thread, 2026-12-04, benchmarks/channel_steps.py) a
+        3x3 int8 convolution at 14x14 grew smoothly with input channels 8..96 (0.0197 to 0.0467 ms) while the
+        float one stepped every 16, and both stepped every 16 output channels."""
         b = self.channel_block
         if b <= 1 or kind != "conv":
             return cin, cout
-        return (-(-cin // b) * b if cin > b else cin), -(-cout // b) * b
+        ib = max(1, int(self.meta.get("int8_input_block", 1))) if precision == "int8" else b
+        return (-(-cin // ib) * ib if cin > ib else cin), -(-cout // b) * b
 
     def precisions(self) -> set[str]:
         return {parse_key(k)["precision"] for k in self.entries}

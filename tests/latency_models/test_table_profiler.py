@@ -62,6 +62,23 @@ def test_lookup_rounds_conv_channels_up_to_the_simd_block() -> None:
     assert lin is not None and lin.ms == pytest.approx(0.2)
 
 
+def test_int8_convolutions_read_their_input_channels_unblocked() -> None:
+    """ONNX Runtime's x86 int8 convolutions (im2col and a quantized GEMM) cost in proportion to input channels
+    and step every block of output channels; the float ones step in both. ``int8_input_block`` in the meta
+    restores the float rule (how tables were read before 2026-12-04)."""
+    entries = {f"conv|{ci}|{co}|3|1|1|7|7|{p}": (ci + co) / 10 for ci in (16, 32) for co in (16, 32)
+               for p in ("fp32", "int8")}  # fmt: skip
+    table = _table(entries, channel_block=16)
+    assert table.blocked_channels("conv", 24, 24, "int8") == (24, 32)
+    assert table.blocked_channels("conv", 24, 24, "fp32") == (32, 32)
+    int8 = table.lookup("conv|24|24|3|1|1|7|7|int8")
+    assert int8 is not None and int8.source == "interpolated" and int8.ms == pytest.approx((24 + 32) / 10)
+    fp32 = table.lookup("conv|24|24|3|1|1|7|7|fp32")
+    assert fp32 is not None and (fp32.ms, fp32.source) == (6.4, "table (channel block)")
+    before = _table(entries, channel_block=16, int8_input_block=16)
+    assert before.lookup("conv|24|24|3|1|1|7|7|int8").ms == pytest.approx(6.4)  # type: ignore[union-attr]
+
+
 def test_channel_block_reads_the_cpu_flags(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(profiler.platform, "machine", lambda: "x86_64")
     info = tmp_path / "cpuinfo"
