@@ -695,8 +695,11 @@ def profile_cmd(
         write_plan(keys, out, ", ".join(names) or str(checkpoint))
         console.print(f"plan with {len(keys)} operator signatures: {out}")
         console.print(f"on the device: python3 profiler.py {out.name} --out TABLE.json --threads N")
-        needs = "torch, onnxruntime and onnx" if set(precisions) - {"fp32"} else "only torch and onnxruntime"
-        console.print(f"(profiler.py is {profiler.__file__}; it needs {needs}; on a Jetson: --provider tensorrt)")
+        needs = "torch, onnxruntime and onnx" if set(precisions) - {"fp32"} else "torch and onnxruntime"
+        console.print(
+            f"(profiler.py is {profiler.__file__}; it needs {needs}; on a Jetson, --provider tensorrt, which "
+            "needs onnx too)"
+        )
         return
     from edgecompress._progress import progress_bar
 

@@ -125,9 +125,10 @@ def pre_process_for_quantization(src: Path, dst: Path) -> None:
     quant_pre_process(str(src), str(dst))
 
 
-def quantize_qdq(model_bytes: bytes, x, op_types=None, exclude=()) -> bytes:  # type: ignore[no-untyped-def]
+def quantize_qdq(model_bytes: bytes, x, op_types=None, exclude=(), symmetric: bool = False) -> bytes:  # type: ignore[no-untyped-def]
     """QDQ int8 (uint8 activations calibrated on ``x``, per-channel int8 weights) of every operator the quantizer
-    supports, or of the ``op_types`` given, less the nodes named in ``exclude``."""
+    supports, or of the ``op_types`` given, less the nodes named in ``exclude``. ``symmetric``: int8 activations
+    with zero point 0, the only kind TensorRT takes (as ``export --target tensorrt`` writes)."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -146,8 +147,9 @@ def quantize_qdq(model_bytes: bytes, x, op_types=None, exclude=()) -> bytes:  # 
             pre_process_for_quantization(src, ready)
             quantize_static(
                 str(ready), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
-                nodes_to_exclude=list(exclude),
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=op_types, nodes_to_exclude=list(exclude),
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )  # fmt: skip
         return unshare_float_constants(dst.read_bytes(), exclude)[0]
 
@@ -353,11 +355,19 @@ def tensorrt_options(model: bytes | str) -> dict[str, str]:
     does not time it in fp16."""
     import onnx
 
-    graph = (onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)).graph
+    graph = (
+        onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    ).graph
+    half = onnx.TensorProto.FLOAT16
     options = {}
     if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in graph.node):
         options["trt_int8_enable"] = "True"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+    values = [*graph.input, *graph.output, *graph.value_info]  # a pool in fp16 has no initializer to tell
+    if (
+        any(t.data_type == half for t in graph.initializer)
+        or any(v.type.tensor_type.elem_type == half for v in values)
+        or any(a.name == "to" and a.i == half for n in graph.node if n.op_type == "Cast" for a in n.attribute)
+    ):
         options["trt_fp16_enable"] = "True"
     return options
 
@@ -593,7 +603,7 @@ def measure(key: str, runtime: str, threads: int, warmup: int, repeats: int, fil
                           repeats, runtime="litert")  # fmt: skip
     model = _export(module, x)
     if sig["precision"] == "int8":
-        model = quantize_qdq(model, x)
+        model = quantize_qdq(model, x, symmetric=runtime == "onnxruntime-tensorrt")
     elif sig["precision"] == "fp16":  # float16 in and out: inside an fp16 network no operator casts its input
         model, x = _to_fp16(model, keep_io_types=False), x.half()  # (an fp16 file casts once at each end)
     return time_model(model, x, threads, warmup, repeats, runtime=runtime)
@@ -794,6 +804,8 @@ def runtime_meta(runtime: str) -> dict[str, Any]:
     if runtime in GPU_RUNTIMES:
         meta["gpu"] = gpu_name()
         meta["io"] = GPU_IO
+    if runtime == "onnxruntime-tensorrt":  # tables before 2026-12-04 timed fp16 / int8 files without the flags
+        meta["trt_flags"] = "per file (tensorrt_options); int8 with symmetric activations"
     return meta
 
 
@@ -866,7 +878,7 @@ def run(
         if table.get("format") != TABLE_FORMAT or table.get("version") != TABLE_VERSION:
             raise ValueError(f"{out} is not a version-{TABLE_VERSION} latency table; refusing to extend it")
         old = table["meta"]
-        fields = ["runtime", "threads", "machine", *(f for f in ("gpu", "io") if f in meta)]
+        fields = ["runtime", "threads", "machine", *(f for f in ("gpu", "io", "trt_flags") if f in meta)]
         if any(parse_key(k)["precision"] == "fp16" for k in [*keys, *table.get("entries", {})]):
             fields.append("fp16_io")  # tables before 2026-12-04 timed fp16 operators with a Cast at each end
         for field in fields:

@@ -12,10 +12,12 @@ Interpolation knows SIMD channel blocks: where the table's ``meta`` names a
 blocks of b channels: 16 with AVX-512, 8 with AVX2, see
 :func:`edgecompress.latency_models.profiler.channel_block`), a convolution's
 output channels are rounded up to a multiple of b, and its input channels too
-when more than b, before interpolating. Measured on this project's AVX-512
-host: a 3x3 convolution costs the same with 8 or 16 output channels, with 24
-or 32 input channels, so straight-line interpolation at 40 channels would
-price a 48-channel convolution at the 40-channel midpoint.
+when more than b (a float convolution; an int8 one keeps its input channels,
+see :meth:`LatencyTable.blocked_channels`), before interpolating. Measured on
+this project's AVX-512 host: a float 3x3 convolution costs the same with 8 or
+16 output channels, with 24 or 32 input channels, so straight-line
+interpolation at 40 channels would price a 48-channel convolution at the
+40-channel midpoint.
 """
 
 from __future__ import annotations

@@ -520,6 +520,45 @@ def test_tensorrt_is_allowed_the_precision_of_the_file(tmp_path) -> None:
     assert profiler.tensorrt_options(profiler._to_fp16(fp32, keep_io_types=False)) == {"trt_fp16_enable": "True"}
     (tmp_path / "q.onnx").write_bytes(profiler.quantize_qdq(fp32, x))
     assert profiler.tensorrt_options(str(tmp_path / "q.onnx")) == {"trt_int8_enable": "True"}
+    pool, px = profiler.build_op(profiler.parse_key("pool-global|8|8|0|0|1|7|7|fp32"))  # no initializer at all
+    assert profiler.tensorrt_options(profiler._to_fp16(profiler._export(pool, px), keep_io_types=False)) == {
+        "trt_fp16_enable": "True"
+    }
+    assert profiler.tensorrt_options(profiler._to_fp16(profiler._export(pool, px))) == {"trt_fp16_enable": "True"}
+
+
+def test_tensorrt_sessions_get_the_flags_and_int8_files_are_symmetric(monkeypatch) -> None:
+    """A TensorRT session is asked for with its file's flags (what onnxruntime receives is captured here: no
+    TensorRT on this machine), and the profiler quantizes int8 operators for TensorRT with zero-point-0 int8
+    activations, the only kind TensorRT takes."""
+    import onnx
+    import onnxruntime as ort
+
+    module, x = profiler.build_op(profiler.parse_key("conv|4|8|3|1|1|8|8|fp32"))
+    fp32 = profiler._export(module, x)
+    symmetric = onnx.load_from_string(profiler.quantize_qdq(fp32, x, symmetric=True))
+    points = {t.name: t for t in symmetric.graph.initializer if t.name.endswith("zero_point")}
+    activations = [points["x_zero_point"], points["logits_zero_point"]]  # the graph's input and output
+    assert all(t.data_type == onnx.TensorProto.INT8 for t in activations)
+    assert all(not onnx.numpy_helper.to_array(t).any() for t in points.values())  # every zero point is 0
+    asymmetric = onnx.load_from_string(profiler.quantize_qdq(fp32, x))
+    assert {t.data_type for t in asymmetric.graph.initializer if t.name == "x_zero_point"} == {onnx.TensorProto.UINT8}
+    asked: list[object] = []
+
+    class Capture(ort.InferenceSession):  # type: ignore[misc]
+        def __init__(self, model, options=None, providers=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            asked.append(providers)
+            super().__init__(model, options, providers=["CPUExecutionProvider"], **kwargs)
+
+        def get_providers(self):  # type: ignore[no-untyped-def]
+            return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", Capture)
+    monkeypatch.setattr(profiler, "runtime_missing", lambda runtime: None)
+    session = profiler.open_session(profiler._to_fp16(fp32), "onnxruntime-tensorrt", 1)
+    assert asked[-1] == [("TensorrtExecutionProvider", {"trt_fp16_enable": "True"}), "CUDAExecutionProvider",
+                         "CPUExecutionProvider"]  # fmt: skip
+    assert session.provider_options == {"trt_fp16_enable": "True"}
 
 
 def test_a_table_timed_another_way_is_not_extended(tmp_path) -> None:
