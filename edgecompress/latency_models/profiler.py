@@ -333,13 +333,27 @@ def _fell_back(version: str, wanted: str, started) -> str:  # type: ignore[no-un
 def _session_providers(runtime: str, listed: tuple[str, ...]) -> tuple[str, ...]:
     """The providers a one-ReLU session of ``runtime`` starts on (``listed``, what onnxruntime lists, keys
     the cache)."""
+    module, x = overhead_module()
+    return tuple(_ort_session(_export(module, x), runtime)[0].get_providers())
+
+
+def _ort_session(model: bytes | str, runtime: str, threads: int = 1, config: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    """An ONNX Runtime session of ``model`` on ``runtime``'s providers (TensorRT with the flags the file's
+    precision needs: :func:`tensorrt_options`), and those provider options."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    module, x = overhead_module()
-    session = ort.InferenceSession(_export(module, x), so, providers=list(_ORT_PROVIDERS[runtime]))
-    return tuple(session.get_providers())
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
+    providers: list[Any] = list(_ORT_PROVIDERS[runtime])
+    options: dict[str, str] = {}
+    if runtime == "onnxruntime-tensorrt":
+        options = tensorrt_options(model)
+        providers[0] = (providers[0], options)
+    return ort.InferenceSession(model, so, providers=providers), options
 
 
 def available_runtimes() -> list[str]:
@@ -416,18 +430,7 @@ class Session:
         else:
             import onnxruntime as ort
 
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            for key, value in (config or {}).items():
-                so.add_session_config_entry(key, value)
-            providers: list[Any] = list(_ORT_PROVIDERS[runtime])
-            self.provider_options: dict[str, str] = {}
-            if runtime == "onnxruntime-tensorrt":
-                self.provider_options = tensorrt_options(model)
-                providers[0] = (providers[0], self.provider_options)
-            self._ort = ort.InferenceSession(model, so, providers=providers)
+            self._ort, self.provider_options = _ort_session(model, runtime, threads, config)
             wanted, active = _ORT_PROVIDERS[runtime][0], self._ort.get_providers()
             if wanted not in active:  # onnxruntime falls back to the next provider when one fails to start
                 raise RuntimeError(f"cannot run a model with {runtime}: {_fell_back(ort.__version__, wanted, active)}")
