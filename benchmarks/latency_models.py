@@ -54,6 +54,12 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3, help="profiling passes over all signatures (median)")
     parser.add_argument("--reuse-table", action="store_true", help="validate the shipped host table, no re-profiling")
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="with --reuse-table: add this pass's figures to the table's record of validation passes "
+        "(meta.validation_passes, which `edgecompress devices` summarises); a re-profiled table always records",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=3,
@@ -165,6 +171,16 @@ def main() -> None:
                 f"    same models, {k}: median |error| {c['median_abs_error']:.1%}, Spearman {c['spearman']:.3f}, "
                 f"speed-up median |error| {c['speedup_median_abs_error']:.1%}"
             )
+    if args.record or not args.reuse_table:
+        from edgecompress.latency_models.host import record_pass
+
+        table = LatencyTable.load(path)  # as saved above: record on top of it
+        source = f"benchmarks/results/{Path(args.out).name}"
+        recorded = [rounded, by16, *([int8["all"], int8["mixed"]] if args.int8 else [])]
+        for r in recorded:
+            record_pass(table, r, source)
+        table.save(path)
+        console.print(f"  recorded {len(recorded)} validation passes in {path}")
     # How much this machine drifts: the same model measured repeatedly, a few seconds apart.
     import time
 

@@ -161,8 +161,9 @@ def test_latency_validate(tmp_path, capsys) -> None:
 
 def test_validate_table_on_a_small_table(tmp_path, capsys) -> None:
     from edgecompress.latency_models import profiler
+    from edgecompress.latency_models.host import passes_since_fit
     from edgecompress.latency_models.ops import trace_ops
-    from edgecompress.latency_models.table import reachable_keys
+    from edgecompress.latency_models.table import LatencyTable, reachable_keys
     from edgecompress.models import create_model
 
     keys = reachable_keys(trace_ops(create_model("resnet20"), (1, 1, 28, 28)))
@@ -170,9 +171,15 @@ def test_validate_table_on_a_small_table(tmp_path, capsys) -> None:
     profiler.run(keys, table, repeats=3, warmup=1)
     plot = tmp_path / "v.png"
     args = ["latency", "validate-table", "--device", str(table), "--per-model", "2", "--plot", str(plot), "--json"]
-    code, out, _ = run_cli(args, capsys)
+    code, out, _ = run_cli([*args, "--save"], capsys)
     assert code == 0 and plot.stat().st_size > 5_000
     doc = json.loads(out)
+    # --save stores the figures shown and adds the pass to the table's record of passes.
+    saved = LatencyTable.load(table)
+    assert saved.meta["validation"]["median_abs_error"] == doc["median_abs_error"]
+    [record] = passes_since_fit(saved)["fp32, rounded to 8"]
+    assert record["n"] == 4 and record["spearman"] == doc["spearman"] and record["at"] == doc["at"]
+    assert record["source"] == "edgecompress latency validate-table"
     assert doc["n"] == 4 and {r["model"] for r in doc["rows"]} == {"resnet20", "mobilenetv2"}
     assert doc["rows"][0]["missing"] == 0  # resnet20's reachable signatures were all profiled
     # Speed-ups are against the unchanged model timed in the same rounds (not a row itself).
@@ -180,6 +187,33 @@ def test_validate_table_on_a_small_table(tmp_path, capsys) -> None:
     for r in doc["rows"]:
         assert r["speedup_predicted"] == pytest.approx(doc["base_estimated_ms"][r["model"]] / r["estimated_ms"])
         assert r["speedup_measured"] > 0
+
+
+def test_devices_shows_the_worst_validation_pass_since_the_fit() -> None:
+    """A table's record keeps every pass; `devices` shows the worst figures since the table's fit, so one good
+    pass cannot stand for a table that missed in another, and passes from before a refit no longer count."""
+    from edgecompress.cli import _passes_text
+    from edgecompress.latency_models.host import passes_since_fit, record_pass
+    from edgecompress.latency_models.table import LatencyTable
+
+    table = LatencyTable({"updated": "2026-12-04 18:07:08"}, {})
+    for at, err, rho, int8 in (
+        ("2026-12-04 17:57 UTC", 0.30, 0.90, None),  # before the fit: not shown
+        ("2026-12-04 18:14 UTC", 0.05, 0.98, None),
+        ("2026-12-04 19:18 UTC", 0.07, 0.96, None),
+        ("2026-12-04 19:18 UTC", 0.18, 0.937, "mixed"),
+    ):
+        record_pass(table, {"at": at, "n": 32, "round_to": 8, "int8": int8, "median_abs_error": err,
+                            "spearman": rho}, "test")  # fmt: skip
+    assert len(table.meta["validation_passes"]) == 4
+    passes = passes_since_fit(table)
+    assert [len(v) for v in passes.values()] == [2, 1]
+    assert _passes_text(passes) == (
+        ". Worst median |error| / lowest Spearman over the passes since its fit (2026-12-04 18:14 UTC to "
+        "2026-12-04 19:18 UTC): fp32, rounded to 8 7.0% / 0.960 (2 passes); int8, half the layers 18.0% / 0.937 "
+        "(1 pass)"
+    )
+    assert _passes_text({}) == ""
 
 
 def test_search_flags_are_checked_before_any_work(capsys, tmp_path) -> None:

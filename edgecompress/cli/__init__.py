@@ -429,11 +429,26 @@ def run_cmd(
     run_pipeline(config, overrides, console=console)
 
 
+def _passes_text(passes: dict[str, list[dict[str, Any]]]) -> str:
+    """A table's validation passes since its fit, worst figures per kind (``devices``)."""
+    if not passes:
+        return ""
+    every = sorted(r["at"] for records in passes.values() for r in records)
+    worst = "; ".join(
+        f"{kind} {max(r['median_abs_error'] for r in records):.1%} / {min(r['spearman'] for r in records):.3f}"
+        f" ({len(records)} pass{'' if len(records) == 1 else 'es'})"
+        for kind, records in passes.items()
+    )
+    span = every[0] if every[0] == every[-1] else f"{every[0]} to {every[-1]}"
+    return f". Worst median |error| / lowest Spearman over the passes since its fit ({span}): {worst}"
+
+
 @app.command("devices")
 def devices_cmd() -> None:
     """List the device profiles with where their numbers come from and their validated error."""
     from edgecompress.latency_models import list_devices, load_device
     from edgecompress.latency_models.device_model import DEVICE_PEAKS
+    from edgecompress.latency_models.host import passes_since_fit
     from edgecompress.latency_models.table import LatencyTable
 
     table = Table(title="device profiles (per-operator cost models)")
@@ -456,6 +471,7 @@ def devices_cmd() -> None:
                     f"; int8 on {what} ({r['n']} models): median |error| {r['median_abs_error']:.1%}, "
                     f"Spearman {r['spearman']:.3f}"
                 )
+            val += _passes_text(passes_since_fit(m))
             source = (
                 f"measured lookup table: {m.meta.get('runtime')} {m.meta.get('threads')} "
                 f"thread{'' if m.meta.get('threads') == 1 else 's'} on "
@@ -754,7 +770,13 @@ def latency_validate_table(
     per_model: Annotated[int, typer.Option(min=1, help="Random compressed models per base model.")] = 16,
     round_to: Annotated[int, typer.Option(min=1, help="Channel multiple of the random models.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random compressed models.")] = 0,
-    save: Annotated[bool, typer.Option(help="Store the result in the table's metadata.")] = False,
+    save: Annotated[
+        bool,
+        typer.Option(
+            help="Store the result in the table's metadata (the figure `devices` shows) and add it to the "
+            "table's record of validation passes."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of a summary.")] = False,
     plot: Annotated[Path | None, typer.Option(help=PLOT_HELP)] = None,
     int8: Annotated[
@@ -767,7 +789,7 @@ def latency_validate_table(
 ) -> None:
     """Table sum vs measured end-to-end ONNX Runtime latency of random compressed resnet20 / mobilenetv2."""
     from edgecompress.latency_models import load_device
-    from edgecompress.latency_models.host import validate_table
+    from edgecompress.latency_models.host import record_pass, validate_table
     from edgecompress.latency_models.table import LatencyTable
 
     table = LatencyTable.load(device) if device.endswith(".json") else load_device(device)
@@ -787,11 +809,12 @@ def latency_validate_table(
             "mape_raw": result["median_abs_error"],
         }
         _scatter({"table": points}, device, plot)
-    if save and int8 is not None:
-        table.meta.setdefault("validation_int8", {})[int8] = summary
-        table.save(table.path)
-    elif save:
-        table.meta["validation"] = summary
+    if save:
+        if int8 is not None:
+            table.meta.setdefault("validation_int8", {})[int8] = summary
+        else:
+            table.meta["validation"] = summary
+        record_pass(table, result, "edgecompress latency validate-table")
         table.save(table.path)
     if as_json:
         print(json.dumps(result, indent=2))

@@ -27,7 +27,10 @@ from edgecompress.latency_models.profiler import time_onnx_interleaved
 from edgecompress.latency_models.table import CONTEXT_GROUP, LatencyTable, op_key
 from edgecompress.models import create_model
 
-__all__ = ["export_probes", "fit_context", "probe_policies", "random_policy", "validate_table"]
+__all__ = [
+    "export_probes", "fit_context", "pass_kind", "passes_since_fit", "probe_policies", "random_policy",
+    "record_pass", "validate_table",
+]  # fmt: skip
 
 PROBE_KEEPS = (0.25, 0.5, 0.75, 1.0)
 PROBE_RANKS = (0.25, 0.5)
@@ -366,5 +369,44 @@ def validate_table(
         "rows": rows,
         "median_measured_ms": float(statistics.median(meas.tolist())),
         "date": time.strftime("%Y-%m-%d"),
+        "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         **({"compare": paired} if compare else {}),
     }
+
+
+def pass_kind(result: dict[str, Any]) -> str:
+    """What one validation of :func:`validate_table` checked, as its pass record names it."""
+    if result.get("int8") == "all":
+        return "int8, every layer"
+    if result.get("int8") == "mixed":
+        return "int8, half the layers"
+    return f"fp32, rounded to {result.get('round_to', 1)}"
+
+
+def record_pass(table: LatencyTable, result: dict[str, Any], source: str) -> dict[str, Any]:
+    """Append one validation's figures to ``table.meta["validation_passes"]`` (the caller saves the table).
+
+    Every pass is kept, good or bad: on a machine whose speed drifts over hours, the latest pass alone says
+    little about how well the table holds (``edgecompress devices`` shows the worst since the fit)."""
+    record = {
+        "at": result.get("at") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "kind": pass_kind(result),
+        "n": result["n"],
+        "median_abs_error": result["median_abs_error"],
+        "spearman": result["spearman"],
+        "speedup_median_abs_error": result.get("speedup_median_abs_error"),
+        "source": source,
+    }
+    table.meta.setdefault("validation_passes", []).append(record)
+    return record
+
+
+def passes_since_fit(table: LatencyTable) -> dict[str, list[dict[str, Any]]]:
+    """The table's recorded validation passes since it was last measured or refitted (``meta["updated"]``),
+    by kind (:func:`pass_kind`), oldest first."""
+    fitted = str(table.meta.get("updated", ""))[:16]  # "YYYY-MM-DD HH:MM", UTC like the records
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in table.meta.get("validation_passes", []):
+        if str(record.get("at", ""))[:16] >= fitted:
+            out.setdefault(record["kind"], []).append(record)
+    return out

@@ -760,7 +760,7 @@ def run_in_graph(
         "statistic": "median", "measured_by": "edgecompress profiler (in-graph, ONNX Runtime profiling)",
         "mode": "in-graph", "fused_adds": True, "probes": [p.name for p in files],
         "overhead_ms": float(base), "overhead_per_op_ms": float(per_op), "node_time_scale": float(scale),
-        "versions": _versions("onnxruntime"), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "versions": _versions("onnxruntime"), "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }  # fmt: skip
     entries = {k: {"ms": statistics.median(v), "samples": len(v)} for k, v in samples.items()}
     table = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "meta": meta, "entries": entries}
@@ -919,7 +919,7 @@ def run(
                 progress(count, total, key, ms)
             if count % 10 == 0:
                 _write(out, table)
-    table["meta"]["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    table["meta"]["updated"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     table["meta"]["passes"] = max(passes, int(table["meta"].get("passes", 1)))
     _write(out, table)
     return table

@@ -18,6 +18,7 @@ from edgecompress.latency_models.device_model import (
     select_merges,
 )
 from edgecompress.latency_models.devices import validate
+from edgecompress.latency_models.host import passes_since_fit
 from edgecompress.models import create_model
 
 ARCHS = [
@@ -246,6 +247,9 @@ def test_shipped_profiles() -> None:
     assert host.meta["threads"] == 1 and load_device("host-2thread").meta["threads"] == 2
     v = host.meta["validation"]
     assert v["n"] >= 32 and v["median_abs_error"] <= 0.10 and v["spearman"] >= 0.95
+    passes = passes_since_fit(host)  # every validation pass since its fit is on record, not only the saved one
+    assert {"fp32, rounded to 8", "int8, every layer", "int8, half the layers"} <= set(passes)
+    assert all(len(records) >= 2 for records in passes.values())
     assert load_device("host-1thread").path == host.path  # the former name still loads it
     pi4 = load_device("raspberry-pi-4")
     assert pi4.validation["rows"] == "holdout (arch_index % 5 == 0)" and pi4.licence == "MIT"
