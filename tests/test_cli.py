@@ -27,6 +27,31 @@ def test_analyze_json(capsys) -> None:
     assert doc["layers"][0]["out_hw"] == [28, 28]
 
 
+def test_analyze_and_latency_take_weights_trained_elsewhere(tmp_path, capsys) -> None:
+    """A plain state_dict (what a user brings) loads with --weights and --model, classes and channels read from
+    the file; --channels is the same option as --in-channels, as on search."""
+    import torch
+
+    from edgecompress.models import create_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mbv2.pt"
+    torch.save(create_model("mobilenetv2-0.5", 7, 3, input_size=32).state_dict(), weights)
+    code, out, _ = run_cli(["analyze", "--model", "mobilenetv2-0.5", "--weights", str(weights), "--input-size", "32",
+                            "--json"], capsys)  # fmt: skip
+    doc = json.loads(out)
+    assert code == 0 and doc["input_shape"] == [1, 3, 32, 32] and doc["layers"][-1]["out_channels"] == 7
+    code, out, _ = run_cli(["latency", "--model", "mobilenetv2-0.5", "--weights", str(weights), "--input-size",
+                            "32", "--device", "raspberry-pi-4", "--json"], capsys)  # fmt: skip
+    assert code == 0 and json.loads(out)["total_ms"] > 0
+    code, _, err = run_cli(["analyze", "--weights", str(weights)], capsys)
+    assert code == 2 and "--weights needs --model NAME" in err
+    code, _, err = run_cli(["analyze", "--checkpoint", str(weights)], capsys)
+    assert code == 2 and "load with --weights and --model NAME instead" in " ".join(err.split())
+    code, out, _ = run_cli(["analyze", "--model", "lenet5", "--channels", "3", "--json"], capsys)
+    assert code == 0 and json.loads(out)["input_shape"] == [1, 3, 28, 28]
+
+
 def test_analyze_table_shows_groups(capsys) -> None:
     code, out, _ = run_cli(["analyze", "--model", "resnet20"], capsys)
     assert code == 0

@@ -153,7 +153,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_factory: str | None =
         raise CheckpointError(f"checkpoint {path} does not exist")
     payload = load_payload(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an edgecompress checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+        raise CheckpointError(
+            f"{path} is not an edgecompress checkpoint (no '{CHECKPOINT_FORMAT}' header); weights trained elsewhere "
+            "(a state_dict) load with --weights and --model NAME instead"
+        )
     if payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')!r}; this edgecompress reads version "

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Subset
 
 from edgecompress._imports import optional
 from edgecompress._inputs import example
@@ -68,8 +69,10 @@ def _parity(run: Any, reference: nn.Module, dataset: Any, samples: int | None, r
     max_diff, agree, correct, total = 0.0, 0, 0, 0
     with torch.no_grad():
         for x, y in batches(dataset, 256):
-            if samples is not None and total >= samples:
-                break
+            if samples is not None:
+                if total >= samples:
+                    break
+                x, y = x[: samples - total], y[: samples - total]  # exactly the first ``samples`` images
             ref, got = reference(x), run(x)
             max_diff = max(max_diff, float((got - ref).abs().max()))
             agree += int((got.argmax(1) == ref.argmax(1)).sum())
@@ -144,7 +147,8 @@ def _int8(
     if not all_layers and not int8_layers:
         raise ConfigError(
             "the policy asks for 8-bit activations on no layer (abits <= 8), so onnx-int8 would quantize nothing; "
-            "search with the abits technique, or pass --all-layers to quantize every layer"
+            "search with the abits technique, or pass --all-layers to quantize every layer (scales calibrated on "
+            "training batches; symmetric with --target tensorrt)"
         )
 
     quantized, excluded, ops = int8_selection(fp32, None if all_layers else int8_layers)
@@ -472,7 +476,9 @@ def export_model(
         result["archive"] = info
         result["parity"] = _parity(restored, model, bundle.test, verify_samples,
                                    "the compressed PyTorch model (activation quantizers included)")  # fmt: skip
-    result["accuracy_pytorch"] = evaluate(model, bundle.test, topk=(1,))["top1"]
+    # The compressed PyTorch model on the very images the export was verified on: the two top-1s compare.
+    checked = bundle.test if verify_samples is None else Subset(bundle.test, range(result["parity"]["samples"]))
+    result["accuracy_pytorch"] = evaluate(model, checked, topk=(1,))["top1"]
     result["bytes"] = len(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

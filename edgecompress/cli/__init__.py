@@ -253,12 +253,30 @@ INPUT_SIZE_HELP = "Input side length of --model without a checkpoint."
 NUM_CLASSES_HELP = "Outputs of --model without a checkpoint."
 
 
+WEIGHTS_ANALYSIS_HELP = (
+    "A model's weights trained elsewhere (a state_dict file, as `search --weights` takes), loaded into --model "
+    "at --input-size; classes and input channels read from the file (default: none)."
+)
+
+
 def _load_for_analysis(
-    model: str | None, checkpoint: Path | None, in_channels: int, input_size: int, num_classes: int
+    model: str | None,
+    checkpoint: Path | None,
+    in_channels: int,
+    input_size: int,
+    num_classes: int,
+    weights: Path | None = None,
 ) -> tuple[Any, tuple[int, ...], str]:
     from edgecompress.artifacts.checkpoint import load_checkpoint
     from edgecompress.models import create_model
 
+    if weights is not None:
+        from edgecompress.artifacts.weights import model_from_weights
+
+        if checkpoint is not None or model is None:
+            raise ConfigError("--weights needs --model NAME (the architecture the weights are for) and no --checkpoint")
+        net, _, _, channels = model_from_weights(model, weights, input_size=input_size)
+        return net, (1, channels, input_size, input_size), f"{model} with weights {weights}"
     if checkpoint is not None:
         net, spec = load_checkpoint(checkpoint, trust_factory=model)
         if model is not None and model != spec.model:
@@ -275,7 +293,8 @@ def analyze_cmd(
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     checkpoint: Annotated[Path | None, typer.Option(help=CHECKPOINT_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON document instead of tables.")] = False,
-    in_channels: Annotated[int, typer.Option(min=1, help=IN_CHANNELS_HELP)] = 1,
+    in_channels: Annotated[int, typer.Option("--in-channels", "--channels", min=1, help=IN_CHANNELS_HELP)] = 1,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_ANALYSIS_HELP)] = None,
     input_size: Annotated[int, typer.Option(min=1, help=INPUT_SIZE_HELP)] = 28,
     num_classes: Annotated[int, typer.Option(min=1, help=NUM_CLASSES_HELP)] = 10,
     policy: Annotated[
@@ -288,7 +307,7 @@ def analyze_cmd(
     """Per-layer shapes, params, MACs, bytes and coupled channel groups (batch-1 forward pass)."""
     from edgecompress.analysis import analyze_model
 
-    net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes)
+    net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes, weights)
     analysis = analyze_model(net, shape)
     if policy is not None:
         _analyze_policy(net, analysis, policy, dataset, checkpoint, what, as_json, model)
@@ -546,7 +565,8 @@ def latency_cmd(
     ] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (tables).")] = "fp32",
     force: Annotated[bool, typer.Option(help="Use a table for another device or without --precision.")] = False,
-    in_channels: Annotated[int, typer.Option(min=1, help=IN_CHANNELS_HELP)] = 1,
+    in_channels: Annotated[int, typer.Option("--in-channels", "--channels", min=1, help=IN_CHANNELS_HELP)] = 1,
+    weights: Annotated[Path | None, typer.Option(help=WEIGHTS_ANALYSIS_HELP)] = None,
     input_size: Annotated[int, typer.Option(min=1, help=INPUT_SIZE_HELP)] = 28,
     num_classes: Annotated[int, typer.Option(min=1, help=NUM_CLASSES_HELP)] = 10,
 ) -> None:
@@ -557,7 +577,7 @@ def latency_cmd(
 
     if device is None:
         raise ConfigError("give --device NAME (see `edgecompress devices`)")
-    net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes)
+    net, shape, what = _load_for_analysis(model, checkpoint, in_channels, input_size, num_classes, weights)
     if policy is not None:
         from edgecompress.compressors import Policy, compress
 
@@ -1064,10 +1084,13 @@ def search_cmd(
         f"{result['episodes']} {unit} in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
         f"(base {result['base_latency_ms']:.4f} ms, predicted on {cfg.device})"
         + (f", energy budget {result['budget_energy_mj']:.4f} mJ" if result.get("budget_energy_mj") else "")
-        + f"; base accuracy {result['base_accuracy']:.4f} on the validation subset"
+        + f"; base accuracy {result['base_accuracy']:.4f}, scored as every policy is ({_scored_as(cfg)})"
     )
     if best is None:
-        console.print("[yellow]no policy within budget[/]")
+        console.print(
+            f"[yellow]no policy within budget[/] in {result['episodes']} {unit}: re-run the same command with more "
+            f"{unit} (it resumes), or search a looser budget (--budget-ratio) into another --out"
+        )
     else:
         energy = ""
         if best.get("energy_mj") is not None:
@@ -1077,10 +1100,19 @@ def search_cmd(
             f"best: accuracy {best['accuracy']:.4f} ({best['accuracy_source']}), {best['latency_ms']:.4f} ms "
             f"predicted{energy}, {one} {best['episode']} -> {cfg.out}/best_policy.json"
         )
-    console.print(
-        f"run folder: {cfg.out} (config.yaml, episodes.jsonl, best_policy.json, topk.json, search.png, "
-        f"reference.json{', study.db' if cfg.search.agent == 'optuna' and not cfg.search.storage else ''})"
-    )
+    names = ("config.yaml", "episodes.jsonl", "best_policy.json", "topk.json", "search.png", "reference.json",
+             "study.db")  # fmt: skip
+    console.print(f"run folder: {cfg.out} ({', '.join(n for n in names if (Path(cfg.out) / n).exists())})")
+
+
+def _scored_as(cfg: Any) -> str:
+    """How the search scores a policy's accuracy, the base model included (the identity policy)."""
+    s = cfg.search
+    steps = [
+        *([f"BatchNorm re-estimated on {s.bn_batches} batches"] if s.bn_batches else []),
+        *([f"{s.finetune_batches} distillation steps"] if s.finetune_batches else []),
+    ]
+    return ", ".join([*steps, f"top-1 on {cfg.data.val_samples} validation samples"])
 
 
 @app.command("report")
@@ -1122,7 +1154,10 @@ def report_cmd(
     base = r["runs"][0]["base"]
     uni = r["runs"][0]["uniform_within_budget"]
     if base:
-        console.print(f"base model: accuracy {base['accuracy']:.4f}, {base['latency_ms']:.4f} ms")
+        console.print(
+            f"base model: accuracy {base['accuracy']:.4f} (scored as every policy is), {base['latency_ms']:.4f} ms "
+            f"predicted on {r['runs'][0]['device']}"
+        )
     if uni:
         console.print(
             f"uniform keep {uni['keep']} (largest within budget): accuracy {uni['accuracy']:.4f}, "
@@ -1275,9 +1310,9 @@ def export_cmd(
     if "checker" in r:
         console.print(r["checker"])
     console.print(
-        f"verified on {p['samples']} {r['verified_on']} images: top-1 {p['top1']:.4f} (PyTorch compressed model "
-        f"{r['accuracy_pytorch']:.4f}), top-1 agreement with PyTorch {p['top1_agreement']:.2%}, max abs "
-        f"difference {p['max_abs_diff']:.3g}"
+        f"verified on {p['samples']} {r['verified_on']} images: top-1 {p['top1']:.4f} (the PyTorch compressed model "
+        f"on the same images {r['accuracy_pytorch']:.4f}), top-1 agreement with PyTorch {p['top1_agreement']:.2%}, "
+        f"max abs difference {p['max_abs_diff']:.3g}"
     )
     if "int8" in r and "quantized_nodes" in r["int8"]:
         i = r["int8"]

@@ -10,8 +10,8 @@ policies: :meth:`SearchSetup.fill` widens them (when ``search.fill_budget``),
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from edgecompress._io import read_json, write_json_atomic
 from edgecompress.compressors import Policy
 from edgecompress.config import RunConfig
 from edgecompress.errors import ConfigError
+from edgecompress.latency_models import estimate_latency
 from edgecompress.search.budget import Budget, Limiter, fill
 from edgecompress.search.objective import Evaluation, Evaluator, Objective
 from edgecompress.search.runlog import RunLog
@@ -34,8 +35,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
-    "SearchSetup", "budget_for", "create_setup", "energy_fields", "evaluation_record", "uniform_within_budget",
-    "write_reference",
+    "REFERENCE_KEEPS", "SearchSetup", "budget_for", "create_setup", "energy_fields", "evaluation_record",
+    "reference_scorings", "uniform_within_budget", "write_reference",
 ]  # fmt: skip
 
 
@@ -52,6 +53,8 @@ class SearchSetup:
     fill_budget: bool = False
     setup_seconds: float = 0.0
     """Wall time to build the objective, score the floor policy and set the budget."""
+    latency_warnings: list[str] = field(default_factory=list)
+    """What the device's estimate of the base model warns about (operators not counted, extrapolated)."""
     _limiter: Limiter | None = None
 
     def __post_init__(self) -> None:
@@ -214,10 +217,22 @@ def create_setup(
         precision=cfg.train.precision,
     )
     space = PolicySpace(list(objective.analysis.layers), tuple(s.techniques), input_shape, round_to=s.round_to)
+    base_report = estimate_latency(model, input_shape, cfg.device)
+    unpriced = sorted({m for m in base_report.missing if not m.startswith("unknown:")})
+    if unpriced:
+        count = sum(1 for m in base_report.missing if not m.startswith("unknown:"))
+        raise ConfigError(
+            f"device {cfg.device!r} cannot price {count} of the base model's operators ({len(unpriced)} "
+            f"signatures, e.g. {unpriced[0]}): they would count as 0 ms, and a budget on the rest "
+            f"({base_report.total_ms:.4f} ms) means nothing. Measure them on the machine you deploy on "
+            "(`edgecompress profile --model MODEL --input-size N --out my.table.json`, then --device with that "
+            "table), or search for a device model (edgecompress devices)"
+        )
     budget = budget_for(
         objective, space, budget_ms=s.budget_ms, budget_ratio=s.budget_ratio, budget_energy_mj=s.budget_energy_mj
     )
     setup = SearchSetup(objective, space, budget, dict(base), objective.accuracy_source, fill_budget=s.fill_budget)
+    setup.latency_warnings = list(base_report.warnings)
     setup.setup_seconds = round(time.perf_counter() - started, 2)
     return setup
 
@@ -243,30 +258,59 @@ def budget_for(
     )
 
 
-def uniform_within_budget(setup: SearchSetup, steps: int = 10) -> dict[str, Any] | None:
-    """The largest single keep ratio whose policy meets the budget (bisection), scored."""
-    lo, hi, best = setup.space.keep_min, 1.0, None
+def uniform_within_budget(
+    setup: SearchSetup, steps: int = 10, progress: Callable[[int], None] | None = None
+) -> dict[str, Any] | None:
+    """The largest single keep ratio whose policy meets the budget (bisection), scored.
+
+    With predicted latency (``latency="table"``) the bisection prices each keep (what the objective's
+    latency is then) and only the keep it ends at is scored; with measured latency every step is scored."""
+    obj = setup.objective
+    lo, hi, found = setup.space.keep_min, 1.0, None
     for _ in range(steps):
         mid = round((lo + hi) / 2, 4)
-        ev = setup.objective(setup.space.uniform(mid))
-        if setup.within(ev):
-            best = {"keep": mid, "accuracy": ev.accuracy, "latency_ms": ev.latency_ms, "stored_bytes": ev.stored_bytes}
-            lo = mid
+        policy = setup.space.uniform(mid)
+        if obj.latency_mode == "table":
+            ok = setup.budget.within(obj.predict_ms(policy), obj.predict_mj(policy))
+        else:
+            ok = setup.within(obj(policy))
+            if progress is not None:
+                progress(1)
+        if ok:
+            found, lo = mid, mid
         else:
             hi = mid
-    return best
+    if found is None:
+        return None
+    ev = obj(setup.space.uniform(found))  # cached when every step was scored
+    if progress is not None and obj.latency_mode == "table":
+        progress(1)
+    return {"keep": found, "accuracy": ev.accuracy, "latency_ms": ev.latency_ms, "stored_bytes": ev.stored_bytes}
 
 
-def write_reference(run_dir: Path, setup: SearchSetup) -> dict[str, Any]:
-    """``reference.json``: the base model and uniform-keep policies, scored by the search's objective."""
+REFERENCE_KEEPS = (0.3, 0.5, 0.7, 0.9)
+
+
+def reference_scorings(setup: SearchSetup, steps: int = 10) -> int:
+    """How many policies :func:`write_reference` scores at most (for a progress bar)."""
+    return 1 + len(REFERENCE_KEEPS) + (1 if setup.objective.latency_mode == "table" else steps)
+
+
+def write_reference(run_dir: Path, setup: SearchSetup, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """``reference.json``: the base model and uniform-keep policies, scored by the search's objective.
+
+    ``progress(n)``: called after each of the (at most :func:`reference_scorings`) policies is scored."""
     path = run_dir / "reference.json"
     if path.exists():
         return read_json(path, "reference file", ConfigError)  # type: ignore[no-any-return]
     obj, space = setup.objective, setup.space
+    tick = progress or (lambda n: None)
     base = obj(space.identity())
+    tick(1)
     uniform = []
-    for keep in (0.3, 0.5, 0.7, 0.9):
+    for keep in REFERENCE_KEEPS:
         ev = obj(space.uniform(keep))
+        tick(1)
         uniform.append(
             {
                 "keep": keep,
@@ -281,7 +325,7 @@ def write_reference(run_dir: Path, setup: SearchSetup) -> dict[str, Any]:
         "budget_ms": setup.budget.limit_ms,
         "base": {"accuracy": base.accuracy, "latency_ms": base.latency_ms, "stored_bytes": base.stored_bytes},
         "uniform": uniform,
-        "uniform_within_budget": uniform_within_budget(setup),
+        "uniform_within_budget": uniform_within_budget(setup, progress=tick),
         "latency_source": base.latency_source,
         "note": "scored by the search's objective (validation subset, predicted latency, counted size)",
     }

@@ -19,7 +19,7 @@ from edgecompress._io import read_json, write_json_atomic
 from edgecompress.errors import ConfigError
 from edgecompress.search.runlog import read_records
 
-__all__ = ["hypervolume_2d", "load_run", "pareto_front", "write_report"]
+__all__ = ["check_comparable", "hypervolume_2d", "load_run", "pareto_front", "write_report"]
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
@@ -38,6 +38,8 @@ def load_run(folder: str | Path) -> dict[str, Any]:
         if (folder / "reference.json").is_file()
         else None
     )
+    model = cfg.get("model", {}) if isinstance(cfg, dict) else {}
+    data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
     return {
         "folder": str(folder),
         "name": folder.name,
@@ -45,7 +47,31 @@ def load_run(folder: str | Path) -> dict[str, Any]:
         "records": records,
         "reference": ref,
         "device": cfg.get("device") if isinstance(cfg, dict) else None,
+        # What the scores are of: one front compares one base model, on one input, for one device.
+        "subject": {
+            "device": cfg.get("device") if isinstance(cfg, dict) else None,
+            "model": model.get("name") if isinstance(model, dict) else None,
+            "weights": (model.get("weights") or model.get("checkpoint")) if isinstance(model, dict) else None,
+            "dataset": data.get("dataset") if isinstance(data, dict) else None,
+            "input_size": data.get("input_size") if isinstance(data, dict) else None,
+        },
     }
+
+
+def check_comparable(runs: list[dict[str, Any]]) -> None:
+    """Refuse runs that searched different devices, base models or inputs: their latencies and accuracies are
+    not on one scale, so one table and one Pareto front would rank them against each other falsely."""
+    first = runs[0]["subject"]
+    for run in runs[1:]:
+        differ = [k for k, v in run["subject"].items() if v != first[k]]
+        if differ:
+            shown = "; ".join(
+                f"{k}: {first[k]!r} in {runs[0]['folder']}, {run['subject'][k]!r} in {run['folder']}" for k in differ
+            )
+            raise ConfigError(
+                f"these runs did not search the same thing ({shown}); a report compares runs of one base model, "
+                "input and device (their latencies and accuracies are on one scale only then): report them apart"
+            )
 
 
 def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -109,6 +135,7 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
     if not folders:
         raise ConfigError("give at least one run folder")
     runs = [load_run(f) for f in folders]
+    check_comparable(runs)
     out_dir = Path(out) if out is not None else Path(runs[0]["folder"])
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [summarize(r) for r in runs]

@@ -10,27 +10,32 @@ Re-running the same command on the same folder resumes.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from edgecompress._io import check_output
 from edgecompress._lock import run_folder_lock
+from edgecompress._progress import progress_bar
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle
 from edgecompress.drivers import get_driver
 from edgecompress.errors import ConfigError
-from edgecompress.search.setup import SearchSetup, create_setup, write_reference
+from edgecompress.search.setup import SearchSetup, create_setup, reference_scorings, write_reference
 from edgecompress.workflows.train import check_base_model, ensure_base_model, load_bundle
 
 __all__ = ["prepare_search", "run_search"]
 
 
-def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> SearchSetup:
+def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle, *, progress: bool = True) -> SearchSetup:
     """Record the config in the run folder, load the base model, build the search core (``bundle``: the
     config's data, loaded and ``check_base_model`` passed before the folder is touched: :func:`run_search`)."""
     s = cfg.search
+    config_file = Path(cfg.out) / "config.yaml"
+    fresh = not config_file.exists()
     # The run folder describes itself (a different config is refused), written once the base model loads.
     model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console, lambda: write_resolved_config(cfg, cfg.out))
     base = {
@@ -40,15 +45,30 @@ def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> Sear
         "num_classes": spec.num_classes,
         "dataset": spec.dataset,
     }
-    setup = create_setup(
-        cfg,
-        model,
-        val_data=bundle.val_subset(cfg.data.val_samples),
-        train_data=bundle.train,
-        input_shape=spec.input_shape,
-        base=base,
-    )
-    write_reference(Path(cfg.out), setup)
+    try:
+        setup = create_setup(
+            cfg,
+            model,
+            val_data=bundle.val_subset(cfg.data.val_samples),
+            train_data=bundle.train,
+            input_shape=spec.input_shape,
+            base=base,
+        )
+    except ConfigError:
+        # Refused (a budget the space cannot meet, operators the device cannot price): the config this call
+        # wrote goes, so the command the error suggests (another budget, device) runs on the same folder.
+        if fresh and not (Path(cfg.out) / "episodes.jsonl").exists():
+            config_file.unlink(missing_ok=True)
+        raise
+    started = time.perf_counter()
+    if not (Path(cfg.out) / "reference.json").exists():  # 6-15 policies scored, each like a search episode
+        with progress_bar(progress) as bar:
+            task = bar.add_task("reference policies (base, uniform keeps)", total=reference_scorings(setup), status="")
+            write_reference(Path(cfg.out), setup, progress=lambda n: bar.advance(task, n))
+            bar.update(task, completed=reference_scorings(setup))
+    reference_seconds = time.perf_counter() - started
+    for warning in setup.latency_warnings:
+        console.print(f"[yellow]latency on {cfg.device}:[/] {escape(warning)}")
     console.print(
         f"search: {len(setup.space.parameters())} parameters over {', '.join(s.techniques)}; budget "
         f"{setup.budget.limit_ms:.4f} ms (base {setup.budget.base_ms:.4f} ms, floor {setup.budget.floor_ms:.4f} ms, "
@@ -59,7 +79,7 @@ def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle) -> Sear
             if setup.budget.energy_limit_mj is not None
             else ""
         )
-        + f"; set-up {setup.setup_seconds:.1f} s"
+        + f"; set-up {setup.setup_seconds:.1f} s, reference policies {reference_seconds:.1f} s"
     )
     return setup
 
@@ -71,5 +91,5 @@ def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> di
     check_base_model(cfg)  # bad paths fail before the run folder is touched
     bundle = load_bundle(cfg)
     with run_folder_lock(cfg.out):  # one process per run folder
-        setup = prepare_search(cfg, console, bundle)
+        setup = prepare_search(cfg, console, bundle, progress=progress)
         return driver(setup, cfg, console, progress=progress)

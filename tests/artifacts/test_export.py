@@ -27,6 +27,18 @@ def test_onnx_export_matches_pytorch(replayed) -> None:  # type: ignore[no-untyp
     assert r["parity"]["top1_agreement"] >= 0.995 and r["parity"]["max_abs_diff"] < 1e-3
     with pytest.raises(ConfigError, match="exists; choose another --out or pass --force"):
         export_model(replayed["out"], "onnx", out, data_dir=replayed["data"], val_size=60, measure=False)
+    # --verify-samples N: exactly the first N test images, and the PyTorch figure is taken on the same ones.
+    from torch.utils.data import Subset
+
+    from edgecompress.data import load_dataset
+    from edgecompress.training import evaluate
+
+    r = export_model(replayed["out"], "onnx", out, data_dir=replayed["data"], val_size=60, measure=False,
+                     force=True, verify_samples=7)  # fmt: skip
+    assert r["parity"]["samples"] == 7
+    model = load_compressed(replayed["out"])[0]
+    test = load_dataset("fashion-mnist", data_dir=replayed["data"], val_size=60).test
+    assert r["accuracy_pytorch"] == evaluate(model, Subset(test, range(7)), topk=(1,))["top1"]
 
 
 def test_int8_export_quantizes_only_abits8_layers_and_keeps_accuracy(replayed) -> None:  # type: ignore[no-untyped-def]

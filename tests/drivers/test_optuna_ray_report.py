@@ -213,6 +213,18 @@ def test_report_renders_from_each_agents_run_folder(tmp_path, lenet_checkpoint, 
     assert "Pareto front" in out and "optuna-tpe" in out and (Path(tpe.out) / "pareto.png").is_file()
     with pytest.raises(ConfigError, match="is not a search run folder"):
         write_report([tmp_path])
+    # A run for another device is not on the same scale: one front would rank the two against each other.
+    import shutil
+
+    nano = tmp_path / "nano"
+    shutil.copytree(rnd.out, nano)
+    config = nano / "config.yaml"
+    config.write_text(config.read_text().replace("device: raspberry-pi-4", "device: jetson-nano"))
+    with pytest.raises(ConfigError, match=r"these runs did not search the same thing \(device: 'raspberry-pi-4' in "
+                                          r".*tpe, 'jetson-nano' in .*nano\); a report compares runs of one base "
+                                          r"model, input and device"):  # fmt: skip
+        write_report([tpe.out, nano], tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()
 
 
 def test_bad_sampler_is_refused() -> None:

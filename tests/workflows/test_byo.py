@@ -84,3 +84,21 @@ def test_other_weights_on_the_same_run_folder_are_refused(  # type: ignore[no-un
     message = " ".join(capsys.readouterr().err.split())
     assert f"{out / 'base.pt'} was imported from {lightning_style_weights}" in message
     assert "use another --out for other weights" in message
+
+
+def test_a_refused_budget_leaves_the_folder_free_for_the_one_it_suggests(  # type: ignore[no-untyped-def]
+    lightning_style_weights, tiny_fmnist_shared, tmp_path, capsys
+) -> None:
+    out = tmp_path / "run"
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  val_size: 60\n")
+    args = ["search", "--config", str(config), "--model", "lenet5", "--weights", str(lightning_style_weights),
+            "--data-dir", str(tiny_fmnist_shared), "--agent", "optuna", "--trials", "1", "--val-samples", "40",
+            "--out", str(out)]  # fmt: skip
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--budget-ratio", "0.01"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert refused.value.code == 2 and "cannot be met" in err and "raise the budget" in err
+    assert not (out / "config.yaml").exists()  # what the refused run wrote about itself is gone
+    _cli([*args, "--budget-ratio", "0.95"])  # the budget the error suggests, on the same folder
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 1

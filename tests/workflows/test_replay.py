@@ -30,6 +30,8 @@ def test_replay_writes_model_and_reports(replayed) -> None:  # type: ignore[no-u
         r["predicted_latency"]["raspberry-pi-4"]["compressed_ms"] < r["predicted_latency"]["raspberry-pi-4"]["base_ms"]
     )
     assert r["measured_latency"]["batch1"]["compressed_ms"] > 0
+    assert "5 rounds of 100 runs with the two models in turn" in r["measured_latency"]["source"]  # side by side
+    assert r["predicted_latency"]["raspberry-pi-4"]["unpriced_operators"] == 0
     e = r["predicted_energy"]["jetson-tx2"]  # the pruned LeNet-5 costs less energy, and says where that comes from
     assert 0 < e["compressed_mj"] < e["base_mj"] and e["source"].startswith("predicted by the jetson-tx2 energy model")
     assert "Predicted energy per inference on jetson-tx2" in md
@@ -40,6 +42,23 @@ def test_replay_writes_model_and_reports(replayed) -> None:  # type: ignore[no-u
 
     test = load_dataset("fashion-mnist", replayed["data"], val_size=60).test
     assert evaluate(model, test, topk=(1,))["top1"] == metrics["test_top1"] == r["accuracy"]["after_finetune"]["top1"]
+
+
+def test_a_device_that_left_operators_out_shows_no_latency(replayed) -> None:  # type: ignore[no-untyped-def]
+    """A table that lacks some operators sums the rest: the report says so instead of printing that sum."""
+    from edgecompress.workflows.replay import report_markdown
+
+    r = json.loads(json.dumps(replayed["report"]))  # a copy
+    r["predicted_latency"] = {
+        "host": {"base_ms": 0.0119, "compressed_ms": 0.0115, "speedup": 1.04, "source": "looked up",
+                 "unpriced_operators": 63, "warnings": []},
+        "raspberry-pi-4": {"base_ms": 2.0, "compressed_ms": 1.0, "speedup": 2.0, "source": "predicted",
+                           "unpriced_operators": 0, "warnings": []},
+    }  # fmt: skip
+    md = report_markdown(r)
+    row = "| host | n/a | n/a | n/a | 63 operators are not in host's table (profile them: `edgecompress profile`) |"
+    assert row in md
+    assert "| raspberry-pi-4 | 2.0000 | 1.0000 | 2.00x | predicted |" in md and "0.0115" not in md
 
 
 def test_replay_is_deterministic(replayed) -> None:  # type: ignore[no-untyped-def]
