@@ -234,7 +234,7 @@ def _count_values(node: Any, limit: int) -> int:
     return count
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigError:
+def explain_validation_error(exc: ValidationError, source: str) -> ConfigError:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
@@ -279,6 +279,11 @@ def load_config(
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {p} is not text (byte {exc.start} is not UTF-8): give a YAML run config such as "
+                "configs/default.yaml"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -296,7 +301,7 @@ def load_config(
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _explain(exc, source) from None
+        raise explain_validation_error(exc, source) from None
     if known_devices is not None:
         known = list(known_devices)
         if config.device not in known:

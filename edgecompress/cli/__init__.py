@@ -224,9 +224,11 @@ def train_cmd(
     precision: PrecisionOpt = None,
 ) -> None:
     """Train a base model and save a checkpoint (state_dict + JSON model spec)."""
+    from edgecompress._io import check_output
     from edgecompress.workflows.config import load_run_config
     from edgecompress.workflows.train import train_base_model
 
+    check_output(out, folder=False, error=ConfigError)  # a folder there, or nowhere to write: before training
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force to replace it, or choose another --out")
     cfg = load_run_config(
@@ -1240,7 +1242,7 @@ def export_cmd(
         str,
         typer.Option(
             "--format",
-            help="onnx, onnx-fp16, onnx-int8, tflite, tflite-int8 (LiteRT, pip install 'edgecompress[litert]'), "
+            help="onnx, onnx-fp16, onnx-int8, tflite, tflite-int8 (LiteRT, pip install 'edgecompress\\[litert]'), "
             "torchscript or archive.",
         ),
     ],
@@ -1371,12 +1373,40 @@ def data_download() -> None:
 from edgecompress.cli import compare as _compare  # noqa: E402,F401
 
 
+def _input_error(exc: BaseException) -> str | None:
+    """One paragraph for the errors bad input causes below the checks (None: not one of those)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # a setting derived from a flag after the config was read
+        from edgecompress.config import explain_validation_error
+
+        return str(explain_validation_error(exc, "command line"))
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+    ):
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        return (
+            f"out of memory: {first}. The model or data asked for is too large for this machine: check "
+            "--input-size, --num-classes, --in-channels and the batch size"
+        )
+    if isinstance(exc, OSError) and exc.filename is not None:
+        other = f" -> {exc.filename2}" if exc.filename2 else ""
+        return f"cannot use {exc.filename}{other}: {exc.strerror or exc}; choose another path"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="edgecompress")
     except EdgeCompressError as exc:
         # User text (paths, YAML excerpts) is escaped: "[bold]" in a path is not markup, "[/x]" must not crash.
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # what bad input can still raise deeper down, said in one paragraph
+        message = _input_error(exc)
+        if message is None:
+            raise  # a defect: the traceback is what a report of it needs
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")

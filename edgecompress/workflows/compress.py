@@ -14,6 +14,7 @@ the space allows is refused before anything is searched, stating that floor.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def run_compress(
 ) -> dict[str, Any]:
     """Search, replay, export and time (see the module docstring); returns what ``compress.json`` holds."""
     if speedup is not None:
-        if speedup <= 1:
+        if not math.isfinite(speedup) or speedup <= 1:
             raise ConfigError(f"--speedup {speedup} is invalid; valid: a number > 1 (2 asks for half the latency)")
         if cfg.search.budget_ms is not None:
             raise ConfigError("give --speedup or --budget-ms, not both")
@@ -289,7 +290,7 @@ def compress_for(
     """
     if budget_ms is not None and speedup is not None:
         raise ConfigError("compress_for() takes budget_ms or speedup, not both")
-    if speedup is not None and speedup <= 1:
+    if speedup is not None and (not math.isfinite(speedup) or speedup <= 1):
         raise ConfigError(f"speedup {speedup} is invalid; valid: a number > 1 (2 asks for half the latency)")
     ratio = None if budget_ms is not None else 1 / (speedup or 2.0)
     found = search_policy(

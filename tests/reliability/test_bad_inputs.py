@@ -114,6 +114,13 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("fp16 on the cpu", "search --precision fp16 --out {tmp}/run", ("fp16 autocast needs CUDA",)),
     ("gpu shares on the cpu", "search --agent ray --gpus-per-trial 0.5 --out {tmp}/run",
      ("search.gpus_per_trial = 0.5 reserves GPU shares, but train.accelerator is 'cpu'",)),
+    # Found by the 2026-12-04 audit: each was a traceback.
+    ("config not text", "search --config {tmp}/binary.yaml --out {tmp}/run",
+     ("config file {tmp}/binary.yaml is not text (byte 0 is not UTF-8)",)),
+    ("compress speedup nan", "compress --speedup nan --out {tmp}/run",
+     ("--speedup nan is invalid; valid: a number > 1",)),
+    ("compress speedup inf", "compress --speedup inf --out {tmp}/run", ("--speedup inf is invalid",)),
+    ("train out is a folder", "train --out {tmp} --force", ("--out {tmp} is a folder; give a file name",)),
 ]  # fmt: skip
 
 
@@ -131,6 +138,7 @@ def _files(tmp: Path, ckpt: Path) -> None:
                                   ("layer", {"conv9": {"keep": 0.5}}, 2), ("v9", {}, 9), ("p", {}, 2)):  # fmt: skip
         (tmp / f"{name}.json").write_text(json.dumps({**policy, "layers": layers, "version": version}))
     (tmp / "bad.yaml").write_text("search: [unclosed\n")
+    (tmp / "binary.yaml").write_bytes(b"\x80\x81 not text")
     (tmp / "list.yaml").write_text("- a\n- b\n")
     (tmp / "key.yaml").write_text("search:\n  episods: 3\n")
     (tmp / "value.yaml").write_text("search:\n  budget_ratio: 1.5\n")
@@ -246,3 +254,18 @@ def test_an_out_on_a_read_only_location_is_refused_before_any_work(  # type: ign
     case, command, expected, folder: Path, read_only: Path, capsys, monkeypatch
 ) -> None:
     _assert_refused(command, expected, folder, capsys, monkeypatch, ro=str(read_only))
+
+
+def test_what_bad_input_raises_deeper_down_is_one_paragraph() -> None:
+    """An allocation too large for the machine, a file-system refusal, a value derived from a flag: one paragraph
+    each (a real 300 GB allocation is not attempted here: with memory overcommit it may succeed and be killed)."""
+    from edgecompress.cli import _input_error
+
+    alloc = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                         "to allocate 336000000000 bytes.")  # fmt: skip
+    assert _input_error(alloc).startswith("out of memory: [enforce fail")  # type: ignore[union-attr]
+    assert "check --input-size, --num-classes, --in-channels" in _input_error(MemoryError())  # type: ignore[operator]
+    assert _input_error(IsADirectoryError(21, "Is a directory", "/x/a.tmp", None, "/x/a")) == (
+        "cannot use /x/a.tmp -> /x/a: Is a directory; choose another path"
+    )
+    assert _input_error(RuntimeError("shape mismatch")) is None and _input_error(OSError("no file named")) is None
