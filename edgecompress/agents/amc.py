@@ -193,6 +193,18 @@ class AMCDDPG(DDPG):
         os.replace(tmp, path)
         return path
 
+    @classmethod
+    def saved_shape(cls, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """The set-up a saved state was made for (what :meth:`load_state` checks), or ``{}`` when ``path`` is not
+        a readable state: lets a caller build the agent a resumed run needs (say, its warm-up) before loading."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = json.loads(str(data["state"][()]))
+            shape = state["shape"]
+        except Exception:  # not a state, or damaged: load_state says which
+            return {}
+        return dict(shape) if isinstance(shape, dict) else {}
+
     def load_state(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore what :meth:`save_state` wrote into this agent (built as a fresh run builds it) and return the
         ``meta`` saved with it. A file that is not such a state, or one saved for another set-up, raises
@@ -223,6 +235,8 @@ class AMCDDPG(DDPG):
             noise_rng.bit_generator.state = amc["noise_rng"]
             self.set_parameters(params, exact_match=True, device=self.device)
         except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError) as exc:
+            if str(exc).startswith("saved for another set-up"):
+                raise  # intact, only not this agent's: said as such, not as damage
             raise ValueError(f"a damaged agent state ({type(exc).__name__}: {exc})") from None
         for name, saved in buffer.items():
             getattr(self.replay_buffer, name)[...] = saved

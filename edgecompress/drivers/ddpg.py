@@ -42,8 +42,13 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
     run_dir = Path(cfg.out)
     env = CompressionEnv(setup=setup, reward=s.reward)
     n_layers = len(env.layers)
-    warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
     state_path = run_dir / STATE_FILE
+    warmup = s.warmup_episodes if s.warmup_episodes is not None else min(100, s.episodes // 3)
+    if s.warmup_episodes is None and state_path.exists():
+        # The default warm-up follows --episodes; a re-run asking more episodes resumes the agent it saved
+        # (its warm-up, which is over or continues), not a new one.
+        saved = AMCDDPG.saved_shape(state_path).get("warmup_episodes")
+        warmup = saved if isinstance(saved, int) else warmup
     log = setup.open_log(cfg, "ddpg (AMC on Stable-Baselines3)", console=console)
 
     def warn(message: str) -> None:
@@ -101,6 +106,10 @@ def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool 
 
         agent.episode_end_hook = on_episode
         agent.checkpoint_hook = checkpoint
-        if remaining > 0:
-            agent.learn(total_timesteps=remaining * n_layers, reset_num_timesteps=False)
+        try:
+            if remaining > 0:
+                agent.learn(total_timesteps=remaining * n_layers, reset_num_timesteps=False)
+        finally:
+            if getattr(agent, "_logger", None) is not None:
+                agent.logger.close()  # the TensorBoard writer's thread ends with it
     return setup.result(log, time.perf_counter() - started)

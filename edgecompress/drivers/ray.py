@@ -4,9 +4,12 @@
   each when set: Ray then places trials on the GPUs, scoring on ``cuda``) (torch uses one thread per
   trial); a private local Ray bound to 127.0.0.1 is started unless
   ``ray_address`` names a cluster (a cluster recorded by an earlier
-  ``ray start`` is never joined implicitly). The private instance dies with
-  the process that started it, a ``kill -9`` included (a watchdog,
-  :mod:`edgecompress.drivers._reaper`, kills what Ray's own clean-up leaves).
+  ``ray start`` is never joined implicitly). The private instance is shut
+  down when the search returns (a cluster this call connected to is left),
+  and dies with the process that started it if it never returns, a
+  ``kill -9`` included (a watchdog, :mod:`edgecompress.drivers._reaper`,
+  kills what Ray's own clean-up leaves). The environment variables Ray sets
+  and the signal handlers Tune installs are put back as they were.
 * The objective (base model, validation subset, BatchNorm batches, analysis)
   is put in Ray's object store once (``tune.with_parameters``); trials read
   it from there, never re-sending it.
@@ -33,10 +36,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import os
 import secrets
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -105,11 +111,12 @@ def _loopback_only(ray: Any) -> Iterator[None]:
 
 
 def _shut_down(ray: Any, watchdog: Any) -> None:
-    """At exit: stop the private Ray (before Ray's own exit hook, so the watchdog never races it), then let the
-    watchdog kill whatever outlived the shutdown, and wait for it."""
+    """When the search returns (or at exit, if it never did): stop the private Ray, or leave the cluster, then
+    let the watchdog (private Ray only) kill whatever outlived the shutdown, and wait for it."""
     with contextlib.suppress(Exception):
         ray.shutdown()
-    _reaper.stop(watchdog)
+    if watchdog is not None:
+        _reaper.stop(watchdog)
 
 
 def _logger(tune: Any, on_complete: Any) -> Any:
@@ -134,7 +141,17 @@ def _logger(tune: Any, on_complete: Any) -> Any:
 
 
 def run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool = True) -> dict[str, Any]:
+    environment = dict(os.environ)  # Ray sets variables of its own when imported and started: all put back
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    try:
+        return _run(setup, cfg, console, progress=progress)
+    finally:
+        for key in set(os.environ) - set(environment):
+            del os.environ[key]
+        os.environ.update(environment)
+
+
+def _run(setup: SearchSetup, cfg: RunConfig, console: Console, *, progress: bool) -> dict[str, Any]:
     optional("ray.tune", needed_for="search.agent ray")  # missing: said before anything is written
     s = cfg.search
     run_dir = Path(cfg.out).resolve()
@@ -164,23 +181,57 @@ def _search(setup: SearchSetup, cfg: RunConfig, log: RunLog, remaining: int, *, 
     OptunaSearch = optional("ray.tune.search.optuna", needed_for="search.agent ray").OptunaSearch
 
     s = cfg.search
-    run_dir = Path(cfg.out).resolve()
     gpus = torch.cuda.device_count()  # gpus_per_trial was checked against it by load_run_config
+    # What Ray and Tune change in this process is put back when the search returns: the SIGINT / SIGTERM
+    # handlers Tune installs, and the Ray instance (or connection) this call started (the environment: run).
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    shut_down = None
     if not ray.is_initialized():
         if s.ray_address:
             ray.init(address=s.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+            shut_down = functools.partial(_shut_down, ray, None)
         else:
             # A private instance: never join a cluster some earlier `ray start` left recorded (address "local"),
             # never listen on an external interface (loopback node address, see _loopback_only).
             # It dies with this process, a kill -9 included (_reaper: a watchdog kills what Ray leaves).
             token = secrets.token_hex(8)
             watchdog = _reaper.start(token)
-            atexit.register(_shut_down, ray, watchdog)
+            shut_down = functools.partial(_shut_down, ray, watchdog)
+            atexit.register(shut_down)
             with _loopback_only(ray), _reaper.marking(token):
                 ray.init(
                     address="local", num_cpus=s.workers, num_gpus=gpus if s.gpus_per_trial else 0,
                     include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
                 )  # fmt: skip
+    try:
+        return _tune(setup, cfg, log, remaining, progress=progress, ray=ray, tune=tune, optuna=optuna,
+                     ConcurrencyLimiter=ConcurrencyLimiter, OptunaSearch=OptunaSearch)  # fmt: skip
+    finally:
+        if shut_down is not None:
+            shut_down()
+            atexit.unregister(shut_down)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
+def _tune(
+    setup: SearchSetup,
+    cfg: RunConfig,
+    log: RunLog,
+    remaining: int,
+    *,
+    progress: bool,
+    ray: Any,
+    tune: Any,
+    optuna: Any,
+    ConcurrencyLimiter: Any,
+    OptunaSearch: Any,
+) -> list[str]:
+    """The Tuner's run of ``remaining`` trials (Ray is up); the errors of the trials that failed."""
+    s = cfg.search
+    run_dir = Path(cfg.out).resolve()
 
     trainable = tune.with_resources(
         tune.with_parameters(_trial, setup=setup),

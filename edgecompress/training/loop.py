@@ -140,6 +140,7 @@ def evaluate(
     precision: str = ...,
     channels_last: bool | None = ...,
     metrics: Literal[False] = ...,
+    progress: str | None = ...,
 ) -> dict[str, float]: ...
 
 
@@ -154,6 +155,7 @@ def evaluate(
     precision: str = ...,
     channels_last: bool | None = ...,
     metrics: bool,
+    progress: str | None = ...,
 ) -> dict[str, Any]: ...
 
 
@@ -167,8 +169,11 @@ def evaluate(
     precision: str = "fp32",
     channels_last: bool | None = None,
     metrics: bool = False,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Top-k accuracies (fractions in [0, 1]) of ``model`` in eval mode on ``dataset``.
+
+    ``progress``: a description to show a progress bar under (on stderr; default: none).
 
     With ``metrics``, also the macro ``precision_macro``, ``recall_macro`` and
     ``f1_macro`` of the top-1 predictions (:func:`classification_metrics`) and
@@ -183,7 +188,12 @@ def evaluate(
     check_precision(device, precision)
     nhwc = use_channels_last(device, channels_last)
     with on_device(model, device, nhwc):
-        return _evaluate(model, dataset, batch_size, topk, device, precision, nhwc, metrics=metrics)
+        if progress is None:
+            return _evaluate(model, dataset, batch_size, topk, device, precision, nhwc, metrics=metrics)
+        with progress_bar() as bar:
+            task = bar.add_task(progress, total=-(-len(dataset) // batch_size), status="")  # type: ignore[arg-type]
+            return _evaluate(model, dataset, batch_size, topk, device, precision, nhwc, metrics=metrics,
+                             tick=lambda: bar.advance(task))  # fmt: skip
 
 
 @torch.no_grad()
@@ -197,8 +207,10 @@ def _evaluate(
     channels_last: bool,
     *,
     metrics: bool = False,
+    tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """``evaluate`` for a model already on ``device`` (and in the layout ``channels_last`` says)."""
+    """``evaluate`` for a model already on ``device`` (and in the layout ``channels_last`` says); ``tick()``
+    after each batch."""
     was_training = model.training
     model.eval()
     correct = {k: torch.zeros((), dtype=torch.int64, device=device) for k in topk}
@@ -216,6 +228,8 @@ def _evaluate(
             if metrics:
                 confusion = _add_to_confusion(confusion, y, ranked[:, 0], logits.shape[1])
             total += len(y)
+            if tick is not None:
+                tick()
     finally:
         model.train(was_training)
     result: dict[str, Any] = {f"top{k}": int(correct[k]) / max(total, 1) for k in topk}

@@ -147,8 +147,9 @@ def replay(
         recalibrate_batchnorm(model, drawn[:bn_batches], accelerator=accelerator)
     topk = (1, 5)
     test = bundle.test if test_samples is None else Subset(bundle.test, range(min(test_samples, len(bundle.test))))  # type: ignore[arg-type]
-    base_acc = evaluate(base, test, topk=topk, **where)
-    before = evaluate(model, test, topk=topk, **where)
+    bar = (lambda what: f"test: {what}") if progress else (lambda what: None)
+    base_acc = evaluate(base, test, topk=topk, progress=bar("base model"), **where)
+    before = evaluate(model, test, topk=topk, progress=bar("compressed, before fine-tuning"), **where)
     history: list[Any] = []
     if finetune_epochs > 0:
         if distill:
@@ -181,7 +182,7 @@ def replay(
                 workers=bundle.workers,
             ).history
     model.eval()
-    after = evaluate(model, test, topk=topk, **where)
+    after = evaluate(model, test, topk=topk, progress=bar("compressed, after fine-tuning"), **where)
     if student is not None:  # sizes: the teacher as it is before, the student after
         _, before_report = compress(base, Policy({}), analysis=analysis)
         report, totals = compression, dict(compression.totals)

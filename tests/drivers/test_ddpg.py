@@ -79,3 +79,23 @@ def test_filled_search_logs_the_widened_policies(cfg) -> None:
     assert len(records) == 4 and any(r["filled"] > 0 for r in records)
     assert all(r["latency_ms"] <= r["budget_ms"] + 1e-9 for r in records)
     assert result["best"]["latency_ms"] <= result["budget_ms"] + 1e-9
+
+
+def test_more_episodes_resume_the_agent_with_the_default_warmup(cfg, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The default warm-up follows --episodes; asking more episodes on the same folder resumes the saved agent
+    (it was discarded as 'damaged' before), and no TensorBoard writer thread outlives a search."""
+    import threading
+
+    from edgecompress.agents.amc import AMCDDPG
+
+    cfg.search.warmup_episodes = None
+    cfg.search.episodes = 6  # warm-up 2
+    run_search(cfg, make_console(), progress=False)
+    assert AMCDDPG.saved_shape(f"{cfg.out}/agent_state.npz")["warmup_episodes"] == 2
+    cfg.search.episodes = 9  # would be warm-up 3
+    result = run_search(cfg, make_console(), progress=False)
+    out = " ".join(capsys.readouterr().out.split())
+    assert result["episodes"] == 9 and "resuming" in out and "cannot resume" not in out
+    assert AMCDDPG.saved_shape(f"{cfg.out}/agent_state.npz")["warmup_episodes"] == 2
+    assert not [t.name for t in threading.enumerate() if "AsyncWriter" in type(t).__name__ + t.name]
+    assert AMCDDPG.saved_shape(f"{cfg.out}/episodes.jsonl") == {}  # not a state: nothing, load_state says why

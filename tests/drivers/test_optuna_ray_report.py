@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +163,43 @@ def test_pareto_front_and_hypervolume_known_answers() -> None:
     assert hypervolume_2d([(1.2, 0.9)]) == 0.0  # slower than the base: outside the reference box
 
 
-def test_ray_tune_runs_parallel_trials_and_restores(tmp_path, lenet_checkpoint, tiny_fmnist_shared) -> None:  # type: ignore[no-untyped-def]
+def test_ray_tune_runs_parallel_trials_and_restores(  # type: ignore[no-untyped-def]
+    tmp_path, lenet_checkpoint, tiny_fmnist_shared, monkeypatch
+) -> None:
     ray = pytest.importorskip("ray")
+    import signal
+    import threading
 
-    cfg = make_cfg(tmp_path / "ray", lenet_checkpoint, tiny_fmnist_shared, agent="ray", episodes=4, workers=2)
-    try:
-        result = run_search(cfg, make_console(), progress=False)
-        assert result["errors"] == [] and result["episodes"] == 4
-        # The private Ray listens on loopback only (it was reachable on every interface).
-        import psutil
+    import psutil
 
-        listening = set()
+    from edgecompress.drivers import ray as driver
+
+    listening: set[tuple[str, str]] = set()
+    real_shut_down = driver._shut_down
+
+    def shut_down(*args: Any) -> None:  # what the private Ray listens on, just before the search stops it
         for proc in psutil.Process().children(recursive=True):
             try:
                 conns = proc.net_connections(kind="inet")
-                listening |= {(c.laddr.ip, proc.name()) for c in conns if c.status == psutil.CONN_LISTEN}
+                listening.update((c.laddr.ip, proc.name()) for c in conns if c.status == psutil.CONN_LISTEN)
             except psutil.NoSuchProcess:  # a worker that finished while we looked
                 continue
+        real_shut_down(*args)
+
+    monkeypatch.setattr(driver, "_shut_down", shut_down)
+    cfg = make_cfg(tmp_path / "ray", lenet_checkpoint, tiny_fmnist_shared, agent="ray", episodes=4, workers=2)
+    environment, handler = dict(os.environ), signal.getsignal(signal.SIGINT)
+    try:
+        result = run_search(cfg, make_console(), progress=False)
+        assert result["errors"] == [] and result["episodes"] == 4
+        # The private Ray listened on loopback only (it was reachable on every interface).
         assert listening and all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip, _ in listening), listening
+        # Polite to its host: Ray is stopped when the search returns, nothing of it left running, and the
+        # environment and signal handlers are as they were.
+        assert not ray.is_initialized() and dict(os.environ) == environment
+        assert signal.getsignal(signal.SIGINT) == handler
+        assert not [p for p in psutil.Process().children(recursive=True) if p.is_running() and p.status() != "zombie"]
+        assert not [t.name for t in threading.enumerate() if "ray" in t.name.lower()]
         run = Path(cfg.out)
         recs = records(run)
         assert len({r["trial"] for r in recs}) == 4
