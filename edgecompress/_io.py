@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["check_output", "probe_writable", "read_json", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "check_foreign_files",
+    "check_output",
+    "probe_writable",
+    "read_json",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 def read_json(path: str | os.PathLike[str], what: str, error: type[Exception]) -> Any:
@@ -40,6 +48,28 @@ def check_output(path: str | os.PathLike[str], *, folder: bool, error: type[Exce
         raise error(
             f"{flag} {path}: cannot create files in {parent} ({problem}); choose an {flag} on a writable file "
             "system, in a folder you may write to"
+        )
+
+
+def check_foreign_files(
+    folder: str | os.PathLike[str],
+    ours: Iterable[str],
+    marker: str,
+    *,
+    error: type[Exception],
+    flag: str = "--out",
+) -> None:
+    """Refuse a ``folder`` that holds files named as this command's outputs (``ours``) but not the ``marker`` an
+    earlier run of it leaves: those are someone else's files, and the run would replace them. Other files in the
+    folder are never touched, and a folder of an earlier run (its marker there) resumes as before."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / marker).exists():
+        return
+    clash = sorted(name for name in ours if (folder / name).exists())
+    if clash:
+        raise error(
+            f"{flag} {folder} holds {', '.join(clash)}, which this command writes, but no {marker} of an earlier "
+            f"run there: they are not this tool's, and would be replaced. Choose another {flag}, or move them"
         )
 
 

@@ -39,7 +39,7 @@ CONFIG_VERSION = 1
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # a number, not nan or inf
 
 
 class ModelConfig(_Section):

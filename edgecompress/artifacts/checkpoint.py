@@ -28,6 +28,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "ModelSpec",
+    "check_data_matches",
     "check_factory",
     "load_checkpoint",
     "load_payload",
@@ -195,3 +196,18 @@ def rebuild_structure(
 def with_round_to(policy: Policy, round_to: int) -> Policy:
     """``policy`` with the rounding a file recorded beside it (files written before policy schema 2)."""
     return policy if policy.round_to == round_to else dataclasses.replace(policy, round_to=int(round_to))
+
+
+def check_data_matches(spec: ModelSpec, bundle: Any, source: str | os.PathLike[str]) -> None:
+    """A CheckpointError when the data is not served as ``spec``'s model was trained (classes, input channels,
+    input size): scores would fail deep inside a run, or measure another task than the latency prices."""
+    said = {"classes": "{} classes", "channels": "{}-channel inputs", "size": "{} px inputs"}
+    served = {"classes": bundle.num_classes, "channels": bundle.in_channels, "size": bundle.input_size}
+    held = {"classes": spec.num_classes, "channels": spec.in_channels, "size": spec.input_size}
+    differ = [k for k in served if served[k] != held[k]]
+    if differ:
+        raise CheckpointError(
+            f"{source} holds a {spec.model} for {', '.join(said[k].format(held[k]) for k in differ)}, but the "
+            f"data is served as {', '.join(said[k].format(served[k]) for k in differ)}; serve the data as the "
+            "checkpoint was trained (--input-size, --channels), or give a checkpoint trained for this data"
+        )

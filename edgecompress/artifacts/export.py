@@ -43,6 +43,7 @@ from edgecompress._inputs import example
 from edgecompress._io import check_output
 from edgecompress._logging import quiet_library_logs
 from edgecompress.artifacts.archive import load_archive, pack_archive
+from edgecompress.artifacts.checkpoint import check_data_matches
 from edgecompress.artifacts.compressed import load_compressed
 from edgecompress.compressors.constraints import float_view, qdq_view
 from edgecompress.data import batches, first_batches, load_dataset
@@ -401,6 +402,7 @@ def export_model(
     model, spec, policy, metrics = load_compressed(model_dir, trust_factory=trust_factory)
     shape = spec.input_shape
     bundle = load_dataset(spec.dataset, data_dir, val_size=val_size, **spec.data_options())
+    check_data_matches(spec, bundle, model_dir)
     folded = float_view(model).eval()
     result: dict[str, Any] = {
         "format": fmt,

@@ -36,11 +36,39 @@ from edgecompress.config import RunConfig
 from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup
 
-__all__ = ["make_sampler", "run", "storage_url"]
+__all__ = ["check_storage", "make_sampler", "open_storage", "run", "storage_url"]
 
 
 def storage_url(cfg: RunConfig) -> str:
     return cfg.search.storage or f"sqlite:///{(Path(cfg.out) / 'study.db').resolve()}"
+
+
+def check_storage(cfg: RunConfig) -> None:
+    """Before any work: a ``search.storage`` that is not a database URL at all (it is opened by the driver)."""
+    if cfg.search.storage is None:
+        return
+    sqlalchemy = optional("sqlalchemy", needed_for="search.storage")
+    try:
+        sqlalchemy.engine.make_url(cfg.search.storage)
+    except Exception as exc:
+        raise ConfigError(
+            f"search.storage {cfg.search.storage!r} is not a database URL ({exc}); give a SQLAlchemy URL such as "
+            "sqlite:////abs/path/study.db or postgresql://user@host/db, or leave it unset for RUN_FOLDER/study.db"
+        ) from None
+
+
+def open_storage(optuna: Any, url: str) -> Any:
+    """Optuna's RDB storage at ``url`` with heartbeats (a trial left RUNNING by a killed process is marked FAIL
+    after the grace period); a ConfigError naming the URL when it cannot be parsed or opened."""
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+    except Exception as exc:  # SQLAlchemy's ArgumentError (a malformed URL), OperationalError (cannot open), ...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"search.storage {url!r} cannot be opened as an Optuna study database ({type(exc).__name__}: "
+            f"{reason}); give a SQLAlchemy URL such as sqlite:////abs/path/study.db or "
+            "postgresql://user@host/db, or leave it unset for RUN_FOLDER/study.db"
+        ) from None
 
 
 def make_sampler(kind: str, seed: int, trials: int, multi: bool) -> Any:
@@ -71,8 +99,7 @@ def run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # Heartbeats: a trial left RUNNING by a killed process is marked FAIL after the grace period.
-        storage = optuna.storages.RDBStorage(storage_url(cfg), heartbeat_interval=30, grace_period=90)
+        storage = open_storage(optuna, storage_url(cfg))
     metrics = ["accuracy", "latency_ms", "stored_bytes", "energy_mj"] if multi else ["accuracy"]
     metrics = metrics if energy_objective else metrics[:3]
     directions: list[Any] = ["maximize"] + ["minimize"] * (len(metrics) - 1)

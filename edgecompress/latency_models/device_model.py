@@ -404,7 +404,19 @@ def load_nb201_rows(data_dir: str | os.PathLike[str] | None = None) -> list[dict
             "holding nb201_latency.csv (the project's shared/latency-data)."
         )
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        missing = [c for c in NB201_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise EdgeCompressError(
+                f"{path} has no column {', '.join(repr(c) for c in missing)}: it is not the NAS-Bench-201 latency "
+                f"table these models are fitted on (columns {', '.join(NB201_COLUMNS)} and one per device; "
+                "see shared/latency-data/README)"
+            )
+        return list(reader)
+
+
+NB201_COLUMNS = ("arch_str", "split")
+"""The columns every use of ``nb201_latency.csv`` reads (besides the device's own)."""
 
 
 @dataclass

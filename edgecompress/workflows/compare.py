@@ -47,7 +47,7 @@ import torch.nn as nn
 from rich.console import Console
 from torch.utils.data import Subset
 
-from edgecompress._io import read_json, write_json_atomic, write_text_atomic
+from edgecompress._io import check_foreign_files, read_json, write_json_atomic, write_text_atomic
 from edgecompress._lock import run_folder_lock
 from edgecompress.analysis import ModelAnalysis, analyze_model
 from edgecompress.artifacts.checkpoint import ModelSpec
@@ -618,6 +618,8 @@ def run_compare(
         bundle = load_bundle(cfg)
     assert bundle is not None
     out = Path(cfg.out)
+    check_foreign_files(out, ("rows.jsonl", "compare.json", "compare.md", "accuracy_vs_latency.png",
+                              "accuracy_vs_size.png"), "settings.json", error=ConfigError)  # fmt: skip
     started = time.perf_counter()
     with run_folder_lock(out):
         settings_path = out / "settings.json"

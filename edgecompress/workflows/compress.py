@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import Subset
 
-from edgecompress._io import read_json, write_json_atomic
+from edgecompress._io import check_foreign_files, read_json, write_json_atomic
 from edgecompress.artifacts.checkpoint import load_checkpoint
 from edgecompress.artifacts.compressed import load_compressed
 from edgecompress.artifacts.export import FORMATS, export_model
@@ -44,7 +44,7 @@ from edgecompress.training import evaluate, recalibrate_batchnorm
 from edgecompress.version import cpu_name, software_versions
 from edgecompress.workflows.api import search_policy
 from edgecompress.workflows.replay import replay
-from edgecompress.workflows.search import run_search
+from edgecompress.workflows.search import SEARCH_FILES, run_search
 
 __all__ = ["FILE_NAMES", "CompressResult", "compress_for", "natural_format", "run_compress"]
 
@@ -99,6 +99,8 @@ def run_compress(
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     started = time.perf_counter()
     out = Path(cfg.out)
+    check_foreign_files(out, [*SEARCH_FILES, "replay", "exports.json", "compress.json", *FILE_NAMES.values()],
+                        "config.yaml", error=ConfigError)  # fmt: skip
 
     console.print(f"[bold]1/4 search[/] ({cfg.search.agent}, {cfg.search.episodes} policies) into {out}")
     search = run_search(cfg, console, progress=progress)

@@ -15,6 +15,7 @@ source) and the measured ONNX Runtime latency on this machine.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, replace
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from edgecompress._io import check_output, write_json_atomic
+from edgecompress._io import check_foreign_files, check_output, write_json_atomic
 from edgecompress.analysis import analyze_model
-from edgecompress.artifacts.checkpoint import load_checkpoint
+from edgecompress.artifacts.checkpoint import check_data_matches, load_checkpoint
 from edgecompress.artifacts.compressed import save_compressed
 from edgecompress.compressors import Policy, compress, report_for
 from edgecompress.compressors.quantization import CALIBRATION_BATCHES
@@ -96,6 +97,10 @@ def replay(
     check_output(out, folder=True, error=ConfigError)  # before the work, not after it
     if (out / "model.pt").exists() and not force:
         raise ConfigError(f"{out} already holds a replayed model; use another --out or --force to replace it")
+    if not force:
+        check_foreign_files(out, ("report.json", "report.md"), "model.pt", error=ConfigError)
+    if not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"lr {lr} is invalid; valid: a finite number > 0 (the peak fine-tuning learning rate)")
     started = time.perf_counter()
     if student is not None:
         base, spec = load_checkpoint(Path(str(checkpoint)), trust_factory=trust_factory)
@@ -124,6 +129,7 @@ def replay(
         )
     # fine-tuning never sees the search's split; the data is served as the model was trained (size, channels)
     bundle = load_dataset(spec.dataset, data_dir, val_size=val_size, **spec.data_options())
+    check_data_matches(spec, bundle, ckpt)  # e.g. a 5-class checkpoint for 10-class data
     analysis = analyze_model(base, spec.input_shape)
     policy.check_layers([s.name for s in analysis.layers])
 

@@ -17,25 +17,29 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from edgecompress._io import check_output
+from edgecompress._io import check_foreign_files, check_output
 from edgecompress._lock import run_folder_lock
 from edgecompress._progress import progress_bar
 from edgecompress.config import RunConfig, write_resolved_config
 from edgecompress.data import DataBundle
 from edgecompress.drivers import get_driver
+from edgecompress.drivers.optuna import check_storage
 from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup, create_setup, reference_scorings, write_reference
 from edgecompress.workflows.train import check_base_model, ensure_base_model, load_bundle
 
-__all__ = ["prepare_search", "run_search"]
+__all__ = ["SEARCH_FILES", "prepare_search", "run_search"]
+
+SEARCH_FILES = ("base.pt", "reference.json", "episodes.jsonl", "best_policy.json", "topk.json", "search.png",
+                "study.db", "agent_state.npz")  # fmt: skip
+"""What a search writes into its run folder besides config.yaml (which marks the folder as a run's)."""
 
 
 def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle, *, progress: bool = True) -> SearchSetup:
     """Record the config in the run folder, load the base model, build the search core (``bundle``: the
     config's data, loaded and ``check_base_model`` passed before the folder is touched: :func:`run_search`)."""
     s = cfg.search
-    config_file = Path(cfg.out) / "config.yaml"
-    fresh = not config_file.exists()
+    made_here = [Path(cfg.out) / n for n in ("config.yaml", "base.pt") if not (Path(cfg.out) / n).exists()]
     # The run folder describes itself (a different config is refused), written once the base model loads.
     model, spec, ckpt, _ = ensure_base_model(cfg, bundle, console, lambda: write_resolved_config(cfg, cfg.out))
     base = {
@@ -55,10 +59,13 @@ def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle, *, prog
             base=base,
         )
     except ConfigError:
-        # Refused (a budget the space cannot meet, operators the device cannot price): the config this call
-        # wrote goes, so the command the error suggests (another budget, device) runs on the same folder.
-        if fresh and not (Path(cfg.out) / "episodes.jsonl").exists():
-            config_file.unlink(missing_ok=True)
+        # Refused (a budget the space cannot meet, operators the device cannot price): what this call wrote
+        # goes (the config, an imported base.pt), so the command the error suggests runs on the same folder.
+        base_pt = Path(cfg.out) / "base.pt"
+        trained_here = cfg.model.weights is None and base_pt in made_here and base_pt.exists()  # kept, and its config
+        if not (Path(cfg.out) / "episodes.jsonl").exists() and not trained_here:
+            for path in made_here:
+                path.unlink(missing_ok=True)
         raise
     started = time.perf_counter()
     if not (Path(cfg.out) / "reference.json").exists():  # 6-15 policies scored, each like a search episode
@@ -88,7 +95,9 @@ def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> di
     """Run the driver ``cfg.search.agent`` over the search core; returns the driver's result."""
     driver = get_driver(cfg.search.agent)
     check_output(cfg.out, folder=True, error=ConfigError)  # an --out that cannot be written fails before any work
+    check_foreign_files(cfg.out, SEARCH_FILES, "config.yaml", error=ConfigError)
     check_base_model(cfg)  # bad paths fail before the run folder is touched
+    check_storage(cfg)
     bundle = load_bundle(cfg)
     with run_folder_lock(cfg.out):  # one process per run folder
         setup = prepare_search(cfg, console, bundle, progress=progress)

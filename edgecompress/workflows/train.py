@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
-from edgecompress.artifacts.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from edgecompress.artifacts.checkpoint import ModelSpec, check_data_matches, load_checkpoint, save_checkpoint
 from edgecompress.artifacts.weights import file_sha256, model_from_weights
 from edgecompress.config import RunConfig
 from edgecompress.data import DataBundle, load_dataset
@@ -109,6 +109,7 @@ def ensure_base_model(
                 f"{ckpt} holds {spec.model!r} trained on {spec.dataset!r}, but the config asks for "
                 f"{cfg.model.name!r} on {bundle.name!r}; point model.checkpoint elsewhere"
             )
+        check_data_matches(spec, bundle, ckpt)
         console.print(f"base model: loaded {ckpt} ({spec.model}, trained {spec.created})")
         prepare()
         return model, spec, ckpt, False

@@ -121,6 +121,16 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("--speedup nan is invalid; valid: a number > 1",)),
     ("compress speedup inf", "compress --speedup inf --out {tmp}/run", ("--speedup inf is invalid",)),
     ("train out is a folder", "train --out {tmp} --force", ("--out {tmp} is a folder; give a file name",)),
+    ("checkpoint for other inputs", "search --checkpoint {ckpt} --channels 3 --out {tmp}/run",
+     ("holds a lenet5 for 1-channel inputs, but the data is served as 3-channel inputs", "--channels")),
+    ("storage not a URL", "search --agent optuna --storage foo --checkpoint {ckpt} --out {tmp}/run",
+     ("search.storage 'foo' is not a database URL", "sqlite:////abs/path/study.db")),
+    ("search into the user's files", "search --checkpoint {ckpt} --out {tmp}/mine",
+     ("--out {tmp}/mine holds best_policy.json, which this command writes, but no config.yaml",)),
+    ("replay lr inf", "replay --policy {tmp}/p.json --out {tmp}/r --lr inf", ("lr inf is invalid",)),
+    ("search budget inf", "search --budget-ms inf --out {tmp}/run", ("search.budget_ms = inf", "finite number")),
+    ("latency data without split", "latency validate --device raspberry-pi-4 --data-dir {tmp}/nosplit",
+     ("nb201_latency.csv has no column 'split'",)),
 ]  # fmt: skip
 
 
@@ -139,6 +149,10 @@ def _files(tmp: Path, ckpt: Path) -> None:
         (tmp / f"{name}.json").write_text(json.dumps({**policy, "layers": layers, "version": version}))
     (tmp / "bad.yaml").write_text("search: [unclosed\n")
     (tmp / "binary.yaml").write_bytes(b"\x80\x81 not text")
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "best_policy.json").write_text("the user's own file")
+    (tmp / "nosplit").mkdir()
+    (tmp / "nosplit" / "nb201_latency.csv").write_text("arch_str,hwnb_raspi4_cifar10_ms\nx,1.0\n")
     (tmp / "list.yaml").write_text("- a\n- b\n")
     (tmp / "key.yaml").write_text("search:\n  episods: 3\n")
     (tmp / "value.yaml").write_text("search:\n  budget_ratio: 1.5\n")
