@@ -189,6 +189,12 @@ def estimate_latency(
             f"other readers, or its maker is not a convolution, linear layer or add) and run on their own; "
             f"not counted: {by}"
         )
+    if dm is not None and tab is None and asked - {dm.precision}:
+        warnings.append(
+            f"{dm.name} is calibrated at {dm.precision} only: what is asked at "
+            f"{', '.join(sorted(asked - {dm.precision}))} is priced at {dm.precision} (no speed-up is assumed that "
+            "nothing measured); profile the device at that precision for a table that knows it"
+        )
     unknown = sorted({m for m in missing if m.startswith("unknown:")})
     if unknown:
         warnings.append(

@@ -452,3 +452,14 @@ def test_energy_model_takes_the_latency_models_groups_where_cross_validation_say
     assert (plain["merges"], plain["fusions"]) == ([], [])
     tx2 = load_device("jetson-tx2")
     assert tx2.energy_groups() == (tx2.energy["merges"], tx2.energy["fusions"])
+
+
+def test_a_precision_the_device_model_was_not_calibrated_at_is_said() -> None:
+    """A device model prices its one precision; asked another, the number is the same and the report says why."""
+    net = create_model("lenet5").eval()
+    fp32 = estimate_latency(net, (1, 1, 28, 28), "jetson-nano")
+    fp16 = estimate_latency(net, (1, 1, 28, 28), "jetson-nano", precision="fp16")
+    assert fp16.total_ms == fp32.total_ms
+    assert not any("calibrated at fp32 only" in w for w in fp32.warnings)
+    assert any(w.startswith("jetson-nano is calibrated at fp32 only: what is asked at fp16 is priced at fp32")
+               for w in fp16.warnings)  # fmt: skip
