@@ -134,8 +134,14 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 def _read_idx(path: Path) -> np.ndarray:
     """Read an idx file (LeCun's MNIST format), gzip-compressed or not."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, OSError) as exc:  # a cut-off or damaged download (EOFError: cut off)
+        raise DataError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc or 'the compressed stream ends early'}); the file "
+            "is truncated or damaged: download or copy it again"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte idx file (bad magic number)")
     ndim = data[3]

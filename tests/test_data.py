@@ -113,3 +113,20 @@ def test_real_fashion_mnist_split(fmnist) -> None:
     assert counts.tolist() == [1000] * 10
     again = load_dataset("fashion-mnist")
     assert torch.equal(fmnist.val.tensors[1], again.val.tensors[1])
+
+
+def test_a_cut_off_download_is_named_not_aborted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A truncated .gz raised EOFError, which the CLI's framework turned into a bare 'Aborted.'."""
+    import gzip
+
+    from edgecompress.data import _read_idx
+    from edgecompress.errors import DataError
+
+    whole = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(200))
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz cannot be read \(EOFError: .*truncated or "
+                                        r"damaged: download or copy it again"):  # fmt: skip
+        _read_idx(path)
+    path.write_bytes(whole)
+    assert _read_idx(path).shape == (200,)

@@ -1411,3 +1411,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except SystemExit as done:
+        if done.code == 130:  # typer turns Ctrl-C into a silent exit 130
+            err_console.print("interrupted (what finished is kept: the same command resumes a search)")
+        raise

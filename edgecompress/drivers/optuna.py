@@ -143,7 +143,19 @@ def run(
     if done:
         console.print(f"resuming {run_dir}: {done} of {s.episodes} trials done ({storage_url(cfg)})")
 
+    interrupted: list[int] = []
+
     def fn(trial: Any) -> Any:
+        # Ctrl-C in a trial: the trial is pruned (a resumed study does not count it), the study stops, and the
+        # interrupt goes on once Optuna has returned (Optuna would log it as a failure, traceback and all).
+        try:
+            return score(trial)
+        except KeyboardInterrupt:
+            interrupted.append(trial.number)
+            trial.study.stop()
+            raise optuna.TrialPruned("interrupted (Ctrl-C)") from None
+
+    def score(trial: Any) -> Any:
         policy = space.suggest(trial)
         filled = 0
         if not multi:  # a Pareto front keeps latency free
@@ -179,6 +191,8 @@ def run(
                 callbacks=[on_done, optuna.study.MaxTrialsCallback(s.episodes, states=(complete,))],
             )
     sync()
+    if interrupted:
+        raise KeyboardInterrupt
     if multi:
         front = [{"trial": t.number, **t.user_attrs["record"]} for t in study.best_trials]
         write_json_atomic(run_dir / "pareto.json", front)

@@ -269,3 +269,33 @@ def test_policy_space_decides_drop_once_per_block() -> None:
     assert sorted(k for k in trial.params if k.endswith(".drop")) == sorted(f"{b}.drop" for b in analysis.blocks())
     with pytest.raises(ConfigError, match=r"parameter 'layers.0.drop' missing"):
         space.from_params({f"g{s.group}.keep": 0.5 for s in analysis.layers})
+
+
+def test_ctrl_c_in_a_trial_stops_the_study_quietly_and_resumes(  # type: ignore[no-untyped-def]
+    tmp_path, lenet_checkpoint, tiny_fmnist_shared, monkeypatch
+) -> None:
+    """Ctrl-C inside a trial: the study stops, the interrupt reaches the caller (the CLI says 'interrupted'),
+    Optuna logs no failed trial with a traceback, and the same command completes the count."""
+    from edgecompress.search.space import PolicySpace
+
+    cfg = make_cfg(tmp_path / "tpe", lenet_checkpoint, tiny_fmnist_shared, episodes=4)
+    real = PolicySpace.suggest
+    calls = {"n": 0}
+
+    def interrupted(self, trial):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, trial)
+
+    monkeypatch.setattr(PolicySpace, "suggest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, make_console(), progress=False)
+    assert len(records(Path(cfg.out))) == 2 and calls["n"] == 3
+    import optuna
+
+    study = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{Path(cfg.out).resolve() / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "PRUNED"]  # not FAIL, with its traceback
+    monkeypatch.setattr(PolicySpace, "suggest", real)
+    result = run_search(cfg, make_console(), progress=False)
+    assert result["episodes"] == 4 and len(records(Path(cfg.out))) == 4
