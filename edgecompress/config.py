@@ -274,7 +274,9 @@ def load_config(
         source = str(path)
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            raise ConfigError(
+                f"config file {p} is a folder; give a YAML file" if p.is_dir() else f"config file {p} does not exist"
+            )
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:

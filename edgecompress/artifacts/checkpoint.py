@@ -151,7 +151,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_factory: str | None =
     ``trust_factory``: the ``package.module:function`` the caller chose, if the checkpoint names one."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(
+            f"checkpoint {path} is a folder, not a checkpoint file (a replay folder? export and replay take those)"
+            if path.is_dir()
+            else f"checkpoint {path} does not exist"
+        )
     payload = load_payload(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

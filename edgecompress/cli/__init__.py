@@ -125,13 +125,13 @@ PrecisionOpt = Annotated[
 ]
 
 
-def _floats(flag: str, text: str | None) -> list[float] | None:
+def _floats(flag: str, text: str | None, example: str = "0.485,0.456,0.406") -> list[float] | None:
     if text is None:
         return None
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise ConfigError(f"{flag} {text!r}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+        raise ConfigError(f"{flag} {text!r}: give comma-separated numbers, e.g. {example}") from None
 
 
 def _byo_overrides(

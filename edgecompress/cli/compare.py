@@ -164,9 +164,9 @@ def compare_cmd(
     cfg = load_run_config(config, overrides)
     chosen = list(TECHNIQUES) if techniques == "all" else [t.strip() for t in techniques.split(",") if t.strip()]
     settings = CompareSettings(
-        budget_ratios=_floats("--budget-ratio", budget_ratio) or [],
-        budget_ms=_floats("--budget-ms", budget_ms) or [],
-        size_ratios=_floats("--size-ratio", size_ratio) if size_ratio else [],  # type: ignore[arg-type]
+        budget_ratios=_floats("--budget-ratio", budget_ratio, "0.7,0.5,0.35") or [],
+        budget_ms=_floats("--budget-ms", budget_ms, "8,4,2") or [],
+        size_ratios=_floats("--size-ratio", size_ratio, "0.1,0.025") if size_ratio else [],  # type: ignore[arg-type]
         techniques=chosen, finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_batches=max_batches,
         student=student, test_samples=test_samples, threads=threads, seed=seed, deep_stages=deep_stages,
         deep_bias_bits=deep_bias_bits, deep_clusters=deep_clusters, distill_alpha=distill_alpha,

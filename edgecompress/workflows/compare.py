@@ -141,9 +141,10 @@ class CompareSettings:
         unknown = [t for t in self.techniques if t not in TECHNIQUES]
         if unknown:
             raise ConfigError(f"unknown technique(s) {', '.join(unknown)}; valid: {', '.join(TECHNIQUES)}")
-        for r in self.budget_ratios + self.size_ratios:
-            if not 0 < r < 1:
-                raise ConfigError(f"budget ratio {r} is invalid; valid: 0 < ratio < 1 (a fraction of the base)")
+        for what, ratios in (("budget ratio", self.budget_ratios), ("size ratio", self.size_ratios)):
+            for r in ratios:
+                if not 0 < r < 1:
+                    raise ConfigError(f"{what} {r} is invalid; valid: 0 < ratio < 1 (a fraction of the base)")
         for ms in self.budget_ms:
             if ms <= 0:
                 raise ConfigError(f"budget {ms} ms is invalid; valid: a positive number of milliseconds")

@@ -129,6 +129,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("--out {tmp}/mine holds best_policy.json, which this command writes, but no config.yaml",)),
     ("replay lr inf", "replay --policy {tmp}/p.json --out {tmp}/r --lr inf", ("lr inf is invalid",)),
     ("search budget inf", "search --budget-ms inf --out {tmp}/run", ("search.budget_ms = inf", "finite number")),
+    ("checkpoint is a folder", "analyze --checkpoint {tmp}", ("checkpoint {tmp} is a folder, not a checkpoint file",)),
+    ("config is a folder", "config --config {tmp}", ("config file {tmp} is a folder; give a YAML file",)),
     ("latency data without split", "latency validate --device raspberry-pi-4 --data-dir {tmp}/nosplit",
      ("nb201_latency.csv has no column 'split'",)),
 ]  # fmt: skip
