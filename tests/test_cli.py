@@ -247,3 +247,15 @@ def test_search_flags_are_checked_before_any_work(capsys, tmp_path) -> None:
     code, _out, err = run_cli(["search", "--agent", "hyperopt", "--out", str(tmp_path / "y")], capsys)
     assert code == 2 and "search.agent = 'hyperopt'" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_ctrl_c_says_interrupted(capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Typer turns Ctrl-C into a silent exit 130; the CLI says what happened."""
+    import edgecompress.latency_models as lm
+
+    def interrupted() -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lm, "list_devices", interrupted)
+    code, _out, err = run_cli(["devices"], capsys)
+    assert code == 130 and "interrupted (what finished is kept: the same command resumes a search)" in err
