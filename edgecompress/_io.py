@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,11 +92,21 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int = 
     return write_text_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys) + "\n")
 
 
+def temp_sibling(path: str | os.PathLike[str]) -> Path:
+    """A fresh hidden name beside ``path`` for writing it atomically (write there, then ``os.replace``): unique
+    per call, so it is never a file of the user's (``model.pt.tmp`` could be) nor another writer's."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write text through a temporary file and a rename (a crash never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = temp_sibling(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgecompress._io import check_output
+from edgecompress._io import check_output, temp_sibling
 from edgecompress.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -355,7 +355,7 @@ def write_resolved_config(config: RunConfig, run_dir: str | os.PathLike[str]) ->
                 f"{run_dir} already holds a run with a different config (changed: {', '.join(changed) or 'format'})."
                 " Use another --out, or delete the folder to start over."
             )
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = temp_sibling(target)
     tmp.write_text(text)
     os.replace(tmp, target)
     return target

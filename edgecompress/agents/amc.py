@@ -38,6 +38,8 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 
+from edgecompress._io import temp_sibling
+
 __all__ = ["AMCDDPG"]
 
 
@@ -185,7 +187,7 @@ class AMCDDPG(DDPG):
         arrays.update({f"buffer.{name}": getattr(buffer, name) for name in self.BUFFER_ARRAYS})
         arrays.update({f"rng.{k}": v for k, v in _global_rng_state().items()})
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temp_sibling(path)
         with tmp.open("wb") as f:
             np.savez(f, state=np.array(json.dumps(state)), **arrays)  # type: ignore[arg-type]
             f.flush()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress._io import temp_sibling
 from edgecompress.compressors import Policy, compress
 from edgecompress.errors import CheckpointError
 from edgecompress.models import create_model, is_user_factory
@@ -95,9 +96,12 @@ def save_payload(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write atomically (temp file, then rename) so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    tmp = temp_sibling(path)  # never a file of the user's
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -116,7 +120,13 @@ def load_payload(path: Path, what: str) -> Any:
             "(torch.save(model.state_dict(), path)) or an edgecompress checkpoint (`edgecompress train`)"
         ) from None
     except Exception as exc:  # torch raises several types for corrupt files
-        raise CheckpointError(f"cannot read {what} {path}: {exc}") from None
+        reason = str(exc).strip() or type(exc).__name__
+        if path.stat().st_size == 0:
+            reason = "the file is empty"
+        raise CheckpointError(
+            f"cannot read {what} {path}: {reason} (not a file torch.save wrote: a state_dict or an edgecompress "
+            "checkpoint)"
+        ) from None
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, spec: ModelSpec) -> Path:

@@ -877,8 +877,11 @@ def run(
         **runtime_meta(runtime),
     }  # fmt: skip
     if out.exists():
-        table = json.loads(out.read_text())
-        if table.get("format") != TABLE_FORMAT or table.get("version") != TABLE_VERSION:
+        try:
+            table = json.loads(out.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{out} exists and is not JSON ({exc}); refusing to extend or replace it") from None
+        if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT or table.get("version") != TABLE_VERSION:
             raise ValueError(f"{out} is not a version-{TABLE_VERSION} latency table; refusing to extend it")
         old = table["meta"]
         fields = ["runtime", "threads", "machine", *(f for f in ("gpu", "io", "trt_flags") if f in meta)]

@@ -17,6 +17,7 @@ def _spec() -> ModelSpec:
 def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     torch.manual_seed(1)
     model = create_model("resnet20")
+    (tmp_path / "m.pt.tmp").write_text("the user's own file")  # the temporary name is never one of theirs
     path = save_checkpoint(tmp_path / "m.pt", model, _spec())
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == "edgecompress.checkpoint" and isinstance(raw["spec"], str)
@@ -25,7 +26,8 @@ def test_checkpoint_round_trip_weights_only(tmp_path) -> None:
     assert "torch" in spec.versions
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(model.eval()(x), loaded(x))
-    assert not (tmp_path / "m.pt.tmp").exists()
+    assert (tmp_path / "m.pt.tmp").read_text() == "the user's own file"
+    assert [p.name for p in tmp_path.glob("*.tmp")] == ["m.pt.tmp"]  # and none of the tool's left behind
 
 
 def test_checkpoint_errors(tmp_path) -> None:

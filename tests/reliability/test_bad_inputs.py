@@ -131,6 +131,10 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("search budget inf", "search --budget-ms inf --out {tmp}/run", ("search.budget_ms = inf", "finite number")),
     ("checkpoint is a folder", "analyze --checkpoint {tmp}", ("checkpoint {tmp} is a folder, not a checkpoint file",)),
     ("config is a folder", "config --config {tmp}", ("config file {tmp} is a folder; give a YAML file",)),
+    ("empty checkpoint", "analyze --checkpoint {tmp}/empty.pt",
+     ("cannot read checkpoint {tmp}/empty.pt: the file is empty",)),
+    ("profile out not JSON", "profile --model lenet5 --out {tmp}/notes.json",
+     ("{tmp}/notes.json exists and is not JSON", "refusing to extend or replace it")),
     ("latency data without split", "latency validate --device raspberry-pi-4 --data-dir {tmp}/nosplit",
      ("nb201_latency.csv has no column 'split'",)),
 ]  # fmt: skip
@@ -151,6 +155,8 @@ def _files(tmp: Path, ckpt: Path) -> None:
         (tmp / f"{name}.json").write_text(json.dumps({**policy, "layers": layers, "version": version}))
     (tmp / "bad.yaml").write_text("search: [unclosed\n")
     (tmp / "binary.yaml").write_bytes(b"\x80\x81 not text")
+    (tmp / "empty.pt").write_bytes(b"")
+    (tmp / "notes.json").write_text("the user's notes, not JSON")
     (tmp / "mine").mkdir()
     (tmp / "mine" / "best_policy.json").write_text("the user's own file")
     (tmp / "nosplit").mkdir()
