@@ -134,6 +134,16 @@ def _floats(flag: str, text: str | None, example: str = "0.485,0.456,0.406") -> 
         raise ConfigError(f"{flag} {text!r}: give comma-separated numbers, e.g. {example}") from None
 
 
+def _names(flag: str, text: str | None) -> list[str] | None:
+    """A comma list of names; None when the flag was not given, and an error when it was given empty."""
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ConfigError(f"{flag} {text!r} names nothing; give a comma list, or leave {flag} out for the default")
+    return names
+
+
 def _byo_overrides(
     weights: str | None = None,
     trust_pickle: bool | None = None,
@@ -1064,7 +1074,7 @@ def search_cmd(
         "out": out, "model.name": model, "model.checkpoint": checkpoint, "device": device,
         "search.agent": agent, "search.budget_ms": budget_ms, "search.budget_ratio": budget_ratio,
         "search.episodes": episodes if episodes is not None else trials, "search.seed": seed,
-        "data.data_dir": data_dir, "search.techniques": techniques.split(",") if techniques else None,
+        "data.data_dir": data_dir, "search.techniques": _names("--techniques", techniques),
         "search.sampler": sampler, "search.storage": storage, "search.workers": workers,
         "search.ray_address": ray_address, "model.train_if_missing": train_if_missing, "data.dataset": dataset,
         "search.gpus_per_trial": gpus_per_trial, "data.val_samples": val_samples,

@@ -23,6 +23,7 @@ from edgecompress.cli import (
     _byo_overrides,
     _default,
     _floats,
+    _names,
     app,
     console,
 )
@@ -162,7 +163,7 @@ def compare_cmd(
     if out is None and config is not None:
         overrides.pop("out")
     cfg = load_run_config(config, overrides)
-    chosen = list(TECHNIQUES) if techniques == "all" else [t.strip() for t in techniques.split(",") if t.strip()]
+    chosen = list(TECHNIQUES) if techniques == "all" else (_names("--techniques", techniques) or [])
     settings = CompareSettings(
         budget_ratios=_floats("--budget-ratio", budget_ratio, "0.7,0.5,0.35") or [],
         budget_ms=_floats("--budget-ms", budget_ms, "8,4,2") or [],
@@ -241,7 +242,7 @@ def compress_cmd(
     overrides = {
         **_model_overrides(model, checkpoint, device, dataset, data_dir, train_if_missing, out),
         "search.agent": agent, "search.episodes": episodes, "search.budget_ms": budget_ms, "search.seed": seed,
-        "search.techniques": techniques.split(",") if techniques else None,
+        "search.techniques": _names("--techniques", techniques),
         **_byo_overrides(weights, trust_pickle, num_classes, input_size, channels, mean, std, None, accelerator,
                          precision),
     }  # fmt: skip
@@ -249,7 +250,7 @@ def compress_cmd(
         overrides["out"] = "runs/compress"
     cfg = load_run_config(config, overrides)
     run_compress(
-        cfg, console, speedup=speedup, formats=formats.split(",") if formats else None,
+        cfg, console, speedup=speedup, formats=_names("--format", formats),
         finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, max_batches=max_batches,
         test_samples=test_samples, threads=threads,
     )  # fmt: skip

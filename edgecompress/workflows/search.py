@@ -28,11 +28,26 @@ from edgecompress.errors import ConfigError
 from edgecompress.search.setup import SearchSetup, create_setup, reference_scorings, write_reference
 from edgecompress.workflows.train import check_base_model, ensure_base_model, load_bundle
 
-__all__ = ["SEARCH_FILES", "prepare_search", "run_search"]
+__all__ = ["SEARCH_FILES", "prepare_search", "run_search", "unused_settings"]
 
 SEARCH_FILES = ("base.pt", "reference.json", "episodes.jsonl", "best_policy.json", "topk.json", "search.png",
                 "study.db", "agent_state.npz")  # fmt: skip
 """What a search writes into its run folder besides config.yaml (which marks the folder as a run's)."""
+
+
+def unused_settings(cfg: RunConfig) -> list[str]:
+    """Settings (from flags or the config) the chosen agent does not read, each said once: not silently ignored."""
+    s, defaults = cfg.search, type(cfg.search)()
+    readers = {
+        "sampler": ("optuna", "ray"), "storage": ("optuna",), "energy_objective": ("optuna",),
+        "workers": ("ray",), "gpus_per_trial": ("ray",), "ray_address": ("ray",),
+        "warmup_episodes": ("ddpg",), "reward": ("ddpg",),
+    }  # fmt: skip
+    return [
+        f"search.{key} = {getattr(s, key)!r} is read by --agent {' / '.join(agents)} only; --agent {s.agent} ignores it"
+        for key, agents in readers.items()
+        if s.agent not in agents and getattr(s, key) != getattr(defaults, key)
+    ]
 
 
 def prepare_search(cfg: RunConfig, console: Console, bundle: DataBundle, *, progress: bool = True) -> SearchSetup:
@@ -97,7 +112,10 @@ def run_search(cfg: RunConfig, console: Console, *, progress: bool = True) -> di
     check_output(cfg.out, folder=True, error=ConfigError)  # an --out that cannot be written fails before any work
     check_foreign_files(cfg.out, SEARCH_FILES, "config.yaml", error=ConfigError)
     check_base_model(cfg)  # bad paths fail before the run folder is touched
-    check_storage(cfg)
+    if cfg.search.agent == "optuna":
+        check_storage(cfg)
+    for setting in unused_settings(cfg):
+        console.print(f"[yellow]warning:[/] {escape(setting)}")
     bundle = load_bundle(cfg)
     with run_folder_lock(cfg.out):  # one process per run folder
         setup = prepare_search(cfg, console, bundle, progress=progress)

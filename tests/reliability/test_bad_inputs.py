@@ -135,6 +135,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("cannot read checkpoint {tmp}/empty.pt: the file is empty",)),
     ("profile out not JSON", "profile --model lenet5 --out {tmp}/notes.json",
      ("{tmp}/notes.json exists and is not JSON", "refusing to extend or replace it")),
+    ("techniques naming nothing", "search --techniques , --out {tmp}/run", ("--techniques ',' names nothing",)),
+    ("formats naming nothing", "compress --format , --out {tmp}/run", ("--format ',' names nothing",)),
     ("latency data without split", "latency validate --device raspberry-pi-4 --data-dir {tmp}/nosplit",
      ("nb201_latency.csv has no column 'split'",)),
 ]  # fmt: skip

@@ -69,3 +69,16 @@ def test_the_uniform_reference_prices_its_bisection_and_scores_one_policy(  # ty
     assert found is not None and found["latency_ms"] <= budget.limit_ms
     assert ticks == [1] and len(objective._cache) == 1  # ten keeps priced, one scored
     assert reference_scorings(setup) == 6
+
+
+def test_settings_the_agent_does_not_read_are_named() -> None:
+    from edgecompress.config import load_config
+    from edgecompress.workflows.search import unused_settings
+
+    cfg = load_config(None, {"search.agent": "ddpg", "search.sampler": "nsga2", "search.workers": 3})
+    assert unused_settings(cfg) == [
+        "search.sampler = 'nsga2' is read by --agent optuna / ray only; --agent ddpg ignores it",
+        "search.workers = 3 is read by --agent ray only; --agent ddpg ignores it",
+    ]
+    assert unused_settings(load_config(None, {"search.agent": "optuna", "search.sampler": "nsga2"})) == []
+    assert unused_settings(load_config(None, {"search.agent": "random"})) == []  # defaults are never named
