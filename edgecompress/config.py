@@ -257,17 +257,40 @@ def is_host(device: str) -> bool:
     return device == "host" or (device.startswith("host-") and device.endswith("thread"))
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader that refuses a mapping naming a key twice (YAML keeps the last one silently:
+    ``episodes: 30`` then ``episodes: 300`` further down would be a 300-episode run)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen and key != "<<":
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"key {key!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     known_devices: Iterable[str] | None = None,
+    device_aliases: Iterable[str] = (),
 ) -> RunConfig:
     """Read ``path`` (YAML; None for the defaults), apply dotted ``overrides`` whose value is not None.
 
     ``known_devices``: the device profile names ``device`` must be one of
-    (``edgecompress.workflows.load_run_config`` passes the installed ones).
+    (``edgecompress.workflows.load_run_config`` passes the installed ones); ``device_aliases``: former names,
+    accepted but not offered in the error.
     """
+    device_aliases = set(device_aliases)
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -278,7 +301,7 @@ def load_config(
                 f"config file {p} is a folder; give a YAML file" if p.is_dir() else f"config file {p} does not exist"
             )
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(), Loader=_StrictLoader)  # safe_load's loader, duplicate keys refused
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
         except UnicodeDecodeError as exc:
@@ -306,7 +329,7 @@ def load_config(
         raise explain_validation_error(exc, source) from None
     if known_devices is not None:
         known = list(known_devices)
-        if config.device not in known:
+        if config.device not in known and config.device not in device_aliases:
             raise ConfigError(
                 f"invalid config ({source}):\n  device = {config.device!r}: unknown device."
                 f"{did_you_mean(config.device, known)} Valid devices: {', '.join(known)}"

@@ -824,6 +824,7 @@ def latency_validate_table(
     from edgecompress.latency_models.host import record_pass, validate_table
     from edgecompress.latency_models.table import LatencyTable
 
+    plot = _plot_path(plot)
     table = LatencyTable.load(device) if device.endswith(".json") else load_device(device)
     if not isinstance(table, LatencyTable):
         raise ConfigError(f"{device!r} is a device model, not a measured table: use `edgecompress latency validate`")
@@ -892,6 +893,7 @@ def latency_validate(
     from edgecompress.latency_models import load_device, validate
     from edgecompress.latency_models.device_model import DEVICE_COLUMNS, PI5_COLUMNS, DeviceModel, load_nb201_rows
 
+    plot = _plot_path(plot)
     model = load_device(device)
     if not isinstance(model, DeviceModel):
         raise ConfigError(
@@ -922,6 +924,22 @@ def latency_validate(
     console.print(table)
     if plot is not None:
         console.print(f"plot: {plot}")
+
+
+def _plot_path(plot: Path | None) -> Path | None:
+    """Where --plot writes (a PNG: ``.png`` added to a name without a suffix, as matplotlib would), checked before
+    any work: an existing file that is not a PNG (an earlier plot) is the user's, and is not replaced."""
+    if plot is None:
+        return None
+    from edgecompress._io import check_output
+
+    path = plot if plot.suffix else plot.with_suffix(".png")
+    check_output(path, folder=False, error=ConfigError, flag="--plot")
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise ConfigError(f"--plot {path} exists and is not a PNG plot; choose another --plot")
+    return path
 
 
 def _scatter(results: dict[str, Any], device: str, path: Path) -> None:

@@ -18,7 +18,7 @@ __all__ = ["load_run_config"]
 def load_run_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """:func:`edgecompress.config.load_config`, with ``device`` checked against ``edgecompress devices`` and the
     accelerator and precision against this machine (a GPU asked for and missing fails before any work)."""
-    cfg = load_config(path, overrides, known_devices=[*list_devices(), *DEVICE_ALIASES])
+    cfg = load_config(path, overrides, known_devices=list_devices(), device_aliases=DEVICE_ALIASES)
     if cfg.device in DEVICE_ALIASES:  # a former name: the run records the profile's name
         cfg = cfg.model_copy(update={"device": DEVICE_ALIASES[cfg.device]})
     check_precision(resolve_accelerator(cfg.train.accelerator), cfg.train.precision)

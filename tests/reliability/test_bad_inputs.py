@@ -137,6 +137,9 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      ("{tmp}/notes.json exists and is not JSON", "refusing to extend or replace it")),
     ("techniques naming nothing", "search --techniques , --out {tmp}/run", ("--techniques ',' names nothing",)),
     ("formats naming nothing", "compress --format , --out {tmp}/run", ("--format ',' names nothing",)),
+    ("config key twice", "config --config {tmp}/twice.yaml", ("is not valid YAML", "key 'episodes' is given twice")),
+    ("plot over a user's file", "latency validate --device raspberry-pi-4 --plot {tmp}/notes.json",
+     ("--plot {tmp}/notes.json exists and is not a PNG plot",)),
     ("latency data without split", "latency validate --device raspberry-pi-4 --data-dir {tmp}/nosplit",
      ("nb201_latency.csv has no column 'split'",)),
 ]  # fmt: skip
@@ -158,6 +161,7 @@ def _files(tmp: Path, ckpt: Path) -> None:
     (tmp / "bad.yaml").write_text("search: [unclosed\n")
     (tmp / "binary.yaml").write_bytes(b"\x80\x81 not text")
     (tmp / "empty.pt").write_bytes(b"")
+    (tmp / "twice.yaml").write_text("search:\n  episodes: 30\n  episodes: 300\n")
     (tmp / "notes.json").write_text("the user's notes, not JSON")
     (tmp / "mine").mkdir()
     (tmp / "mine" / "best_policy.json").write_text("the user's own file")
