@@ -198,8 +198,8 @@ def compress_cmd(
     speedup: Annotated[
         float | None,
         typer.Option(
-            help="Wanted predicted speed-up on the device (2 = half the latency; default: "
-            "the config's search.budget_ratio, 0.5)."
+            help="Wanted predicted speed-up on the device (2 = half the latency; default: 1 / the config's "
+            "search.budget_ratio, so 2 with the default ratio 0.5)."
         ),
     ] = None,
     budget_ms: Annotated[
@@ -210,7 +210,8 @@ def compress_cmd(
         typer.Option(
             "--format",
             help="Comma list of export formats (onnx, onnx-fp16, onnx-int8, tflite, tflite-int8, torchscript, "
-            "archive); default: onnx plus the device's natural format.",
+            "archive); default: onnx plus the device's natural format: onnx-fp16 for a Jetson, onnx-int8 for a "
+            "Raspberry Pi (pass tflite-int8 for LiteRT).",
         ),
     ] = None,
     agent: Annotated[str | None, typer.Option(help="Search driver (default: config's search.agent, ddpg).")] = None,

@@ -231,7 +231,8 @@ def _check_achieved(ctx: CompressionContext, name: str, c_before: int, c_after: 
     skipped = {s.technique for s in ctx.skipped if s.layer == name}
     if lp.keep < 1 and "structured" not in skipped and c_before:
         achieved = c_after / c_before
-        if abs(achieved - lp.keep) > 1.0 / c_before:
+        step = max(1, int(getattr(ctx.policy, "round_to", 1) or 1))  # kept channels round up to a multiple of it
+        if abs(achieved - lp.keep) > step / c_before:
             ctx.warnings.append(f"{name}: keep asked {lp.keep:.3f}, achieved {achieved:.3f} ({c_after}/{c_before})")
     info = ctx.details.get(name, {}).get("unstructured")
     if info and abs(info["achieved"] - lp.sparsity) > 1.0 / max(info["weights"], 1) + 1e-9:
