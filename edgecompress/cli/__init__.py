@@ -1111,7 +1111,9 @@ def search_cmd(
     )
     best = result["best"]
     console.print(
-        f"{result['episodes']} {unit} in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
+        f"{result['episodes']} {unit}"
+        + (f" ({result['new_episodes']} this run)" if result["new_episodes"] != result["episodes"] else "")
+        + f" in {result['seconds']:.0f} s; budget {result['budget_ms']:.4f} ms "
         f"(base {result['base_latency_ms']:.4f} ms, predicted on {cfg.device})"
         + (f", energy budget {result['budget_energy_mj']:.4f} mJ" if result.get("budget_energy_mj") else "")
         + f"; base accuracy {result['base_accuracy']:.4f}, scored as every policy is ({_scored_as(cfg)})"

@@ -88,11 +88,14 @@ class RunLog:
         if damaged:
             done = "rewritten from the episode log" if self.best() else "removed (none logged within budget)"
             warn(f"{damaged}; {done}")
+        self.resumed_from = len(self.records)
+        """How many records an earlier run had logged when this one opened the log."""
 
     def truncate(self, n: int) -> None:
         """Keep the first ``n`` records (resume: the agent's checkpoint is the truth)."""
         if len(self.records) > n:
             self.records = self.records[:n]
+            self.resumed_from = min(self.resumed_from, n)
             self._rewrite()
             self._write_best()
 

@@ -137,6 +137,7 @@ class SearchSetup:
         plot = log.plot()
         out: dict[str, Any] = {
             "episodes": len(log.records),
+            "new_episodes": len(log.records) - log.resumed_from,  # scored by this run (a resumed one continues)
             "seconds": seconds,
             "budget_ms": self.budget.limit_ms,
             "base_latency_ms": self.budget.base_ms,
@@ -146,7 +147,7 @@ class SearchSetup:
         }
         if scored_here:
             out["scoring_seconds"] = dict(self.objective.timings)
-            out["seconds_per_policy"] = seconds / max(1, len(log.records))
+            out["seconds_per_policy"] = seconds / max(1, len(log.records) - log.resumed_from)
             out["cache_hits"] = self.objective.hits
         out["base_accuracy"] = self.objective(self.space.identity()).accuracy
         return {**out, **extra}

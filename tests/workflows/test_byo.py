@@ -56,8 +56,10 @@ def test_weights_from_elsewhere_search_resume_replay_export(  # type: ignore[no-
     policy = json.loads((out / "best_policy.json").read_text())
     assert policy["base"]["checkpoint"] == str(out / "base.pt")
     # The same command with more trials resumes on the imported checkpoint.
+    capsys.readouterr()
     _search(lightning_style_weights, tiny_fmnist_shared, out, 3)
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 3
+    assert "3 trials (1 this run) in" in " ".join(capsys.readouterr().out.split())  # not the earlier two again
     # Replay and export read the run's base.pt.
     _cli(["replay", "--policy", str(out / "best_policy.json"), "--out", str(out / "replay"), "--finetune-epochs",
           "1", "--max-batches", "2", "--test-samples", "30", "--val-size", "60",
