@@ -156,6 +156,11 @@ class CompareSettings:
             raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not self.techniques:
             raise ConfigError(f"no technique to compare; choose among {', '.join(TECHNIQUES)}")
+        if self.student is not None and "student" not in self.techniques:
+            raise ConfigError(
+                f"--student {self.student} names the architecture of the 'student' rows, but --techniques "
+                f"({', '.join(self.techniques)}) has no student: add it, or leave --student out"
+            )
         if self.deep_stages < 1:
             raise ConfigError(f"deep_stages must be >= 1 (1: one-shot pruning), got {self.deep_stages}")
         if self.deep_clusters not in SHARING_CLUSTERS:
@@ -715,6 +720,10 @@ def _one_row(ctx: _Context, technique: str, budget: dict[str, Any]) -> dict[str,
         )  # fmt: skip
         return {"technique": technique, "description": DESCRIPTIONS[technique], "budget": budget, "met": None,
                 "reason": reason}  # fmt: skip
+    if technique == "student" and not (ctx.settings.student or students_for(ctx.spec.model)):
+        return {"technique": technique, "description": DESCRIPTIONS[technique], "budget": budget, "met": None,
+                "reason": f"not applicable: no compact student registered for {ctx.spec.model!r}; name one with "
+                          "--student (a registered model, torchvision:NAME or package.module:factory)"}  # fmt: skip
     ctx.console.print(f"[bold]{technique}[/] at budget {budget['label']}")
     if technique == "search":
         cand, reason = _search_candidate(ctx, budget["label"], budget["ms"])

@@ -182,6 +182,9 @@ def test_bad_settings_are_refused_before_any_work(tmp_path: Path) -> None:
         run_compare(cfg, CompareSettings(budget_ratios=[1.5]), QUIET)
     with pytest.raises(ConfigError, match="size ratio 2.0 is invalid"):
         run_compare(cfg, CompareSettings(size_ratios=[2.0]), QUIET)
+    with pytest.raises(ConfigError, match=r"--student resnet9 names the architecture of the 'student' rows, but "
+                                          r"--techniques \(prune-l1\) has no student"):  # fmt: skip
+        run_compare(cfg, CompareSettings(techniques=["prune-l1"], student="resnet9"), QUIET)
     with pytest.raises(ConfigError, match="distill_alpha 1.2 is invalid; valid: 0 \\(labels only\\) to 1"):
         run_compare(cfg, CompareSettings(distill_alpha=1.2), QUIET)
     assert not (tmp_path / "x").exists()
