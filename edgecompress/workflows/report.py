@@ -10,6 +10,7 @@ among all scored policies; the hypervolume is the 2-D area dominated by the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
     runs = [load_run(f) for f in folders]
     check_comparable(runs)
     out_dir = Path(out) if out is not None else Path(runs[0]["folder"])
+    _check_replaceable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = [summarize(r) for r in runs]
     everything = [{**rec, "agent": r["agent"], "run": r["name"]} for r in runs for rec in r["records"]]
@@ -156,6 +158,23 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> di
     write_json_atomic(out_dir / "report.json", report)
     report["plot"] = str(_plot(runs, front, out_dir / "pareto.png"))
     return report
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """Refuse to replace a ``report.json`` that is not a report, or a ``pareto.png`` that is not a PNG: those are
+    the user's files, not an earlier report's."""
+    report, plot = out_dir / "report.json", out_dir / "pareto.png"
+    if report.is_file():
+        try:
+            ours = "pareto_front" in json.loads(report.read_text())
+        except (ValueError, UnicodeDecodeError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"{report} exists and is not an edgecompress report; choose another --out")
+    if plot.is_file():
+        with plot.open("rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise ConfigError(f"{plot} exists and is not a PNG plot; choose another --out")
 
 
 def _plot(runs: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -> Path:

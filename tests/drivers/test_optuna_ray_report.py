@@ -245,6 +245,13 @@ def test_report_renders_from_each_agents_run_folder(tmp_path, lenet_checkpoint, 
                                           r"model, input and device"):  # fmt: skip
         write_report([tpe.out, nano], tmp_path / "mixed")
     assert not (tmp_path / "mixed").exists()
+    # An --out holding the user's own report.json is not written over; an earlier report there is.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.json").write_text('{"my": "notes"}')
+    with pytest.raises(ConfigError, match=r"report.json exists and is not an edgecompress report"):
+        write_report([tpe.out], tmp_path / "mine")
+    assert (tmp_path / "mine" / "report.json").read_text() == '{"my": "notes"}'
+    write_report([tpe.out, rnd.out], tmp_path / "cmp")  # replaces the report written above
 
 
 def test_bad_sampler_is_refused() -> None:
