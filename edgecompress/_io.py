@@ -6,15 +6,18 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "check_foreign_files",
     "check_output",
+    "is_png",
     "probe_writable",
     "read_json",
+    "replace_atomically",
+    "temp_sibling",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -99,14 +102,29 @@ def temp_sibling(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write text through a temporary file and a rename (a crash never leaves half a file)."""
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` a fresh hidden name beside ``path`` (:func:`temp_sibling`), then rename it over ``path``: a
+    crash never leaves half a file, and a failed write leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text through a temporary file and a rename (a crash never leaves half a file)."""
+    return replace_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` starts as a PNG file does (an earlier plot of ours may be replaced, anything else not)."""
+    with Path(path).open("rb") as f:
+        return f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE

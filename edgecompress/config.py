@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgecompress._io import check_output, temp_sibling
+from edgecompress._io import check_output, write_text_atomic
 from edgecompress.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -378,10 +378,7 @@ def write_resolved_config(config: RunConfig, run_dir: str | os.PathLike[str]) ->
                 f"{run_dir} already holds a run with a different config (changed: {', '.join(changed) or 'format'})."
                 " Use another --out, or delete the folder to start over."
             )
-    tmp = temp_sibling(target)
-    tmp.write_text(text)
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(target, text)
 
 
 def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -38,7 +38,7 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 
-from edgecompress._io import temp_sibling
+from edgecompress._io import replace_atomically
 
 __all__ = ["AMCDDPG"]
 
@@ -186,14 +186,14 @@ class AMCDDPG(DDPG):
         }  # fmt: skip
         arrays.update({f"buffer.{name}": getattr(buffer, name) for name in self.BUFFER_ARRAYS})
         arrays.update({f"rng.{k}": v for k, v in _global_rng_state().items()})
-        path = Path(path)
-        tmp = temp_sibling(path)
-        with tmp.open("wb") as f:
-            np.savez(f, state=np.array(json.dumps(state)), **arrays)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.savez(f, state=np.array(json.dumps(state)), **arrays)  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
+
+        return replace_atomically(path, write)
 
     @classmethod
     def saved_shape(cls, path: str | os.PathLike[str]) -> dict[str, Any]:

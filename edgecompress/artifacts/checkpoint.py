@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgecompress._io import temp_sibling
+from edgecompress._io import replace_atomically
 from edgecompress.compressors import Policy, compress
 from edgecompress.errors import CheckpointError
 from edgecompress.models import create_model, is_user_factory
@@ -94,15 +94,7 @@ class ModelSpec:
 
 def save_payload(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write atomically (temp file, then rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)  # never a file of the user's
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return replace_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_payload(path: Path, what: str) -> Any:

@@ -40,7 +40,7 @@ from torch.utils.data import Subset
 
 from edgecompress._imports import optional
 from edgecompress._inputs import example
-from edgecompress._io import check_output, temp_sibling
+from edgecompress._io import check_output, replace_atomically
 from edgecompress._logging import quiet_library_logs
 from edgecompress.artifacts.archive import load_archive, pack_archive
 from edgecompress.artifacts.checkpoint import check_data_matches
@@ -482,13 +482,7 @@ def export_model(
     checked = bundle.test if verify_samples is None else Subset(bundle.test, range(result["parity"]["samples"]))
     result["accuracy_pytorch"] = evaluate(model, checked, topk=(1,))["top1"]
     result["bytes"] = len(data)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_atomically(out, lambda tmp: tmp.write_bytes(data))
     result["seconds"] = time.perf_counter() - started
     if result["parity"]["top1_agreement"] < 0.995 and fmt in ("onnx", "tflite", "torchscript", "archive"):
         raise EdgeCompressError(

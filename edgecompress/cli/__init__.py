@@ -931,14 +931,12 @@ def _plot_path(plot: Path | None) -> Path | None:
     any work: an existing file that is not a PNG (an earlier plot) is the user's, and is not replaced."""
     if plot is None:
         return None
-    from edgecompress._io import check_output
+    from edgecompress._io import check_output, is_png
 
     path = plot if plot.suffix else plot.with_suffix(".png")
     check_output(path, folder=False, error=ConfigError, flag="--plot")
-    if path.is_file():
-        with path.open("rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                raise ConfigError(f"--plot {path} exists and is not a PNG plot; choose another --plot")
+    if path.is_file() and not is_png(path):
+        raise ConfigError(f"--plot {path} exists and is not a PNG plot; choose another --plot")
     return path
 
 

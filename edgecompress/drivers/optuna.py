@@ -43,6 +43,12 @@ def storage_url(cfg: RunConfig) -> str:
     return cfg.search.storage or f"sqlite:///{(Path(cfg.out) / 'study.db').resolve()}"
 
 
+STORAGE_HINT = (
+    "give a SQLAlchemy URL such as sqlite:////abs/path/study.db or postgresql://user@host/db, or leave it unset "
+    "for RUN_FOLDER/study.db"
+)
+
+
 def check_storage(cfg: RunConfig) -> None:
     """Before any work: a ``search.storage`` that is not a database URL at all (it is opened by the driver)."""
     if cfg.search.storage is None:
@@ -52,8 +58,7 @@ def check_storage(cfg: RunConfig) -> None:
         sqlalchemy.engine.make_url(cfg.search.storage)
     except Exception as exc:
         raise ConfigError(
-            f"search.storage {cfg.search.storage!r} is not a database URL ({exc}); give a SQLAlchemy URL such as "
-            "sqlite:////abs/path/study.db or postgresql://user@host/db, or leave it unset for RUN_FOLDER/study.db"
+            f"search.storage {cfg.search.storage!r} is not a database URL ({exc}); {STORAGE_HINT}"
         ) from None
 
 
@@ -66,8 +71,7 @@ def open_storage(optuna: Any, url: str) -> Any:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
             f"search.storage {url!r} cannot be opened as an Optuna study database ({type(exc).__name__}: "
-            f"{reason}); give a SQLAlchemy URL such as sqlite:////abs/path/study.db or "
-            "postgresql://user@host/db, or leave it unset for RUN_FOLDER/study.db"
+            f"{reason}); {STORAGE_HINT}"
         ) from None
 
 

@@ -69,6 +69,12 @@ class LatencyReport:
     missing: list[str] = field(default_factory=list)
     """Operator signatures neither the table nor a device model could price (not in ``total_ms``)."""
 
+    @property
+    def unpriced(self) -> list[str]:
+        """The missing operators a table lacks (a profile run can measure them), one entry per operator; not the
+        ``unknown:`` kinds no estimator knows, which the warnings name."""
+        return [m for m in self.missing if not m.startswith("unknown:")]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

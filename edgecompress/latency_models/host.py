@@ -369,9 +369,14 @@ def validate_table(
         "rows": rows,
         "median_measured_ms": float(statistics.median(meas.tolist())),
         "date": time.strftime("%Y-%m-%d"),
-        "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "at": _utc_minute(),
         **({"compare": paired} if compare else {}),
     }
+
+
+def _utc_minute() -> str:
+    """Now, as validation passes are stamped (``passes_since_fit`` compares them with the table's ``updated``)."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def pass_kind(result: dict[str, Any]) -> str:
@@ -389,7 +394,7 @@ def record_pass(table: LatencyTable, result: dict[str, Any], source: str) -> dic
     Every pass is kept, good or bad: on a machine whose speed drifts over hours, the latest pass alone says
     little about how well the table holds (``edgecompress devices`` shows the worst since the fit)."""
     record = {
-        "at": result.get("at") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "at": result.get("at") or _utc_minute(),
         "kind": pass_kind(result),
         "n": result["n"],
         "median_abs_error": result["median_abs_error"],

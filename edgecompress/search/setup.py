@@ -219,11 +219,10 @@ def create_setup(
     )
     space = PolicySpace(list(objective.analysis.layers), tuple(s.techniques), input_shape, round_to=s.round_to)
     base_report = estimate_latency(model, input_shape, cfg.device)
-    unpriced = sorted({m for m in base_report.missing if not m.startswith("unknown:")})
+    unpriced = base_report.unpriced
     if unpriced:
-        count = sum(1 for m in base_report.missing if not m.startswith("unknown:"))
         raise ConfigError(
-            f"device {cfg.device!r} cannot price {count} of the base model's operators ({len(unpriced)} "
+            f"device {cfg.device!r} cannot price {len(unpriced)} of the base model's operators ({len(unpriced)} "
             f"signatures, e.g. {unpriced[0]}): they would count as 0 ms, and a budget on the rest "
             f"({base_report.total_ms:.4f} ms) means nothing. Measure them on the machine you deploy on "
             "(`edgecompress profile --model MODEL --input-size N --out my.table.json`, then --device with that "

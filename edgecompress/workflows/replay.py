@@ -204,7 +204,7 @@ def replay(
     for device in devices if devices is not None else list_devices():
         b = estimate_latency(base, spec.input_shape, device)
         c, source = policy_latency(model, policy, spec.input_shape, device)
-        unpriced = max(_unpriced(b), _unpriced(c))
+        unpriced = max(len(b.unpriced), len(c.unpriced))
         latency[device] = {
             "base_ms": b.total_ms,
             "compressed_ms": c.total_ms,
@@ -300,11 +300,6 @@ def finetune_warnings(before: float, after: float, num_classes: int, lr: float) 
             f"try a lower --lr (e.g. {lr / 5:g}) or more epochs"
         ]
     return []
-
-
-def _unpriced(report: Any) -> int:
-    """Operators a latency estimate left out because its table lacks them (not the unknown kinds it warns of)."""
-    return sum(1 for m in report.missing if not m.startswith("unknown:"))
 
 
 def spec_teacher(policy: Policy) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from edgecompress._io import read_json, write_json_atomic
+from edgecompress._io import is_png, read_json, write_json_atomic
 from edgecompress.errors import ConfigError
 from edgecompress.search.runlog import read_records
 
@@ -171,10 +171,8 @@ def _check_replaceable(out_dir: Path) -> None:
             ours = False
         if not ours:
             raise ConfigError(f"{report} exists and is not an edgecompress report; choose another --out")
-    if plot.is_file():
-        with plot.open("rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                raise ConfigError(f"{plot} exists and is not a PNG plot; choose another --out")
+    if plot.is_file() and not is_png(plot):
+        raise ConfigError(f"{plot} exists and is not a PNG plot; choose another --out")
 
 
 def _plot(runs: list[dict[str, Any]], front: list[dict[str, Any]], path: Path) -> Path:
