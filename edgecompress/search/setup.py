@@ -222,8 +222,8 @@ def create_setup(
     unpriced = base_report.unpriced
     if unpriced:
         raise ConfigError(
-            f"device {cfg.device!r} cannot price {len(unpriced)} of the base model's operators ({len(unpriced)} "
-            f"signatures, e.g. {unpriced[0]}): they would count as 0 ms, and a budget on the rest "
+            f"device {cfg.device!r} cannot price {len(unpriced)} of the base model's operator signatures (e.g. "
+            f"{unpriced[0]}): those operators would count as 0 ms, and a budget on the rest "
             f"({base_report.total_ms:.4f} ms) means nothing. Measure them on the machine you deploy on "
             "(`edgecompress profile --model MODEL --input-size N --out my.table.json`, then --device with that "
             "table), or search for a device model (edgecompress devices)"

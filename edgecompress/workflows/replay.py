@@ -276,8 +276,8 @@ def replay(
         "versions": software_versions(),
     }
     result["warnings"] = finetune_warnings(before["top1"], after["top1"], spec.num_classes, lr) + [
-        f"{device}: {d['unpriced_operators']} operators are not in its table and are not counted, so no predicted "
-        "latency is given for it (profile them with `edgecompress profile`)"
+        f"{device}: {d['unpriced_operators']} operator signatures are not in its table and are not counted, so no "
+        "predicted latency is given for it (profile them with `edgecompress profile`)"
         for device, d in latency.items()
         if d["unpriced_operators"]
     ]
@@ -352,8 +352,8 @@ def report_markdown(r: dict[str, Any]) -> str:
     for device, d in r["predicted_latency"].items():
         if d.get("unpriced_operators"):  # a sum that leaves operators out is no latency: not shown as one
             lines.append(
-                f"| {device} | n/a | n/a | n/a | {d['unpriced_operators']} operators are not in {device}'s table "
-                "(profile them: `edgecompress profile`) |"
+                f"| {device} | n/a | n/a | n/a | {d['unpriced_operators']} operator signatures are not in {device}'s "
+                "table (profile them: `edgecompress profile`) |"
             )
             continue
         lines.append(

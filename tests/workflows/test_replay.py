@@ -56,7 +56,10 @@ def test_a_device_that_left_operators_out_shows_no_latency(replayed) -> None:  #
                            "unpriced_operators": 0, "warnings": []},
     }  # fmt: skip
     md = report_markdown(r)
-    row = "| host | n/a | n/a | n/a | 63 operators are not in host's table (profile them: `edgecompress profile`) |"
+    row = (
+        "| host | n/a | n/a | n/a | 63 operator signatures are not in host's table (profile them: "
+        "`edgecompress profile`) |"
+    )
     assert row in md
     assert "| raspberry-pi-4 | 2.0000 | 1.0000 | 2.00x | predicted |" in md and "0.0115" not in md
 
